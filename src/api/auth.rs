@@ -1,0 +1,291 @@
+//! Bearer-token authentication: who is calling, proven by a JWT.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    config::{AuthConfig, JwtKey},
+    domain::Subject,
+};
+
+/// The publicly known key of development mode. Anyone can mint tokens with it, which is why
+/// production refuses it.
+pub const DEVELOPMENT_SECRET: &[u8] = b"chat-service development secret: never use in production";
+
+/// Why a caller was not authenticated. Each message tells the client developer what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing credentials: send the metadata `authorization: Bearer <JWT>`")]
+    Missing,
+    #[error("the authorization metadata must have the form `Bearer <JWT>`")]
+    NotBearer,
+    #[error("the access token is not a well-formed JWT")]
+    Malformed,
+    #[error("unsigned tokens (alg: none) are not accepted")]
+    Unsigned,
+    #[error("the access token is signed with {found}, but this service accepts only {expected}")]
+    WrongAlgorithm {
+        found: String,
+        expected: &'static str,
+    },
+    #[error("the access token's signature is not valid")]
+    BadSignature,
+    #[error("the access token has expired; obtain a new one")]
+    Expired,
+    #[error("the access token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("the access token lacks the required claim `{0}`")]
+    MissingClaim(String),
+    #[error("the access token was issued by an issuer this service does not accept")]
+    WrongIssuer,
+    #[error("the access token is not meant for this service (aud)")]
+    WrongAudience,
+    #[error("the access token's `sub` claim must be 1 to 255 printable characters")]
+    BadSubject,
+}
+
+/// A key that cannot verify tokens. Names the setting that holds it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid setting CHAT_JWT_PUBLIC_KEY_FILE: {path} holds neither an RSA nor an EC (P-256) public key in PEM"
+)]
+pub struct InvalidKey {
+    path: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Verifies access tokens against the configured key and claims.
+#[derive(Clone)]
+pub struct Authenticator {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Result<Self, InvalidKey> {
+        let (key, algorithm) = match &config.key {
+            JwtKey::Development => (
+                DecodingKey::from_secret(DEVELOPMENT_SECRET),
+                Algorithm::HS256,
+            ),
+            JwtKey::Hs256Secret(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::PublicKeyPem { path, pem } => {
+                if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                    (key, Algorithm::RS256)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                    (key, Algorithm::ES256)
+                } else {
+                    return Err(InvalidKey {
+                        path: path.display().to_string(),
+                    });
+                }
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        match &config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        Ok(Self {
+            key,
+            algorithm,
+            validation,
+        })
+    }
+
+    /// The subject of the bearer token in the request's metadata.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, AuthError> {
+        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+        let token = bearer_token(value).ok_or(AuthError::NotBearer)?;
+        self.verify(token)
+    }
+
+    fn verify(&self, token: &str) -> Result<Subject, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| self.explain(token, e.kind()))?;
+        Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)
+    }
+
+    fn explain(&self, token: &str, kind: &ErrorKind) -> AuthError {
+        match kind {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+            _ => match header_algorithm(token) {
+                Some(alg) if alg.eq_ignore_ascii_case("none") => AuthError::Unsigned,
+                Some(alg) if alg != algorithm_name(self.algorithm) => AuthError::WrongAlgorithm {
+                    found: alg,
+                    expected: algorithm_name(self.algorithm),
+                },
+                _ => AuthError::Malformed,
+            },
+        }
+    }
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The `alg` a token's header claims, read without trusting anything else in it.
+fn header_algorithm(token: &str) -> Option<String> {
+    let header = URL_SAFE_NO_PAD.decode(token.split('.').next()?).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    header.get("alg")?.as_str().map(str::to_owned)
+}
+
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        _ => "HS256",
+    }
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(
+        "tokens can only be minted with a shared secret (development mode or CHAT_JWT_SECRET); \
+         with CHAT_JWT_PUBLIC_KEY_FILE, ask the identity provider that holds the private key"
+    )]
+    NoSecret,
+    #[error("--user must be 1 to 255 printable characters")]
+    BadSubject,
+    #[error("could not sign the token: {0}")]
+    Sign(String),
+}
+
+/// Mints an HS256 token for `subject` that this service accepts, valid for `ttl`.
+pub fn mint_token(config: &AuthConfig, subject: &str, ttl: Duration) -> Result<String, MintError> {
+    let secret = match &config.key {
+        JwtKey::Development => DEVELOPMENT_SECRET,
+        JwtKey::Hs256Secret(secret) => secret.as_slice(),
+        JwtKey::PublicKeyPem { .. } => return Err(MintError::NoSecret),
+    };
+    let subject = Subject::parse(subject).ok_or(MintError::BadSubject)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub: subject.as_str().to_owned(),
+        exp: Some(now + ttl.as_secs()),
+        iat: Some(now),
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| MintError::Sign(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            key: JwtKey::Development,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(
+            "authorization",
+            value.parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        metadata
+    }
+
+    #[test]
+    fn minted_tokens_are_accepted() {
+        let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
+        let token = mint_token(&config(), "alice", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let subject = auth.authenticate(&metadata(&format!("Bearer {token}")));
+        assert_eq!(
+            subject.map(|s| s.as_str().to_owned()),
+            Ok("alice".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_scheme_must_be_bearer() {
+        let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            auth.authenticate(&MetadataMap::new()),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(&metadata("Basic abc")),
+            Err(AuthError::NotBearer)
+        );
+        assert_eq!(
+            auth.authenticate(&metadata("Bearer ")),
+            Err(AuthError::NotBearer)
+        );
+        assert_eq!(
+            auth.authenticate(&metadata("Bearer a.b.c")),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced_when_configured() {
+        let strict = AuthConfig {
+            key: JwtKey::Development,
+            issuer: Some("idp".into()),
+            audience: Some("chat".into()),
+        };
+        let auth = Authenticator::new(&strict).unwrap_or_else(|e| panic!("{e}"));
+        let plain = mint_token(&config(), "alice", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            auth.authenticate(&metadata(&format!("Bearer {plain}")))
+                .is_err()
+        );
+        let good =
+            mint_token(&strict, "alice", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            auth.authenticate(&metadata(&format!("Bearer {good}")))
+                .is_ok()
+        );
+    }
+}

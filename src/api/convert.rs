@@ -1,0 +1,59 @@
+//! Domain values to their protobuf form.
+
+use chrono::{DateTime, Utc};
+
+use super::proto;
+use crate::domain::{Conversation, Message, MessageStatus, Role, ToolCall};
+
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        // Always below 10^9, so it fits.
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn conversation(conversation: Conversation) -> proto::Conversation {
+    proto::Conversation {
+        id: conversation.id.to_string(),
+        title: conversation.title.into_string(),
+        create_time: Some(timestamp(conversation.create_time)),
+        update_time: Some(timestamp(conversation.update_time)),
+    }
+}
+
+pub fn message(message: Message) -> proto::Message {
+    proto::Message {
+        id: message.id.to_string(),
+        conversation_id: message.conversation_id.to_string(),
+        role: role(message.role).into(),
+        content: message.content,
+        create_time: Some(timestamp(message.create_time)),
+        status: status(message.status).into(),
+        tool_calls: message.tool_calls.into_iter().map(tool_call).collect(),
+    }
+}
+
+pub fn tool_call(call: ToolCall) -> proto::ToolCall {
+    proto::ToolCall {
+        id: call.provider_call_id,
+        name: call.name,
+        arguments_json: call.arguments.to_string(),
+    }
+}
+
+fn role(role: Role) -> proto::Role {
+    match role {
+        Role::User => proto::Role::User,
+        Role::Assistant => proto::Role::Assistant,
+        Role::System => proto::Role::System,
+        Role::Tool => proto::Role::Tool,
+    }
+}
+
+fn status(status: MessageStatus) -> proto::MessageStatus {
+    match status {
+        MessageStatus::Complete => proto::MessageStatus::Complete,
+        MessageStatus::Cancelled => proto::MessageStatus::Cancelled,
+    }
+}

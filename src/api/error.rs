@@ -1,0 +1,57 @@
+//! The one place where failures become gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation as ProtoFieldViolation, StatusExt};
+
+use super::auth::AuthError;
+use crate::chat::{ChatError, FieldViolation};
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, description: impl ToString) -> Self {
+        Self::Chat(ChatError::invalid(field, description))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::Unauthenticated(e) => Status::unauthenticated(e.to_string()),
+            ApiError::Chat(ChatError::InvalidArgument(violations)) => bad_request(&violations),
+            ApiError::Chat(ChatError::NotFound(what)) => {
+                Status::not_found(format!("{what} not found"))
+            }
+            ApiError::Chat(ChatError::Unavailable(reason)) => {
+                tracing::warn!(error = %reason, "dependency unavailable");
+                Status::unavailable("the service is temporarily unavailable; retry with backoff")
+            }
+            ApiError::Chat(ChatError::Internal(reason)) => {
+                tracing::error!(error = %reason, "internal error");
+                Status::internal("internal error; the details are in the service's log")
+            }
+        }
+    }
+}
+
+fn bad_request(violations: &[FieldViolation]) -> Status {
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .iter()
+            .map(|v| ProtoFieldViolation::new(v.field, &v.description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}

@@ -1,0 +1,48 @@
+use crate::store::StoreError;
+
+/// One invalid field of a request, named as the client spelled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: impl ToString) -> Self {
+        Self {
+            field,
+            description: description.to_string(),
+        }
+    }
+}
+
+/// Why a use case did not succeed, classified by what the client can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("invalid argument: {0:?}")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The thing does not exist or belongs to someone else: the two are never told apart.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A dependency is down; the same request may succeed later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupted state. The text is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ChatError {
+    pub fn invalid(field: &'static str, description: impl ToString) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+impl From<StoreError> for ChatError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(reason) => Self::Unavailable(reason),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Use cases, written in domain terms only: no protobuf, no tonic.
+
+mod conversations;
+mod error;
+mod identities;
+
+pub use conversations::{Conversations, Page, PageRequest};
+pub use error::{ChatError, FieldViolation};
+pub use identities::Identities;

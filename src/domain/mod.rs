@@ -1,0 +1,17 @@
+//! The service's vocabulary: identifiers, messages and paging, each parsed once at the edge so that
+//! the rest of the code can rely on it being valid. Depends on nothing else in the crate.
+
+mod conversation;
+mod ids;
+mod page;
+mod time;
+
+pub use conversation::{
+    Conversation, InvalidTitle, Message, MessageStatus, Role, Title, ToolCall, ToolCallStatus,
+};
+pub use ids::{ConversationId, InvalidId, MessageId, Subject, ToolCallId, UserId};
+pub use page::{
+    ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,
+    PageTokenScope,
+};
+pub use time::now;

@@ -1,0 +1,83 @@
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use chat_service::{
+    api::auth::mint_token,
+    config::{Settings, parse_duration},
+    store::run_migrations,
+    telemetry,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "chat-service",
+    version,
+    about = "gRPC chat service backed by PostgreSQL and an LLM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print an access token that this configuration accepts (development mode or CHAT_JWT_SECRET).
+    Token {
+        /// The user the token stands for (its `sub`).
+        #[arg(long)]
+        user: String,
+        /// How long the token stays valid (e.g. 30m, 24h).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.settings.into_config(std::io::stderr().is_terminal()) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    if let Some(Command::Token { user, ttl }) = &cli.command {
+        return match mint_token(&config.auth, user, *ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
+    }
+
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Migrate) => run_migrations(&config.database.url)
+                .await
+                .map(|applied| tracing::info!(versions = ?applied, "migrations applied"))
+                .map_err(|e| format!("applying migrations to {} failed: {e}", config.database.url)),
+            _ => chat_service::run(config).await.map_err(|e| e.to_string()),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,176 @@
+//! Start-up: make sure the database exists and is migrated, then open the pool.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+        deadpool::{Pool, PoolError},
+    },
+};
+
+use super::{DatabaseUrl, Store, migrations::run_migrations, schema::service_secrets};
+
+/// How the pool behaves.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: usize,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+    /// How long a request may wait for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+/// Why the service could not start on its database. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "cannot reach PostgreSQL at {url}: {reason}. Start PostgreSQL or set DATABASE_URL \
+         (or --database-url) to a server that is running"
+    )]
+    Unreachable { url: DatabaseUrl, reason: String },
+    #[error(
+        "database {database:?} does not exist at {url} and could not be created: {reason}. \
+         Create it (CREATE DATABASE) or give the role the CREATEDB privilege"
+    )]
+    CreateDatabase {
+        url: DatabaseUrl,
+        database: String,
+        reason: String,
+    },
+    #[error("applying migrations to {url} failed: {reason}")]
+    Migrate { url: DatabaseUrl, reason: String },
+    #[error(
+        "the schema of {url} is missing or out of date ({reason}). Run `chat-service migrate`, \
+         or start without --skip-migrations"
+    )]
+    NotMigrated { url: DatabaseUrl, reason: String },
+}
+
+impl Store {
+    /// Connects to the database named by `url`, creating it if it is missing and applying
+    /// migrations when `migrate` is set.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        settings: &PoolSettings,
+        migrate: bool,
+    ) -> Result<Self, ConnectError> {
+        ensure_database_exists(url, settings.connect_timeout).await?;
+        if migrate {
+            let applied = run_migrations(url)
+                .await
+                .map_err(|e| ConnectError::Migrate {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+            if !applied.is_empty() {
+                tracing::info!(versions = ?applied, "applied database migrations");
+            }
+        }
+        let pool = open_pool(url, settings);
+        let page_token_key = load_page_token_key(&pool, url).await?;
+        Ok(Self {
+            pool,
+            page_token_key,
+        })
+    }
+}
+
+fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnection> {
+    let mut config = ManagerConfig::default();
+    // A checkout costs no round trip; a broken connection shows up as an error on first use
+    // and is then discarded by the pool.
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.expose(), config);
+    // Only fails without a runtime for the timeouts, which is set here.
+    Pool::builder(manager)
+        .max_size(settings.max_connections)
+        .runtime(deadpool::Runtime::Tokio1)
+        .create_timeout(Some(settings.connect_timeout))
+        .wait_timeout(Some(settings.acquire_timeout))
+        .build()
+        .unwrap_or_else(|e| unreachable!("pool configuration is static and valid: {e}"))
+}
+
+async fn load_page_token_key(
+    pool: &Pool<AsyncPgConnection>,
+    url: &DatabaseUrl,
+) -> Result<Vec<u8>, ConnectError> {
+    let mut conn = pool.get().await.map_err(|e| ConnectError::Unreachable {
+        url: url.clone(),
+        reason: match e {
+            PoolError::Timeout(_) => "timed out".to_owned(),
+            other => other.to_string(),
+        },
+    })?;
+    service_secrets::table
+        .filter(service_secrets::name.eq("page_token"))
+        .select(service_secrets::secret)
+        .first::<Vec<u8>>(&mut conn)
+        .await
+        .map_err(|e| ConnectError::NotMigrated {
+            url: url.clone(),
+            reason: e.to_string(),
+        })
+}
+
+async fn ensure_database_exists(url: &DatabaseUrl, timeout: Duration) -> Result<(), ConnectError> {
+    match establish(url, timeout).await {
+        Ok(_) => Ok(()),
+        // PostgreSQL reports SQLSTATE 3D000 only in this text over the startup handshake.
+        Err(reason) if reason.contains("does not exist") => create_database(url, timeout).await,
+        Err(reason) => Err(ConnectError::Unreachable {
+            url: url.clone(),
+            reason,
+        }),
+    }
+}
+
+async fn create_database(url: &DatabaseUrl, timeout: Duration) -> Result<(), ConnectError> {
+    let database = url.database_name().to_owned();
+    let failed = |reason: String| ConnectError::CreateDatabase {
+        url: url.clone(),
+        database: database.clone(),
+        reason,
+    };
+    let mut conn = establish(&url.with_database("postgres"), timeout)
+        .await
+        .map_err(failed)?;
+    let statement = format!("CREATE DATABASE {}", quote_identifier(&database));
+    match diesel::sql_query(statement).execute(&mut conn).await {
+        Ok(_) => {
+            tracing::info!(database = %database, "created database");
+            Ok(())
+        }
+        // Another replica created it at the same moment.
+        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
+async fn establish(url: &DatabaseUrl, timeout: Duration) -> Result<AsyncPgConnection, String> {
+    match tokio::time::timeout(timeout, AsyncPgConnection::establish(url.expose())).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// Quotes a name for use as an SQL identifier.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_identifier;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("chat"), "\"chat\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+}

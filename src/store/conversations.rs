@@ -1,0 +1,207 @@
+use std::collections::HashMap;
+
+use diesel::{dsl::exists, prelude::*};
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::{
+    Store, StoreError,
+    models::{ConversationRow, MessageRow, NewConversationRow, ToolCallRow},
+    schema::{conversations, messages, tool_calls},
+};
+use crate::domain::{
+    Conversation, ConversationCursor, ConversationId, Message, MessageCursor, ToolCall, UserId,
+};
+
+type Conn = diesel_async::AsyncPgConnection;
+
+impl Store {
+    pub async fn create_conversation(
+        &self,
+        user: UserId,
+        conversation: &Conversation,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        diesel::insert_into(conversations::table)
+            .values(NewConversationRow::new(user, conversation))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` of the user's conversations after `after`, most recently updated first.
+    pub async fn list_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationCursor>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut query = conversations::table
+            .filter(conversations::user_id.eq(user.as_uuid()))
+            .select(ConversationRow::as_select())
+            .order((conversations::updated_at.desc(), conversations::id.desc()))
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .into_boxed();
+        if let Some(cursor) = after {
+            // The redundant `<=` bounds the index scan; the OR breaks ties on the id.
+            query = query.filter(
+                conversations::updated_at.le(cursor.update_time).and(
+                    conversations::updated_at
+                        .lt(cursor.update_time)
+                        .or(conversations::id.lt(*cursor.id.as_uuid())),
+                ),
+            );
+        }
+        let rows = query.load::<ConversationRow>(&mut conn).await?;
+        Ok(rows.into_iter().map(Conversation::from).collect())
+    }
+
+    pub async fn find_conversation(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let mut conn = self.connection().await?;
+        find_conversation(&mut conn, user, id).await
+    }
+
+    /// The conversation with all its messages in order, or `None` if the user has no such
+    /// conversation.
+    pub async fn conversation_with_messages(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Option<(Conversation, Vec<Message>)>, StoreError> {
+        let mut conn = self.connection().await?;
+        let Some(conversation) = find_conversation(&mut conn, user, id).await? else {
+            return Ok(None);
+        };
+        let rows = messages::table
+            .filter(messages::conversation_id.eq(id.as_uuid()))
+            .select(MessageRow::as_select())
+            .order((messages::created_at.asc(), messages::id.asc()))
+            .load::<MessageRow>(&mut conn)
+            .await?;
+        let messages = with_tool_calls(&mut conn, rows).await?;
+        Ok(Some((conversation, messages)))
+    }
+
+    /// Up to `limit` messages of the user's conversation after `after`, oldest first, or `None`
+    /// if the user has no such conversation.
+    pub async fn list_messages(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        after: Option<MessageCursor>,
+        limit: usize,
+    ) -> Result<Option<Vec<Message>>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut query = messages::table
+            .inner_join(conversations::table)
+            .filter(conversations::user_id.eq(user.as_uuid()))
+            .filter(messages::conversation_id.eq(conversation.as_uuid()))
+            .select(MessageRow::as_select())
+            .order((messages::created_at.asc(), messages::id.asc()))
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .into_boxed();
+        if let Some(cursor) = after {
+            query = query.filter(
+                messages::created_at.ge(cursor.create_time).and(
+                    messages::created_at
+                        .gt(cursor.create_time)
+                        .or(messages::id.gt(*cursor.id.as_uuid())),
+                ),
+            );
+        }
+        let rows = query.load::<MessageRow>(&mut conn).await?;
+        // An empty page is the only case where ownership is still unknown.
+        if rows.is_empty() && !owns_conversation(&mut conn, user, conversation).await? {
+            return Ok(None);
+        }
+        Ok(Some(with_tool_calls(&mut conn, rows).await?))
+    }
+
+    /// Deletes the conversation with its messages and their tool calls. `false` if the user had
+    /// no such conversation.
+    pub async fn delete_conversation(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let deleted = diesel::delete(
+            conversations::table
+                .filter(conversations::id.eq(id.as_uuid()))
+                .filter(conversations::user_id.eq(user.as_uuid())),
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(deleted > 0)
+    }
+}
+
+async fn find_conversation(
+    conn: &mut Conn,
+    user: UserId,
+    id: ConversationId,
+) -> Result<Option<Conversation>, StoreError> {
+    let row = conversations::table
+        .filter(conversations::id.eq(id.as_uuid()))
+        .filter(conversations::user_id.eq(user.as_uuid()))
+        .select(ConversationRow::as_select())
+        .first::<ConversationRow>(conn)
+        .await
+        .optional()?;
+    Ok(row.map(Conversation::from))
+}
+
+async fn owns_conversation(
+    conn: &mut Conn,
+    user: UserId,
+    id: ConversationId,
+) -> Result<bool, StoreError> {
+    let owned = diesel::select(exists(
+        conversations::table
+            .filter(conversations::id.eq(id.as_uuid()))
+            .filter(conversations::user_id.eq(user.as_uuid())),
+    ))
+    .get_result::<bool>(conn)
+    .await?;
+    Ok(owned)
+}
+
+/// Attaches each message's tool calls, in the order the model made them.
+async fn with_tool_calls(
+    conn: &mut Conn,
+    rows: Vec<MessageRow>,
+) -> Result<Vec<Message>, StoreError> {
+    // Only assistant messages carry tool calls; skip the query when there are none.
+    let candidates: Vec<Uuid> = rows
+        .iter()
+        .filter(|row| row.role == "assistant")
+        .map(|row| row.id)
+        .collect();
+    let mut calls: HashMap<Uuid, Vec<ToolCall>> = HashMap::new();
+    if !candidates.is_empty() {
+        let call_rows = tool_calls::table
+            .filter(tool_calls::message_id.eq_any(&candidates))
+            .select(ToolCallRow::as_select())
+            .order((tool_calls::message_id, tool_calls::position))
+            .load::<ToolCallRow>(conn)
+            .await?;
+        for row in call_rows {
+            let message_id = row.message_id;
+            calls
+                .entry(message_id)
+                .or_default()
+                .push(ToolCall::try_from(row)?);
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            let message_calls = calls.remove(&row.id).unwrap_or_default();
+            row.into_message(message_calls)
+        })
+        .collect()
+}

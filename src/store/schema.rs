@@ -1,0 +1,64 @@
+// The tables as the migrations create them.
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        subject -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        title -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Uuid,
+        conversation_id -> Uuid,
+        role -> Text,
+        content -> Text,
+        status -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tool_calls (id) {
+        id -> Uuid,
+        message_id -> Uuid,
+        position -> Int4,
+        provider_call_id -> Text,
+        name -> Text,
+        arguments -> Jsonb,
+        result -> Nullable<Jsonb>,
+        status -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    service_secrets (name) {
+        name -> Text,
+        secret -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(conversations -> users (user_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(tool_calls -> messages (message_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    conversations,
+    messages,
+    tool_calls,
+    service_secrets
+);
