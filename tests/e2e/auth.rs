@@ -1,0 +1,281 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chat_service::{
+    api::proto::{
+        CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
+        ListConversationsRequest, ListMessagesRequest, SendMessageRequest,
+    },
+    config::JwtKey,
+};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tonic::{Code, Request, Status};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use super::support::{TestApp, app::SECRET, app::with_token};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Calls every RPC of both services, each request built by `request`, and returns the statuses
+/// (None where a call succeeded).
+async fn call_every_rpc(
+    app: &TestApp,
+    authorize: impl Fn(&mut tonic::metadata::MetadataMap),
+) -> Vec<Option<Status>> {
+    fn build<T>(message: T, authorize: &impl Fn(&mut tonic::metadata::MetadataMap)) -> Request<T> {
+        let mut request = Request::new(message);
+        authorize(request.metadata_mut());
+        request
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut conversations = app.conversations();
+    let mut chat = app.chat();
+    vec![
+        conversations
+            .create_conversation(build(CreateConversationRequest::default(), &authorize))
+            .await
+            .err(),
+        conversations
+            .list_conversations(build(ListConversationsRequest::default(), &authorize))
+            .await
+            .err(),
+        conversations
+            .get_conversation(build(
+                GetConversationRequest {
+                    conversation_id: id.clone(),
+                },
+                &authorize,
+            ))
+            .await
+            .err(),
+        conversations
+            .list_messages(build(
+                ListMessagesRequest {
+                    conversation_id: id.clone(),
+                    page_size: 0,
+                    page_token: String::new(),
+                },
+                &authorize,
+            ))
+            .await
+            .err(),
+        conversations
+            .delete_conversation(build(
+                DeleteConversationRequest {
+                    conversation_id: id.clone(),
+                },
+                &authorize,
+            ))
+            .await
+            .err(),
+        chat.send_message(build(
+            SendMessageRequest {
+                conversation_id: id,
+                content: "hi".to_owned(),
+            },
+            &authorize,
+        ))
+        .await
+        .err(),
+    ]
+}
+
+async fn assert_unauthenticated(
+    app: &TestApp,
+    authorization: Option<&str>,
+    expected_message: &str,
+) {
+    let statuses = call_every_rpc(app, |metadata| {
+        if let Some(value) = authorization {
+            metadata.insert(
+                "authorization",
+                value.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+    })
+    .await;
+    for status in statuses {
+        let status = status.unwrap_or_else(|| panic!("{authorization:?} was accepted"));
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{authorization:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains(expected_message),
+            "{authorization:?}: {:?}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_unauthenticated_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let expired = hs256(&json!({"sub": "alice", "exp": now() - 3600}), SECRET);
+    let wrong_key = hs256(
+        &json!({"sub": "alice", "exp": now() + 3600}),
+        b"some-other-secret-of-at-least-32-bytes",
+    );
+    let no_expiry = hs256(&json!({"sub": "alice"}), SECRET);
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(json!({"sub": "alice", "exp": now() + 3600}).to_string());
+    let unsigned = format!("{header}.{claims}.");
+
+    assert_unauthenticated(&app, None, "missing credentials").await;
+    assert_unauthenticated(&app, Some("Basic YWxpY2U6cGFzcw=="), "Bearer").await;
+    assert_unauthenticated(&app, Some("Bearer garbage"), "not a well-formed JWT").await;
+    assert_unauthenticated(&app, Some(&format!("Bearer {expired}")), "expired").await;
+    assert_unauthenticated(&app, Some(&format!("Bearer {wrong_key}")), "signature").await;
+    assert_unauthenticated(&app, Some(&format!("Bearer {no_expiry}")), "`exp`").await;
+    assert_unauthenticated(&app, Some(&format!("Bearer {unsigned}")), "alg: none").await;
+
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM users").await, 0);
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM conversations")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_creates_its_user_once() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        let request = app.request("alice", ListConversationsRequest::default());
+        app.conversations()
+            .list_conversations(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM users WHERE subject = 'alice'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn es256_public_keys_verify_tokens_and_check_issuer_and_audience() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let public = fixtures.join("es256-public.pem");
+    let pem = std::fs::read(&public).unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::spawn_with(|config| {
+        config.auth.key = JwtKey::PublicKeyPem { path: public, pem };
+        config.auth.issuer = Some("https://idp.example".to_owned());
+        config.auth.audience = Some("chat".to_owned());
+    })
+    .await;
+    let private =
+        std::fs::read(fixtures.join("es256-private.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let key = EncodingKey::from_ec_pem(&private).unwrap_or_else(|e| panic!("{e}"));
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let exp = now() + 3600;
+    let good =
+        sign(json!({"sub": "carol", "exp": exp, "iss": "https://idp.example", "aud": "chat"}));
+    let wrong_issuer =
+        sign(json!({"sub": "carol", "exp": exp, "iss": "https://evil.example", "aud": "chat"}));
+    let wrong_audience =
+        sign(json!({"sub": "carol", "exp": exp, "iss": "https://idp.example", "aud": "other"}));
+    // An HS256 token "signed" with the public key as secret: the classic key-confusion attack.
+    let confused = hs256(
+        &json!({"sub": "carol", "exp": exp, "iss": "https://idp.example", "aud": "chat"}),
+        &std::fs::read(fixtures.join("es256-public.pem")).unwrap_or_default(),
+    );
+
+    let list = |token: String| {
+        let mut client = app.conversations();
+        async move {
+            client
+                .list_conversations(with_token(ListConversationsRequest::default(), &token))
+                .await
+        }
+    };
+    assert!(list(good).await.is_ok());
+    for (token, expected) in [
+        (wrong_issuer, "issuer"),
+        (wrong_audience, "aud"),
+        (confused, "HS256"),
+    ] {
+        let status = list(token)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+}
+
+#[tokio::test]
+async fn health_and_reflection_need_no_token() {
+    let app = TestApp::spawn().await;
+    let mut health = HealthClient::new(app.channel());
+    for service in ["", "chat.v1.ChatService", "chat.v1.ConversationService"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service}: {e:?}"));
+        assert_eq!(
+            response.into_inner().status(),
+            ServingStatus::Serving,
+            "{service}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(app.channel());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .unwrap_or_default();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "chat.v1.ChatService",
+        "chat.v1.ConversationService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}

@@ -1,0 +1,557 @@
+use std::collections::HashSet;
+
+use chat_service::api::proto::{
+    CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
+    ListConversationsRequest, ListMessagesRequest, MessageStatus, Role,
+};
+use tonic::Code;
+
+use super::{assert_bad_field, support::TestApp};
+
+async fn create(app: &TestApp, user: &str, title: &str) -> String {
+    let request = app.request(
+        user,
+        CreateConversationRequest {
+            title: title.to_owned(),
+        },
+    );
+    let response = app
+        .conversations()
+        .create_conversation(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    response
+        .into_inner()
+        .conversation
+        .map(|c| c.id)
+        .unwrap_or_default()
+}
+
+async fn list_page(
+    app: &TestApp,
+    user: &str,
+    page_size: i32,
+    page_token: &str,
+) -> (Vec<String>, String) {
+    let request = app.request(
+        user,
+        ListConversationsRequest {
+            page_size,
+            page_token: page_token.to_owned(),
+        },
+    );
+    let page = app
+        .conversations()
+        .list_conversations(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    (
+        page.conversations.into_iter().map(|c| c.id).collect(),
+        page.next_page_token,
+    )
+}
+
+/// Inserts `count` messages, alternating user and assistant, one second apart.
+async fn seed_messages(app: &TestApp, conversation: &str, count: u32) {
+    app.db
+        .run_sql(&format!(
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+             SELECT gen_random_uuid(), '{conversation}',
+                    CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END, 'message ' || g, 'complete',
+                    timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
+             FROM generate_series(1, {count}) g"
+        ))
+        .await;
+}
+
+#[tokio::test]
+async fn a_new_user_has_no_conversations() {
+    let app = TestApp::spawn().await;
+    let (ids, next) = list_page(&app, "alice", 0, "").await;
+    assert!(ids.is_empty());
+    assert_eq!(next, "");
+    // The user was created on first use.
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM users WHERE subject = 'alice'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn create_stores_the_conversation_with_its_title() {
+    let app = TestApp::spawn().await;
+    let request = app.request(
+        "alice",
+        CreateConversationRequest {
+            title: "  Trip planning ".to_owned(),
+        },
+    );
+    let conversation = app
+        .conversations()
+        .create_conversation(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let conversation = conversation.into_inner().conversation.unwrap_or_default();
+    assert_eq!(conversation.title, "Trip planning");
+    assert_eq!(conversation.create_time, conversation.update_time);
+    assert!(conversation.create_time.is_some());
+    let stored = app
+        .db
+        .count(&format!(
+            "SELECT count(*) AS n FROM conversations c JOIN users u ON u.id = c.user_id
+             WHERE c.id = '{}' AND c.title = 'Trip planning' AND u.subject = 'alice'",
+            conversation.id
+        ))
+        .await;
+    assert_eq!(stored, 1);
+}
+
+#[tokio::test]
+async fn an_invalid_title_is_refused_and_nothing_is_stored() {
+    let app = TestApp::spawn().await;
+    let request = app.request(
+        "alice",
+        CreateConversationRequest {
+            title: "x".repeat(201),
+        },
+    );
+    let status = app
+        .conversations()
+        .create_conversation(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert_bad_field(&status, "title");
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM conversations")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn conversations_are_listed_most_recently_updated_first() {
+    let app = TestApp::spawn().await;
+    let first = create(&app, "alice", "first").await;
+    let second = create(&app, "alice", "second").await;
+    let third = create(&app, "alice", "third").await;
+    assert_eq!(
+        list_page(&app, "alice", 0, "").await.0,
+        vec![third.clone(), second.clone(), first.clone()]
+    );
+
+    // The oldest one gets a new message: it moves to the top.
+    app.db
+        .run_sql(&format!(
+            "UPDATE conversations SET updated_at = now() + interval '1 minute' WHERE id = '{first}'"
+        ))
+        .await;
+    assert_eq!(
+        list_page(&app, "alice", 0, "").await.0,
+        vec![first.clone(), third.clone(), second.clone()]
+    );
+
+    // Equal update times are ordered by id, newest id first, every time.
+    app.db
+        .run_sql("UPDATE conversations SET updated_at = timestamptz '2026-01-01 00:00:00+00'")
+        .await;
+    let expected = vec![third, second, first];
+    assert_eq!(list_page(&app, "alice", 0, "").await.0, expected);
+    assert_eq!(list_page(&app, "alice", 2, "").await.0, expected[..2]);
+}
+
+#[tokio::test]
+async fn paging_45_conversations_by_20_gives_20_20_5_without_duplicates_or_gaps() {
+    let app = TestApp::spawn().await;
+    let mut created = Vec::new();
+    for i in 0..45 {
+        created.push(create(&app, "alice", &format!("conversation {i}")).await);
+    }
+    // Some share an update time, so that ties are crossed by page boundaries.
+    app.db
+        .run_sql("UPDATE conversations SET updated_at = date_trunc('minute', updated_at)")
+        .await;
+
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (ids, next) = list_page(&app, "alice", 20, &token).await;
+        sizes.push(ids.len());
+        seen.extend(ids);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(sizes, vec![20, 20, 5]);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 45, "duplicates");
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>(),
+        created.iter().collect::<HashSet<_>>(),
+        "gaps"
+    );
+}
+
+#[tokio::test]
+async fn page_size_is_defaulted_capped_and_never_negative() {
+    let app = TestApp::spawn().await;
+    list_page(&app, "alice", 0, "").await;
+    app.db
+        .run_sql(
+            "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+             SELECT gen_random_uuid(), u.id, 'c' || g, now(), now() - g * interval '1 second'
+             FROM users u, generate_series(1, 105) g WHERE u.subject = 'alice'",
+        )
+        .await;
+
+    let (ids, next) = list_page(&app, "alice", 0, "").await;
+    assert_eq!(ids.len(), 20);
+    assert!(!next.is_empty());
+    let (ids, next) = list_page(&app, "alice", 1000, "").await;
+    assert_eq!(ids.len(), 100);
+    let (rest, last) = list_page(&app, "alice", 1000, &next).await;
+    assert_eq!(rest.len(), 5);
+    assert_eq!(last, "");
+
+    let request = app.request(
+        "alice",
+        ListConversationsRequest {
+            page_size: -1,
+            page_token: String::new(),
+        },
+    );
+    let status = app
+        .conversations()
+        .list_conversations(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert_bad_field(&status, "page_size");
+}
+
+#[tokio::test]
+async fn forged_or_foreign_page_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        create(&app, "alice", &format!("c{i}")).await;
+        create(&app, "bob", &format!("c{i}")).await;
+    }
+    let (_, alice_token) = list_page(&app, "alice", 1, "").await;
+    assert!(!alice_token.is_empty());
+
+    let mut altered = alice_token.clone().into_bytes();
+    let last = altered.len() - 2;
+    altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap_or_default();
+    let offset_like = "MjA".to_owned();
+
+    for (user, token) in [
+        ("alice", altered),
+        ("alice", "garbage!".to_owned()),
+        ("alice", offset_like),
+        ("bob", alice_token.clone()),
+    ] {
+        let request = app.request(
+            user,
+            ListConversationsRequest {
+                page_size: 1,
+                page_token: token.clone(),
+            },
+        );
+        let status = app
+            .conversations()
+            .list_conversations(request)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{token} accepted"));
+        assert_bad_field(&status, "page_token");
+    }
+
+    // A token from one listing is not valid in another.
+    let conversation = create(&app, "alice", "with messages").await;
+    let request = app.request(
+        "alice",
+        ListMessagesRequest {
+            conversation_id: conversation,
+            page_size: 1,
+            page_token: alice_token,
+        },
+    );
+    let status = app
+        .conversations()
+        .list_messages(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert_bad_field(&status, "page_token");
+}
+
+#[tokio::test]
+async fn get_conversation_returns_all_messages_in_chronological_order() {
+    let app = TestApp::spawn().await;
+    let conversation = create(&app, "alice", "history").await;
+    // Inserted in reverse: the order must come from create_time, not insertion.
+    app.db
+        .run_sql(&format!(
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at) VALUES
+             ('00000000-0000-7000-8000-000000000003', '{conversation}', 'assistant', 'third', 'cancelled', '2026-01-01 00:00:03+00'),
+             ('00000000-0000-7000-8000-000000000002', '{conversation}', 'user', 'second', 'complete', '2026-01-01 00:00:02+00'),
+             ('00000000-0000-7000-8000-000000000001', '{conversation}', 'system', 'first', 'complete', '2026-01-01 00:00:01+00');
+             INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments, status) VALUES
+             (gen_random_uuid(), '00000000-0000-7000-8000-000000000003', 1, 'call_b', 'get_time', '{{}}', 'requested'),
+             (gen_random_uuid(), '00000000-0000-7000-8000-000000000003', 0, 'call_a', 'get_weather', '{{\"city\":\"Lisbon\"}}', 'requested');"
+        ))
+        .await;
+
+    let request = app.request(
+        "alice",
+        GetConversationRequest {
+            conversation_id: conversation.clone(),
+        },
+    );
+    let response = app
+        .conversations()
+        .get_conversation(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    assert_eq!(
+        response.conversation.map(|c| c.id),
+        Some(conversation.clone())
+    );
+    let contents: Vec<_> = response
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(contents, ["first", "second", "third"]);
+    let roles: Vec<_> = response.messages.iter().map(|m| m.role()).collect();
+    assert_eq!(roles, [Role::System, Role::User, Role::Assistant]);
+    assert_eq!(response.messages[2].status(), MessageStatus::Cancelled);
+    assert!(
+        response
+            .messages
+            .iter()
+            .all(|m| m.conversation_id == conversation)
+    );
+
+    let calls: Vec<_> = response.messages[2]
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str()))
+        .collect();
+    assert_eq!(calls, [("call_a", "get_weather"), ("call_b", "get_time")]);
+    let arguments: serde_json::Value =
+        serde_json::from_str(&response.messages[2].tool_calls[0].arguments_json)
+            .unwrap_or_default();
+    assert_eq!(arguments, serde_json::json!({"city": "Lisbon"}));
+}
+
+#[tokio::test]
+async fn list_messages_pages_through_a_long_history_in_order() {
+    let app = TestApp::spawn().await;
+    let conversation = create(&app, "alice", "long").await;
+    seed_messages(&app, &conversation, 45).await;
+
+    let mut contents = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = app.request(
+            "alice",
+            ListMessagesRequest {
+                conversation_id: conversation.clone(),
+                page_size: 20,
+                page_token: token,
+            },
+        );
+        let page = app
+            .conversations()
+            .list_messages(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner();
+        sizes.push(page.messages.len());
+        contents.extend(page.messages.into_iter().map(|m| m.content));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(sizes, vec![20, 20, 5]);
+    let expected: Vec<_> = (1..=45).map(|i| format!("message {i}")).collect();
+    assert_eq!(contents, expected);
+}
+
+#[tokio::test]
+async fn delete_removes_the_conversation_its_messages_and_their_tool_calls() {
+    let app = TestApp::spawn().await;
+    let doomed = create(&app, "alice", "doomed").await;
+    let kept = create(&app, "alice", "kept").await;
+    for conversation in [&doomed, &kept] {
+        seed_messages(&app, conversation, 4).await;
+        app.db
+            .run_sql(&format!(
+                "INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments, status)
+                 SELECT gen_random_uuid(), id, 0, 'call', 'search', '{{}}', 'requested'
+                 FROM messages WHERE conversation_id = '{conversation}' AND role = 'assistant'"
+            ))
+            .await;
+    }
+
+    let request = app.request(
+        "alice",
+        DeleteConversationRequest {
+            conversation_id: doomed.clone(),
+        },
+    );
+    app.conversations()
+        .delete_conversation(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+
+    let db = &app.db;
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) AS n FROM conversations WHERE id = '{doomed}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) AS n FROM messages WHERE conversation_id = '{doomed}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM tool_calls").await,
+        2,
+        "only the kept conversation's tool calls remain"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) AS n FROM messages WHERE conversation_id = '{kept}'"
+        ))
+        .await,
+        4
+    );
+
+    let request = app.request(
+        "alice",
+        GetConversationRequest {
+            conversation_id: doomed.clone(),
+        },
+    );
+    let status = app
+        .conversations()
+        .get_conversation(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("still there"));
+    assert_eq!(status.code(), Code::NotFound);
+    let request = app.request(
+        "alice",
+        DeleteConversationRequest {
+            conversation_id: doomed,
+        },
+    );
+    let status = app
+        .conversations()
+        .delete_conversation(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("deleted twice"));
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn malformed_ids_are_invalid_arguments() {
+    let app = TestApp::spawn().await;
+    let mut client = app.conversations();
+    for id in ["", "42", "not-a-uuid", "0190f1c27b3a7d4e8f001234567890ab"] {
+        let request = app.request(
+            "alice",
+            GetConversationRequest {
+                conversation_id: id.to_owned(),
+            },
+        );
+        assert_bad_field(
+            &client
+                .get_conversation(request)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{id}")),
+            "conversation_id",
+        );
+        let request = app.request(
+            "alice",
+            ListMessagesRequest {
+                conversation_id: id.to_owned(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        );
+        assert_bad_field(
+            &client
+                .list_messages(request)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{id}")),
+            "conversation_id",
+        );
+        let request = app.request(
+            "alice",
+            DeleteConversationRequest {
+                conversation_id: id.to_owned(),
+            },
+        );
+        let status = client
+            .delete_conversation(request)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{id}"));
+        assert_bad_field(&status, "conversation_id");
+    }
+}
+
+#[tokio::test]
+async fn unknown_ids_are_not_found() {
+    let app = TestApp::spawn().await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    let request = app.request(
+        "alice",
+        GetConversationRequest {
+            conversation_id: missing.clone(),
+        },
+    );
+    let status = app
+        .conversations()
+        .get_conversation(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("found"));
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "conversation not found");
+    let request = app.request(
+        "alice",
+        ListMessagesRequest {
+            conversation_id: missing,
+            page_size: 0,
+            page_token: String::new(),
+        },
+    );
+    let status = app
+        .conversations()
+        .list_messages(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("found"));
+    assert_eq!(status.code(), Code::NotFound);
+}

@@ -1,0 +1,31 @@
+//! End-to-end tests: the real server over real gRPC, on a fresh PostgreSQL database per test.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod conversations;
+mod isolation;
+mod startup;
+
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// Asserts an INVALID_ARGUMENT whose BadRequest details name `field`.
+#[track_caller]
+fn assert_bad_field(status: &Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let violations = status
+        .get_details_bad_request()
+        .map(|b| b.field_violations)
+        .unwrap_or_default();
+    assert!(
+        violations.iter().any(|v| v.field == field),
+        "no violation for {field}: {violations:?}"
+    );
+    assert!(
+        status.message().contains(field),
+        "message should name {field}: {}",
+        status.message()
+    );
+}

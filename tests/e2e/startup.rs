@@ -1,0 +1,56 @@
+use chat_service::{Application, StartupError, store::DatabaseUrl};
+
+use super::support::{TestDatabase, app::test_config};
+
+#[tokio::test]
+async fn a_missing_database_is_created_and_migrated() {
+    let db = TestDatabase::unused();
+    assert!(!db.exists().await);
+    let app = Application::build(test_config(&db))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(app);
+    assert!(db.exists().await);
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM service_secrets WHERE name = 'page_token'")
+            .await,
+        1
+    );
+    assert_eq!(db.count("SELECT count(*) AS n FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_stops_start_up_with_a_message_naming_it() {
+    let db = TestDatabase::unused();
+    let mut config = test_config(&db);
+    // Port 1 on loopback: nothing listens there.
+    config.database.url = DatabaseUrl::parse("postgres://app:hunter2@127.0.0.1:1/chat")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let error = Application::build(config)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("started without a database"));
+    assert!(matches!(error, StartupError::Database(_)), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("postgres://app:***@127.0.0.1:1/chat"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(message.contains("DATABASE_URL"), "{message}");
+}
+
+#[tokio::test]
+async fn without_migrations_an_empty_database_is_reported_as_not_migrated() {
+    let db = TestDatabase::unused();
+    let mut config = test_config(&db);
+    config.database.migrate_on_start = false;
+    let error = Application::build(config)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("started on an empty schema"));
+    assert!(
+        error.to_string().contains("chat-service migrate"),
+        "{error}"
+    );
+}

@@ -1,0 +1,9 @@
+//! What the end-to-end tests share: a fresh database per test, the real server on an ephemeral
+//! port, authenticated clients, and direct SQL access for checking what was stored.
+#![allow(dead_code)]
+
+pub mod app;
+pub mod database;
+
+pub use app::TestApp;
+pub use database::TestDatabase;
