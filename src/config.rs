@@ -6,7 +6,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use crate::store::{DatabaseUrl, PoolSettings};
+use crate::{
+    chat::TurnSettings,
+    llm::OpenAiSettings,
+    store::{DatabaseUrl, PoolSettings},
+};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/chat";
 
@@ -86,6 +90,92 @@ pub struct Settings {
     #[arg(long, env = "CHAT_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
 
+    /// Root of an OpenAI-compatible API, e.g. http://localhost:11434/v1. Unset: the built-in
+    /// development model answers.
+    #[arg(long, env = "CHAT_LLM_BASE_URL", global = true)]
+    pub llm_base_url: Option<String>,
+
+    /// Fallback for CHAT_LLM_BASE_URL.
+    #[arg(long, env = "OPENAI_BASE_URL", hide = true, global = true)]
+    pub openai_base_url: Option<String>,
+
+    /// API key sent as a bearer token to the model.
+    #[arg(long, env = "CHAT_LLM_API_KEY", hide_env_values = true, global = true)]
+    pub llm_api_key: Option<String>,
+
+    /// Fallback for CHAT_LLM_API_KEY.
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        hide = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub openai_api_key: Option<String>,
+
+    /// Model name, e.g. gpt-4o-mini or llama3.2. Required with CHAT_LLM_BASE_URL.
+    #[arg(long, env = "CHAT_LLM_MODEL", global = true)]
+    pub llm_model: Option<String>,
+
+    /// How long connecting to the model may take.
+    #[arg(long, env = "CHAT_LLM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub llm_connect_timeout: Duration,
+
+    /// How long the model may take to send the first chunk of a reply.
+    #[arg(long, env = "CHAT_LLM_FIRST_TOKEN_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub llm_first_token_timeout: Duration,
+
+    /// The longest pause allowed between two chunks of a reply.
+    #[arg(long, env = "CHAT_LLM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub llm_idle_timeout: Duration,
+
+    /// The longest a whole reply may take.
+    #[arg(long, env = "CHAT_LLM_TOTAL_TIMEOUT", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub llm_total_timeout: Duration,
+
+    /// Retries on connection errors, 429 and 5xx, before the first token.
+    #[arg(long, env = "CHAT_LLM_MAX_RETRIES", default_value_t = 2, global = true)]
+    pub llm_max_retries: u32,
+
+    /// Backoff before the first retry; doubled for each further one, with jitter.
+    #[arg(long, env = "CHAT_LLM_RETRY_BASE_DELAY", default_value = "250ms", value_parser = parse_duration, global = true)]
+    pub llm_retry_base_delay: Duration,
+
+    /// Pause before each word of the development model's reply.
+    #[arg(long, env = "CHAT_DEV_MODEL_DELAY", default_value = "40ms", value_parser = parse_duration, global = true)]
+    pub dev_model_delay: Duration,
+
+    /// System prompt sent before the conversation.
+    #[arg(long, env = "CHAT_SYSTEM_PROMPT", global = true)]
+    pub system_prompt: Option<String>,
+
+    /// How many of the newest messages are sent to the model.
+    #[arg(
+        long,
+        env = "CHAT_HISTORY_MESSAGES",
+        default_value_t = 20,
+        global = true
+    )]
+    pub history_messages: usize,
+
+    /// How many characters of history are sent to the model at most.
+    #[arg(
+        long,
+        env = "CHAT_HISTORY_MAX_CHARS",
+        default_value_t = 48_000,
+        global = true
+    )]
+    pub history_max_chars: usize,
+
+    /// The longest user message, in characters.
+    #[arg(
+        long,
+        env = "CHAT_MAX_MESSAGE_CHARS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_message_chars: usize,
+
     /// Log format; JSON lines when not attached to a terminal, or in production.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -102,7 +192,19 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub model: ModelConfig,
+    pub turns: TurnSettings,
     pub log: LogConfig,
+}
+
+/// Which model answers.
+#[derive(Debug, Clone)]
+pub enum ModelConfig {
+    /// The built-in development model, pausing this long before each word. Refused in production.
+    Development {
+        delay: Duration,
+    },
+    OpenAi(OpenAiSettings),
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +306,61 @@ impl Settings {
             }
             (None, None) => JwtKey::Development,
         };
+        let model = match self
+            .llm_base_url
+            .or(self.openai_base_url)
+            .filter(|url| !url.is_empty())
+        {
+            Some(base_url) => {
+                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                    return Err(invalid(
+                        "CHAT_LLM_BASE_URL",
+                        "must start with http:// or https://",
+                    ));
+                }
+                let model = self.llm_model.filter(|m| !m.is_empty()).ok_or_else(|| {
+                    invalid(
+                        "CHAT_LLM_MODEL",
+                        "must name the model when CHAT_LLM_BASE_URL is set",
+                    )
+                })?;
+                ModelConfig::OpenAi(OpenAiSettings {
+                    base_url,
+                    api_key: self
+                        .llm_api_key
+                        .or(self.openai_api_key)
+                        .filter(|k| !k.is_empty()),
+                    model,
+                    connect_timeout: self.llm_connect_timeout,
+                    first_token_timeout: self.llm_first_token_timeout,
+                    idle_timeout: self.llm_idle_timeout,
+                    total_timeout: self.llm_total_timeout,
+                    max_retries: self.llm_max_retries,
+                    retry_base_delay: self.llm_retry_base_delay,
+                })
+            }
+            None if self.env == Environment::Production => {
+                return Err(invalid(
+                    "CHAT_LLM_BASE_URL",
+                    "production needs a real model; the built-in development model is refused",
+                ));
+            }
+            None => ModelConfig::Development {
+                delay: self.dev_model_delay,
+            },
+        };
+        if self.history_messages == 0 {
+            return Err(invalid("CHAT_HISTORY_MESSAGES", "must be at least 1"));
+        }
+        if self.max_message_chars == 0 {
+            return Err(invalid("CHAT_MAX_MESSAGE_CHARS", "must be at least 1"));
+        }
+        let turns = TurnSettings {
+            max_message_chars: self.max_message_chars,
+            history_messages: self.history_messages,
+            history_chars: self.history_max_chars,
+            system_prompt: self.system_prompt.filter(|p| !p.trim().is_empty()),
+        };
         let format = self.log_format.unwrap_or(
             if stderr_is_terminal && self.env == Environment::Development {
                 LogFormat::Pretty
@@ -228,6 +385,8 @@ impl Settings {
                 issuer: self.jwt_issuer.filter(|s| !s.is_empty()),
                 audience: self.jwt_audience.filter(|s| !s.is_empty()),
             },
+            model,
+            turns,
             log: LogConfig {
                 format,
                 filter: self.log_filter,
@@ -284,9 +443,38 @@ mod tests {
     }
 
     #[test]
-    fn production_refuses_the_development_key() {
+    fn production_refuses_the_development_key_and_model() {
         let error = settings(&["--env", "production"]).into_config(false).err();
         assert_eq!(error.map(|e| e.setting), Some("CHAT_ENV"));
+        let secret = "s".repeat(32);
+        let error = settings(&["--env", "production", "--jwt-secret", &secret])
+            .into_config(false)
+            .err();
+        assert_eq!(error.map(|e| e.setting), Some("CHAT_LLM_BASE_URL"));
+        let config = settings(&[
+            "--env",
+            "production",
+            "--jwt-secret",
+            &secret,
+            "--llm-base-url",
+            "http://vllm:8000/v1",
+            "--llm-model",
+            "qwen",
+        ])
+        .into_config(false);
+        assert!(config.is_ok_and(|c| matches!(c.model, ModelConfig::OpenAi(_))));
+    }
+
+    #[test]
+    fn a_model_url_needs_a_model_name() {
+        let error = settings(&["--llm-base-url", "http://localhost:11434/v1"])
+            .into_config(false)
+            .err();
+        assert_eq!(error.map(|e| e.setting), Some("CHAT_LLM_MODEL"));
+        let error = settings(&["--llm-base-url", "localhost:11434", "--llm-model", "m"])
+            .into_config(false)
+            .err();
+        assert_eq!(error.map(|e| e.setting), Some("CHAT_LLM_BASE_URL"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! A gRPC chat service: streams a model's replies and keeps every conversation in PostgreSQL.
 //!
-//! Layers, outermost first: [`api`] (gRPC) → [`chat`] (use cases) → [`store`] (PostgreSQL),
+//! Layers, outermost first: [`api`] (gRPC) → [`chat`] (use cases) → [`store`] (PostgreSQL) and
+//! [`llm`] (the model),
 //! all speaking the vocabulary of [`domain`].
 
 pub mod api;
 pub mod chat;
 pub mod config;
 pub mod domain;
+pub mod llm;
 pub mod server;
 pub mod store;
 pub mod telemetry;

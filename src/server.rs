@@ -1,6 +1,6 @@
 //! The tonic server: our services, health and reflection on one port.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -15,8 +15,9 @@ use crate::{
             conversation_service_server::ConversationServiceServer,
         },
     },
-    chat::{Conversations, Identities},
-    config::{Config, Environment, JwtKey},
+    chat::{Conversations, Identities, TurnSettings, Turns},
+    config::{Config, Environment, JwtKey, ModelConfig},
+    llm::{ChatModel, DevModel, LlmError, OpenAiModel},
     store::{ConnectError, Store},
 };
 
@@ -32,6 +33,8 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up the model client (CHAT_LLM_BASE_URL): {0}")]
+    Model(#[from] LlmError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
@@ -44,6 +47,8 @@ pub struct Application {
     local_addr: SocketAddr,
     store: Store,
     authenticator: Authenticator,
+    model: Arc<dyn ChatModel>,
+    turns: TurnSettings,
 }
 
 impl Application {
@@ -57,6 +62,7 @@ impl Application {
                  impersonate any user. Set CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE for real use"
             );
         }
+        let model = build_model(&config.model)?;
         let store = Store::connect(
             &config.database.url,
             &config.database.pool,
@@ -80,6 +86,8 @@ impl Application {
             local_addr,
             store,
             authenticator,
+            model,
+            turns: config.turns,
         })
     }
 
@@ -108,7 +116,8 @@ impl Application {
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
         let caller = Caller::new(self.authenticator, Identities::new(self.store.clone()));
-        let chat = ChatServiceServer::new(ChatApi::new(caller.clone()));
+        let turns = Turns::new(self.store.clone(), self.model, self.turns);
+        let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns));
         let conversations = ConversationServiceServer::new(ConversationApi::new(
             caller,
             Conversations::new(self.store),
@@ -126,6 +135,22 @@ impl Application {
             .await?;
         tracing::info!("server stopped");
         Ok(())
+    }
+}
+
+fn build_model(config: &ModelConfig) -> Result<Arc<dyn ChatModel>, LlmError> {
+    match config {
+        ModelConfig::Development { delay } => {
+            tracing::warn!(
+                "DEVELOPMENT MODEL: replies come from the built-in `dev` model, not a real one. \
+                 Set CHAT_LLM_BASE_URL and CHAT_LLM_MODEL to use an OpenAI-compatible API"
+            );
+            Ok(Arc::new(DevModel::new(*delay)))
+        }
+        ModelConfig::OpenAi(settings) => {
+            tracing::info!(model = %settings.model, "replies come from an OpenAI-compatible API");
+            Ok(Arc::new(OpenAiModel::new(settings.clone())?))
+        }
     }
 }
 

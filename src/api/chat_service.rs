@@ -1,25 +1,54 @@
 use std::pin::Pin;
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{
-    Caller,
-    proto::{SendMessageRequest, SendMessageResponse, chat_service_server::ChatService},
+    ApiError, Caller, convert,
+    proto::{
+        MessageAccepted, MessageCompleted, MessageDelta, SendMessageRequest, SendMessageResponse,
+        Usage, chat_service_server::ChatService, send_message_response::Event,
+    },
+    request_id,
+};
+use crate::{
+    chat::{TurnEvent, TurnRequest, Turns},
+    domain::ConversationId,
 };
 
 /// `chat.v1.ChatService`.
 pub struct ChatApi {
     caller: Caller,
+    turns: Turns,
 }
 
 impl ChatApi {
-    pub fn new(caller: Caller) -> Self {
-        Self { caller }
+    pub fn new(caller: Caller, turns: Turns) -> Self {
+        Self { caller, turns }
     }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<SendMessageResponse, Status>> + Send>>;
+
+fn event(event: Event) -> SendMessageResponse {
+    SendMessageResponse { event: Some(event) }
+}
+
+fn encode(turn_event: TurnEvent) -> SendMessageResponse {
+    match turn_event {
+        TurnEvent::Delta(text) => event(Event::Delta(MessageDelta { text })),
+        TurnEvent::ToolCall(call) => event(Event::ToolCall(convert::tool_call(call))),
+        TurnEvent::Completed(completion) => event(Event::Completed(MessageCompleted {
+            message: Some(convert::message(completion.message)),
+            finish_reason: completion.finish_reason,
+            model: completion.model,
+            usage: completion.usage.map(|usage| Usage {
+                input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
+                output_tokens: i32::try_from(usage.output_tokens).unwrap_or(i32::MAX),
+            }),
+        })),
+    }
+}
 
 #[tonic::async_trait]
 impl ChatService for ChatApi {
@@ -29,7 +58,33 @@ impl ChatService for ChatApi {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
-        self.caller.user(&request).await?;
-        Err(Status::unimplemented("SendMessage is not available yet"))
+        let user = self.caller.user(&request).await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        let conversation = match message.conversation_id.as_str() {
+            "" => None,
+            id => Some(
+                ConversationId::parse(id).map_err(|e| ApiError::invalid("conversation_id", e))?,
+            ),
+        };
+        let turn = TurnRequest {
+            user,
+            conversation,
+            content: message.content,
+            request_id,
+        };
+        let started = self.turns.start(turn).await.map_err(ApiError::from)?;
+
+        let accepted = event(Event::Accepted(MessageAccepted {
+            conversation_id: started.conversation_id.to_string(),
+            user_message: Some(convert::message(started.user_message)),
+        }));
+        let reply = ReceiverStream::new(started.events).map(|item| {
+            item.map(encode)
+                .map_err(|error| Status::from(ApiError::from(error)))
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::once(Ok(accepted)).chain(reply),
+        )))
     }
 }

@@ -33,6 +33,15 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = %reason, "dependency unavailable");
                 Status::unavailable("the service is temporarily unavailable; retry with backoff")
             }
+            ApiError::Chat(ChatError::Model(error)) => {
+                let message =
+                    format!("the model failed to answer: {error}; your message was saved");
+                if error.is_timeout() {
+                    Status::deadline_exceeded(message)
+                } else {
+                    Status::unavailable(message)
+                }
+            }
             ApiError::Chat(ChatError::Internal(reason)) => {
                 tracing::error!(error = %reason, "internal error");
                 Status::internal("internal error; the details are in the service's log")

@@ -16,6 +16,17 @@ pub use error::ApiError;
 
 use crate::{chat::Identities, domain::UserId};
 
+/// The request's correlation id: the client's `x-request-id` (or `x-correlation-id`) when it
+/// sent a usable one, otherwise a new UUID.
+pub fn request_id<T>(request: &Request<T>) -> String {
+    ["x-request-id", "x-correlation-id"]
+        .iter()
+        .filter_map(|key| request.metadata().get(*key)?.to_str().ok())
+        .map(str::trim)
+        .find(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
 /// Turns a request's credentials into the user it acts for.
 #[derive(Clone)]
 pub struct Caller {

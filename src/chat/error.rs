@@ -1,4 +1,4 @@
-use crate::store::StoreError;
+use crate::{llm::LlmError, store::StoreError};
 
 /// One invalid field of a request, named as the client spelled it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub enum ChatError {
     /// A dependency is down; the same request may succeed later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The model failed to answer; the message says how, without internal addresses.
+    #[error("the model failed: {0}")]
+    Model(LlmError),
     /// A bug or corrupted state. The text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -44,5 +47,11 @@ impl From<StoreError> for ChatError {
             StoreError::Unavailable(reason) => Self::Unavailable(reason),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<LlmError> for ChatError {
+    fn from(error: LlmError) -> Self {
+        Self::Model(error)
     }
 }

@@ -3,7 +3,9 @@
 mod conversations;
 mod error;
 mod identities;
+mod turn;
 
 pub use conversations::{Conversations, Page, PageRequest};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
+pub use turn::{Completion, StartedTurn, TurnEvent, TurnRequest, TurnSettings, Turns};

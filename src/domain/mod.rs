@@ -1,11 +1,13 @@
 //! The service's vocabulary: identifiers, messages and paging, each parsed once at the edge so that
 //! the rest of the code can rely on it being valid. Depends on nothing else in the crate.
 
+mod content;
 mod conversation;
 mod ids;
 mod page;
 mod time;
 
+pub use content::{InvalidContent, MessageContent};
 pub use conversation::{
     Conversation, InvalidTitle, Message, MessageStatus, Role, Title, ToolCall, ToolCallStatus,
 };

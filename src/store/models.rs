@@ -13,7 +13,7 @@ use crate::domain::{
     ToolCallId, ToolCallStatus, UserId,
 };
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = conversations, check_for_backend(diesel::pg::Pg))]
 pub struct ConversationRow {
     pub id: Uuid,

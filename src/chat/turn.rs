@@ -1,0 +1,355 @@
+//! One turn of `SendMessage`: store the user's message, ask the model, relay its reply as it is
+//! generated, and store the reply.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::ChatError;
+use crate::{
+    domain::{
+        Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus, Role,
+        Title, ToolCall, ToolCallId, ToolCallStatus, UserId, now,
+    },
+    llm::{
+        ChatModel, ContextMessage, LlmError, ModelEvent, ModelRequest, ModelToolCall, TokenUsage,
+    },
+    store::Store,
+};
+
+/// Limits on what a turn accepts and sends to the model.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// The longest user message, in characters.
+    pub max_message_chars: usize,
+    /// At most this many of the conversation's newest messages go to the model...
+    pub history_messages: usize,
+    /// ...and at most this many characters of them (the newest message always goes).
+    pub history_chars: usize,
+    /// Sent first, when set.
+    pub system_prompt: Option<String>,
+}
+
+/// A request to hold one turn.
+#[derive(Debug)]
+pub struct TurnRequest {
+    pub user: UserId,
+    /// `None` starts a new conversation.
+    pub conversation: Option<ConversationId>,
+    pub content: String,
+    /// Correlates the turn's log lines with the request.
+    pub request_id: String,
+}
+
+/// What the client learns while the reply is generated, in this order.
+#[derive(Debug)]
+pub enum TurnEvent {
+    Delta(String),
+    ToolCall(ToolCall),
+    Completed(Completion),
+}
+
+#[derive(Debug)]
+pub struct Completion {
+    /// The stored reply.
+    pub message: Message,
+    pub finish_reason: String,
+    pub model: String,
+    pub usage: Option<TokenUsage>,
+}
+
+/// A turn whose user message is stored and whose reply is being generated.
+pub struct StartedTurn {
+    pub conversation_id: ConversationId,
+    pub user_message: Message,
+    /// The reply's events. Dropping the receiver cancels the turn: the model call is aborted and
+    /// what was generated so far is stored as a cancelled message.
+    pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
+}
+
+/// How many events may wait for a slow client before the model is made to wait too.
+const EVENT_BUFFER: usize = 16;
+
+#[derive(Clone)]
+pub struct Turns {
+    store: Store,
+    model: Arc<dyn ChatModel>,
+    settings: Arc<TurnSettings>,
+}
+
+impl Turns {
+    pub fn new(store: Store, model: Arc<dyn ChatModel>, settings: TurnSettings) -> Self {
+        Self {
+            store,
+            model,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub async fn start(&self, request: TurnRequest) -> Result<StartedTurn, ChatError> {
+        let content = MessageContent::parse(request.content, self.settings.max_message_chars)
+            .map_err(|e| ChatError::invalid("content", e))?;
+        let started = Instant::now();
+        let time = now();
+        let title = Title::from_first_message(content.as_str());
+
+        let (conversation_id, user_message, history) = match request.conversation {
+            None => {
+                let conversation = Conversation {
+                    id: ConversationId::generate(),
+                    title,
+                    create_time: time,
+                    update_time: time,
+                };
+                let message = user_message(conversation.id, content, time);
+                self.store
+                    .start_conversation(request.user, &conversation, &message)
+                    .await?;
+                let history = vec![(Role::User, message.content.clone())];
+                (conversation.id, message, history)
+            }
+            Some(id) => {
+                let message = user_message(id, content, time);
+                self.store
+                    .append_user_message(request.user, &message, &title)
+                    .await?
+                    .ok_or(ChatError::NotFound("conversation"))?;
+                let history = self
+                    .store
+                    .recent_messages(request.user, id, self.settings.history_messages)
+                    .await?;
+                (id, message, history)
+            }
+        };
+
+        let context = self.context(history);
+        tracing::info!(
+            request_id = %request.request_id,
+            conversation_id = %conversation_id,
+            user_id = %request.user,
+            context_messages = context.messages.len(),
+            model = self.model.name(),
+            "turn started"
+        );
+        let (sender, events) = mpsc::channel(EVENT_BUFFER);
+        let generation = Generation {
+            store: self.store.clone(),
+            user: request.user,
+            request_id: request.request_id,
+            conversation_id,
+            after: user_message.create_time,
+            model_name: self.model.name().to_owned(),
+            started,
+        };
+        tokio::spawn(generation.run(self.model.stream(context), sender));
+        Ok(StartedTurn {
+            conversation_id,
+            user_message,
+            events,
+        })
+    }
+
+    /// The system prompt, then the newest messages that fit the budgets, oldest first.
+    fn context(&self, history: Vec<(Role, String)>) -> ModelRequest {
+        let mut budget = self.settings.history_chars;
+        let mut kept = Vec::new();
+        for (role, content) in history
+            .into_iter()
+            .rev()
+            .take(self.settings.history_messages)
+        {
+            if content.is_empty() {
+                continue;
+            }
+            let chars = content.chars().count();
+            if !kept.is_empty() && chars > budget {
+                break;
+            }
+            budget = budget.saturating_sub(chars);
+            kept.push(ContextMessage { role, content });
+        }
+        let system = self
+            .settings
+            .system_prompt
+            .iter()
+            .map(|prompt| ContextMessage {
+                role: Role::System,
+                content: prompt.clone(),
+            });
+        ModelRequest {
+            messages: system.chain(kept.into_iter().rev()).collect(),
+        }
+    }
+}
+
+fn user_message(
+    conversation_id: ConversationId,
+    content: MessageContent,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Message {
+    Message {
+        id: MessageId::generate(),
+        conversation_id,
+        role: Role::User,
+        content: content.into_string(),
+        status: MessageStatus::Complete,
+        create_time: time,
+        tool_calls: Vec::new(),
+    }
+}
+
+/// How a generation ended.
+enum Outcome {
+    Finished,
+    Cancelled,
+    Failed(LlmError),
+}
+
+/// The task that relays one reply and stores it.
+struct Generation {
+    store: Store,
+    user: UserId,
+    request_id: String,
+    conversation_id: ConversationId,
+    /// The user message's time: the reply is stored after it.
+    after: chrono::DateTime<chrono::Utc>,
+    model_name: String,
+    started: Instant,
+}
+
+impl Generation {
+    async fn run(
+        self,
+        mut stream: crate::llm::ModelStream,
+        sender: mpsc::Sender<Result<TurnEvent, ChatError>>,
+    ) {
+        let mut text = String::new();
+        let mut calls: Vec<ModelToolCall> = Vec::new();
+        let mut usage = None;
+        let mut finish_reason = None;
+        let mut first_token = None;
+
+        let outcome = loop {
+            let event = tokio::select! {
+                biased;
+                () = sender.closed() => break Outcome::Cancelled,
+                event = stream.next() => event,
+            };
+            match event {
+                None => break Outcome::Finished,
+                Some(Err(error)) => break Outcome::Failed(error),
+                Some(Ok(ModelEvent::Delta(delta))) => {
+                    first_token.get_or_insert_with(|| self.started.elapsed());
+                    text.push_str(&delta);
+                    if sender.send(Ok(TurnEvent::Delta(delta))).await.is_err() {
+                        break Outcome::Cancelled;
+                    }
+                }
+                Some(Ok(ModelEvent::ToolCall(call))) => calls.push(call),
+                Some(Ok(ModelEvent::Usage(reported))) => usage = Some(reported),
+                Some(Ok(ModelEvent::Finished { reason })) => finish_reason = Some(reason),
+            }
+        };
+        // Aborts the upstream request at once if it is still running.
+        drop(stream);
+
+        let outcome_label = match &outcome {
+            Outcome::Finished => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed(error) => error.kind(),
+        };
+        let result = match outcome {
+            Outcome::Failed(error) => {
+                let error = ChatError::from(error);
+                let _ = sender.send(Err(error)).await;
+                Ok(())
+            }
+            Outcome::Cancelled => {
+                // Tool calls are only complete at the end of a reply; a cut-off reply has none.
+                let reply = self.reply(text, Vec::new(), MessageStatus::Cancelled);
+                self.store.store_reply(self.user, &reply).await.map(|_| ())
+            }
+            Outcome::Finished => {
+                let reply = self.reply(text, calls, MessageStatus::Complete);
+                self.finish(reply, finish_reason, usage, &sender).await
+            }
+        };
+        let outcome_label = match &result {
+            Ok(()) => outcome_label,
+            Err(_) => "storage_failed",
+        };
+        if let Err(error) = result {
+            tracing::error!(request_id = %self.request_id, error = %error, "storing the reply failed");
+            let _ = sender.send(Err(ChatError::from(error))).await;
+        }
+        tracing::info!(
+            request_id = %self.request_id,
+            conversation_id = %self.conversation_id,
+            user_id = %self.user,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            time_to_first_token_ms = first_token.map(|t| t.as_secs_f64() * 1000.0),
+            input_tokens = usage.map(|u| u.input_tokens),
+            output_tokens = usage.map(|u| u.output_tokens),
+            outcome = outcome_label,
+            "turn ended"
+        );
+    }
+
+    async fn finish(
+        &self,
+        reply: Message,
+        finish_reason: Option<String>,
+        usage: Option<TokenUsage>,
+        sender: &mpsc::Sender<Result<TurnEvent, ChatError>>,
+    ) -> Result<(), crate::store::StoreError> {
+        for call in &reply.tool_calls {
+            if sender
+                .send(Ok(TurnEvent::ToolCall(call.clone())))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if !self.store.store_reply(self.user, &reply).await? {
+            let _ = sender.send(Err(ChatError::NotFound("conversation"))).await;
+            return Ok(());
+        }
+        let completion = Completion {
+            message: reply,
+            finish_reason: finish_reason.unwrap_or_else(|| "stop".to_owned()),
+            model: self.model_name.clone(),
+            usage,
+        };
+        let _ = sender.send(Ok(TurnEvent::Completed(completion))).await;
+        Ok(())
+    }
+
+    fn reply(&self, content: String, calls: Vec<ModelToolCall>, status: MessageStatus) -> Message {
+        // Strictly after the user's message, even if the clock stepped back meanwhile.
+        let create_time = now().max(self.after + chrono::Duration::microseconds(1));
+        Message {
+            id: MessageId::generate(),
+            conversation_id: self.conversation_id,
+            role: Role::Assistant,
+            content,
+            status,
+            create_time,
+            tool_calls: calls.into_iter().map(tool_call).collect(),
+        }
+    }
+}
+
+fn tool_call(call: ModelToolCall) -> ToolCall {
+    // Arguments are stored as JSON; text the model got wrong is kept as a JSON string.
+    let arguments =
+        serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::String(call.arguments));
+    ToolCall {
+        id: ToolCallId::generate(),
+        provider_call_id: call.id,
+        name: call.name,
+        arguments,
+        status: ToolCallStatus::Requested,
+    }
+}

@@ -1,0 +1,51 @@
+use std::fmt;
+
+/// Which time limit a model call exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    FirstToken,
+    Idle,
+    Total,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::FirstToken => "no first token in time",
+            Self::Idle => "the stream stalled between chunks",
+            Self::Total => "the reply took longer than allowed",
+        })
+    }
+}
+
+/// A model call that failed. Messages are safe to show a client: they hold no URL or key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot connect to the model: {0}")]
+    Connect(String),
+    #[error("the model answered HTTP {status}")]
+    Http { status: u16 },
+    #[error("the model sent a malformed stream: {0}")]
+    Malformed(String),
+    #[error("the model's stream broke off: {0}")]
+    Interrupted(String),
+    #[error("the model timed out: {0}")]
+    Timeout(TimeoutKind),
+}
+
+impl LlmError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Http { .. } => "http",
+            Self::Malformed(_) => "malformed",
+            Self::Interrupted(_) => "interrupted",
+            Self::Timeout(_) => "timeout",
+        }
+    }
+}

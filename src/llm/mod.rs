@@ -1,0 +1,66 @@
+//! The language-model port and its adapters: an OpenAI-compatible HTTP/SSE client and a
+//! built-in development model. Knows nothing of gRPC or storage.
+
+mod dev;
+mod error;
+mod openai;
+mod tool_calls;
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+
+pub use dev::DevModel;
+pub use error::{LlmError, TimeoutKind};
+pub use openai::{OpenAiModel, OpenAiSettings};
+
+use crate::domain::Role;
+
+/// One message of the context sent to the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+/// What the model is asked to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRequest {
+    pub messages: Vec<ContextMessage>,
+}
+
+/// A whole tool call, assembled from the fragments the model streamed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text as the model wrote it; not guaranteed to be valid JSON.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenUsage {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+}
+
+/// What a model stream yields, in this order: text deltas, then tool calls, usage and the finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelEvent {
+    Delta(String),
+    ToolCall(ModelToolCall),
+    Usage(TokenUsage),
+    Finished { reason: String },
+}
+
+/// A reply being generated. Dropping it aborts the generation, including the HTTP request.
+pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, LlmError>> + Send>>;
+
+/// A language model that streams its replies.
+pub trait ChatModel: Send + Sync + 'static {
+    /// The model's name as reported to clients.
+    fn name(&self) -> &str;
+
+    /// Starts generating a reply. Nothing happens until the stream is polled.
+    fn stream(&self, request: ModelRequest) -> ModelStream;
+}

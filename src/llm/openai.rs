@@ -1,0 +1,456 @@
+//! OpenAI-compatible Chat Completions over HTTP with server-sent events: the protocol spoken by
+//! OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio, LiteLLM and most gateways.
+
+use std::{
+    collections::VecDeque,
+    error::Error as _,
+    hash::{BuildHasher, RandomState},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_stream::Stream;
+
+use super::{
+    ChatModel, LlmError, ModelEvent, ModelRequest, ModelStream, TimeoutKind, TokenUsage,
+    tool_calls::ToolCallAssembler,
+};
+
+/// How to reach the model and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct OpenAiSettings {
+    /// The API root, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub model: String,
+    pub connect_timeout: Duration,
+    /// From sending a request to the first chunk of the reply.
+    pub first_token_timeout: Duration,
+    /// The longest pause allowed between two chunks.
+    pub idle_timeout: Duration,
+    /// The longest a whole reply may take.
+    pub total_timeout: Duration,
+    /// Retries after the first attempt, for connection errors, 429 and 5xx, before any token.
+    pub max_retries: u32,
+    /// The first retry waits about this long; each further one twice as long.
+    pub retry_base_delay: Duration,
+}
+
+/// The longest a server may ask us to wait with `Retry-After`, and the longest backoff.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// How long a finished response may take to reach its end, so that its connection is reused.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A model behind an OpenAI-compatible API, sharing one pooled keep-alive HTTP client.
+#[derive(Clone)]
+pub struct OpenAiModel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    endpoint: String,
+    settings: OpenAiSettings,
+}
+
+impl OpenAiModel {
+    pub fn new(settings: OpenAiSettings) -> Result<Self, LlmError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| LlmError::Connect(describe(&e)))?;
+        let endpoint = format!(
+            "{}/chat/completions",
+            settings.base_url.trim_end_matches('/')
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                endpoint,
+                settings,
+            }),
+        })
+    }
+}
+
+impl ChatModel for OpenAiModel {
+    fn name(&self) -> &str {
+        &self.inner.settings.model
+    }
+
+    fn stream(&self, request: ModelRequest) -> ModelStream {
+        let generation = Generation::new(self.inner.clone(), &request);
+        Box::pin(stream::unfold(generation, |mut generation| async move {
+            let item = generation.next().await?;
+            Some((item, generation))
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<WireUsage>,
+    error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    delta: Delta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Delta {
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallDelta>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta {
+    #[serde(default)]
+    index: usize,
+    id: Option<String>,
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(default)]
+    message: String,
+}
+
+type SseStream =
+    Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// One reply being generated: connects (with retries), then turns SSE chunks into events.
+struct Generation {
+    inner: Arc<Inner>,
+    body: Result<Vec<u8>, LlmError>,
+    deadline: Instant,
+    events: Option<SseStream>,
+    /// When the current attempt's first chunk is due.
+    first_chunk_due: Instant,
+    saw_chunk: bool,
+    pending: VecDeque<ModelEvent>,
+    tool_calls: ToolCallAssembler,
+    usage: Option<TokenUsage>,
+    finish_reason: Option<String>,
+    done: bool,
+}
+
+impl Generation {
+    fn new(inner: Arc<Inner>, request: &ModelRequest) -> Self {
+        let body = RequestBody {
+            model: &inner.settings.model,
+            messages: request
+                .messages
+                .iter()
+                .map(|m| WireMessage {
+                    role: m.role.as_str(),
+                    content: &m.content,
+                })
+                .collect(),
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+        };
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| LlmError::Malformed(format!("cannot encode the request: {e}")));
+        let now = Instant::now();
+        let deadline = now + inner.settings.total_timeout;
+        Self {
+            inner,
+            body,
+            deadline,
+            events: None,
+            first_chunk_due: deadline,
+            saw_chunk: false,
+            pending: VecDeque::new(),
+            tool_calls: ToolCallAssembler::default(),
+            usage: None,
+            finish_reason: None,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<ModelEvent, LlmError>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            let step = match self.events.is_some() {
+                false => self.connect().await,
+                true => self.read_chunk().await,
+            };
+            if let Err(error) = step {
+                self.done = true;
+                self.events = None;
+                return Some(Err(error));
+            }
+        }
+    }
+
+    /// Sends the request, retrying connection errors, 429 and 5xx with backoff.
+    async fn connect(&mut self) -> Result<(), LlmError> {
+        let settings = &self.inner.settings;
+        let body = self.body.clone()?;
+        let mut attempt = 0;
+        loop {
+            let sent_at = Instant::now();
+            self.first_chunk_due = (sent_at + settings.first_token_timeout).min(self.deadline);
+            let mut request = self
+                .inner
+                .client
+                .post(&self.inner.endpoint)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .body(body.clone());
+            if let Some(key) = &settings.api_key {
+                request = request.bearer_auth(key);
+            }
+            let outcome = timeout_at(self.first_chunk_due, request.send()).await;
+            let retry_after = match outcome {
+                Err(_) => return Err(self.timeout()),
+                Ok(Ok(response)) if response.status().is_success() => {
+                    self.events = Some(Box::pin(response.bytes_stream().eventsource()));
+                    return Ok(());
+                }
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let retryable = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        || status.is_server_error();
+                    if !retryable || attempt >= settings.max_retries {
+                        return Err(LlmError::Http {
+                            status: status.as_u16(),
+                        });
+                    }
+                    retry_after(&response)
+                }
+                Ok(Err(error)) => {
+                    if !error.is_connect() || attempt >= settings.max_retries {
+                        return Err(LlmError::Connect(describe(&error)));
+                    }
+                    None
+                }
+            };
+            let delay = retry_after.unwrap_or_else(|| backoff(settings.retry_base_delay, attempt));
+            if Instant::now() + delay >= self.deadline {
+                return Err(LlmError::Timeout(TimeoutKind::Total));
+            }
+            tracing::debug!(
+                attempt = attempt + 1,
+                delay_ms = delay.as_millis(),
+                "retrying the model request"
+            );
+            sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn read_chunk(&mut self) -> Result<(), LlmError> {
+        let due = if self.saw_chunk {
+            (Instant::now() + self.inner.settings.idle_timeout).min(self.deadline)
+        } else {
+            self.first_chunk_due
+        };
+        let Some(events) = self.events.as_mut() else {
+            return Ok(());
+        };
+        let event = match timeout_at(due, events.next()).await {
+            Err(_) => return Err(self.timeout()),
+            Ok(None) if self.finish_reason.is_some() => return Ok(self.finish()),
+            Ok(None) => {
+                return Err(LlmError::Interrupted(
+                    "the stream ended before the reply was finished".to_owned(),
+                ));
+            }
+            Ok(Some(Err(EventStreamError::Transport(error)))) => {
+                return Err(LlmError::Interrupted(describe(&error)));
+            }
+            Ok(Some(Err(error))) => return Err(LlmError::Malformed(error.to_string())),
+            Ok(Some(Ok(event))) => event,
+        };
+        self.saw_chunk = true;
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.finish();
+            return Ok(());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let chunk: Chunk = serde_json::from_str(data)
+            .map_err(|e| LlmError::Malformed(format!("a chunk is not valid JSON: {e}")))?;
+        if let Some(error) = chunk.error {
+            return Err(LlmError::Interrupted(format!(
+                "the model reported an error: {}",
+                error.message
+            )));
+        }
+        for choice in chunk.choices {
+            if let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) {
+                self.pending.push_back(ModelEvent::Delta(text));
+            }
+            for call in choice.delta.tool_calls {
+                let function = call.function.as_ref();
+                self.tool_calls.push(
+                    call.index,
+                    call.id.as_deref(),
+                    function.and_then(|f| f.name.as_deref()),
+                    function.and_then(|f| f.arguments.as_deref()),
+                );
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason);
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(TokenUsage {
+                input_tokens: usage.prompt_tokens,
+                output_tokens: usage.completion_tokens,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues the tool calls, usage and finish, and lets the rest of the response drain in the
+    /// background so that its connection goes back to the pool.
+    fn finish(&mut self) {
+        for call in std::mem::take(&mut self.tool_calls).finish() {
+            self.pending.push_back(ModelEvent::ToolCall(call));
+        }
+        if let Some(usage) = self.usage {
+            self.pending.push_back(ModelEvent::Usage(usage));
+        }
+        let reason = self
+            .finish_reason
+            .take()
+            .unwrap_or_else(|| "stop".to_owned());
+        self.pending.push_back(ModelEvent::Finished { reason });
+        self.done = true;
+        if let Some(mut events) = self.events.take() {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                    while events.next().await.is_some() {}
+                })
+                .await;
+            });
+        }
+    }
+
+    fn timeout(&self) -> LlmError {
+        LlmError::Timeout(if Instant::now() >= self.deadline {
+            TimeoutKind::Total
+        } else if self.saw_chunk {
+            TimeoutKind::Idle
+        } else {
+            TimeoutKind::FirstToken
+        })
+    }
+}
+
+/// The delay a 429 or 503 response asks for, in whole seconds (the HTTP-date form is ignored).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_DELAY))
+}
+
+/// Exponential backoff with jitter: between half and all of `base * 2^attempt`.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let full = base
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_RETRY_DELAY);
+    // Randomness for jitter only; no need for a cryptographic source.
+    let random = RandomState::new().hash_one(Instant::now());
+    let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
+    full.mul_f64(fraction)
+}
+
+/// The error and its causes, without the URL (which may reveal internal addresses).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = cause.to_string();
+        source = cause.source();
+    }
+    if text.is_empty() {
+        error.to_string()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_stays_within_its_bounds() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..4 {
+            let full = base * 2u32.pow(attempt);
+            let delay = backoff(base, attempt);
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+        assert!(backoff(base, 30) <= MAX_RETRY_DELAY);
+    }
+}

@@ -1,0 +1,151 @@
+//! Writes of a chat turn: the user's message when the turn starts, the reply when it ends.
+
+use diesel::{
+    prelude::*,
+    sql_types::{Text, Timestamptz, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::{
+    Store, StoreError,
+    models::{ConversationRow, NewMessageRow, NewToolCallRow},
+    schema::{conversations, messages, tool_calls},
+};
+use crate::domain::{Conversation, ConversationId, Message, Role, Title, UserId};
+
+impl Store {
+    /// Creates the conversation together with its first message, in one statement.
+    pub async fn start_conversation(
+        &self,
+        user: UserId,
+        conversation: &Conversation,
+        first: &Message,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        diesel::sql_query(
+            "WITH created AS (
+                 INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $4)
+                 RETURNING id
+             )
+             INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+             SELECT $5, id, 'user', $6, 'complete', $4 FROM created",
+        )
+        .bind::<SqlUuid, _>(conversation.id.as_uuid())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .bind::<Text, _>(conversation.title.as_str())
+        .bind::<Timestamptz, _>(first.create_time)
+        .bind::<SqlUuid, _>(first.id.as_uuid())
+        .bind::<Text, _>(&first.content)
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds the user's message to one of their conversations, moving its update time forward and
+    /// naming it if it has no title yet, in one statement. `None` if the user has no such
+    /// conversation, in which case nothing is written.
+    pub async fn append_user_message(
+        &self,
+        user: UserId,
+        message: &Message,
+        title_if_unnamed: &Title,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let mut conn = self.connection().await?;
+        // The UPDATE locks the conversation's row, so concurrent turns of one conversation
+        // store their messages one after the other.
+        let row = diesel::sql_query(
+            "WITH touched AS (
+                 UPDATE conversations
+                 SET updated_at = GREATEST(updated_at, $3),
+                     title = CASE WHEN title = '' THEN $4 ELSE title END
+                 WHERE id = $1 AND user_id = $2
+                 RETURNING id, title, created_at, updated_at
+             ), inserted AS (
+                 INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+                 SELECT $5, id, 'user', $6, 'complete', $3 FROM touched
+             )
+             SELECT id, title, created_at, updated_at FROM touched",
+        )
+        .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .bind::<Timestamptz, _>(message.create_time)
+        .bind::<Text, _>(title_if_unnamed.as_str())
+        .bind::<SqlUuid, _>(message.id.as_uuid())
+        .bind::<Text, _>(&message.content)
+        .get_result::<ConversationRow>(&mut conn)
+        .await
+        .optional()?;
+        Ok(row.map(Conversation::from))
+    }
+
+    /// The conversation's newest `limit` messages, oldest first: the model's context.
+    pub async fn recent_messages(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<(Role, String)>, StoreError> {
+        let mut conn = self.connection().await?;
+        let rows = messages::table
+            .inner_join(conversations::table)
+            .filter(conversations::user_id.eq(user.as_uuid()))
+            .filter(messages::conversation_id.eq(conversation.as_uuid()))
+            .select((messages::role, messages::content))
+            .order((messages::created_at.desc(), messages::id.desc()))
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .load::<(String, String)>(&mut conn)
+            .await?;
+        rows.into_iter()
+            .rev()
+            .map(|(role, content)| {
+                let role = Role::from_stored(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
+                Ok((role, content))
+            })
+            .collect()
+    }
+
+    /// Stores the assistant's reply with its tool calls and moves the conversation's update
+    /// time forward, in one transaction. `false` if the conversation was deleted meanwhile, in
+    /// which case nothing is written.
+    pub async fn store_reply(&self, user: UserId, reply: &Message) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        conn.transaction::<bool, StoreError, _>(async |conn| {
+            {
+                let touched = diesel::sql_query(
+                    "UPDATE conversations SET updated_at = GREATEST(updated_at, $3) WHERE id = $1 AND user_id = $2",
+                )
+                .bind::<SqlUuid, _>(reply.conversation_id.as_uuid())
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<Timestamptz, _>(reply.create_time)
+                .execute(conn)
+                .await?;
+                if touched == 0 {
+                    return Ok(false);
+                }
+                diesel::insert_into(messages::table).values(NewMessageRow::new(reply)).execute(conn).await?;
+                if !reply.tool_calls.is_empty() {
+                    let calls: Vec<NewToolCallRow<'_>> = reply
+                        .tool_calls
+                        .iter()
+                        .enumerate()
+                        .map(|(position, call)| NewToolCallRow {
+                            id: *call.id.as_uuid(),
+                            message_id: *reply.id.as_uuid(),
+                            position: i32::try_from(position).unwrap_or(i32::MAX),
+                            provider_call_id: &call.provider_call_id,
+                            name: &call.name,
+                            arguments: &call.arguments,
+                            status: call.status.as_str(),
+                            created_at: reply.create_time,
+                        })
+                        .collect();
+                    diesel::insert_into(tool_calls::table).values(calls).execute(conn).await?;
+                }
+                Ok(true)
+            }
+        })
+        .await
+    }
+}
