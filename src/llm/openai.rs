@@ -306,7 +306,10 @@ impl Generation {
         };
         let event = match timeout_at(due, events.next()).await {
             Err(_) => return Err(self.timeout()),
-            Ok(None) if self.finish_reason.is_some() => return Ok(self.finish()),
+            Ok(None) if self.finish_reason.is_some() => {
+                self.finish();
+                return Ok(());
+            }
             Ok(None) => {
                 return Err(LlmError::Interrupted(
                     "the stream ended before the reply was finished".to_owned(),

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod conversations;
 mod isolation;
+mod send_message;
 mod startup;
 
 use tonic::{Code, Status};
@@ -28,4 +29,24 @@ fn assert_bad_field(status: &Status, field: &str) {
         "message should name {field}: {}",
         status.message()
     );
+}
+
+/// Waits until `check` returns something, for effects no event announces (such as a row written
+/// after the client went away). Gives up after ten seconds.
+async fn eventually<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expected state was never reached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -11,12 +11,14 @@ use chat_service::{
             conversation_service_client::ConversationServiceClient,
         },
     },
-    config::{AuthConfig, DatabaseConfig, Environment, JwtKey, LogConfig, LogFormat},
+    chat::TurnSettings,
+    config::{AuthConfig, DatabaseConfig, Environment, JwtKey, LogConfig, LogFormat, ModelConfig},
+    llm::OpenAiSettings,
     store::PoolSettings,
 };
 use tonic::{Request, transport::Channel};
 
-use super::TestDatabase;
+use super::{FakeLlm, TestDatabase};
 
 /// The HS256 secret the test servers verify tokens with.
 pub const SECRET: &[u8] = b"integration-test-secret-with-32-bytes-or-more";
@@ -39,10 +41,34 @@ pub fn test_config(database: &TestDatabase) -> Config {
             issuer: None,
             audience: None,
         },
+        model: ModelConfig::Development {
+            delay: Duration::ZERO,
+        },
+        turns: TurnSettings {
+            max_message_chars: 10_000,
+            history_messages: 20,
+            history_chars: 48_000,
+            system_prompt: None,
+        },
         log: LogConfig {
             format: LogFormat::Pretty,
             filter: "info".to_owned(),
         },
+    }
+}
+
+/// Settings that point the service at `fake`, with short delays so that failures are quick.
+pub fn fake_llm_settings(fake: &FakeLlm) -> OpenAiSettings {
+    OpenAiSettings {
+        base_url: fake.base_url(),
+        api_key: Some("test-api-key".to_owned()),
+        model: "fake-model".to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        first_token_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        total_timeout: Duration::from_secs(30),
+        max_retries: 2,
+        retry_base_delay: Duration::from_millis(10),
     }
 }
 
@@ -79,6 +105,16 @@ impl TestApp {
             channel,
             db,
         }
+    }
+
+    /// A server whose model is `fake`, with settings adjusted by `customize`.
+    pub async fn with_fake_llm(fake: &FakeLlm, customize: impl FnOnce(&mut Config)) -> Self {
+        let settings = fake_llm_settings(fake);
+        Self::spawn_with(|config| {
+            config.model = ModelConfig::OpenAi(settings);
+            customize(config);
+        })
+        .await
     }
 
     pub fn channel(&self) -> Channel {

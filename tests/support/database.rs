@@ -50,6 +50,22 @@ struct RowDigest {
     digest: String,
 }
 
+/// A stored message as the tests inspect it.
+#[derive(QueryableByName, Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub role: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub content: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    /// Microseconds since the epoch, for exact comparisons.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub created_micros: i64,
+}
+
 /// Runs a `SELECT count(*) AS n ...` statement.
 pub async fn count(conn: &mut AsyncPgConnection, statement: &str) -> i64 {
     sql_query(statement)
@@ -207,6 +223,19 @@ impl TestDatabase {
             digests.push_str(&format!("{table}:{} ", digest.digest));
         }
         digests
+    }
+
+    /// The conversation's messages in the order the service defines: (created_at, id).
+    pub async fn messages(&self, conversation: &str) -> Vec<StoredMessage> {
+        let statement = format!(
+            "SELECT id::text AS id, role, content, status,
+                    (extract(epoch FROM created_at) * 1000000)::bigint AS created_micros
+             FROM messages WHERE conversation_id = '{conversation}' ORDER BY created_at, id"
+        );
+        sql_query(&statement)
+            .load::<StoredMessage>(&mut self.connect().await)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"))
     }
 
     pub async fn exists(&self) -> bool {

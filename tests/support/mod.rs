@@ -4,6 +4,8 @@
 
 pub mod app;
 pub mod database;
+pub mod fake_llm;
 
 pub use app::TestApp;
 pub use database::TestDatabase;
+pub use fake_llm::{FakeLlm, Script};
