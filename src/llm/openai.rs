@@ -172,9 +172,12 @@ struct Generation {
     body: Result<Vec<u8>, LlmError>,
     deadline: Instant,
     events: Option<SseStream>,
-    /// When the current attempt's first chunk is due.
-    first_chunk_due: Instant,
-    saw_chunk: bool,
+    /// When the current attempt's first content (text or tool call) is due.
+    first_content_due: Instant,
+    /// Whether content has arrived; before it, only `first_content_due` applies. Chunks without
+    /// content (a role announcement, keep-alive comments) do not count: a model may announce
+    /// itself at once and then think for a long time.
+    saw_content: bool,
     pending: VecDeque<ModelEvent>,
     tool_calls: ToolCallAssembler,
     usage: Option<TokenUsage>,
@@ -208,8 +211,8 @@ impl Generation {
             body,
             deadline,
             events: None,
-            first_chunk_due: deadline,
-            saw_chunk: false,
+            first_content_due: deadline,
+            saw_content: false,
             pending: VecDeque::new(),
             tool_calls: ToolCallAssembler::default(),
             usage: None,
@@ -245,7 +248,7 @@ impl Generation {
         let mut attempt = 0;
         loop {
             let sent_at = Instant::now();
-            self.first_chunk_due = (sent_at + settings.first_token_timeout).min(self.deadline);
+            self.first_content_due = (sent_at + settings.first_token_timeout).min(self.deadline);
             let mut request = self
                 .inner
                 .client
@@ -256,7 +259,7 @@ impl Generation {
             if let Some(key) = &settings.api_key {
                 request = request.bearer_auth(key);
             }
-            let outcome = timeout_at(self.first_chunk_due, request.send()).await;
+            let outcome = timeout_at(self.first_content_due, request.send()).await;
             let retry_after = match outcome {
                 Err(_) => return Err(self.timeout()),
                 Ok(Ok(response)) if response.status().is_success() => {
@@ -296,10 +299,10 @@ impl Generation {
     }
 
     async fn read_chunk(&mut self) -> Result<(), LlmError> {
-        let due = if self.saw_chunk {
+        let due = if self.saw_content {
             (Instant::now() + self.inner.settings.idle_timeout).min(self.deadline)
         } else {
-            self.first_chunk_due
+            self.first_content_due
         };
         let Some(events) = self.events.as_mut() else {
             return Ok(());
@@ -321,7 +324,6 @@ impl Generation {
             Ok(Some(Err(error))) => return Err(LlmError::Malformed(error.to_string())),
             Ok(Some(Ok(event))) => event,
         };
-        self.saw_chunk = true;
         let data = event.data.trim();
         if data == "[DONE]" {
             self.finish();
@@ -340,9 +342,11 @@ impl Generation {
         }
         for choice in chunk.choices {
             if let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) {
+                self.saw_content = true;
                 self.pending.push_back(ModelEvent::Delta(text));
             }
             for call in choice.delta.tool_calls {
+                self.saw_content = true;
                 let function = call.function.as_ref();
                 self.tool_calls.push(
                     call.index,
@@ -392,7 +396,7 @@ impl Generation {
     fn timeout(&self) -> LlmError {
         LlmError::Timeout(if Instant::now() >= self.deadline {
             TimeoutKind::Total
-        } else if self.saw_chunk {
+        } else if self.saw_content {
             TimeoutKind::Idle
         } else {
             TimeoutKind::FirstToken

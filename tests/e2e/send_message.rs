@@ -305,6 +305,25 @@ async fn retries_before_the_first_token_end_in_one_stored_reply() {
     );
 }
 
+#[tokio::test]
+async fn retry_after_is_respected() {
+    let fake = FakeLlm::start().await;
+    fake.script([
+        Script::Status {
+            code: 429,
+            retry_after: Some(1),
+        },
+        Script::reply(&["ok"]),
+    ]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let turn = send_ok(&app, "alice", "", "Busy?").await;
+    assert_eq!(turn.text(), "ok");
+    let received = fake.received();
+    assert_eq!(received.len(), 2);
+    // The retry waited the second the server asked for, not the 10 ms backoff.
+    assert!(received[1].at - received[0].at >= Duration::from_secs(1));
+}
+
 /// Runs a turn against a failing model and checks what a client and the database see: the
 /// error, the user message kept, nothing of a reply; then that the next turn works.
 async fn assert_model_failure(
@@ -420,6 +439,19 @@ async fn a_stalled_stream_is_deadline_exceeded() {
     })
     .await;
     assert_model_failure(&fake, &app, Code::DeadlineExceeded, "stalled").await;
+}
+
+#[tokio::test]
+async fn a_model_that_never_starts_answering_is_deadline_exceeded() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Stall { deltas: vec![] }]);
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        if let ModelConfig::OpenAi(settings) = &mut config.model {
+            settings.first_token_timeout = Duration::from_millis(300);
+        }
+    })
+    .await;
+    assert_model_failure(&fake, &app, Code::DeadlineExceeded, "no first token").await;
 }
 
 #[tokio::test]
@@ -770,4 +802,68 @@ async fn without_a_model_configured_the_development_model_answers() {
     assert!(turn.text().contains("\"Hello dev\""));
     assert_eq!(completed.message.map(|m| m.content), Some(turn.text()));
     assert_eq!(app.db.messages(&turn.conversation_id()).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_content() {
+    super::support::logs::capture();
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Reply {
+        deltas: vec!["Con".into(), "fidential".into()],
+        delay: Duration::ZERO,
+        usage: Some((9, 2)),
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let content = format!("my secret {}", uuid::Uuid::new_v4());
+    let mut request = app.request(
+        "alice",
+        SendMessageRequest {
+            conversation_id: String::new(),
+            content: content.clone(),
+        },
+    );
+    request.metadata_mut().insert(
+        "x-request-id",
+        request_id.parse().unwrap_or_else(|e| panic!("{e}")),
+    );
+    let mut stream = app
+        .chat()
+        .send_message(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let mut conversation = String::new();
+    while let Some(response) = stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {
+        if let Some(Event::Accepted(accepted)) = response.event {
+            conversation = accepted.conversation_id;
+        }
+    }
+
+    let lines = super::support::logs::lines_containing(&request_id);
+    let messages: Vec<_> = lines
+        .iter()
+        .map(|line| line["message"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(messages, ["turn started", "turn ended"], "{lines:?}");
+    let user_id = app
+        .db
+        .count("SELECT count(*) AS n FROM users WHERE subject = 'alice'")
+        .await;
+    assert_eq!(user_id, 1);
+    let ended = &lines[1];
+    assert_eq!(ended["conversation_id"], conversation.as_str());
+    assert_eq!(ended["outcome"], "completed");
+    assert_eq!(ended["input_tokens"], 9);
+    assert_eq!(ended["output_tokens"], 2);
+    assert!(ended["duration_ms"].as_f64().is_some());
+    assert!(ended["time_to_first_token_ms"].as_f64().is_some());
+    // The internal user id, a UUID, not the token's subject.
+    let logged_user = ended["user_id"].as_str().unwrap_or_default();
+    assert!(uuid::Uuid::parse_str(logged_user).is_ok(), "{logged_user}");
+    assert_eq!(lines[0]["user_id"], logged_user);
+    // Neither the message nor the reply is ever logged.
+    assert!(!super::support::logs::any_line_contains(&content));
+    assert!(!super::support::logs::any_line_contains("Confidential"));
 }

@@ -59,6 +59,7 @@ impl Script {
 pub struct Received {
     pub body: Value,
     pub authorization: Option<String>,
+    pub at: tokio::time::Instant,
 }
 
 impl Received {
@@ -206,6 +207,7 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         .push(Received {
             body: body.clone(),
             authorization,
+            at: tokio::time::Instant::now(),
         });
     let script = state
         .shared

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod database;
 pub mod fake_llm;
+pub mod logs;
 
 pub use app::TestApp;
 pub use database::TestDatabase;
