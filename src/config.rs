@@ -176,6 +176,28 @@ pub struct Settings {
     )]
     pub max_message_chars: usize,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    #[arg(
+        long,
+        env = "CHAT_METRICS_ADDR",
+        default_value = "0.0.0.0:9464",
+        global = true
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// How long streams in flight may run on after SIGTERM before they are cut short.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// How often the database is checked for the health service.
+    #[arg(long, env = "CHAT_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub health_check_interval: Duration,
+
+    /// Origins allowed to call from a browser (grpc-web), comma-separated, or `*`. Unset: any
+    /// origin in development, none in production.
+    #[arg(long, env = "CHAT_CORS_ALLOWED_ORIGINS", global = true)]
+    pub cors_allowed_origins: Option<String>,
+
     /// Log format; JSON lines when not attached to a terminal, or in production.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -194,7 +216,24 @@ pub struct Config {
     pub auth: AuthConfig,
     pub model: ModelConfig,
     pub turns: TurnSettings,
+    pub server: ServerConfig,
     pub log: LogConfig,
+}
+
+/// How the server runs, besides its gRPC address.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub metrics_addr: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub health_check_interval: Duration,
+    pub cors: CorsOrigins,
+}
+
+/// Which browser origins may call the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
 }
 
 /// Which model answers.
@@ -355,6 +394,40 @@ impl Settings {
         if self.max_message_chars == 0 {
             return Err(invalid("CHAT_MAX_MESSAGE_CHARS", "must be at least 1"));
         }
+        let cors = match self.cors_allowed_origins.as_deref().map(str::trim) {
+            Some("*") => CorsOrigins::Any,
+            Some(list) => {
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = origins.iter().find(|o| {
+                    !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
+                }) {
+                    return Err(invalid(
+                        "CHAT_CORS_ALLOWED_ORIGINS",
+                        format!("{bad:?} is not an origin such as https://app.example.com"),
+                    ));
+                }
+                CorsOrigins::List(origins)
+            }
+            None if self.env == Environment::Development => CorsOrigins::Any,
+            None => CorsOrigins::List(Vec::new()),
+        };
+        if self.health_check_interval.is_zero() {
+            return Err(invalid(
+                "CHAT_HEALTH_CHECK_INTERVAL",
+                "must be longer than zero",
+            ));
+        }
+        let server = ServerConfig {
+            metrics_addr: self.metrics_addr,
+            shutdown_grace: self.shutdown_grace,
+            health_check_interval: self.health_check_interval,
+            cors,
+        };
         let turns = TurnSettings {
             max_message_chars: self.max_message_chars,
             history_messages: self.history_messages,
@@ -387,6 +460,7 @@ impl Settings {
             },
             model,
             turns,
+            server,
             log: LogConfig {
                 format,
                 filter: self.log_filter,

@@ -58,6 +58,7 @@ impl ChatService for ChatApi {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
+        let received_at = std::time::Instant::now();
         let user = self.caller.user(&request).await?;
         let request_id = request_id(&request);
         let message = request.into_inner();
@@ -68,6 +69,7 @@ impl ChatService for ChatApi {
             ),
         };
         let turn = TurnRequest {
+            received_at,
             user,
             conversation,
             content: message.content,

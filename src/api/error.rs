@@ -42,6 +42,9 @@ impl From<ApiError> for Status {
                     Status::unavailable(message)
                 }
             }
+            ApiError::Chat(ChatError::ShuttingDown) => Status::unavailable(
+                "the server is shutting down; the reply so far was saved as cancelled, retry on another replica",
+            ),
             ApiError::Chat(ChatError::Internal(reason)) => {
                 tracing::error!(error = %reason, "internal error");
                 Status::internal("internal error; the details are in the service's log")

@@ -30,6 +30,9 @@ pub enum ChatError {
     /// The model failed to answer; the message says how, without internal addresses.
     #[error("the model failed: {0}")]
     Model(LlmError),
+    /// The server is shutting down; what was generated so far is stored.
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// A bug or corrupted state. The text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),

@@ -8,4 +8,4 @@ mod turn;
 pub use conversations::{Conversations, Page, PageRequest};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
-pub use turn::{Completion, StartedTurn, TurnEvent, TurnRequest, TurnSettings, Turns};
+pub use turn::{Completion, StartedTurn, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns};

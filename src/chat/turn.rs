@@ -5,6 +5,8 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use super::ChatError;
 use crate::{
@@ -16,6 +18,7 @@ use crate::{
         ChatModel, ContextMessage, LlmError, ModelEvent, ModelRequest, ModelToolCall, TokenUsage,
     },
     store::Store,
+    telemetry::metrics::Metrics,
 };
 
 /// Limits on what a turn accepts and sends to the model.
@@ -40,6 +43,8 @@ pub struct TurnRequest {
     pub content: String,
     /// Correlates the turn's log lines with the request.
     pub request_id: String,
+    /// When the request arrived: time to first token is measured from here.
+    pub received_at: Instant,
 }
 
 /// What the client learns while the reply is generated, in this order.
@@ -71,26 +76,43 @@ pub struct StartedTurn {
 /// How many events may wait for a slow client before the model is made to wait too.
 const EVENT_BUFFER: usize = 16;
 
+/// What a turn needs besides the store and the model: metrics, and the means to stop it.
+#[derive(Clone)]
+pub struct TurnRuntime {
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown grace period is over: turns still running are cut short.
+    pub shutdown: CancellationToken,
+    /// Tracks running generations, so that shutdown can wait until their replies are stored.
+    pub tasks: TaskTracker,
+}
+
 #[derive(Clone)]
 pub struct Turns {
     store: Store,
     model: Arc<dyn ChatModel>,
     settings: Arc<TurnSettings>,
+    runtime: TurnRuntime,
 }
 
 impl Turns {
-    pub fn new(store: Store, model: Arc<dyn ChatModel>, settings: TurnSettings) -> Self {
+    pub fn new(
+        store: Store,
+        model: Arc<dyn ChatModel>,
+        settings: TurnSettings,
+        runtime: TurnRuntime,
+    ) -> Self {
         Self {
             store,
             model,
             settings: Arc::new(settings),
+            runtime,
         }
     }
 
     pub async fn start(&self, request: TurnRequest) -> Result<StartedTurn, ChatError> {
         let content = MessageContent::parse(request.content, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
-        let started = Instant::now();
+        let started = request.received_at;
         let time = now();
         let title = Title::from_first_message(content.as_str());
 
@@ -141,8 +163,14 @@ impl Turns {
             after: user_message.create_time,
             model_name: self.model.name().to_owned(),
             started,
+            metrics: self.runtime.metrics.clone(),
+            shutdown: self.runtime.shutdown.clone(),
         };
-        tokio::spawn(generation.run(self.model.stream(context), sender));
+        // The task carries the request's span, so its log lines carry the request id.
+        let task = generation
+            .run(self.model.stream(context), sender)
+            .instrument(tracing::Span::current());
+        self.runtime.tasks.spawn(task);
         Ok(StartedTurn {
             conversation_id,
             user_message,
@@ -202,7 +230,10 @@ fn user_message(
 /// How a generation ended.
 enum Outcome {
     Finished,
+    /// The client cancelled or went away.
     Cancelled,
+    /// The server's shutdown grace period ran out.
+    Interrupted,
     Failed(LlmError),
 }
 
@@ -216,6 +247,8 @@ struct Generation {
     after: chrono::DateTime<chrono::Utc>,
     model_name: String,
     started: Instant,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
 impl Generation {
@@ -229,18 +262,29 @@ impl Generation {
         let mut usage = None;
         let mut finish_reason = None;
         let mut first_token = None;
+        let _active = self.metrics.stream_started();
+        // Time spent waiting for the model is measured from here, where its request starts.
+        let model_started = Instant::now();
 
         let outcome = loop {
             let event = tokio::select! {
                 biased;
                 () = sender.closed() => break Outcome::Cancelled,
+                () = self.shutdown.cancelled() => break Outcome::Interrupted,
                 event = stream.next() => event,
             };
             match event {
                 None => break Outcome::Finished,
                 Some(Err(error)) => break Outcome::Failed(error),
                 Some(Ok(ModelEvent::Delta(delta))) => {
-                    first_token.get_or_insert_with(|| self.started.elapsed());
+                    if first_token.is_none() {
+                        let total = self.started.elapsed();
+                        self.metrics.record_first_token(
+                            total.as_secs_f64(),
+                            model_started.elapsed().as_secs_f64(),
+                        );
+                        first_token = Some(total);
+                    }
                     text.push_str(&delta);
                     if sender.send(Ok(TurnEvent::Delta(delta))).await.is_err() {
                         break Outcome::Cancelled;
@@ -257,18 +301,28 @@ impl Generation {
         let outcome_label = match &outcome {
             Outcome::Finished => "completed",
             Outcome::Cancelled => "cancelled",
+            Outcome::Interrupted => "interrupted",
             Outcome::Failed(error) => error.kind(),
         };
+        if let Some(usage) = usage {
+            self.metrics
+                .record_tokens(usage.input_tokens, usage.output_tokens);
+        }
         let result = match outcome {
             Outcome::Failed(error) => {
+                self.metrics.record_model_error(error.kind());
                 let error = ChatError::from(error);
                 let _ = sender.send(Err(error)).await;
                 Ok(())
             }
-            Outcome::Cancelled => {
+            Outcome::Cancelled | Outcome::Interrupted => {
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(text, Vec::new(), MessageStatus::Cancelled);
-                self.store.store_reply(self.user, &reply).await.map(|_| ())
+                let stored = self.store.store_reply(self.user, &reply).await.map(|_| ());
+                if matches!(outcome, Outcome::Interrupted) && stored.is_ok() {
+                    let _ = sender.send(Err(ChatError::ShuttingDown)).await;
+                }
+                stored
             }
             Outcome::Finished => {
                 let reply = self.reply(text, calls, MessageStatus::Complete);

@@ -1,6 +1,6 @@
 //! Start-up: make sure the database exists and is migrated, then open the pool.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use diesel::prelude::*;
 use diesel_async::{
@@ -74,6 +74,7 @@ impl Store {
         Ok(Self {
             pool,
             page_token_key,
+            unavailable: Arc::default(),
         })
     }
 }

@@ -12,8 +12,13 @@ mod turns;
 mod url;
 mod users;
 
-use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::{AsyncPgConnection, pooled_connection::deadpool::Object};
+use std::sync::Arc;
+
+use diesel_async::{
+    AsyncPgConnection, RunQueryDsl,
+    pooled_connection::deadpool::{Object, Pool},
+};
+use tokio::sync::Notify;
 
 pub use connect::{ConnectError, PoolSettings, quote_identifier};
 pub use error::StoreError;
@@ -25,6 +30,8 @@ pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 pub struct Store {
     pool: Pool<AsyncPgConnection>,
     page_token_key: Vec<u8>,
+    /// Woken whenever a connection cannot be had, so that health is re-checked at once.
+    unavailable: Arc<Notify>,
 }
 
 impl Store {
@@ -33,7 +40,37 @@ impl Store {
         &self.page_token_key
     }
 
+    /// Notified when the database has just been found unavailable.
+    pub fn unavailable_signal(&self) -> Arc<Notify> {
+        self.unavailable.clone()
+    }
+
+    /// Connections in use and idle, for metrics.
+    pub fn pool_usage(&self) -> (usize, usize) {
+        let status = self.pool.status();
+        (
+            status.size.saturating_sub(status.available),
+            status.available,
+        )
+    }
+
+    /// Whether the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        match diesel::sql_query("SELECT 1").execute(&mut conn).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Keep a connection that just failed out of the pool.
+                let _ = Object::take(conn);
+                Err(StoreError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
     async fn connection(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
-        Ok(self.pool.get().await?)
+        self.pool.get().await.map_err(|error| {
+            self.unavailable.notify_one();
+            StoreError::from(error)
+        })
     }
 }

@@ -828,12 +828,19 @@ async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_co
         "x-request-id",
         request_id.parse().unwrap_or_else(|e| panic!("{e}")),
     );
-    let mut stream = app
+    let response = app
         .chat()
         .send_message(request)
         .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner();
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    // The correlation id comes back in the response headers.
+    let echoed = response
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(echoed.as_deref(), Some(request_id.as_str()));
+    let mut stream = response.into_inner();
     let mut conversation = String::new();
     while let Some(response) = stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {
         if let Some(Event::Accepted(accepted)) = response.event {
@@ -846,7 +853,22 @@ async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_co
         .iter()
         .map(|line| line["message"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(messages, ["turn started", "turn ended"], "{lines:?}");
+    assert_eq!(
+        messages,
+        ["turn started", "turn ended", "rpc finished"],
+        "{lines:?}"
+    );
+    // Every line of the request carries its id, through the request's span.
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["span"]["request_id"] == request_id.as_str()),
+        "{lines:?}"
+    );
+    let rpc = &lines[2];
+    assert_eq!(rpc["method"], "/chat.v1.ChatService/SendMessage");
+    assert_eq!(rpc["code"], "OK");
+    assert!(rpc["duration_ms"].as_f64().is_some());
     let user_id = app
         .db
         .count("SELECT count(*) AS n FROM users WHERE subject = 'alice'")

@@ -12,7 +12,10 @@ use chat_service::{
         },
     },
     chat::TurnSettings,
-    config::{AuthConfig, DatabaseConfig, Environment, JwtKey, LogConfig, LogFormat, ModelConfig},
+    config::{
+        AuthConfig, CorsOrigins, DatabaseConfig, Environment, JwtKey, LogConfig, LogFormat,
+        ModelConfig, ServerConfig,
+    },
     llm::OpenAiSettings,
     store::PoolSettings,
 };
@@ -50,6 +53,12 @@ pub fn test_config(database: &TestDatabase) -> Config {
             history_chars: 48_000,
             system_prompt: None,
         },
+        server: ServerConfig {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_grace: Duration::from_secs(5),
+            health_check_interval: Duration::from_millis(100),
+            cors: CorsOrigins::Any,
+        },
         log: LogConfig {
             format: LogFormat::Pretty,
             filter: "info".to_owned(),
@@ -74,6 +83,9 @@ pub fn fake_llm_settings(fake: &FakeLlm) -> OpenAiSettings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), chat_service::StartupError>>>,
     pub config: Config,
     channel: Channel,
     // Last, so that the server's connections are the ones cut when the database is dropped.
@@ -93,7 +105,11 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("server did not start: {e}"));
         let addr = app.local_addr();
-        tokio::spawn(app.run_until(std::future::pending()));
+        let metrics_addr = app.metrics_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap_or_else(|e| panic!("{e}"))
             .connect()
@@ -101,10 +117,51 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
         Self {
             addr,
+            metrics_addr,
             config,
             channel,
+            stop: Some(stop),
+            server: Some(server),
             db,
         }
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM would.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server to stop, returning what `run_until` returned.
+    pub async fn stopped(&mut self) -> Result<(), chat_service::StartupError> {
+        let server = self
+            .server
+            .take()
+            .unwrap_or_else(|| panic!("already awaited"));
+        server
+            .await
+            .unwrap_or_else(|e| panic!("the server task failed: {e}"))
+    }
+
+    /// The Prometheus text the metrics endpoint serves.
+    pub async fn scrape_metrics(&self) -> String {
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics_addr
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut response = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     /// A server whose model is `fake`, with settings adjusted by `customize`.

@@ -1,4 +1,6 @@
-//! Logging set-up.
+//! Logs, traces and metrics.
+
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt};
 

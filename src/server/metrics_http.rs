@@ -1,0 +1,44 @@
+//! The Prometheus scrape endpoint, on a port of its own.
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{store::Store, telemetry::metrics::Metrics};
+
+#[derive(Clone)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    store: Store,
+}
+
+async fn render(State(scrape): State<Scrape>) -> impl IntoResponse {
+    let (in_use, idle) = scrape.store.pool_usage();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        scrape.metrics.render(in_use, idle),
+    )
+}
+
+/// Serves `GET /metrics` until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    store: Store,
+    stop: CancellationToken,
+) {
+    let router = Router::new()
+        .route("/metrics", get(render))
+        .with_state(Scrape { metrics, store });
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(%error, "the metrics endpoint failed");
+    }
+}

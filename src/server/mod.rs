@@ -1,0 +1,319 @@
+//! The tonic server: our services, health and reflection on one port that speaks gRPC and
+//! grpc-web, the metrics endpoint on another, and a graceful shutdown.
+
+mod health;
+mod metrics_http;
+pub mod rpc;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_web::GrpcWebLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    api::{
+        Authenticator, Caller, ChatApi, ConversationApi,
+        auth::InvalidKey,
+        proto::{
+            self, chat_service_server::ChatServiceServer,
+            conversation_service_server::ConversationServiceServer,
+        },
+    },
+    chat::{Conversations, Identities, TurnRuntime, Turns},
+    config::{Config, CorsOrigins, Environment, JwtKey, ModelConfig},
+    llm::{ChatModel, DevModel, LlmError, OpenAiModel},
+    store::{ConnectError, Store},
+    telemetry::metrics::Metrics,
+};
+
+/// Why the service could not start. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Key(#[from] InvalidKey),
+    #[error(transparent)]
+    Database(#[from] ConnectError),
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        setting: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the model client (CHAT_LLM_BASE_URL): {0}")]
+    Model(#[from] LlmError),
+    #[error("invalid setting CHAT_CORS_ALLOWED_ORIGINS: {0}")]
+    Cors(String),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A service bound to its ports and connected to its database, ready to serve.
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
+    store: Store,
+    authenticator: Authenticator,
+    model: Arc<dyn ChatModel>,
+}
+
+async fn bind(
+    addr: SocketAddr,
+    setting: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let failed = |source| StartupError::Listen {
+        addr,
+        setting,
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let authenticator = Authenticator::new(&config.auth)?;
+        if matches!(config.auth.key, JwtKey::Development) {
+            // Unreachable in production: configuration validation refuses it there.
+            debug_assert_eq!(config.environment, Environment::Development);
+            tracing::warn!(
+                "DEVELOPMENT MODE: tokens are verified with a publicly known key. Anyone can \
+                 impersonate any user. Set CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE for real use"
+            );
+        }
+        let model = build_model(&config.model)?;
+        let store = Store::connect(
+            &config.database.url,
+            &config.database.pool,
+            config.database.migrate_on_start,
+        )
+        .await?;
+        let (listener, local_addr) = bind(config.listen_addr, "CHAT_LISTEN_ADDR").await?;
+        let (metrics_listener, metrics_addr) =
+            bind(config.server.metrics_addr, "CHAT_METRICS_ADDR").await?;
+        Ok(Self {
+            config,
+            listener,
+            local_addr,
+            metrics_listener,
+            metrics_addr,
+            store,
+            authenticator,
+            model,
+        })
+    }
+
+    /// The gRPC address actually bound, which differs from the configured one for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The metrics address actually bound.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: health turns NOT_SERVING,
+    /// new RPCs are refused, streams in flight get the grace period to finish, what is left is
+    /// cancelled (partial replies stored), and this returns once every reply is stored.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            config,
+            listener,
+            local_addr,
+            metrics_listener,
+            metrics_addr,
+            store,
+            authenticator,
+            model,
+        } = self;
+        let grace = config.server.shutdown_grace;
+        let metrics = Metrics::new();
+        let stopping = CancellationToken::new();
+        let turns_runtime = TurnRuntime {
+            metrics: metrics.clone(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let health_monitor = tokio::spawn(health::monitor(
+            health,
+            store.clone(),
+            config.server.health_check_interval,
+            stopping.clone(),
+        ));
+        let metrics_server = tokio::spawn(metrics_http::serve(
+            metrics_listener,
+            metrics.clone(),
+            store.clone(),
+            stopping.clone(),
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+
+        let caller = Caller::new(authenticator, Identities::new(store.clone()));
+        let turns = Turns::new(store.clone(), model, config.turns, turns_runtime.clone());
+        let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns));
+        let conversations =
+            ConversationServiceServer::new(ConversationApi::new(caller, Conversations::new(store)));
+
+        // When shutdown begins: health goes NOT_SERVING, the server stops taking RPCs, and a
+        // timer cuts whatever is still streaming when the grace period is over.
+        let drain = {
+            let stopping = stopping.clone();
+            let cut = turns_runtime.shutdown.clone();
+            async move {
+                shutdown.await;
+                tracing::info!(
+                    grace_seconds = grace.as_secs_f64(),
+                    "shutting down: refusing new RPCs, letting streams finish"
+                );
+                stopping.cancel();
+                let _ = health_monitor.await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    cut.cancel();
+                });
+            }
+        };
+        // Streams that are not turns (a health Watch, say) do not end by themselves: a moment
+        // after the cut, the server stops waiting for them.
+        let deadline = {
+            let stopping = stopping.clone();
+            async move {
+                stopping.cancelled().await;
+                tokio::time::sleep(grace + Duration::from_secs(2)).await;
+            }
+        };
+
+        tracing::info!(addr = %local_addr, metrics = %metrics_addr, "serving gRPC and grpc-web");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = Server::builder()
+            .accept_http1(true)
+            .layer(cors(&config.server.cors)?)
+            .layer(GrpcWebLayer::new())
+            .layer(rpc::RpcLayer::new(metrics))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(chat)
+            .add_service(conversations)
+            .serve_with_incoming_shutdown(incoming, drain);
+        let served = tokio::select! {
+            served = server => served,
+            () = deadline => {
+                tracing::warn!("streams still open after the grace period were closed");
+                Ok(())
+            }
+        };
+        // Whatever was cut short still gets its partial reply stored.
+        turns_runtime.tasks.close();
+        turns_runtime.tasks.wait().await;
+        stopping.cancel();
+        let _ = metrics_server.await;
+        tracing::info!("server stopped");
+        Ok(served?)
+    }
+}
+
+/// CORS for browsers calling through grpc-web.
+fn cors(origins: &CorsOrigins) -> Result<CorsLayer, StartupError> {
+    let allow_origin = match origins {
+        CorsOrigins::Any => AllowOrigin::mirror_request(),
+        CorsOrigins::List(list) => {
+            let values = list
+                .iter()
+                .map(|origin| {
+                    HeaderValue::from_str(origin)
+                        .map_err(|e| StartupError::Cors(format!("{origin:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            AllowOrigin::list(values)
+        }
+    };
+    let header = HeaderName::from_static;
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header("authorization"),
+            header("content-type"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+            header("x-request-id"),
+            header("x-correlation-id"),
+            header("traceparent"),
+            header("tracestate"),
+            header("connect-protocol-version"),
+            header("connect-timeout-ms"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+            header("x-request-id"),
+        ])
+        .max_age(Duration::from_secs(3600)))
+}
+
+fn build_model(config: &ModelConfig) -> Result<Arc<dyn ChatModel>, LlmError> {
+    match config {
+        ModelConfig::Development { delay } => {
+            tracing::warn!(
+                "DEVELOPMENT MODEL: replies come from the built-in `dev` model, not a real one. \
+                 Set CHAT_LLM_BASE_URL and CHAT_LLM_MODEL to use an OpenAI-compatible API"
+            );
+            Ok(Arc::new(DevModel::new(*delay)))
+        }
+        ModelConfig::OpenAi(settings) => {
+            tracing::info!(model = %settings.model, "replies come from an OpenAI-compatible API");
+            Ok(Arc::new(OpenAiModel::new(settings.clone())?))
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

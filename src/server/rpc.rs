@@ -1,0 +1,262 @@
+//! Per-RPC middleware: a correlation id, a span, one log line and metrics for every call. For
+//! streams, the call ends when the response body does, so duration and status cover the stream.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, field};
+
+use crate::telemetry::metrics::Metrics;
+
+/// The header that carries the correlation id, in requests and responses.
+pub const REQUEST_ID: &str = "x-request-id";
+const CORRELATION_ID: &str = "x-correlation-id";
+
+#[derive(Clone)]
+pub struct RpcLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// The client's correlation id if it sent a usable one, else a new UUID.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    [REQUEST_ID, CORRELATION_ID]
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .find(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| unreachable!("a UUID is a valid header value"))
+        })
+}
+
+impl<S, B> Service<http::Request<B>> for RpcService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let id = request_id(request.headers());
+        // Handlers read the id from the metadata; from here on it is always there.
+        request.headers_mut().insert(REQUEST_ID, id.clone());
+        let path = request.uri().path().to_owned();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((&path, ""));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            request_id = %id.to_str().unwrap_or_default(),
+            rpc.grpc.status_code = field::Empty,
+            otel.status_code = field::Empty,
+        );
+        let observer = Observer {
+            span: span.clone(),
+            quiet: service == "grpc.health.v1.Health",
+            path,
+            started: Instant::now(),
+            metrics: self.metrics.clone(),
+            code: None,
+        };
+
+        // The service that was polled ready is the one to call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(
+            async move {
+                let mut response = inner.call(request).await?;
+                response.headers_mut().insert(REQUEST_ID, id);
+                let mut observer = observer;
+                // A call that failed before sending anything puts its status in the headers.
+                observer.code = grpc_status(response.headers());
+                let (parts, body) = response.into_parts();
+                let body = ObservedBody {
+                    inner: body,
+                    observer: Some(observer),
+                };
+                Ok(http::Response::from_parts(
+                    parts,
+                    tonic::body::Body::new(body),
+                ))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// What the RPC's end records: the log line, the span's status and the metrics.
+struct Observer {
+    span: Span,
+    quiet: bool,
+    path: String,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    code: Option<i32>,
+}
+
+impl Observer {
+    fn finish(self, ended_early: bool) {
+        // A body dropped before its end means the client went away.
+        let code = match (self.code, ended_early) {
+            (Some(code), _) => tonic::Code::from_i32(code),
+            (None, true) => tonic::Code::Cancelled,
+            (None, false) => tonic::Code::Ok,
+        };
+        let name = code_name(code);
+        let elapsed = self.started.elapsed();
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.metrics
+            .record_rpc(&self.path, name, elapsed.as_secs_f64());
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        self.span.in_scope(|| {
+            if self.quiet {
+                tracing::debug!(method = %self.path, code = name, duration_ms, "rpc finished");
+            } else {
+                tracing::info!(method = %self.path, code = name, duration_ms, "rpc finished");
+            }
+        });
+    }
+}
+
+/// A response body that reports the RPC's end: its trailers, its end, or its being dropped.
+struct ObservedBody {
+    inner: tonic::body::Body,
+    observer: Option<Observer>,
+}
+
+impl ObservedBody {
+    fn finish(&mut self, ended_early: bool) {
+        if let Some(observer) = self.observer.take() {
+            observer.finish(ended_early);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(observer) = this.observer.as_mut() {
+                        observer.code = grpc_status(trailers).or(observer.code);
+                    }
+                    this.finish(false);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                if let Some(observer) = this.observer.as_mut() {
+                    observer.code = Some(status.code() as i32);
+                }
+                this.finish(false);
+            }
+            Poll::Ready(None) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish(true);
+    }
+}
+
+/// The canonical upper-case name of a gRPC status code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,210 @@
+//! Prometheus metrics: what the service does, how fast, and what it costs.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 100 µs to about 26 s.
+fn latency() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 19,
+    ))
+}
+
+/// The service's metrics, shared by every layer that records them.
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration: HistogramFamily<RpcLabels>,
+    time_to_first_token: Histogram,
+    overhead: Histogram,
+    active_streams: Gauge,
+    tokens: Family<DirectionLabels, Counter>,
+    model_errors: Family<KindLabels, Counter>,
+    db_connections: Family<StateLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("chat");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "RPCs handled, by method and gRPC status code",
+            rpc_requests.clone(),
+        );
+        let rpc_duration: HistogramFamily<RpcLabels> = Family::new_with_constructor(latency);
+        registry.register_with_unit(
+            "rpc_duration",
+            "RPC latency by method and status code; for streams, until the stream ends",
+            Unit::Seconds,
+            rpc_duration.clone(),
+        );
+        let time_to_first_token = latency();
+        registry.register_with_unit(
+            "time_to_first_token",
+            "From receiving SendMessage to relaying the first token",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        let overhead = latency();
+        registry.register_with_unit(
+            "overhead",
+            "Time to first token minus the time spent waiting for the model's first token",
+            Unit::Seconds,
+            overhead.clone(),
+        );
+        let active_streams = Gauge::default();
+        registry.register(
+            "active_streams",
+            "SendMessage streams in progress",
+            active_streams.clone(),
+        );
+        let tokens = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens reported by the model, by direction (input or output)",
+            tokens.clone(),
+        );
+        let model_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "model_errors",
+            "Failed model calls, by kind",
+            model_errors.clone(),
+        );
+        let db_connections = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections, by state (in_use or idle)",
+            db_connections.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            rpc_requests,
+            rpc_duration,
+            time_to_first_token,
+            overhead,
+            active_streams,
+            tokens,
+            model_errors,
+            db_connections,
+        })
+    }
+
+    pub fn record_rpc(&self, method: &str, code: &str, seconds: f64) {
+        let labels = RpcLabels {
+            method: method.to_owned(),
+            code: code.to_owned(),
+        };
+        self.rpc_requests.get_or_create(&labels).inc();
+        self.rpc_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// `total` from the request's arrival, `model` spent waiting for the model's first token.
+    pub fn record_first_token(&self, total: f64, model: f64) {
+        self.time_to_first_token.observe(total);
+        self.overhead.observe((total - model).max(0.0));
+    }
+
+    pub fn record_tokens(&self, input: u32, output: u32) {
+        self.tokens
+            .get_or_create(&DirectionLabels { direction: "input" })
+            .inc_by(u64::from(input));
+        self.tokens
+            .get_or_create(&DirectionLabels {
+                direction: "output",
+            })
+            .inc_by(u64::from(output));
+    }
+
+    pub fn record_model_error(&self, kind: &'static str) {
+        self.model_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts a stream as active until the returned guard is dropped.
+    pub fn stream_started(self: &Arc<Self>) -> ActiveStream {
+        self.active_streams.inc();
+        ActiveStream(self.clone())
+    }
+
+    /// The metrics in Prometheus' text format, with the pool's current state.
+    pub fn render(&self, pool_in_use: usize, pool_idle: usize) -> String {
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.db_connections
+            .get_or_create(&StateLabels { state: "in_use" })
+            .set(as_gauge(pool_in_use));
+        self.db_connections
+            .get_or_create(&StateLabels { state: "idle" })
+            .set(as_gauge(pool_idle));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Decrements the active-stream gauge when dropped.
+pub struct ActiveStream(Arc<Metrics>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.active_streams.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_in_text_format() {
+        let metrics = Metrics::new();
+        metrics.record_rpc("/chat.v1.ChatService/SendMessage", "OK", 0.25);
+        metrics.record_first_token(0.010, 0.009);
+        metrics.record_tokens(12, 4);
+        metrics.record_model_error("timeout");
+        let stream = metrics.stream_started();
+        let text = metrics.render(3, 5);
+        assert!(
+            text.contains(
+                r#"chat_rpc_requests_total{method="/chat.v1.ChatService/SendMessage",code="OK"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("chat_rpc_duration_seconds_bucket"));
+        assert!(text.contains("chat_overhead_seconds_count 1"));
+        assert!(text.contains("chat_active_streams 1"));
+        assert!(text.contains(r#"chat_tokens_total{direction="input"} 12"#));
+        assert!(text.contains(r#"chat_model_errors_total{kind="timeout"} 1"#));
+        assert!(text.contains(r#"chat_db_pool_connections{state="idle"} 5"#));
+        drop(stream);
+        assert!(metrics.render(0, 0).contains("chat_active_streams 0"));
+    }
+}
