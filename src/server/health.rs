@@ -21,39 +21,60 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Checks the database every `interval`, and at once when a request found it unavailable, until
-/// `stopping` is cancelled; then reports NOT_SERVING and returns.
-pub async fn monitor(
+/// Reports the database's health at once, then keeps it up to date in the background (see
+/// [`monitor`]), so that no client ever finds the services unregistered.
+pub async fn start(
     reporter: HealthReporter,
     store: Store,
     interval: Duration,
     stopping: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let healthy = check(&store).await;
+    report(&reporter, healthy).await;
+    tokio::spawn(monitor(reporter, store, interval, stopping, healthy))
+}
+
+async fn check(store: &Store) -> bool {
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn report(reporter: &HealthReporter, healthy: bool) {
+    if healthy {
+        tracing::info!("database answers: SERVING");
+    } else {
+        tracing::warn!("database does not answer: NOT_SERVING");
+    }
+    let status = if healthy {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    set_all(reporter, status).await;
+}
+
+/// Checks the database every `interval`, and at once when a request found it unavailable, until
+/// `stopping` is cancelled; then reports NOT_SERVING and returns.
+async fn monitor(
+    reporter: HealthReporter,
+    store: Store,
+    interval: Duration,
+    stopping: CancellationToken,
+    mut serving: bool,
 ) {
     let unavailable = store.unavailable_signal();
-    let mut serving = None;
     loop {
-        let healthy = matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await,
-            Ok(Ok(()))
-        );
-        if serving != Some(healthy) {
-            if healthy {
-                tracing::info!("database answers: SERVING");
-            } else {
-                tracing::warn!("database does not answer: NOT_SERVING");
-            }
-            let status = if healthy {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_all(&reporter, status).await;
-            serving = Some(healthy);
-        }
         tokio::select! {
             () = stopping.cancelled() => break,
             () = tokio::time::sleep(interval) => {}
             () = unavailable.notified() => {}
+        }
+        let healthy = check(&store).await;
+        if healthy != serving {
+            report(&reporter, healthy).await;
+            serving = healthy;
         }
     }
     set_all(&reporter, ServingStatus::NotServing).await;

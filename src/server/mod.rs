@@ -149,12 +149,13 @@ impl Application {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let health_monitor = tokio::spawn(health::monitor(
+        let health_monitor = health::start(
             health,
             store.clone(),
             config.server.health_check_interval,
             stopping.clone(),
-        ));
+        )
+        .await;
         let metrics_server = tokio::spawn(metrics_http::serve(
             metrics_listener,
             metrics.clone(),

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod conversations;
 mod isolation;
+mod operability;
 mod send_message;
 mod startup;
 

@@ -6,6 +6,7 @@ pub mod app;
 pub mod database;
 pub mod fake_llm;
 pub mod logs;
+pub mod tcp_proxy;
 
 pub use app::TestApp;
 pub use database::TestDatabase;
