@@ -216,12 +216,10 @@ async fn shutdown_cancels_streams_that_outlast_the_grace_period_and_keeps_their_
     }
     app.begin_shutdown();
 
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(response)) => panic!("unexpected event {:?}", response.event),
-            Ok(None) => panic!("the stream ended without an error"),
-            Err(status) => break status,
-        }
+    let status = match stream.message().await {
+        Ok(Some(response)) => panic!("unexpected event {:?}", response.event),
+        Ok(None) => panic!("the stream ended without an error"),
+        Err(status) => status,
     };
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
