@@ -198,6 +198,23 @@ pub struct Settings {
     #[arg(long, env = "CHAT_CORS_ALLOWED_ORIGINS", global = true)]
     pub cors_allowed_origins: Option<String>,
 
+    /// OTLP collector to export traces to, e.g. http://otel-collector:4317. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// `grpc` or `http/protobuf`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = parse_protocol, global = true)]
+    pub otel_exporter_otlp_protocol: OtlpProtocol,
+
+    /// The service name traces are reported under.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "chat-service",
+        global = true
+    )]
+    pub otel_service_name: String,
+
     /// Log format; JSON lines when not attached to a terminal, or in production.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -218,6 +235,31 @@ pub struct Config {
     pub turns: TurnSettings,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// Where traces go; `None` exports none.
+    pub otel: Option<OtelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct OtelConfig {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+}
+
+fn parse_protocol(text: &str) -> Result<OtlpProtocol, String> {
+    match text {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        other => Err(format!(
+            "{other:?} is not supported; use grpc or http/protobuf"
+        )),
+    }
 }
 
 /// How the server runs, besides its gRPC address.
@@ -428,6 +470,22 @@ impl Settings {
             health_check_interval: self.health_check_interval,
             cors,
         };
+        let otel = match self.otel_exporter_otlp_endpoint.filter(|e| !e.is_empty()) {
+            Some(endpoint)
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) =>
+            {
+                return Err(invalid(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            Some(endpoint) => Some(OtelConfig {
+                endpoint,
+                protocol: self.otel_exporter_otlp_protocol,
+                service_name: self.otel_service_name,
+            }),
+            None => None,
+        };
         let turns = TurnSettings {
             max_message_chars: self.max_message_chars,
             history_messages: self.history_messages,
@@ -461,6 +519,7 @@ impl Settings {
             model,
             turns,
             server,
+            otel,
             log: LogConfig {
                 format,
                 filter: self.log_filter,

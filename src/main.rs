@@ -54,7 +54,6 @@ fn main() -> ExitCode {
         };
     }
 
-    telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,13 +62,19 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let outcome = runtime.block_on(async {
-        match cli.command {
+        // The OTLP exporter runs on this runtime, so it is set up inside it.
+        let telemetry =
+            telemetry::init(&config.log, config.otel.as_ref()).map_err(|e| e.to_string())?;
+        let outcome = match cli.command {
             Some(Command::Migrate) => run_migrations(&config.database.url)
                 .await
                 .map(|applied| tracing::info!(versions = ?applied, "migrations applied"))
                 .map_err(|e| format!("applying migrations to {} failed: {e}", config.database.url)),
             _ => chat_service::run(config).await.map_err(|e| e.to_string()),
-        }
+        };
+        // Delivers the last spans; blocking, so off the async threads.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        outcome
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

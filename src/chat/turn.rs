@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::Instrument;
+use tracing::{Instrument, field};
 
 use super::ChatError;
 use crate::{
@@ -162,6 +162,7 @@ impl Turns {
             conversation_id,
             after: user_message.create_time,
             model_name: self.model.name().to_owned(),
+            provider: self.model.provider(),
             started,
             metrics: self.runtime.metrics.clone(),
             shutdown: self.runtime.shutdown.clone(),
@@ -246,6 +247,7 @@ struct Generation {
     /// The user message's time: the reply is stored after it.
     after: chrono::DateTime<chrono::Utc>,
     model_name: String,
+    provider: &'static str,
     started: Instant,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -265,13 +267,29 @@ impl Generation {
         let _active = self.metrics.stream_started();
         // Time spent waiting for the model is measured from here, where its request starts.
         let model_started = Instant::now();
+        // The model call, as the GenAI semantic conventions describe it. Polling the stream
+        // inside it makes it the parent of the upstream request's trace.
+        let model_span = tracing::info_span!(
+            "gen_ai",
+            otel.name = %format!("chat {}", self.model_name),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.system = self.provider,
+            gen_ai.provider.name = self.provider,
+            gen_ai.request.model = %self.model_name,
+            gen_ai.usage.input_tokens = field::Empty,
+            gen_ai.usage.output_tokens = field::Empty,
+            gen_ai.response.finish_reasons = field::Empty,
+            error.type = field::Empty,
+            otel.status_code = field::Empty,
+        );
 
         let outcome = loop {
             let event = tokio::select! {
                 biased;
                 () = sender.closed() => break Outcome::Cancelled,
                 () = self.shutdown.cancelled() => break Outcome::Interrupted,
-                event = stream.next() => event,
+                event = stream.next().instrument(model_span.clone()) => event,
             };
             match event {
                 None => break Outcome::Finished,
@@ -297,6 +315,18 @@ impl Generation {
         };
         // Aborts the upstream request at once if it is still running.
         drop(stream);
+        if let Some(usage) = usage {
+            model_span.record("gen_ai.usage.input_tokens", i64::from(usage.input_tokens));
+            model_span.record("gen_ai.usage.output_tokens", i64::from(usage.output_tokens));
+        }
+        if let Some(reason) = &finish_reason {
+            model_span.record("gen_ai.response.finish_reasons", reason.as_str());
+        }
+        if let Outcome::Failed(error) = &outcome {
+            model_span.record("error.type", error.kind());
+            model_span.record("otel.status_code", "ERROR");
+        }
+        drop(model_span);
 
         let outcome_label = match &outcome {
             Outcome::Finished => "completed",

@@ -41,6 +41,10 @@ impl ChatModel for DevModel {
         Self::NAME
     }
 
+    fn provider(&self) -> &'static str {
+        "chat-service.dev"
+    }
+
     fn stream(&self, request: ModelRequest) -> ModelStream {
         let reply = Self::reply(&request);
         let input_tokens = request

@@ -61,6 +61,9 @@ pub trait ChatModel: Send + Sync + 'static {
     /// The model's name as reported to clients.
     fn name(&self) -> &str;
 
+    /// Who serves the model, for the GenAI semantic conventions (`gen_ai.provider.name`).
+    fn provider(&self) -> &'static str;
+
     /// Starts generating a reply. Nothing happens until the stream is polled.
     fn stream(&self, request: ModelRequest) -> ModelStream;
 }

@@ -85,6 +85,11 @@ impl ChatModel for OpenAiModel {
         &self.inner.settings.model
     }
 
+    fn provider(&self) -> &'static str {
+        // What the API speaks; the server behind it may be vLLM, Ollama or another.
+        "openai"
+    }
+
     fn stream(&self, request: ModelRequest) -> ModelStream {
         let generation = Generation::new(self.inner.clone(), &request);
         Box::pin(stream::unfold(generation, |mut generation| async move {
@@ -259,6 +264,10 @@ impl Generation {
             if let Some(key) = &settings.api_key {
                 request = request.bearer_auth(key);
             }
+            // The upstream joins our trace: it gets the model call's span as its parent.
+            let mut trace_headers = reqwest::header::HeaderMap::new();
+            crate::telemetry::propagation::inject_current(&mut trace_headers);
+            request = request.headers(trace_headers);
             let outcome = timeout_at(self.first_content_due, request.send()).await;
             let retry_after = match outcome {
                 Err(_) => return Err(self.timeout()),

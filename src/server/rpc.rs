@@ -102,6 +102,9 @@ where
             rpc.grpc.status_code = field::Empty,
             otel.status_code = field::Empty,
         );
+        // An incoming `traceparent` makes this span a child of the caller's.
+        let parent = crate::telemetry::propagation::extract(request.headers());
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
         let observer = Observer {
             span: span.clone(),
             quiet: service == "grpc.health.v1.Health",

@@ -16,6 +16,7 @@ use crate::domain::{
 type Conn = diesel_async::AsyncPgConnection;
 
 impl Store {
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
     pub async fn create_conversation(
         &self,
         user: UserId,
@@ -30,6 +31,7 @@ impl Store {
     }
 
     /// Up to `limit` of the user's conversations after `after`, most recently updated first.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn list_conversations(
         &self,
         user: UserId,
@@ -57,6 +59,7 @@ impl Store {
         Ok(rows.into_iter().map(Conversation::from).collect())
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn find_conversation(
         &self,
         user: UserId,
@@ -68,6 +71,7 @@ impl Store {
 
     /// The conversation with all its messages in order, or `None` if the user has no such
     /// conversation.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn conversation_with_messages(
         &self,
         user: UserId,
@@ -89,6 +93,7 @@ impl Store {
 
     /// Up to `limit` messages of the user's conversation after `after`, oldest first, or `None`
     /// if the user has no such conversation.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn list_messages(
         &self,
         user: UserId,
@@ -124,6 +129,7 @@ impl Store {
 
     /// Deletes the conversation with its messages and their tool calls. `false` if the user had
     /// no such conversation.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "DELETE"))]
     pub async fn delete_conversation(
         &self,
         user: UserId,

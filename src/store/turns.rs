@@ -15,6 +15,7 @@ use crate::domain::{Conversation, ConversationId, Message, Role, Title, UserId};
 
 impl Store {
     /// Creates the conversation together with its first message, in one statement.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT conversations messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
     pub async fn start_conversation(
         &self,
         user: UserId,
@@ -45,6 +46,7 @@ impl Store {
     /// Adds the user's message to one of their conversations, moving its update time forward and
     /// naming it if it has no title yet, in one statement. `None` if the user has no such
     /// conversation, in which case nothing is written.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE conversations INSERT messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
     pub async fn append_user_message(
         &self,
         user: UserId,
@@ -80,6 +82,7 @@ impl Store {
     }
 
     /// The conversation's newest `limit` messages, oldest first: the model's context.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn recent_messages(
         &self,
         user: UserId,
@@ -109,6 +112,7 @@ impl Store {
     /// Stores the assistant's reply with its tool calls and moves the conversation's update
     /// time forward, in one transaction. `false` if the conversation was deleted meanwhile, in
     /// which case nothing is written.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT messages tool_calls", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
     pub async fn store_reply(&self, user: UserId, reply: &Message) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
         conn.transaction::<bool, StoreError, _>(async |conn| {

@@ -7,6 +7,7 @@ use crate::domain::{Subject, UserId};
 
 impl Store {
     /// The user the subject names, created on first sight.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT/INSERT users", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT/INSERT"))]
     pub async fn ensure_user(&self, subject: &Subject) -> Result<UserId, StoreError> {
         let mut conn = self.connection().await?;
         let find = users::table

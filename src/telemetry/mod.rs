@@ -1,31 +1,140 @@
 //! Logs, traces and metrics.
 
 pub mod metrics;
+pub mod propagation;
 
-use tracing_subscriber::{EnvFilter, fmt};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::{
+    Resource, runtime::Tokio, trace::SdkTracerProvider,
+    trace::span_processor_with_async_runtime::BatchSpanProcessor,
+};
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, OtelConfig, OtlpProtocol};
 
-/// Installs the global subscriber. An invalid filter falls back to `info` with a warning rather
-/// than stopping the service.
-pub fn init(config: &LogConfig) {
-    let (filter, filter_error) = match EnvFilter::try_new(&config.filter) {
+/// What must outlive the service for its telemetry to be delivered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up OpenTelemetry export to {endpoint} (OTEL_EXPORTER_OTLP_ENDPOINT): {reason}")]
+pub struct TelemetryError {
+    endpoint: String,
+    reason: String,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+
+    /// Flushes and stops the exporter. Blocks: call it off the async threads.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber: logs to stderr and, when configured, spans to an OTLP
+/// collector. Must run inside a Tokio runtime when `otel` is set. An invalid log filter falls
+/// back to `info` with a warning rather than stopping the service.
+pub fn init(log: &LogConfig, otel: Option<&OtelConfig>) -> Result<Telemetry, TelemetryError> {
+    let (filter, filter_error) = match EnvFilter::try_new(&log.filter) {
         Ok(filter) => (filter, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let installed = match config.format {
-        LogFormat::Json => builder
+    let logs = match log.format {
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
     };
-    if installed.is_err() {
-        return;
+    let provider = otel.map(tracer_provider).transpose()?;
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init();
+    if installed.is_ok() {
+        if let Some(error) = filter_error {
+            tracing::warn!(filter = %log.filter, error = %error, "invalid RUST_LOG filter; logging at info");
+        }
+        if let Some(otel) = otel {
+            tracing::info!(endpoint = %otel.endpoint, protocol = ?otel.protocol, "exporting traces over OTLP");
+        }
     }
-    if let Some(error) = filter_error {
-        tracing::warn!(filter = %config.filter, error = %error, "invalid RUST_LOG filter; logging at info");
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(otel: &OtelConfig) -> Result<SdkTracerProvider, TelemetryError> {
+    let failed = |e: &dyn std::fmt::Display| TelemetryError {
+        endpoint: otel.endpoint.clone(),
+        reason: e.to_string(),
+    };
+    let exporter = match otel.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&otel.endpoint)
+            .build(),
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(traces_url(&otel.endpoint))
+            .build(),
+    }
+    .map_err(|e| failed(&e))?;
+    // Exports on the service's own runtime, so that both transports find their reactor.
+    let processor = BatchSpanProcessor::builder(exporter, Tokio).build();
+    let resource = Resource::builder()
+        .with_service_name(otel.service_name.clone())
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}
+
+/// The traces URL for a base OTLP/HTTP endpoint, as the OpenTelemetry specification derives it.
+fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traces_url;
+
+    #[test]
+    fn the_traces_path_is_appended_once() {
+        assert_eq!(
+            traces_url("http://collector:4318"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://collector:4318/"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://collector:4318/v1/traces"),
+            "http://collector:4318/v1/traces"
+        );
     }
 }

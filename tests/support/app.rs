@@ -63,6 +63,7 @@ pub fn test_config(database: &TestDatabase) -> Config {
             format: LogFormat::Pretty,
             filter: "info".to_owned(),
         },
+        otel: None,
     }
 }
 

@@ -59,6 +59,7 @@ impl Script {
 pub struct Received {
     pub body: Value,
     pub authorization: Option<String>,
+    pub traceparent: Option<String>,
     pub at: tokio::time::Instant,
 }
 
@@ -207,6 +208,10 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         .push(Received {
             body: body.clone(),
             authorization,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             at: tokio::time::Instant::now(),
         });
     let script = state

@@ -1,11 +1,12 @@
 //! What the end-to-end tests share: a fresh database per test, the real server on an ephemeral
 //! port, authenticated clients, and direct SQL access for checking what was stored.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod app;
 pub mod database;
 pub mod fake_llm;
 pub mod logs;
+pub mod otlp;
 pub mod tcp_proxy;
 
 pub use app::TestApp;
