@@ -11,6 +11,9 @@ use crate::store::Store;
 /// The services whose health is reported, besides the whole server ("").
 pub const SERVICES: [&str; 2] = ["chat.v1.ChatService", "chat.v1.ConversationService"];
 
+/// A service name that is SERVING for as long as the process runs, for liveness probes.
+pub const LIVENESS: &str = "liveness";
+
 /// How long one database check may take before it counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -29,6 +32,11 @@ pub async fn start(
     interval: Duration,
     stopping: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    // Answers as long as the process does: a liveness probe must not restart replicas because
+    // the database is down.
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let healthy = check(&store).await;
     report(&reporter, healthy).await;
     tokio::spawn(monitor(reporter, store, interval, stopping, healthy))

@@ -72,6 +72,15 @@ async fn health_follows_the_database_and_goes_not_serving_on_shutdown() {
 
     proxy.cut();
     assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing);
+    let liveness = health
+        .check(HealthCheckRequest {
+            service: "liveness".to_owned(),
+        })
+        .await;
+    assert_eq!(
+        liveness.map(|r| r.into_inner().status()).ok(),
+        Some(ServingStatus::Serving)
+    );
     let check = health
         .check(HealthCheckRequest {
             service: String::new(),
