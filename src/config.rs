@@ -636,5 +636,23 @@ mod tests {
             .into_config(true)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.log.format, LogFormat::Pretty);
+        let secret = "s".repeat(32);
+        let production = settings(&[
+            "--env",
+            "production",
+            "--jwt-secret",
+            &secret,
+            "--llm-base-url",
+            "http://vllm:8000/v1",
+            "--llm-model",
+            "qwen",
+        ])
+        .into_config(true)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            production.log.format,
+            LogFormat::Json,
+            "production logs JSON even on a terminal"
+        );
     }
 }
