@@ -655,4 +655,90 @@ mod tests {
             "production logs JSON even on a terminal"
         );
     }
+
+    /// Environment variables that `deploy/` sets for other containers, not for this service.
+    const FOREIGN_VARIABLES: [&str; 3] = ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"];
+
+    /// The variable names a deploy file sets: YAML keys, `- name:` entries and Dockerfile
+    /// `ENV` assignments, including commented-out examples.
+    fn variables_in(text: &str) -> Vec<String> {
+        let is_name = |s: &str| {
+            s.len() > 1
+                && s.starts_with(|c: char| c.is_ascii_uppercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        };
+        let mut names = Vec::new();
+        for line in text.lines() {
+            let line = line.trim().trim_start_matches('#').trim();
+            let line = line.strip_prefix("ENV ").unwrap_or(line);
+            let candidate = if let Some(rest) = line.strip_prefix("- name:") {
+                rest.trim()
+            } else if let Some((key, _)) = line.split_once(':') {
+                key.trim()
+            } else if let Some((key, _)) = line.split_once('=') {
+                key.trim()
+            } else {
+                continue;
+            };
+            if is_name(candidate) {
+                names.push(candidate.to_owned());
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn deploy_files_set_only_variables_the_service_reads() {
+        let command = <Settings as clap::Args>::augment_args(clap::Command::new("chat-service"));
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .collect();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut files = vec![deploy.join("Dockerfile"), deploy.join("docker-compose.yml")];
+        let k8s = std::fs::read_dir(deploy.join("k8s")).unwrap_or_else(|e| panic!("{e}"));
+        files.extend(k8s.flatten().map(|entry| entry.path()));
+        let mut checked = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            for name in variables_in(&text) {
+                assert!(
+                    known.contains(&name) || FOREIGN_VARIABLES.contains(&name.as_str()),
+                    "{} sets {name}, which the service does not read",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > 20,
+            "too few variables found ({checked}): is the scan broken?"
+        );
+        assert!(variables_in("  - name: CHAT_TYPO\n  CHAT_OTHER: x\nENV A_B=1").len() == 3);
+    }
+
+    #[test]
+    fn the_kustomization_lists_every_manifest() {
+        let k8s = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+        let kustomization = std::fs::read_to_string(k8s.join("kustomization.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listed: Vec<&str> = kustomization
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("- "))
+            .filter(|item| item.ends_with(".yaml"))
+            .collect();
+        let mut manifests: Vec<String> = std::fs::read_dir(&k8s)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+            .collect();
+        manifests.sort();
+        let mut listed_sorted: Vec<String> = listed.iter().map(|s| (*s).to_owned()).collect();
+        listed_sorted.sort();
+        assert_eq!(listed_sorted, manifests);
+    }
 }
