@@ -1,0 +1,587 @@
+//! Measures what the service costs: its overhead on time to first token, throughput, CPU and
+//! memory, and read latency, against the release binary, a fake OpenAI-compatible upstream and
+//! the local PostgreSQL. See BENCHMARKS.md for how to run it and what it found.
+//!
+//!     cargo build --release && cargo run --release --example bench -- [SCENARIO...]
+//!
+//! Scenarios: streams-1, streams-50, streams-500, slow-2000, reads (default: all of them).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, extract::State, http::header, response::Response, routing::post};
+use chat_service::{
+    api::{
+        auth::mint_token,
+        proto::{
+            GetConversationRequest, ListConversationsRequest, SendMessageRequest,
+            chat_service_client::ChatServiceClient,
+            conversation_service_client::ConversationServiceClient, send_message_response::Event,
+        },
+    },
+    config::{AuthConfig, JwtKey},
+    store::{DatabaseUrl, quote_identifier},
+};
+use diesel::{QueryableByName, sql_query, sql_types::BigInt};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::stream;
+use tonic::{Request, transport::Channel};
+
+const SECRET: &str = "benchmark-secret-with-at-least-32-bytes!";
+
+/// How the fake upstream answers; changed between scenarios.
+#[derive(Default)]
+struct UpstreamShape {
+    ttft_ms: AtomicU64,
+    chunks: AtomicU64,
+    chunk_delay_ms: AtomicU64,
+}
+
+async fn complete(State(shape): State<Arc<UpstreamShape>>, _body: axum::body::Bytes) -> Response {
+    let ttft = Duration::from_millis(shape.ttft_ms.load(Ordering::Relaxed));
+    let chunks = shape.chunks.load(Ordering::Relaxed);
+    let delay = Duration::from_millis(shape.chunk_delay_ms.load(Ordering::Relaxed));
+    let received = Instant::now();
+    let frames = stream::unfold(0u64, move |i| async move {
+        let frame = match i {
+            // The first token says how long the upstream itself took to produce it, so that the
+            // client can subtract exactly that (timers are coarser than what is measured).
+            0 => {
+                tokio::time::sleep(ttft).await;
+                chunk(&format!("{} ", received.elapsed().as_micros()))
+            }
+            i if i < chunks => {
+                tokio::time::sleep(delay).await;
+                chunk(&format!("tok{i} "))
+            }
+            i if i == chunks => {
+                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":20}}\n\ndata: [DONE]\n\n".to_owned()
+            }
+            _ => return None,
+        };
+        Some((Ok::<_, std::io::Error>(frame), i + 1))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(frames))
+        .unwrap_or_default()
+}
+
+fn chunk(text: &str) -> String {
+    format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+    )
+}
+
+async fn start_upstream(shape: Arc<UpstreamShape>) -> SocketAddr {
+    let router = Router::new()
+        .route("/v1/chat/completions", post(complete))
+        .with_state(shape);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    // As real model servers do: without it, Nagle's algorithm holds each small chunk back until
+    // the previous one is acknowledged, which a delayed ACK can stretch to tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// The service under test, as a separate process so that its CPU and memory can be read.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(database: &DatabaseUrl, upstream: SocketAddr) -> Self {
+        let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/chat-service");
+        let mut child = Command::new(binary)
+            .env("DATABASE_URL", database.expose())
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env("CHAT_LLM_BASE_URL", format!("http://{upstream}/v1"))
+            .env("CHAT_LLM_MODEL", "bench-model")
+            .env("CHAT_LISTEN_ADDR", "127.0.0.1:0")
+            .env("CHAT_METRICS_ADDR", "127.0.0.1:0")
+            .env("CHAT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("CHAT_DB_ACQUIRE_TIMEOUT", "30s")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} (run `cargo build --release` first): {e}")
+            });
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the log as a log shipper would, so that logging costs what it costs in production.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("serving gRPC and grpc-web") {
+                    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    let _ = tx.send(entry["addr"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the service did not start");
+        Self {
+            child,
+            addr: addr.parse().expect("address"),
+        }
+    }
+
+    /// User plus system CPU seconds the server has used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    /// Resident memory now and at its peak, in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct TurnResults {
+    overheads_ms: Vec<f64>,
+    completed: u64,
+    errors: u64,
+    message_ids: Vec<String>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn summary(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    format!(
+        "{:.2} | {:.2} | {:.2} | {:.2}",
+        percentile(values, 0.5),
+        percentile(values, 0.9),
+        percentile(values, 0.99),
+        values.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// The upstream's own time to first token, which its first delta carries.
+fn upstream_ttft(delta: &str) -> Option<Duration> {
+    delta.trim().parse().ok().map(Duration::from_micros)
+}
+
+/// One user holding one conversation, turn after turn, until `until`.
+async fn user_loop(channel: Channel, token: String, until: Instant) -> TurnResults {
+    let mut client = ChatServiceClient::new(channel);
+    let mut results = TurnResults::default();
+    let mut conversation = String::new();
+    while Instant::now() < until {
+        let sent = Instant::now();
+        let request = authorized(
+            SendMessageRequest {
+                conversation_id: conversation.clone(),
+                content: "How fast is this service?".into(),
+            },
+            &token,
+        );
+        let mut stream = match client.send_message(request).await {
+            Ok(response) => response.into_inner(),
+            Err(_) => {
+                results.errors += 1;
+                continue;
+            }
+        };
+        let mut first_token: Option<(Duration, Duration)> = None;
+        let mut ids = Vec::new();
+        let mut completed = false;
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => match response.event {
+                    Some(Event::Accepted(accepted)) => {
+                        conversation = accepted.conversation_id;
+                        ids.extend(accepted.user_message.map(|m| m.id));
+                    }
+                    Some(Event::Delta(delta)) if first_token.is_none() => {
+                        first_token =
+                            upstream_ttft(&delta.text).map(|upstream| (sent.elapsed(), upstream));
+                    }
+                    Some(Event::Completed(done)) => {
+                        ids.extend(done.message.map(|m| m.id));
+                        completed = true;
+                    }
+                    _ => {}
+                },
+                Ok(None) => break,
+                Err(_) => {
+                    results.errors += 1;
+                    break;
+                }
+            }
+        }
+        if completed {
+            results.completed += 1;
+            results.message_ids.extend(ids);
+            if let Some((seen, upstream)) = first_token {
+                results
+                    .overheads_ms
+                    .push((seen.as_secs_f64() - upstream.as_secs_f64()) * 1000.0);
+            }
+        }
+    }
+    results
+}
+
+async fn channels(addr: SocketAddr, count: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        channels.push(channel);
+    }
+    channels
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// How many of `ids` are stored.
+async fn stored(database: &DatabaseUrl, ids: &[String]) -> i64 {
+    use diesel_async::RunQueryDsl;
+    let mut conn = AsyncPgConnection::establish(database.expose())
+        .await
+        .expect("connect");
+    let mut total = 0;
+    for batch in ids.chunks(5000) {
+        let list = batch
+            .iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let row: Count = sql_query(format!(
+            "SELECT count(*) AS n FROM messages WHERE id IN ({list})"
+        ))
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+        total += row.n;
+    }
+    total
+}
+
+fn token(user: &str) -> String {
+    let auth = AuthConfig {
+        key: JwtKey::Hs256Secret(SECRET.as_bytes().to_vec()),
+        issuer: None,
+        audience: None,
+    };
+    mint_token(&auth, user, Duration::from_secs(3600)).expect("token")
+}
+
+async fn streams(
+    server: &Server,
+    shape: &UpstreamShape,
+    database: &DatabaseUrl,
+    concurrency: usize,
+    seconds: u64,
+) {
+    shape.ttft_ms.store(20, Ordering::Relaxed);
+    shape.chunks.store(20, Ordering::Relaxed);
+    shape.chunk_delay_ms.store(5, Ordering::Relaxed);
+    let pool = channels(server.addr, concurrency.div_ceil(100)).await;
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            tokio::spawn(user_loop(
+                pool[i % pool.len()].clone(),
+                token(&format!("user{i}")),
+                until,
+            ))
+        })
+        .collect();
+    let mut total = TurnResults::default();
+    for task in tasks {
+        let results = task.await.expect("user task");
+        total.completed += results.completed;
+        total.errors += results.errors;
+        total.overheads_ms.extend(results.overheads_ms);
+        total.message_ids.extend(results.message_ids);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = server.cpu_seconds() - cpu_before;
+    let (_, peak) = server.memory_kib();
+    let stored = stored(database, &total.message_ids).await;
+    println!(
+        "| {concurrency} streams, {seconds} s | {} | {:.0} | {} | {:.3} | {:.1} | {}/{} |",
+        summary(&mut total.overheads_ms),
+        total.completed as f64 / elapsed,
+        total.errors,
+        cpu * 1000.0 / total.completed.max(1) as f64,
+        peak as f64 / 1024.0,
+        stored,
+        total.message_ids.len(),
+    );
+}
+
+async fn slow_streams(
+    server: &Server,
+    shape: &UpstreamShape,
+    database: &DatabaseUrl,
+    concurrency: usize,
+) {
+    shape.ttft_ms.store(10, Ordering::Relaxed);
+    shape.chunks.store(20, Ordering::Relaxed);
+    shape.chunk_delay_ms.store(1000, Ordering::Relaxed);
+    let (baseline, _) = server.memory_kib();
+    let pool = channels(server.addr, concurrency.div_ceil(100)).await;
+    let open = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let channel = pool[i % pool.len()].clone();
+            let token = token(&format!("slow{i}"));
+            let open = open.clone();
+            tokio::spawn(async move {
+                let mut client = ChatServiceClient::new(channel);
+                let request = authorized(
+                    SendMessageRequest {
+                        conversation_id: String::new(),
+                        content: "Take your time".into(),
+                    },
+                    &token,
+                );
+                let mut ids = Vec::new();
+                let Ok(response) = client.send_message(request).await else {
+                    return (false, ids);
+                };
+                let mut stream = response.into_inner();
+                let mut counted = false;
+                while let Ok(Some(response)) = stream.message().await {
+                    match response.event {
+                        Some(Event::Accepted(accepted)) => {
+                            ids.extend(accepted.user_message.map(|m| m.id))
+                        }
+                        Some(Event::Delta(_)) if !counted => {
+                            counted = true;
+                            open.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Event::Completed(done)) => {
+                            ids.extend(done.message.map(|m| m.id));
+                            return (true, ids);
+                        }
+                        _ => {}
+                    }
+                }
+                (false, ids)
+            })
+        })
+        .collect();
+    // Memory is read once every stream is open and streaming.
+    while open.load(Ordering::Relaxed) < concurrency as u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (with_streams, _) = server.memory_kib();
+    let mut completed = 0;
+    let mut ids = Vec::new();
+    for task in tasks {
+        let (done, task_ids) = task.await.expect("stream task");
+        completed += u64::from(done);
+        ids.extend(task_ids);
+    }
+    let (_, peak) = server.memory_kib();
+    let stored = stored(database, &ids).await;
+    let per_stream = (with_streams.saturating_sub(baseline)) as f64 / concurrency as f64;
+    println!(
+        "| {concurrency} slow streams (20 chunks, 1 s apart) | {:.1} MiB → {:.1} MiB | {per_stream:.1} KiB | {completed} | {:.1} | {stored}/{} |",
+        baseline as f64 / 1024.0,
+        with_streams as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        ids.len()
+    );
+}
+
+async fn reads(server: &Server, database: &DatabaseUrl) {
+    let token = token("reader");
+    let channel = channels(server.addr, 1).await.remove(0);
+    let mut client = ConversationServiceClient::new(channel);
+    client
+        .list_conversations(authorized(ListConversationsRequest::default(), &token))
+        .await
+        .expect("first call");
+    let mut conn = AsyncPgConnection::establish(database.expose())
+        .await
+        .expect("connect");
+    conn.batch_execute(
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+         SELECT gen_random_uuid(), u.id, 'conversation ' || g, now(), now() - g * interval '1 second'
+         FROM users u, generate_series(1, 1000) g WHERE u.subject = 'reader';
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+         SELECT gen_random_uuid(), c.id, CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                repeat('A message of about two hundred characters. ', 5), 'complete', now() + g * interval '1 ms'
+         FROM (SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
+               WHERE u.subject = 'reader' ORDER BY c.updated_at DESC LIMIT 1) c, generate_series(1, 1000) g;
+         ANALYZE;",
+    )
+    .await
+    .expect("seed");
+    let newest = client
+        .list_conversations(authorized(
+            ListConversationsRequest {
+                page_size: 1,
+                page_token: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .conversations
+        .remove(0)
+        .id;
+
+    let mut measure = async |name: &str, runs: usize, page_size: i32| {
+        let mut latencies = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            if name == "GetConversation" {
+                let request = authorized(
+                    GetConversationRequest {
+                        conversation_id: newest.clone(),
+                    },
+                    &token,
+                );
+                let response = client
+                    .get_conversation(request)
+                    .await
+                    .expect("get")
+                    .into_inner();
+                assert_eq!(response.messages.len(), 1000);
+            } else {
+                let request = authorized(
+                    ListConversationsRequest {
+                        page_size,
+                        page_token: String::new(),
+                    },
+                    &token,
+                );
+                let response = client
+                    .list_conversations(request)
+                    .await
+                    .expect("list")
+                    .into_inner();
+                assert_eq!(response.conversations.len(), page_size as usize);
+            }
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "| {name} (page size {page_size}) | {runs} | {} |",
+            summary(&mut latencies)
+        );
+    };
+    measure("ListConversations", 2000, 20).await;
+    measure("ListConversations", 2000, 100).await;
+    measure("GetConversation", 500, 1000).await;
+}
+
+fn main() {
+    let scenarios: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| scenarios.is_empty() || scenarios.iter().any(|s| s == name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| chat_service::config::DEFAULT_DATABASE_URL.to_owned());
+        let database = DatabaseUrl::parse(&base).expect("DATABASE_URL").with_database("chat_bench");
+        let mut admin = AsyncPgConnection::establish(database.with_database("postgres").expose()).await.expect("connect");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_identifier("chat_bench")))
+            .await
+            .expect("drop the benchmark database");
+
+        let shape = Arc::new(UpstreamShape::default());
+        let upstream = start_upstream(shape.clone()).await;
+        let server = Server::start(&database, upstream);
+
+        println!("| scenario | overhead p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for (name, concurrency, seconds) in [("streams-1", 1, 10), ("streams-50", 50, 15), ("streams-500", 500, 15)] {
+            if wanted(name) {
+                streams(&server, &shape, &database, concurrency, seconds).await;
+            }
+        }
+        if wanted("slow-2000") {
+            println!();
+            println!("| scenario | server RSS idle → with streams | per stream | completed | peak RSS (MiB) | messages stored |");
+            println!("|---|---|---|---|---|---|");
+            slow_streams(&server, &shape, &database, 2000).await;
+        }
+        if wanted("reads") {
+            println!();
+            println!("| request | runs | p50 | p90 | p99 | max (ms) |");
+            println!("|---|---|---|---|---|---|");
+            reads(&server, &database).await;
+        }
+    });
+}
