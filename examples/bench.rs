@@ -102,6 +102,9 @@ async fn start_upstream(shape: Arc<UpstreamShape>) -> SocketAddr {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The service's own overhead per turn, from its `turn ended` log lines: time to first
+    /// token minus the time it waited for the model's first token.
+    overheads: Arc<std::sync::Mutex<Vec<f64>>>,
 }
 
 impl Server {
@@ -124,12 +127,24 @@ impl Server {
             });
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let overheads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let logged = overheads.clone();
         // Reads the log as a log shipper would, so that logging costs what it costs in production.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("serving gRPC and grpc-web") {
                     let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                     let _ = tx.send(entry["addr"].as_str().unwrap_or_default().to_owned());
+                } else if line.contains("turn ended") {
+                    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    let total = entry["time_to_first_token_ms"].as_f64();
+                    let model = entry["model_time_to_first_token_ms"].as_f64();
+                    if let (Some(total), Some(model)) = (total, model) {
+                        logged
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(total - model);
+                    }
                 }
             }
         });
@@ -139,6 +154,7 @@ impl Server {
         Self {
             child,
             addr: addr.parse().expect("address"),
+            overheads,
         }
     }
 
@@ -350,6 +366,11 @@ async fn streams(
     shape.chunk_delay_ms.store(5, Ordering::Relaxed);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     let cpu_before = server.cpu_seconds();
+    server
+        .overheads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..concurrency)
@@ -373,9 +394,12 @@ async fn streams(
     let cpu = server.cpu_seconds() - cpu_before;
     let (_, peak) = server.memory_kib();
     let stored = stored(database, &total.message_ids).await;
+    let mut inside =
+        std::mem::take(&mut *server.overheads.lock().unwrap_or_else(|e| e.into_inner()));
     println!(
-        "| {concurrency} streams, {seconds} s | {} | {:.0} | {} | {:.3} | {:.1} | {}/{} |",
+        "| {concurrency} streams, {seconds} s | {} | {} | {:.0} | {} | {:.3} | {:.1} | {}/{} |",
         summary(&mut total.overheads_ms),
+        summary(&mut inside),
         total.completed as f64 / elapsed,
         total.errors,
         cpu * 1000.0 / total.completed.max(1) as f64,
@@ -564,8 +588,8 @@ fn main() {
         let upstream = start_upstream(shape.clone()).await;
         let server = Server::start(&database, upstream);
 
-        println!("| scenario | overhead p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (name, concurrency, seconds) in [("streams-1", 1, 10), ("streams-50", 50, 15), ("streams-500", 500, 15)] {
             if wanted(name) {
                 streams(&server, &shape, &database, concurrency, seconds).await;

@@ -1,21 +1,53 @@
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
 use super::ChatError;
 use crate::{
     domain::{Subject, UserId},
     store::Store,
 };
 
-/// Maps authenticated subjects to the service's users, creating a user on first sight.
+/// How long a subject's user id is remembered. Users are never renamed; the limit only bounds
+/// how long a user deleted behind the service's back is still believed to exist.
+const REMEMBER_FOR: Duration = Duration::from_secs(60);
+/// Beyond this many remembered subjects the memory starts afresh, bounding its size.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// Maps authenticated subjects to the service's users, creating a user on first sight. Recent
+/// answers are remembered, so that most requests cost no database round trip for this.
 #[derive(Clone)]
 pub struct Identities {
     store: Store,
+    known: Arc<RwLock<HashMap<String, (UserId, Instant)>>>,
 }
 
 impl Identities {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            known: Arc::default(),
+        }
     }
 
     pub async fn user_for(&self, subject: &Subject) -> Result<UserId, ChatError> {
-        Ok(self.store.ensure_user(subject).await?)
+        if let Some(user) = self.remembered(subject) {
+            return Ok(user);
+        }
+        let user = self.store.ensure_user(subject).await?;
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_REMEMBERED {
+            known.clear();
+        }
+        known.insert(subject.as_str().to_owned(), (user, Instant::now()));
+        Ok(user)
+    }
+
+    fn remembered(&self, subject: &Subject) -> Option<UserId> {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let (user, since) = known.get(subject.as_str())?;
+        (since.elapsed() < REMEMBER_FOR).then_some(*user)
     }
 }

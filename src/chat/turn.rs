@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, field};
@@ -73,6 +73,25 @@ pub struct StartedTurn {
     pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
 }
 
+/// Where the user's message goes.
+enum Target {
+    New(Conversation),
+    /// An existing conversation, named `title` if it has no name yet.
+    Existing {
+        id: ConversationId,
+        title: Title,
+    },
+}
+
+impl Target {
+    fn id(&self) -> ConversationId {
+        match self {
+            Self::New(conversation) => conversation.id,
+            Self::Existing { id, .. } => *id,
+        }
+    }
+}
+
 /// How many events may wait for a slow client before the model is made to wait too.
 const EVENT_BUFFER: usize = 16;
 
@@ -112,66 +131,84 @@ impl Turns {
     pub async fn start(&self, request: TurnRequest) -> Result<StartedTurn, ChatError> {
         let content = MessageContent::parse(request.content, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
-        let started = request.received_at;
         let time = now();
         let title = Title::from_first_message(content.as_str());
 
-        let (conversation_id, user_message, history) = match request.conversation {
+        // What the model sees is read before anything is written, so that the model request can
+        // go out while the user message is being committed.
+        let (target, history) = match request.conversation {
             None => {
+                let id = ConversationId::generate();
                 let conversation = Conversation {
-                    id: ConversationId::generate(),
+                    id,
                     title,
                     create_time: time,
                     update_time: time,
                 };
-                let message = user_message(conversation.id, content, time);
-                self.store
-                    .start_conversation(request.user, &conversation, &message)
-                    .await?;
-                let history = vec![(Role::User, message.content.clone())];
-                (conversation.id, message, history)
+                (Target::New(conversation), Vec::new())
             }
             Some(id) => {
-                let message = user_message(id, content, time);
-                self.store
-                    .append_user_message(request.user, &message, &title)
-                    .await?
-                    .ok_or(ChatError::NotFound("conversation"))?;
                 let history = self
                     .store
                     .recent_messages(request.user, id, self.settings.history_messages)
-                    .await?;
-                (id, message, history)
+                    .await?
+                    .ok_or(ChatError::NotFound("conversation"))?;
+                (Target::Existing { id, title }, history)
             }
         };
-
+        let conversation_id = target.id();
+        let user_message = user_message(conversation_id, content, time);
+        let mut history = history;
+        history.push((Role::User, user_message.content.clone()));
         let context = self.context(history);
-        tracing::info!(
-            request_id = %request.request_id,
-            conversation_id = %conversation_id,
-            user_id = %request.user,
-            context_messages = context.messages.len(),
-            model = self.model.name(),
-            "turn started"
-        );
+
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
+        let (commit_tx, committed) = oneshot::channel();
         let generation = Generation {
             store: self.store.clone(),
             user: request.user,
-            request_id: request.request_id,
+            request_id: request.request_id.clone(),
             conversation_id,
             after: user_message.create_time,
             model_name: self.model.name().to_owned(),
             provider: self.model.provider(),
-            started,
+            started: request.received_at,
             metrics: self.runtime.metrics.clone(),
             shutdown: self.runtime.shutdown.clone(),
         };
-        // The task carries the request's span, so its log lines carry the request id.
+        // The task carries the request's span, so its log lines carry the request id. It starts
+        // the model request at once but relays nothing until the user message is committed.
         let task = generation
-            .run(self.model.stream(context), sender)
+            .run(self.model.stream(context), committed, sender)
             .instrument(tracing::Span::current());
         self.runtime.tasks.spawn(task);
+
+        let stored = match &target {
+            Target::New(conversation) => self
+                .store
+                .start_conversation(request.user, conversation, &user_message)
+                .await
+                .map(|()| true),
+            Target::Existing { title, .. } => self
+                .store
+                .append_user_message(request.user, &user_message, title)
+                .await
+                .map(|conversation| conversation.is_some()),
+        };
+        // Dropping `commit_tx` instead of sending aborts the model request.
+        match stored {
+            Ok(true) => {}
+            Ok(false) => return Err(ChatError::NotFound("conversation")),
+            Err(error) => return Err(error.into()),
+        }
+        let _ = commit_tx.send(());
+        tracing::info!(
+            request_id = %request.request_id,
+            conversation_id = %conversation_id,
+            user_id = %request.user,
+            model = self.model.name(),
+            "turn started"
+        );
         Ok(StartedTurn {
             conversation_id,
             user_message,
@@ -256,7 +293,8 @@ struct Generation {
 impl Generation {
     async fn run(
         self,
-        mut stream: crate::llm::ModelStream,
+        stream: crate::llm::ModelStream,
+        mut committed: oneshot::Receiver<()>,
         sender: mpsc::Sender<Result<TurnEvent, ChatError>>,
     ) {
         let mut text = String::new();
@@ -284,6 +322,37 @@ impl Generation {
             otel.status_code = field::Empty,
         );
 
+        // Until the user message is committed, what the model sends is only buffered. If the
+        // commit fails, returning drops the stream, which aborts the model request.
+        let mut stream = stream;
+        let mut early = Vec::new();
+        let mut first_received = None;
+        let mut ended_early = false;
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut committed => match outcome {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
+                event = stream.next().instrument(model_span.clone()), if !ended_early => match event {
+                    None => ended_early = true,
+                    Some(event) => {
+                        if matches!(event, Ok(ModelEvent::Delta(_))) && first_received.is_none() {
+                            first_received = Some(Instant::now());
+                        }
+                        early.push(event);
+                    }
+                },
+            }
+        }
+        let rest: crate::llm::ModelStream = if ended_early {
+            Box::pin(futures_util::stream::empty())
+        } else {
+            stream
+        };
+        let mut stream = futures_util::stream::iter(early).chain(rest);
+
         let outcome = loop {
             let event = tokio::select! {
                 biased;
@@ -297,11 +366,11 @@ impl Generation {
                 Some(Ok(ModelEvent::Delta(delta))) => {
                     if first_token.is_none() {
                         let total = self.started.elapsed();
-                        self.metrics.record_first_token(
-                            total.as_secs_f64(),
-                            model_started.elapsed().as_secs_f64(),
-                        );
-                        first_token = Some(total);
+                        let received = *first_received.get_or_insert_with(Instant::now);
+                        let waited = received.duration_since(model_started);
+                        self.metrics
+                            .record_first_token(total.as_secs_f64(), waited.as_secs_f64());
+                        first_token = Some((total, waited));
                     }
                     text.push_str(&delta);
                     if sender.send(Ok(TurnEvent::Delta(delta))).await.is_err() {
@@ -372,7 +441,8 @@ impl Generation {
             conversation_id = %self.conversation_id,
             user_id = %self.user,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            time_to_first_token_ms = first_token.map(|t| t.as_secs_f64() * 1000.0),
+            time_to_first_token_ms = first_token.map(|(total, _)| total.as_secs_f64() * 1000.0),
+            model_time_to_first_token_ms = first_token.map(|(_, model)| model.as_secs_f64() * 1000.0),
             input_tokens = usage.map(|u| u.input_tokens),
             output_tokens = usage.map(|u| u.output_tokens),
             outcome = outcome_label,

@@ -87,7 +87,8 @@ impl Store {
             .order((messages::created_at.asc(), messages::id.asc()))
             .load::<MessageRow>(&mut conn)
             .await?;
-        let messages = with_tool_calls(&mut conn, rows).await?;
+        let calls = tool_calls_in(&mut conn, id).await?;
+        let messages = with_tool_calls(rows, calls)?;
         Ok(Some((conversation, messages)))
     }
 
@@ -124,7 +125,8 @@ impl Store {
         if rows.is_empty() && !owns_conversation(&mut conn, user, conversation).await? {
             return Ok(None);
         }
-        Ok(Some(with_tool_calls(&mut conn, rows).await?))
+        let calls = tool_calls_of(&mut conn, &rows).await?;
+        Ok(Some(with_tool_calls(rows, calls)?))
     }
 
     /// Deletes the conversation with its messages and their tool calls. `false` if the user had
@@ -162,7 +164,7 @@ async fn find_conversation(
     Ok(row.map(Conversation::from))
 }
 
-async fn owns_conversation(
+pub(super) async fn owns_conversation(
     conn: &mut Conn,
     user: UserId,
     id: ConversationId,
@@ -177,32 +179,53 @@ async fn owns_conversation(
     Ok(owned)
 }
 
-/// Attaches each message's tool calls, in the order the model made them.
-async fn with_tool_calls(
+/// The tool calls of the given messages, in the order the model made them.
+async fn tool_calls_of(
     conn: &mut Conn,
-    rows: Vec<MessageRow>,
-) -> Result<Vec<Message>, StoreError> {
+    rows: &[MessageRow],
+) -> Result<Vec<ToolCallRow>, StoreError> {
     // Only assistant messages carry tool calls; skip the query when there are none.
     let candidates: Vec<Uuid> = rows
         .iter()
         .filter(|row| row.role == "assistant")
         .map(|row| row.id)
         .collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(tool_calls::table
+        .filter(tool_calls::message_id.eq_any(&candidates))
+        .select(ToolCallRow::as_select())
+        .order((tool_calls::message_id, tool_calls::position))
+        .load::<ToolCallRow>(conn)
+        .await?)
+}
+
+/// Every tool call of a conversation: a join, rather than a parameter per message.
+async fn tool_calls_in(
+    conn: &mut Conn,
+    conversation: ConversationId,
+) -> Result<Vec<ToolCallRow>, StoreError> {
+    Ok(tool_calls::table
+        .inner_join(messages::table)
+        .filter(messages::conversation_id.eq(conversation.as_uuid()))
+        .select(ToolCallRow::as_select())
+        .order((tool_calls::message_id, tool_calls::position))
+        .load::<ToolCallRow>(conn)
+        .await?)
+}
+
+/// Messages with their tool calls attached.
+fn with_tool_calls(
+    rows: Vec<MessageRow>,
+    call_rows: Vec<ToolCallRow>,
+) -> Result<Vec<Message>, StoreError> {
     let mut calls: HashMap<Uuid, Vec<ToolCall>> = HashMap::new();
-    if !candidates.is_empty() {
-        let call_rows = tool_calls::table
-            .filter(tool_calls::message_id.eq_any(&candidates))
-            .select(ToolCallRow::as_select())
-            .order((tool_calls::message_id, tool_calls::position))
-            .load::<ToolCallRow>(conn)
-            .await?;
-        for row in call_rows {
-            let message_id = row.message_id;
-            calls
-                .entry(message_id)
-                .or_default()
-                .push(ToolCall::try_from(row)?);
-        }
+    for row in call_rows {
+        calls
+            .entry(row.message_id)
+            .or_default()
+            .push(ToolCall::try_from(row)?);
     }
     rows.into_iter()
         .map(|row| {

@@ -81,14 +81,15 @@ impl Store {
         Ok(row.map(Conversation::from))
     }
 
-    /// The conversation's newest `limit` messages, oldest first: the model's context.
+    /// The conversation's newest `limit` messages, oldest first: the model's context. `None` if
+    /// the user has no such conversation.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn recent_messages(
         &self,
         user: UserId,
         conversation: ConversationId,
         limit: usize,
-    ) -> Result<Vec<(Role, String)>, StoreError> {
+    ) -> Result<Option<Vec<(Role, String)>>, StoreError> {
         let mut conn = self.connection().await?;
         let rows = messages::table
             .inner_join(conversations::table)
@@ -99,6 +100,12 @@ impl Store {
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .load::<(String, String)>(&mut conn)
             .await?;
+        // An empty history is the only case where ownership is still unknown.
+        if rows.is_empty()
+            && !super::conversations::owns_conversation(&mut conn, user, conversation).await?
+        {
+            return Ok(None);
+        }
         rows.into_iter()
             .rev()
             .map(|(role, content)| {
@@ -106,7 +113,8 @@ impl Store {
                     .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
                 Ok((role, content))
             })
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// Stores the assistant's reply with its tool calls and moves the conversation's update
@@ -115,6 +123,27 @@ impl Store {
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT messages tool_calls", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
     pub async fn store_reply(&self, user: UserId, reply: &Message) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
+        if reply.tool_calls.is_empty() {
+            // The common case in one statement, atomic by itself: one round trip, not four.
+            let stored = diesel::sql_query(
+                "WITH touched AS (
+                     UPDATE conversations SET updated_at = GREATEST(updated_at, $3)
+                     WHERE id = $1 AND user_id = $2
+                     RETURNING id
+                 )
+                 INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+                 SELECT $4, id, 'assistant', $5, $6, $3 FROM touched",
+            )
+            .bind::<SqlUuid, _>(reply.conversation_id.as_uuid())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Timestamptz, _>(reply.create_time)
+            .bind::<SqlUuid, _>(reply.id.as_uuid())
+            .bind::<Text, _>(&reply.content)
+            .bind::<Text, _>(reply.status.as_str())
+            .execute(&mut conn)
+            .await?;
+            return Ok(stored > 0);
+        }
         conn.transaction::<bool, StoreError, _>(async |conn| {
             {
                 let touched = diesel::sql_query(
