@@ -16,14 +16,16 @@ pub use error::ApiError;
 
 use crate::{chat::Identities, domain::UserId};
 
-/// The request's correlation id: the client's `x-request-id` (or `x-correlation-id`) when it
-/// sent a usable one, otherwise a new UUID.
+/// The metadata key of the correlation id, in requests and responses.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's correlation id. The server's RPC layer puts one on every request (the
+/// client's or a new one); a request that bypassed it gets a new one here.
 pub fn request_id<T>(request: &Request<T>) -> String {
-    ["x-request-id", "x-correlation-id"]
-        .iter()
-        .filter_map(|key| request.metadata().get(*key)?.to_str().ok())
-        .map(str::trim)
-        .find(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
+    request
+        .metadata()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 

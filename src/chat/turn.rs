@@ -136,7 +136,7 @@ impl Turns {
 
         // What the model sees is read before anything is written, so that the model request can
         // go out while the user message is being committed.
-        let (target, history) = match request.conversation {
+        let (target, mut history) = match request.conversation {
             None => {
                 let id = ConversationId::generate();
                 let conversation = Conversation {
@@ -158,7 +158,6 @@ impl Turns {
         };
         let conversation_id = target.id();
         let user_message = user_message(conversation_id, content, time);
-        let mut history = history;
         history.push((Role::User, user_message.content.clone()));
         let context = self.context(history);
 

@@ -15,10 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field};
 
-use crate::telemetry::metrics::Metrics;
+use crate::{api::REQUEST_ID, telemetry::metrics::Metrics};
 
-/// The header that carries the correlation id, in requests and responses.
-pub const REQUEST_ID: &str = "x-request-id";
+/// Accepted from clients that name the correlation id this way.
 const CORRELATION_ID: &str = "x-correlation-id";
 
 #[derive(Clone)]

@@ -8,25 +8,6 @@ use tonic::Code;
 
 use super::{assert_bad_field, support::TestApp};
 
-async fn create(app: &TestApp, user: &str, title: &str) -> String {
-    let request = app.request(
-        user,
-        CreateConversationRequest {
-            title: title.to_owned(),
-        },
-    );
-    let response = app
-        .conversations()
-        .create_conversation(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    response
-        .into_inner()
-        .conversation
-        .map(|c| c.id)
-        .unwrap_or_default()
-}
-
 async fn list_page(
     app: &TestApp,
     user: &str,
@@ -50,19 +31,6 @@ async fn list_page(
         page.conversations.into_iter().map(|c| c.id).collect(),
         page.next_page_token,
     )
-}
-
-/// Inserts `count` messages, alternating user and assistant, one second apart.
-async fn seed_messages(app: &TestApp, conversation: &str, count: u32) {
-    app.db
-        .run_sql(&format!(
-            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
-             SELECT gen_random_uuid(), '{conversation}',
-                    CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END, 'message ' || g, 'complete',
-                    timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
-             FROM generate_series(1, {count}) g"
-        ))
-        .await;
 }
 
 #[tokio::test]
@@ -136,9 +104,9 @@ async fn an_invalid_title_is_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn conversations_are_listed_most_recently_updated_first() {
     let app = TestApp::spawn().await;
-    let first = create(&app, "alice", "first").await;
-    let second = create(&app, "alice", "second").await;
-    let third = create(&app, "alice", "third").await;
+    let first = app.create_conversation("alice", "first").await;
+    let second = app.create_conversation("alice", "second").await;
+    let third = app.create_conversation("alice", "third").await;
     assert_eq!(
         list_page(&app, "alice", 0, "").await.0,
         vec![third.clone(), second.clone(), first.clone()]
@@ -169,7 +137,10 @@ async fn paging_45_conversations_by_20_gives_20_20_5_without_duplicates_or_gaps(
     let app = TestApp::spawn().await;
     let mut created = Vec::new();
     for i in 0..45 {
-        created.push(create(&app, "alice", &format!("conversation {i}")).await);
+        created.push(
+            app.create_conversation("alice", &format!("conversation {i}"))
+                .await,
+        );
     }
     // Some share an update time, so that ties are crossed by page boundaries.
     app.db
@@ -238,8 +209,8 @@ async fn page_size_is_defaulted_capped_and_never_negative() {
 async fn forged_or_foreign_page_tokens_are_refused() {
     let app = TestApp::spawn().await;
     for i in 0..3 {
-        create(&app, "alice", &format!("c{i}")).await;
-        create(&app, "bob", &format!("c{i}")).await;
+        app.create_conversation("alice", &format!("c{i}")).await;
+        app.create_conversation("bob", &format!("c{i}")).await;
     }
     let (_, alice_token) = list_page(&app, "alice", 1, "").await;
     assert!(!alice_token.is_empty());
@@ -273,7 +244,7 @@ async fn forged_or_foreign_page_tokens_are_refused() {
     }
 
     // A token from one listing is not valid in another.
-    let conversation = create(&app, "alice", "with messages").await;
+    let conversation = app.create_conversation("alice", "with messages").await;
     let request = app.request(
         "alice",
         ListMessagesRequest {
@@ -294,7 +265,7 @@ async fn forged_or_foreign_page_tokens_are_refused() {
 #[tokio::test]
 async fn get_conversation_returns_all_messages_in_chronological_order() {
     let app = TestApp::spawn().await;
-    let conversation = create(&app, "alice", "history").await;
+    let conversation = app.create_conversation("alice", "history").await;
     // Inserted in reverse: the order must come from create_time, not insertion.
     app.db
         .run_sql(&format!(
@@ -355,8 +326,8 @@ async fn get_conversation_returns_all_messages_in_chronological_order() {
 #[tokio::test]
 async fn list_messages_pages_through_a_long_history_in_order() {
     let app = TestApp::spawn().await;
-    let conversation = create(&app, "alice", "long").await;
-    seed_messages(&app, &conversation, 45).await;
+    let conversation = app.create_conversation("alice", "long").await;
+    app.db.seed_messages(&conversation, 45).await;
 
     let mut contents = Vec::new();
     let mut sizes = Vec::new();
@@ -391,10 +362,10 @@ async fn list_messages_pages_through_a_long_history_in_order() {
 #[tokio::test]
 async fn delete_removes_the_conversation_its_messages_and_their_tool_calls() {
     let app = TestApp::spawn().await;
-    let doomed = create(&app, "alice", "doomed").await;
-    let kept = create(&app, "alice", "kept").await;
+    let doomed = app.create_conversation("alice", "doomed").await;
+    let kept = app.create_conversation("alice", "kept").await;
     for conversation in [&doomed, &kept] {
-        seed_messages(&app, conversation, 4).await;
+        app.db.seed_messages(conversation, 4).await;
         app.db
             .run_sql(&format!(
                 "INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments, status)

@@ -9,22 +9,7 @@ use tonic::Code;
 use super::support::TestApp;
 
 async fn alice_conversation_with_messages(app: &TestApp) -> String {
-    let request = app.request(
-        "alice",
-        CreateConversationRequest {
-            title: "private".to_owned(),
-        },
-    );
-    let response = app
-        .conversations()
-        .create_conversation(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let id = response
-        .into_inner()
-        .conversation
-        .map(|c| c.id)
-        .unwrap_or_default();
+    let id = app.create_conversation("alice", "private").await;
     app.db
         .run_sql(&format!(
             "INSERT INTO messages (id, conversation_id, role, content, status) VALUES

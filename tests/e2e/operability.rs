@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use chat_service::{
-    api::proto::{ListConversationsRequest, SendMessageRequest, send_message_response::Event},
+    api::proto::{ListConversationsRequest, send_message_response::Event},
     store::DatabaseUrl,
 };
 use tonic::Code;
@@ -129,19 +129,7 @@ async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_rpcs() {
         config.server.shutdown_grace = Duration::from_secs(20)
     })
     .await;
-    let request = app.request(
-        "alice",
-        SendMessageRequest {
-            conversation_id: String::new(),
-            content: "slowly".into(),
-        },
-    );
-    let mut stream = app
-        .chat()
-        .send_message(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner();
+    let mut stream = app.open_stream("alice", "", "slowly").await;
     let mut events = Vec::new();
     // Shut down once the reply has started.
     while !matches!(events.last(), Some(Event::Delta(_))) {
@@ -196,19 +184,7 @@ async fn shutdown_cancels_streams_that_outlast_the_grace_period_and_keeps_their_
         config.server.shutdown_grace = Duration::from_millis(300)
     })
     .await;
-    let request = app.request(
-        "alice",
-        SendMessageRequest {
-            conversation_id: String::new(),
-            content: "go on".into(),
-        },
-    );
-    let mut stream = app
-        .chat()
-        .send_message(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner();
+    let mut stream = app.open_stream("alice", "", "go on").await;
     let mut conversation = String::new();
     let mut text = String::new();
     while text != "This will never end" {
@@ -262,38 +238,14 @@ async fn metrics_count_rpcs_tokens_first_tokens_and_model_errors() {
         },
     ]);
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
-    let request = app.request(
-        "alice",
-        SendMessageRequest {
-            conversation_id: String::new(),
-            content: "count me".into(),
-        },
-    );
-    let mut stream = app
-        .chat()
-        .send_message(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner();
+    let mut stream = app.open_stream("alice", "", "count me").await;
     while stream
         .message()
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .is_some()
     {}
-    let request = app.request(
-        "alice",
-        SendMessageRequest {
-            conversation_id: String::new(),
-            content: "fail me".into(),
-        },
-    );
-    let mut stream = app
-        .chat()
-        .send_message(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner();
+    let mut stream = app.open_stream("alice", "", "fail me").await;
     while let Ok(Some(_)) = stream.message().await {}
     let request = app.request(
         "alice",

@@ -2,7 +2,7 @@ use std::{collections::HashSet, time::Duration};
 
 use chat_service::{
     api::proto::{
-        CreateConversationRequest, GetConversationRequest, MessageStatus, Role, SendMessageRequest,
+        GetConversationRequest, MessageStatus, Role, SendMessageRequest,
         send_message_response::Event,
     },
     config::ModelConfig,
@@ -232,30 +232,8 @@ async fn the_model_sees_the_system_prompt_and_exactly_the_last_20_messages() {
         config.turns.system_prompt = Some("You are terse.".to_owned())
     })
     .await;
-    let request = app.request(
-        "alice",
-        CreateConversationRequest {
-            title: "long".to_owned(),
-        },
-    );
-    let conversation = app
-        .conversations()
-        .create_conversation(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let conversation = conversation
-        .into_inner()
-        .conversation
-        .map(|c| c.id)
-        .unwrap_or_default();
-    app.db
-        .run_sql(&format!(
-            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
-             SELECT gen_random_uuid(), '{conversation}', CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END,
-                    'message ' || g, 'complete', timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
-             FROM generate_series(1, 29) g"
-        ))
-        .await;
+    let conversation = app.create_conversation("alice", "long").await;
+    app.db.seed_messages(&conversation, 29).await;
 
     send_ok(&app, "alice", &conversation, "message 30").await;
 
@@ -500,19 +478,7 @@ async fn cancelling_aborts_the_upstream_request_and_keeps_the_partial_reply() {
     }]);
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
 
-    let request = app.request(
-        "alice",
-        SendMessageRequest {
-            conversation_id: String::new(),
-            content: "Tell me a story".into(),
-        },
-    );
-    let mut stream = app
-        .chat()
-        .send_message(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner();
+    let mut stream = app.open_stream("alice", "", "Tell me a story").await;
     let mut conversation = String::new();
     let mut text = String::new();
     while text != "Once upon a time" {
@@ -558,6 +524,13 @@ async fn cancelling_aborts_the_upstream_request_and_keeps_the_partial_reply() {
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner();
     assert_eq!(fetched.messages[1].status(), MessageStatus::Cancelled);
+
+    // No generation is left running once the partial reply is stored.
+    super::eventually(|| async {
+        let metrics = app.scrape_metrics().await;
+        metrics.contains("chat_active_streams 0").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

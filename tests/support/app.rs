@@ -193,6 +193,43 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Creates a conversation for `user` through the API, returning its id.
+    pub async fn create_conversation(&self, user: &str, title: &str) -> String {
+        let request = self.request(
+            user,
+            chat_service::api::proto::CreateConversationRequest {
+                title: title.to_owned(),
+            },
+        );
+        let response = self
+            .conversations()
+            .create_conversation(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        response
+            .into_inner()
+            .conversation
+            .map(|c| c.id)
+            .unwrap_or_default()
+    }
+
+    /// Opens a SendMessage stream for `user`; an empty `conversation_id` starts a conversation.
+    pub async fn open_stream(
+        &self,
+        user: &str,
+        conversation_id: &str,
+        content: &str,
+    ) -> tonic::Streaming<chat_service::api::proto::SendMessageResponse> {
+        let message = chat_service::api::proto::SendMessageRequest {
+            conversation_id: conversation_id.to_owned(),
+            content: content.to_owned(),
+        };
+        let response = self.chat().send_message(self.request(user, message)).await;
+        response
+            .unwrap_or_else(|e| panic!("SendMessage refused: {e:?}"))
+            .into_inner()
+    }
+
     /// `message` as `user` sends it.
     pub fn request<T>(&self, user: &str, message: T) -> Request<T> {
         with_token(message, &self.token(user))

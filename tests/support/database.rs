@@ -209,6 +209,19 @@ impl TestDatabase {
         execute(&mut self.connect().await, statement).await;
     }
 
+    /// Inserts `count` complete messages into `conversation`, alternating user and assistant,
+    /// with contents `message 1`, `message 2`... one second apart from 2026-01-01.
+    pub async fn seed_messages(&self, conversation: &str, count: u32) {
+        self.run_sql(&format!(
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+             SELECT gen_random_uuid(), '{conversation}',
+                    CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END, 'message ' || g, 'complete',
+                    timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
+             FROM generate_series(1, {count}) g"
+        ))
+        .await;
+    }
+
     /// A digest of every row of every table, to show that a request changed nothing.
     pub async fn snapshot(&self) -> String {
         let mut digests = String::new();
