@@ -174,7 +174,8 @@ type SseStream =
 /// One reply being generated: connects (with retries), then turns SSE chunks into events.
 struct Generation {
     inner: Arc<Inner>,
-    body: Result<Vec<u8>, LlmError>,
+    /// Encoded once; every attempt sends the same bytes without copying them.
+    body: Result<bytes::Bytes, LlmError>,
     deadline: Instant,
     events: Option<SseStream>,
     /// When the current attempt's first content (text or tool call) is due.
@@ -208,7 +209,8 @@ impl Generation {
             },
         };
         let body = serde_json::to_vec(&body)
-            .map_err(|e| LlmError::Malformed(format!("cannot encode the request: {e}")));
+            .map_err(|e| LlmError::Malformed(format!("cannot encode the request: {e}")))
+            .map(bytes::Bytes::from);
         let now = Instant::now();
         let deadline = now + inner.settings.total_timeout;
         Self {
