@@ -156,11 +156,13 @@ impl Application {
             stopping.clone(),
         )
         .await;
+        // Metrics stay up through the grace period, so that the drain can be watched.
+        let metrics_stop = CancellationToken::new();
         let metrics_server = tokio::spawn(metrics_http::serve(
             metrics_listener,
             metrics.clone(),
             store.clone(),
-            stopping.clone(),
+            metrics_stop.clone(),
         ));
 
         let reflection_v1 = reflection()
@@ -228,7 +230,7 @@ impl Application {
         // Whatever was cut short still gets its partial reply stored.
         turns_runtime.tasks.close();
         turns_runtime.tasks.wait().await;
-        stopping.cancel();
+        metrics_stop.cancel();
         let _ = metrics_server.await;
         tracing::info!("server stopped");
         Ok(served?)
