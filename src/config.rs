@@ -566,6 +566,21 @@ mod tests {
             .settings
     }
 
+    /// Settings that production accepts: a real key and a real model.
+    fn production() -> Settings {
+        let secret = "s".repeat(32);
+        settings(&[
+            "--env",
+            "production",
+            "--jwt-secret",
+            &secret,
+            "--llm-base-url",
+            "http://vllm:8000/v1",
+            "--llm-model",
+            "qwen",
+        ])
+    }
+
     #[test]
     fn durations_need_a_unit() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
@@ -584,17 +599,7 @@ mod tests {
             .into_config(false)
             .err();
         assert_eq!(error.map(|e| e.setting), Some("CHAT_LLM_BASE_URL"));
-        let config = settings(&[
-            "--env",
-            "production",
-            "--jwt-secret",
-            &secret,
-            "--llm-base-url",
-            "http://vllm:8000/v1",
-            "--llm-model",
-            "qwen",
-        ])
-        .into_config(false);
+        let config = production().into_config(false);
         assert!(config.is_ok_and(|c| matches!(c.model, ModelConfig::OpenAi(_))));
     }
 
@@ -636,19 +641,9 @@ mod tests {
             .into_config(true)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.log.format, LogFormat::Pretty);
-        let secret = "s".repeat(32);
-        let production = settings(&[
-            "--env",
-            "production",
-            "--jwt-secret",
-            &secret,
-            "--llm-base-url",
-            "http://vllm:8000/v1",
-            "--llm-model",
-            "qwen",
-        ])
-        .into_config(true)
-        .unwrap_or_else(|e| panic!("{e}"));
+        let production = production()
+            .into_config(true)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             production.log.format,
             LogFormat::Json,

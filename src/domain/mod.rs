@@ -14,6 +14,5 @@ pub use conversation::{
 pub use ids::{ConversationId, InvalidId, MessageId, Subject, ToolCallId, UserId};
 pub use page::{
     ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,
-    PageTokenScope,
 };
 pub use time::now;

@@ -59,7 +59,7 @@ pub struct MessageCursor {
 /// What a page token belongs to. A token is valid only for the listing that produced it, so a
 /// token taken from one user's or one conversation's listing is refused anywhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageTokenScope {
+enum PageTokenScope {
     Conversations {
         user: UserId,
     },

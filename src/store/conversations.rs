@@ -59,16 +59,6 @@ impl Store {
         Ok(rows.into_iter().map(Conversation::from).collect())
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
-    pub async fn find_conversation(
-        &self,
-        user: UserId,
-        id: ConversationId,
-    ) -> Result<Option<Conversation>, StoreError> {
-        let mut conn = self.connection().await?;
-        find_conversation(&mut conn, user, id).await
-    }
-
     /// The conversation with all its messages in order, or `None` if the user has no such
     /// conversation.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
