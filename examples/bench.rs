@@ -56,7 +56,8 @@ async fn complete(State(shape): State<Arc<UpstreamShape>>, _body: axum::body::By
             // client can subtract exactly that (timers are coarser than what is measured).
             0 => {
                 tokio::time::sleep(ttft).await;
-                chunk(&format!("{} ", received.elapsed().as_micros()))
+                let arrived = received.duration_since(epoch()).as_micros();
+                chunk(&format!("{} {arrived} ", received.elapsed().as_micros()))
             }
             i if i < chunks => {
                 tokio::time::sleep(delay).await;
@@ -73,6 +74,12 @@ async fn complete(State(shape): State<Arc<UpstreamShape>>, _body: axum::body::By
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(frames))
         .unwrap_or_default()
+}
+
+/// The load generator and the upstream share this process and its clock: both measure from here.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 fn chunk(text: &str) -> String {
@@ -135,7 +142,9 @@ impl Server {
                 if line.contains("serving gRPC and grpc-web") {
                     let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                     let _ = tx.send(entry["addr"].as_str().unwrap_or_default().to_owned());
-                } else if line.contains("turn ended") {
+                } else if line.contains(r#""level":"ERROR""#) {
+                    eprintln!("service: {line}");
+                } else if line.contains("turn ended") && line.contains(MEASURED) {
                     let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                     let total = entry["time_to_first_token_ms"].as_f64();
                     let model = entry["model_time_to_first_token_ms"].as_f64();
@@ -202,10 +211,20 @@ impl Drop for Server {
 
 #[derive(Default)]
 struct TurnResults {
-    overheads_ms: Vec<f64>,
+    overheads: Vec<OverheadSplit>,
     completed: u64,
     errors: u64,
     message_ids: Vec<String>,
+    /// The first failure, so that a run with errors says what went wrong.
+    first_error: Option<String>,
+}
+
+impl TurnResults {
+    fn record_error(&mut self, status: &tonic::Status) {
+        self.errors += 1;
+        self.first_error
+            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -227,6 +246,15 @@ fn summary(values: &mut [f64]) -> String {
     )
 }
 
+fn median_and_p99(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    format!(
+        "{:.2} | {:.2}",
+        percentile(values, 0.5),
+        percentile(values, 0.99)
+    )
+}
+
 fn authorized<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
@@ -236,33 +264,83 @@ fn authorized<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
-/// The upstream's own time to first token, which its first delta carries.
-fn upstream_ttft(delta: &str) -> Option<Duration> {
-    delta.trim().parse().ok().map(Duration::from_micros)
+/// What the upstream's first delta says of it: its own time to first token, and when the
+/// request reached it (microseconds since `epoch()`).
+struct UpstreamTiming {
+    ttft: Duration,
+    arrived: Instant,
+}
+
+/// Where a turn's overhead went: on the way to the model (client → service → upstream, until
+/// the upstream has read the request) and on the way back (upstream's first chunk → service →
+/// client). Together they are the whole overhead.
+#[derive(Clone, Copy)]
+struct OverheadSplit {
+    to_model: Duration,
+    back: Duration,
+}
+
+impl UpstreamTiming {
+    fn parse(delta: &str) -> Option<Self> {
+        let mut fields = delta.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let ttft = Duration::from_micros(fields.next()??);
+        let arrived = epoch() + Duration::from_micros(fields.next()??);
+        Some(Self { ttft, arrived })
+    }
+
+    fn split(&self, sent: Instant, first_seen: Instant) -> OverheadSplit {
+        OverheadSplit {
+            to_model: self.arrived.saturating_duration_since(sent),
+            back: first_seen.saturating_duration_since(self.arrived + self.ttft),
+        }
+    }
 }
 
 /// One user holding one conversation, turn after turn, until `until`.
-async fn user_loop(channel: Channel, token: String, until: Instant) -> TurnResults {
+/// How long users talk before their turns count.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// Marks the request ids of turns that count; the others warm the service up.
+const MEASURED: &str = "measured-";
+
+/// One user holding one conversation, turn after turn, until `until`. Turns sent before
+/// `measure_from` warm up (the user's first turn creates the user and the conversation; the
+/// service opens its database connections) and are only checked for being stored.
+async fn user_loop(
+    channel: Channel,
+    token: String,
+    measure_from: Instant,
+    until: Instant,
+) -> TurnResults {
     let mut client = ChatServiceClient::new(channel);
     let mut results = TurnResults::default();
     let mut conversation = String::new();
     while Instant::now() < until {
         let sent = Instant::now();
-        let request = authorized(
+        let measured = sent >= measure_from;
+        let mut request = authorized(
             SendMessageRequest {
                 conversation_id: conversation.clone(),
                 content: "How fast is this service?".into(),
             },
             &token,
         );
+        let id = format!(
+            "{}{}",
+            if measured { MEASURED } else { "warm-up-" },
+            uuid::Uuid::new_v4()
+        );
+        request
+            .metadata_mut()
+            .insert("x-request-id", id.parse().expect("header"));
         let mut stream = match client.send_message(request).await {
             Ok(response) => response.into_inner(),
-            Err(_) => {
-                results.errors += 1;
+            Err(status) => {
+                results.record_error(&status);
                 continue;
             }
         };
-        let mut first_token: Option<(Duration, Duration)> = None;
+        let mut first_token: Option<OverheadSplit> = None;
         let mut ids = Vec::new();
         let mut completed = false;
         loop {
@@ -273,8 +351,8 @@ async fn user_loop(channel: Channel, token: String, until: Instant) -> TurnResul
                         ids.extend(accepted.user_message.map(|m| m.id));
                     }
                     Some(Event::Delta(delta)) if first_token.is_none() => {
-                        first_token =
-                            upstream_ttft(&delta.text).map(|upstream| (sent.elapsed(), upstream));
+                        first_token = UpstreamTiming::parse(&delta.text)
+                            .map(|upstream| upstream.split(sent, Instant::now()));
                     }
                     Some(Event::Completed(done)) => {
                         ids.extend(done.message.map(|m| m.id));
@@ -283,20 +361,21 @@ async fn user_loop(channel: Channel, token: String, until: Instant) -> TurnResul
                     _ => {}
                 },
                 Ok(None) => break,
-                Err(_) => {
-                    results.errors += 1;
+                Err(status) => {
+                    results.record_error(&status);
                     break;
                 }
             }
         }
         if completed {
-            results.completed += 1;
             results.message_ids.extend(ids);
-            if let Some((seen, upstream)) = first_token {
-                results
-                    .overheads_ms
-                    .push((seen.as_secs_f64() - upstream.as_secs_f64()) * 1000.0);
-            }
+        }
+        if !measured {
+            continue;
+        }
+        if completed {
+            results.completed += 1;
+            results.overheads.extend(first_token);
         }
     }
     results
@@ -365,40 +444,56 @@ async fn streams(
     shape.chunks.store(20, Ordering::Relaxed);
     shape.chunk_delay_ms.store(5, Ordering::Relaxed);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
-    let cpu_before = server.cpu_seconds();
     server
         .overheads
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
-    let started = Instant::now();
-    let until = started + Duration::from_secs(seconds);
+    let measure_from = Instant::now() + WARM_UP;
+    let until = measure_from + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             tokio::spawn(user_loop(
                 pool[i % pool.len()].clone(),
                 token(&format!("user{i}")),
+                measure_from,
                 until,
             ))
         })
         .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = server.cpu_seconds();
     let mut total = TurnResults::default();
     for task in tasks {
         let results = task.await.expect("user task");
         total.completed += results.completed;
         total.errors += results.errors;
-        total.overheads_ms.extend(results.overheads_ms);
+        total.overheads.extend(results.overheads);
         total.message_ids.extend(results.message_ids);
+        total.first_error = total.first_error.or(results.first_error);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(error) = &total.first_error {
+        eprintln!("{concurrency} streams: first error: {error}");
+    }
+    let elapsed = measure_from.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds() - cpu_before;
     let (_, peak) = server.memory_kib();
     let stored = stored(database, &total.message_ids).await;
     let mut inside =
         std::mem::take(&mut *server.overheads.lock().unwrap_or_else(|e| e.into_inner()));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut overheads: Vec<f64> = total
+        .overheads
+        .iter()
+        .map(|o| ms(o.to_model + o.back))
+        .collect();
+    let mut to_model: Vec<f64> = total.overheads.iter().map(|o| ms(o.to_model)).collect();
+    let mut back: Vec<f64> = total.overheads.iter().map(|o| ms(o.back)).collect();
     println!(
-        "| {concurrency} streams, {seconds} s | {} | {} | {:.0} | {} | {:.3} | {:.1} | {}/{} |",
-        summary(&mut total.overheads_ms),
+        "| {concurrency} streams, {seconds} s | {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.1} | {}/{} |",
+        summary(&mut overheads),
+        median_and_p99(&mut to_model),
+        median_and_p99(&mut back),
         summary(&mut inside),
         total.completed as f64 / elapsed,
         total.errors,
@@ -588,8 +683,8 @@ fn main() {
         let upstream = start_upstream(shape.clone()).await;
         let server = Server::start(&database, upstream);
 
-        println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (name, concurrency, seconds) in [("streams-1", 1, 10), ("streams-50", 50, 15), ("streams-500", 500, 15)] {
             if wanted(name) {
                 streams(&server, &shape, &database, concurrency, seconds).await;

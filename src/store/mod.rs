@@ -8,6 +8,7 @@ mod error;
 mod migrations;
 mod models;
 mod schema;
+mod statement;
 mod turns;
 mod url;
 mod users;

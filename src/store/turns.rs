@@ -10,6 +10,7 @@ use super::{
     Store, StoreError,
     models::{ConversationRow, NewMessageRow, NewToolCallRow},
     schema::{conversations, messages, tool_calls},
+    statement::fixed,
 };
 use crate::domain::{Conversation, ConversationId, Message, Role, Title, UserId};
 
@@ -23,7 +24,7 @@ impl Store {
         first: &Message,
     ) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
-        diesel::sql_query(
+        fixed(
             "WITH created AS (
                  INSERT INTO conversations (id, user_id, title, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $4)
@@ -56,7 +57,7 @@ impl Store {
         let mut conn = self.connection().await?;
         // The UPDATE locks the conversation's row, so concurrent turns of one conversation
         // store their messages one after the other.
-        let row = diesel::sql_query(
+        let row = fixed(
             "WITH touched AS (
                  UPDATE conversations
                  SET updated_at = GREATEST(updated_at, $3),
@@ -125,7 +126,7 @@ impl Store {
         let mut conn = self.connection().await?;
         if reply.tool_calls.is_empty() {
             // The common case in one statement, atomic by itself: one round trip, not four.
-            let stored = diesel::sql_query(
+            let stored = fixed(
                 "WITH touched AS (
                      UPDATE conversations SET updated_at = GREATEST(updated_at, $3)
                      WHERE id = $1 AND user_id = $2
@@ -146,7 +147,7 @@ impl Store {
         }
         conn.transaction::<bool, StoreError, _>(async |conn| {
             {
-                let touched = diesel::sql_query(
+                let touched = fixed(
                     "UPDATE conversations SET updated_at = GREATEST(updated_at, $3) WHERE id = $1 AND user_id = $2",
                 )
                 .bind::<SqlUuid, _>(reply.conversation_id.as_uuid())
