@@ -1,4 +1,6 @@
-use super::ChatError;
+use std::sync::Arc;
+
+use super::{ChatError, RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationCursor, ConversationId, Message, MessageCursor, PageSize,
@@ -29,13 +31,19 @@ const CONVERSATION: &str = "conversation";
 #[derive(Clone)]
 pub struct Conversations {
     store: Store,
+    /// Forgets what turns remember of a conversation that is deleted.
+    recent: Arc<RecentContexts>,
     tokens: PageTokenCodec,
 }
 
 impl Conversations {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, recent: Arc<RecentContexts>) -> Self {
         let tokens = PageTokenCodec::new(store.page_token_key());
-        Self { store, tokens }
+        Self {
+            store,
+            recent,
+            tokens,
+        }
     }
 
     pub async fn create(&self, user: UserId, title: Title) -> Result<Conversation, ChatError> {
@@ -116,7 +124,9 @@ impl Conversations {
     }
 
     pub async fn delete(&self, user: UserId, id: ConversationId) -> Result<(), ChatError> {
-        if self.store.delete_conversation(user, id).await? {
+        let deleted = self.store.delete_conversation(user, id).await?;
+        self.recent.forget(id);
+        if deleted {
             Ok(())
         } else {
             Err(ChatError::NotFound(CONVERSATION))

@@ -3,9 +3,11 @@
 mod conversations;
 mod error;
 mod identities;
+mod recent;
 mod turn;
 
 pub use conversations::{Conversations, Page, PageRequest};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
+pub use recent::RecentContexts;
 pub use turn::{Completion, StartedTurn, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns};

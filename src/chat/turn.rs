@@ -8,7 +8,7 @@ use tokio_stream::StreamExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, field};
 
-use super::ChatError;
+use super::{ChatError, recent::RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus, Role,
@@ -17,7 +17,7 @@ use crate::{
     llm::{
         ChatModel, ContextMessage, LlmError, ModelEvent, ModelRequest, ModelToolCall, TokenUsage,
     },
-    store::Store,
+    store::{RecentHistory, RecentMessage, Revision, Store},
     telemetry::metrics::Metrics,
 };
 
@@ -73,6 +73,15 @@ pub struct StartedTurn {
     pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
 }
 
+/// What became of the user's message.
+enum Stored {
+    Committed,
+    /// Not stored: the conversation is not at the revision its remembered history was.
+    Stale,
+    /// Not stored: the user has no such conversation.
+    Missing,
+}
+
 /// Where the user's message goes.
 enum Target {
     New(Conversation),
@@ -108,6 +117,7 @@ pub struct TurnRuntime {
 #[derive(Clone)]
 pub struct Turns {
     store: Store,
+    recent: Arc<RecentContexts>,
     model: Arc<dyn ChatModel>,
     settings: Arc<TurnSettings>,
     runtime: TurnRuntime,
@@ -116,12 +126,14 @@ pub struct Turns {
 impl Turns {
     pub fn new(
         store: Store,
+        recent: Arc<RecentContexts>,
         model: Arc<dyn ChatModel>,
         settings: TurnSettings,
         runtime: TurnRuntime,
     ) -> Self {
         Self {
             store,
+            recent,
             model,
             settings: Arc::new(settings),
             runtime,
@@ -133,85 +145,140 @@ impl Turns {
             .map_err(|e| ChatError::invalid("content", e))?;
         let time = now();
         let title = Title::from_first_message(content.as_str());
-
-        // What the model sees is read before anything is written, so that the model request can
-        // go out while the user message is being committed.
-        let (target, mut history) = match request.conversation {
-            None => {
-                let id = ConversationId::generate();
-                let conversation = Conversation {
-                    id,
-                    title,
-                    create_time: time,
-                    update_time: time,
-                };
-                (Target::New(conversation), Vec::new())
-            }
-            Some(id) => {
-                let history = self
-                    .store
-                    .recent_messages(request.user, id, self.settings.history_messages)
-                    .await?
-                    .ok_or(ChatError::NotFound("conversation"))?;
-                (Target::Existing { id, title }, history)
-            }
+        let target = match request.conversation {
+            None => Target::New(Conversation {
+                id: ConversationId::generate(),
+                title,
+                create_time: time,
+                update_time: time,
+            }),
+            Some(id) => Target::Existing { id, title },
         };
         let conversation_id = target.id();
         let user_message = user_message(conversation_id, content, time);
-        history.push((Role::User, user_message.content.clone()));
-        let context = self.context(history);
 
-        let (sender, events) = mpsc::channel(EVENT_BUFFER);
-        let (commit_tx, committed) = oneshot::channel();
-        let generation = Generation {
-            store: self.store.clone(),
-            user: request.user,
-            request_id: request.request_id.clone(),
-            conversation_id,
-            after: user_message.create_time,
-            model_name: self.model.name().to_owned(),
-            provider: self.model.provider(),
-            started: request.received_at,
-            metrics: self.runtime.metrics.clone(),
-            shutdown: self.runtime.shutdown.clone(),
-        };
-        // The task carries the request's span, so its log lines carry the request id. It starts
-        // the model request at once but relays nothing until the user message is committed.
-        let task = generation
-            .run(self.model.stream(context), committed, sender)
-            .instrument(tracing::Span::current());
-        self.runtime.tasks.spawn(task);
+        // What the model sees is known before anything is written, so that the model request
+        // can go out while the user message is being committed. It comes from memory when this
+        // replica remembers the conversation; if another write came first, the turn starts
+        // again from the database.
+        let mut from_memory = true;
+        loop {
+            let (history, expected) = self.history(request.user, &target, from_memory).await?;
+            let mut context = history;
+            context.push((Role::User, user_message.content.clone()));
+            let (sender, events) = mpsc::channel(EVENT_BUFFER);
+            let (commit_tx, committed) = oneshot::channel();
+            let generation = Generation {
+                store: self.store.clone(),
+                recent: self.recent.clone(),
+                user: request.user,
+                request_id: request.request_id.clone(),
+                conversation_id,
+                after: user_message.create_time,
+                model_name: self.model.name().to_owned(),
+                provider: self.model.provider(),
+                started: request.received_at,
+                metrics: self.runtime.metrics.clone(),
+                shutdown: self.runtime.shutdown.clone(),
+            };
+            // The task carries the request's span, so its log lines carry the request id. It
+            // starts the model request at once but relays nothing until the user message is
+            // committed; dropping `commit_tx` instead aborts the model request.
+            let task = generation
+                .run(self.model.stream(self.context(context)), committed, sender)
+                .instrument(tracing::Span::current());
+            self.runtime.tasks.spawn(task);
 
-        let stored = match &target {
-            Target::New(conversation) => self
-                .store
-                .start_conversation(request.user, conversation, &user_message)
-                .await
-                .map(|()| true),
-            Target::Existing { title, .. } => self
-                .store
-                .append_user_message(request.user, &user_message, title)
-                .await
-                .map(|conversation| conversation.is_some()),
-        };
-        // Dropping `commit_tx` instead of sending aborts the model request.
-        match stored {
-            Ok(true) => {}
-            Ok(false) => return Err(ChatError::NotFound("conversation")),
-            Err(error) => return Err(error.into()),
+            match self
+                .store_user_message(request.user, &target, &user_message, expected)
+                .await?
+            {
+                Stored::Stale => {
+                    self.recent.forget(conversation_id);
+                    from_memory = false;
+                    continue;
+                }
+                Stored::Missing => return Err(ChatError::NotFound("conversation")),
+                Stored::Committed => {}
+            }
+            let _ = commit_tx.send(());
+            tracing::info!(
+                request_id = %request.request_id,
+                conversation_id = %conversation_id,
+                user_id = %request.user,
+                model = self.model.name(),
+                "turn started"
+            );
+            return Ok(StartedTurn {
+                conversation_id,
+                user_message,
+                events,
+            });
         }
-        let _ = commit_tx.send(());
-        tracing::info!(
-            request_id = %request.request_id,
-            conversation_id = %conversation_id,
-            user_id = %request.user,
-            model = self.model.name(),
-            "turn started"
-        );
-        Ok(StartedTurn {
-            conversation_id,
-            user_message,
-            events,
+    }
+
+    /// The conversation's newest messages, oldest first, and, when they came from memory, the
+    /// revision the conversation must still be at for them to be right.
+    async fn history(
+        &self,
+        user: UserId,
+        target: &Target,
+        from_memory: bool,
+    ) -> Result<(Vec<(Role, String)>, Option<Revision>), ChatError> {
+        let id = match target {
+            Target::New(_) => return Ok((Vec::new(), None)),
+            Target::Existing { id, .. } => *id,
+        };
+        if from_memory && let Some(remembered) = self.recent.get(user, id) {
+            return Ok((remembered.messages, Some(remembered.revision)));
+        }
+        let history = self
+            .store
+            .recent_messages(user, id, self.settings.history_messages)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        let messages = history
+            .messages
+            .iter()
+            .map(|m| (m.role, m.content.clone()))
+            .collect();
+        self.recent.remember(user, id, history);
+        Ok((messages, None))
+    }
+
+    async fn store_user_message(
+        &self,
+        user: UserId,
+        target: &Target,
+        message: &Message,
+        expected: Option<Revision>,
+    ) -> Result<Stored, ChatError> {
+        let revision = match target {
+            Target::New(conversation) => {
+                self.store
+                    .start_conversation(user, conversation, message)
+                    .await?;
+                let history = RecentHistory {
+                    revision: Some(1),
+                    messages: vec![recent_message(message)],
+                };
+                self.recent.remember(user, conversation.id, history);
+                return Ok(Stored::Committed);
+            }
+            Target::Existing { title, .. } => {
+                self.store
+                    .append_user_message(user, message, title, expected)
+                    .await?
+            }
+        };
+        Ok(match (revision, expected) {
+            (Some(revision), _) => {
+                self.recent
+                    .record(user, target.id(), revision, recent_message(message));
+                Stored::Committed
+            }
+            (None, Some(_)) => Stored::Stale,
+            (None, None) => Stored::Missing,
         })
     }
 
@@ -248,6 +315,15 @@ impl Turns {
     }
 }
 
+fn recent_message(message: &Message) -> RecentMessage {
+    RecentMessage {
+        id: message.id,
+        role: message.role,
+        content: message.content.clone(),
+        create_time: message.create_time,
+    }
+}
+
 fn user_message(
     conversation_id: ConversationId,
     content: MessageContent,
@@ -277,6 +353,7 @@ enum Outcome {
 /// The task that relays one reply and stores it.
 struct Generation {
     store: Store,
+    recent: Arc<RecentContexts>,
     user: UserId,
     request_id: String,
     conversation_id: ConversationId,
@@ -416,7 +493,7 @@ impl Generation {
             Outcome::Cancelled | Outcome::Interrupted => {
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(text, Vec::new(), MessageStatus::Cancelled);
-                let stored = self.store.store_reply(self.user, &reply).await.map(|_| ());
+                let stored = self.store_reply(&reply).await.map(|_| ());
                 if matches!(outcome, Outcome::Interrupted) && stored.is_ok() {
                     let _ = sender.send(Err(ChatError::ShuttingDown)).await;
                 }
@@ -465,7 +542,7 @@ impl Generation {
                 break;
             }
         }
-        if !self.store.store_reply(self.user, &reply).await? {
+        if self.store_reply(&reply).await?.is_none() {
             let _ = sender.send(Err(ChatError::NotFound("conversation"))).await;
             return Ok(());
         }
@@ -477,6 +554,28 @@ impl Generation {
         };
         let _ = sender.send(Ok(TurnEvent::Completed(completion))).await;
         Ok(())
+    }
+
+    /// Stores the reply and adds it to what this replica remembers of the conversation.
+    async fn store_reply(
+        &self,
+        reply: &Message,
+    ) -> Result<Option<Revision>, crate::store::StoreError> {
+        let stored = self.store.store_reply(self.user, reply).await;
+        match &stored {
+            Ok(Some(revision)) => {
+                self.recent.record(
+                    self.user,
+                    self.conversation_id,
+                    *revision,
+                    recent_message(reply),
+                );
+            }
+            // Whether it was written is unknown, so what is remembered may be wrong.
+            Err(_) => self.recent.forget(self.conversation_id),
+            Ok(None) => {}
+        }
+        stored
     }
 
     fn reply(&self, content: String, calls: Vec<ModelToolCall>, status: MessageStatus) -> Message {

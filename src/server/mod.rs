@@ -23,7 +23,7 @@ use crate::{
             conversation_service_server::ConversationServiceServer,
         },
     },
-    chat::{Conversations, Identities, TurnRuntime, Turns},
+    chat::{Conversations, Identities, RecentContexts, TurnRuntime, Turns},
     config::{Config, CorsOrigins, Environment, JwtKey, ModelConfig},
     llm::{ChatModel, DevModel, LlmError, OpenAiModel},
     store::{ConnectError, Store},
@@ -173,10 +173,19 @@ impl Application {
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
         let caller = Caller::new(authenticator, Identities::new(store.clone()));
-        let turns = Turns::new(store.clone(), model, config.turns, turns_runtime.clone());
+        let recent = Arc::new(RecentContexts::new(config.turns.history_messages));
+        let turns = Turns::new(
+            store.clone(),
+            recent.clone(),
+            model,
+            config.turns,
+            turns_runtime.clone(),
+        );
         let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns));
-        let conversations =
-            ConversationServiceServer::new(ConversationApi::new(caller, Conversations::new(store)));
+        let conversations = ConversationServiceServer::new(ConversationApi::new(
+            caller,
+            Conversations::new(store, recent),
+        ));
 
         // When shutdown begins: health goes NOT_SERVING, the server stops taking RPCs, and a
         // timer cuts whatever is still streaming when the grace period is over.

@@ -67,19 +67,35 @@ impl Store {
         user: UserId,
         id: ConversationId,
     ) -> Result<Option<(Conversation, Vec<Message>)>, StoreError> {
-        let mut conn = self.connection().await?;
-        let Some(conversation) = find_conversation(&mut conn, user, id).await? else {
-            return Ok(None);
-        };
+        let conn = self.connection().await?;
+        // The three queries are sent together and answered in one round trip; each is limited
+        // to the user's own conversation by itself.
+        let (mut for_conversation, mut for_messages, mut for_calls) = (&*conn, &*conn, &*conn);
+        let conversation = conversations::table
+            .filter(conversations::id.eq(id.as_uuid()))
+            .filter(conversations::user_id.eq(user.as_uuid()))
+            .select(ConversationRow::as_select())
+            .load::<ConversationRow>(&mut for_conversation);
         let rows = messages::table
+            .inner_join(conversations::table)
+            .filter(conversations::user_id.eq(user.as_uuid()))
             .filter(messages::conversation_id.eq(id.as_uuid()))
             .select(MessageRow::as_select())
             .order((messages::created_at.asc(), messages::id.asc()))
-            .load::<MessageRow>(&mut conn)
-            .await?;
-        let calls = tool_calls_in(&mut conn, id).await?;
+            .load::<MessageRow>(&mut for_messages);
+        let calls = tool_calls::table
+            .inner_join(messages::table.inner_join(conversations::table))
+            .filter(conversations::user_id.eq(user.as_uuid()))
+            .filter(messages::conversation_id.eq(id.as_uuid()))
+            .select(ToolCallRow::as_select())
+            .order((tool_calls::message_id, tool_calls::position))
+            .load::<ToolCallRow>(&mut for_calls);
+        let (conversation, rows, calls) = futures_util::try_join!(conversation, rows, calls)?;
+        let Some(conversation) = conversation.into_iter().next() else {
+            return Ok(None);
+        };
         let messages = with_tool_calls(rows, calls)?;
-        Ok(Some((conversation, messages)))
+        Ok(Some((Conversation::from(conversation), messages)))
     }
 
     /// Up to `limit` messages of the user's conversation after `after`, oldest first, or `None`
@@ -139,21 +155,6 @@ impl Store {
     }
 }
 
-async fn find_conversation(
-    conn: &mut Conn,
-    user: UserId,
-    id: ConversationId,
-) -> Result<Option<Conversation>, StoreError> {
-    let row = conversations::table
-        .filter(conversations::id.eq(id.as_uuid()))
-        .filter(conversations::user_id.eq(user.as_uuid()))
-        .select(ConversationRow::as_select())
-        .first::<ConversationRow>(conn)
-        .await
-        .optional()?;
-    Ok(row.map(Conversation::from))
-}
-
 pub(super) async fn owns_conversation(
     conn: &mut Conn,
     user: UserId,
@@ -185,20 +186,6 @@ async fn tool_calls_of(
     }
     Ok(tool_calls::table
         .filter(tool_calls::message_id.eq_any(&candidates))
-        .select(ToolCallRow::as_select())
-        .order((tool_calls::message_id, tool_calls::position))
-        .load::<ToolCallRow>(conn)
-        .await?)
-}
-
-/// Every tool call of a conversation: a join, rather than a parameter per message.
-async fn tool_calls_in(
-    conn: &mut Conn,
-    conversation: ConversationId,
-) -> Result<Vec<ToolCallRow>, StoreError> {
-    Ok(tool_calls::table
-        .inner_join(messages::table)
-        .filter(messages::conversation_id.eq(conversation.as_uuid()))
         .select(ToolCallRow::as_select())
         .order((tool_calls::message_id, tool_calls::position))
         .load::<ToolCallRow>(conn)

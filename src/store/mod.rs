@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 pub use connect::{ConnectError, PoolSettings, quote_identifier};
 pub use error::StoreError;
 pub use migrations::{MigrationError, run_migrations};
+pub use turns::{RecentHistory, RecentMessage, Revision};
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// The service's database: a pool of connections and the secrets kept in it.

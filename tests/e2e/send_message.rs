@@ -862,3 +862,135 @@ async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_co
     assert!(!super::support::logs::any_line_contains(&content));
     assert!(!super::support::logs::any_line_contains("Confidential"));
 }
+
+/// A second replica of the service, on the same database and model as `app`.
+async fn replica_of(app: &TestApp, fake: &FakeLlm) -> TestApp {
+    let url = app.config.database.url.clone();
+    TestApp::with_fake_llm(fake, |config| config.database.url = url).await
+}
+
+#[tokio::test]
+async fn a_turn_taken_on_another_replica_is_in_the_next_context() {
+    let fake = FakeLlm::start().await;
+    let a = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+
+    let conversation = send_ok(&a, "alice", "", "first, on A")
+        .await
+        .conversation_id();
+    send_ok(&b, "alice", &conversation, "second, on B").await;
+    let third = send_ok(&a, "alice", &conversation, "third, on A").await;
+    assert!(third.error.is_none(), "{:?}", third.error);
+    assert_eq!(third.text(), "You said: third, on A.");
+
+    // Whatever A remembered, the request whose reply was relayed carried B's turn.
+    let last = fake
+        .received()
+        .pop()
+        .unwrap_or_else(|| panic!("no request"));
+    let contents: Vec<String> = last.messages().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        contents,
+        [
+            "first, on A",
+            "You said: first, on A.",
+            "second, on B",
+            "You said: second, on B.",
+            "third, on A",
+        ]
+    );
+    // And the user message was stored once.
+    let stored: Vec<String> =
+        a.db.messages(&conversation)
+            .await
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+    assert_eq!(
+        stored,
+        [
+            "first, on A",
+            "You said: first, on A.",
+            "second, on B",
+            "You said: second, on B.",
+            "third, on A",
+            "You said: third, on A.",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_conversation_deleted_on_another_replica_is_not_found() {
+    let fake = FakeLlm::start().await;
+    let a = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+    let conversation = send_ok(&a, "alice", "", "Remember me")
+        .await
+        .conversation_id();
+
+    b.conversations()
+        .delete_conversation(b.request(
+            "alice",
+            chat_service::api::proto::DeleteConversationRequest {
+                conversation_id: conversation.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e:?}"));
+    let status = send(&a, "alice", &conversation, "Still there?")
+        .await
+        .expect_err("the conversation is gone");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        a.db.count("SELECT count(*) AS n FROM messages").await,
+        0,
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn turns_on_one_replica_send_the_same_newest_messages_as_the_database_holds() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |config| config.turns.history_messages = 4).await;
+    let conversation = send_ok(&app, "alice", "", "turn 1").await.conversation_id();
+    for turn in 2..=5 {
+        send_ok(&app, "alice", &conversation, &format!("turn {turn}")).await;
+    }
+    send_ok(&app, "alice", &conversation, "turn 6").await;
+
+    let stored: Vec<(String, String)> = app
+        .db
+        .messages(&conversation)
+        .await
+        .into_iter()
+        .map(|m| (m.role, m.content))
+        .collect();
+    assert_eq!(stored.len(), 12);
+    // The last turn's context: the three newest messages before it, then its own.
+    let expected = stored[7..11].to_vec();
+    assert_eq!(expected[3], ("user".to_owned(), "turn 6".to_owned()));
+    assert_eq!(fake.received()[5].messages(), expected);
+}
+
+#[tokio::test]
+async fn a_conversation_deleted_here_is_not_found_afterwards() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let conversation = send_ok(&app, "alice", "", "Remember me")
+        .await
+        .conversation_id();
+    app.conversations()
+        .delete_conversation(app.request(
+            "alice",
+            chat_service::api::proto::DeleteConversationRequest {
+                conversation_id: conversation.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e:?}"));
+    let status = send(&app, "alice", &conversation, "Still there?")
+        .await
+        .expect_err("the conversation is gone");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(fake.received().len(), 1, "the model was not asked again");
+}
