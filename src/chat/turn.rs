@@ -18,7 +18,7 @@ use crate::{
         ChatModel, ContextMessage, LlmError, ModelEvent, ModelRequest, ModelToolCall, TokenUsage,
     },
     store::{RecentHistory, RecentMessage, Revision, Store},
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{HistorySource, Metrics},
 };
 
 /// Limits on what a turn accepts and sends to the model.
@@ -237,6 +237,9 @@ impl Turns {
             .recent_messages(user, id, self.settings.history_messages)
             .await?
             .ok_or(ChatError::NotFound("conversation"))?;
+        self.runtime
+            .metrics
+            .record_history_source(HistorySource::Database);
         let messages = history
             .messages
             .iter()
@@ -271,13 +274,20 @@ impl Turns {
                     .await?
             }
         };
+        let metrics = &self.runtime.metrics;
         Ok(match (revision, expected) {
-            (Some(revision), _) => {
+            (Some(revision), from_memory) => {
+                if from_memory.is_some() {
+                    metrics.record_history_source(HistorySource::Memory);
+                }
                 self.recent
                     .record(user, target.id(), revision, recent_message(message));
                 Stored::Committed
             }
-            (None, Some(_)) => Stored::Stale,
+            (None, Some(_)) => {
+                metrics.record_history_source(HistorySource::StaleMemory);
+                Stored::Stale
+            }
             (None, None) => Stored::Missing,
         })
     }

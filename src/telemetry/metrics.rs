@@ -25,6 +25,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -48,7 +53,28 @@ pub struct Metrics {
     active_streams: Gauge,
     tokens: Family<DirectionLabels, Counter>,
     model_errors: Family<KindLabels, Counter>,
+    history_sources: Family<SourceLabels, Counter>,
     db_connections: Family<StateLabels, Gauge>,
+}
+
+/// Where a turn in an existing conversation found the messages the model sees.
+#[derive(Debug, Clone, Copy)]
+pub enum HistorySource {
+    /// Remembered by this replica, and still current when the user message was committed.
+    Memory,
+    /// Remembered, but another write had come first: the turn read the database after all.
+    StaleMemory,
+    Database,
+}
+
+impl HistorySource {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::StaleMemory => "stale_memory",
+            Self::Database => "database",
+        }
+    }
 }
 
 impl Metrics {
@@ -99,6 +125,12 @@ impl Metrics {
             "Failed model calls, by kind",
             model_errors.clone(),
         );
+        let history_sources = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "turn_history",
+            "Turns in existing conversations, by where their history came from (memory, stale_memory, database)",
+            history_sources.clone(),
+        );
         let db_connections = Family::<StateLabels, Gauge>::default();
         registry.register(
             "db_pool_connections",
@@ -114,6 +146,7 @@ impl Metrics {
             active_streams,
             tokens,
             model_errors,
+            history_sources,
             db_connections,
         })
     }
@@ -146,6 +179,14 @@ impl Metrics {
 
     pub fn record_model_error(&self, kind: &'static str) {
         self.model_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn record_history_source(&self, source: HistorySource) {
+        self.history_sources
+            .get_or_create(&SourceLabels {
+                source: source.label(),
+            })
+            .inc();
     }
 
     /// Counts a stream as active until the returned guard is dropped.
@@ -190,6 +231,7 @@ mod tests {
         metrics.record_first_token(0.010, 0.009);
         metrics.record_tokens(12, 4);
         metrics.record_model_error("timeout");
+        metrics.record_history_source(HistorySource::StaleMemory);
         let stream = metrics.stream_started();
         let text = metrics.render(3, 5);
         assert!(
@@ -203,6 +245,7 @@ mod tests {
         assert!(text.contains("chat_active_streams 1"));
         assert!(text.contains(r#"chat_tokens_total{direction="input"} 12"#));
         assert!(text.contains(r#"chat_model_errors_total{kind="timeout"} 1"#));
+        assert!(text.contains(r#"chat_turn_history_total{source="stale_memory"} 1"#));
         assert!(text.contains(r#"chat_db_pool_connections{state="idle"} 5"#));
         drop(stream);
         assert!(metrics.render(0, 0).contains("chat_active_streams 0"));

@@ -899,6 +899,15 @@ async fn a_turn_taken_on_another_replica_is_in_the_next_context() {
             "third, on A",
         ]
     );
+    // A remembered the conversation, noticed B's write when committing, and read it afresh.
+    let metrics = a.scrape_metrics().await;
+    for expected in [
+        r#"chat_turn_history_total{source="stale_memory"} 1"#,
+        r#"chat_turn_history_total{source="database"} 1"#,
+    ] {
+        assert!(metrics.contains(expected), "missing {expected}:\n{metrics}");
+    }
+    assert!(!metrics.contains(r#"source="memory""#), "{metrics}");
     // And the user message was stored once.
     let stored: Vec<String> =
         a.db.messages(&conversation)
@@ -970,6 +979,12 @@ async fn turns_on_one_replica_send_the_same_newest_messages_as_the_database_hold
     let expected = stored[7..11].to_vec();
     assert_eq!(expected[3], ("user".to_owned(), "turn 6".to_owned()));
     assert_eq!(fake.received()[5].messages(), expected);
+    let metrics = app.scrape_metrics().await;
+    assert!(
+        metrics.contains(r#"chat_turn_history_total{source="memory"} 5"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"source="database""#), "{metrics}");
 }
 
 #[tokio::test]
