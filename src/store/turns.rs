@@ -33,7 +33,8 @@ pub struct RecentMessage {
     pub create_time: DateTime<Utc>,
 }
 
-/// How many writes have added messages to a conversation: each such write adds exactly one.
+/// Advances by exactly one with every write that adds messages to a conversation, so that a
+/// reader can tell whether anything was added since it looked. Only its changes carry meaning.
 pub type Revision = i64;
 
 #[derive(QueryableByName)]
