@@ -869,6 +869,23 @@ async fn replica_of(app: &TestApp, fake: &FakeLlm) -> TestApp {
     TestApp::with_fake_llm(fake, |config| config.database.url = url).await
 }
 
+/// Alice deletes her conversation through `deleting`, then writes to it through `sending`.
+async fn send_after_delete(deleting: &TestApp, sending: &TestApp, conversation: &str) -> Status {
+    deleting
+        .conversations()
+        .delete_conversation(deleting.request(
+            "alice",
+            chat_service::api::proto::DeleteConversationRequest {
+                conversation_id: conversation.to_owned(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e:?}"));
+    send(sending, "alice", conversation, "Still there?")
+        .await
+        .expect_err("the conversation is gone")
+}
+
 #[tokio::test]
 async fn a_turn_taken_on_another_replica_is_in_the_next_context() {
     let fake = FakeLlm::start().await;
@@ -937,18 +954,7 @@ async fn a_conversation_deleted_on_another_replica_is_not_found() {
         .await
         .conversation_id();
 
-    b.conversations()
-        .delete_conversation(b.request(
-            "alice",
-            chat_service::api::proto::DeleteConversationRequest {
-                conversation_id: conversation.clone(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("delete: {e:?}"));
-    let status = send(&a, "alice", &conversation, "Still there?")
-        .await
-        .expect_err("the conversation is gone");
+    let status = send_after_delete(&b, &a, &conversation).await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(
         a.db.count("SELECT count(*) AS n FROM messages").await,
@@ -994,18 +1000,8 @@ async fn a_conversation_deleted_here_is_not_found_afterwards() {
     let conversation = send_ok(&app, "alice", "", "Remember me")
         .await
         .conversation_id();
-    app.conversations()
-        .delete_conversation(app.request(
-            "alice",
-            chat_service::api::proto::DeleteConversationRequest {
-                conversation_id: conversation.clone(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("delete: {e:?}"));
-    let status = send(&app, "alice", &conversation, "Still there?")
-        .await
-        .expect_err("the conversation is gone");
+    let status = send_after_delete(&app, &app, &conversation).await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(fake.received().len(), 1, "the model was not asked again");
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM messages").await, 0);
 }
