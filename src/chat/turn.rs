@@ -188,6 +188,10 @@ impl Turns {
                 .run(self.model.stream(self.context(context)), committed, sender)
                 .instrument(tracing::Span::current());
             self.runtime.tasks.spawn(task);
+            // Lets the generation task put the model request on the wire before this task
+            // claims the thread for the user message's write: the model's time to first token
+            // is the longer wait, and the commit only has to finish before that token.
+            tokio::task::yield_now().await;
 
             match self
                 .store_user_message(request.user, &target, &user_message, expected)
