@@ -112,6 +112,8 @@ struct Server {
     /// The service's own overhead per turn, from its `turn ended` log lines: time to first
     /// token minus the time it waited for the model's first token.
     overheads: Arc<std::sync::Mutex<Vec<f64>>>,
+    /// How long each read RPC took inside the service, from its `rpc finished` log lines.
+    read_durations: Arc<std::sync::Mutex<Vec<f64>>>,
 }
 
 impl Server {
@@ -136,12 +138,22 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let overheads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let logged = overheads.clone();
+        let read_durations = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reads_logged = read_durations.clone();
         // Reads the log as a log shipper would, so that logging costs what it costs in production.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("serving gRPC and grpc-web") {
                     let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                     let _ = tx.send(entry["addr"].as_str().unwrap_or_default().to_owned());
+                } else if line.contains("rpc finished") && line.contains("Conversation") {
+                    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if let Some(duration) = entry["duration_ms"].as_f64() {
+                        reads_logged
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(duration);
+                    }
                 } else if line.contains(r#""level":"ERROR""#) {
                     eprintln!("service: {line}");
                 } else if line.contains("turn ended") && line.contains(MEASURED) {
@@ -164,6 +176,7 @@ impl Server {
             child,
             addr: addr.parse().expect("address"),
             overheads,
+            read_durations,
         }
     }
 
@@ -619,8 +632,10 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
         .remove(0)
         .id;
 
+    let durations = server.read_durations.clone();
     let mut measure = async |name: &str, runs: usize, page_size: i32| {
         let mut latencies = Vec::with_capacity(runs);
+        durations.lock().unwrap_or_else(|e| e.into_inner()).clear();
         for _ in 0..runs {
             let started = Instant::now();
             if name == "GetConversation" {
@@ -653,9 +668,23 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
             }
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         }
+        // The service logs each call as it ends; its log is read on another thread.
+        let logged_by = Instant::now() + Duration::from_secs(5);
+        let mut inside = loop {
+            let logged = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if logged.len() >= runs || Instant::now() > logged_by {
+                break logged;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let label = match name {
+            "GetConversation" => format!("{name}, 1,000 messages"),
+            _ => format!("{name}, page size {page_size}"),
+        };
         println!(
-            "| {name} (page size {page_size}) | {runs} | {} |",
-            summary(&mut latencies)
+            "| {label} | {runs} | {} | {} |",
+            summary(&mut latencies),
+            median_and_p99(&mut inside)
         );
     };
     measure("ListConversations", 2000, 20).await;
@@ -700,8 +729,8 @@ fn main() {
         }
         if wanted("reads") {
             println!();
-            println!("| request | runs | p50 | p90 | p99 | max (ms) |");
-            println!("|---|---|---|---|---|---|");
+            println!("| request | runs | seen by the client: p50 | p90 | p99 | max (ms) | inside the service: p50 | p99 |");
+            println!("|---|---|---|---|---|---|---|---|");
             reads(&server, &database).await;
         }
     });

@@ -10,7 +10,8 @@ use super::{
     schema::{conversations, messages, tool_calls},
 };
 use crate::domain::{
-    Conversation, ConversationCursor, ConversationId, Message, MessageCursor, ToolCall, UserId,
+    Conversation, ConversationCursor, ConversationId, Message, MessageCursor, Role, ToolCall,
+    UserId,
 };
 
 type Conn = diesel_async::AsyncPgConnection;
@@ -94,7 +95,7 @@ impl Store {
         let Some(conversation) = conversation.into_iter().next() else {
             return Ok(None);
         };
-        let messages = with_tool_calls(rows, calls)?;
+        let messages = with_tool_calls(id, rows, calls)?;
         Ok(Some((Conversation::from(conversation), messages)))
     }
 
@@ -132,7 +133,7 @@ impl Store {
             return Ok(None);
         }
         let calls = tool_calls_of(&mut conn, &rows).await?;
-        Ok(Some(with_tool_calls(rows, calls)?))
+        Ok(Some(with_tool_calls(conversation, rows, calls)?))
     }
 
     /// Deletes the conversation with its messages and their tool calls. `false` if the user had
@@ -178,7 +179,7 @@ async fn tool_calls_of(
     // Only assistant messages carry tool calls; skip the query when there are none.
     let candidates: Vec<Uuid> = rows
         .iter()
-        .filter(|row| row.role == "assistant")
+        .filter(|row| row.role.0 == Role::Assistant)
         .map(|row| row.id)
         .collect();
     if candidates.is_empty() {
@@ -194,6 +195,7 @@ async fn tool_calls_of(
 
 /// Messages with their tool calls attached.
 fn with_tool_calls(
+    conversation: ConversationId,
     rows: Vec<MessageRow>,
     call_rows: Vec<ToolCallRow>,
 ) -> Result<Vec<Message>, StoreError> {
@@ -204,10 +206,11 @@ fn with_tool_calls(
             .or_default()
             .push(ToolCall::try_from(row)?);
     }
-    rows.into_iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
             let message_calls = calls.remove(&row.id).unwrap_or_default();
-            row.into_message(message_calls)
+            row.into_message(conversation, message_calls)
         })
-        .collect()
+        .collect())
 }

@@ -23,6 +23,7 @@ impl From<DieselError> for StoreError {
             DieselError::BrokenTransactionManager => {
                 Self::Unavailable("connection left in an unknown transaction state".to_owned())
             }
+            DieselError::DeserializationError(error) => Self::Corrupt(error.to_string()),
             other => Self::Query(other),
         }
     }

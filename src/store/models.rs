@@ -1,7 +1,12 @@
 //! Rows as diesel reads and writes them, and their conversion to domain values.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::{
+    deserialize::{self, FromSql, Queryable},
+    pg::{Pg, PgValue},
+    prelude::*,
+    sql_types::Text,
+};
 use uuid::Uuid;
 
 use super::{
@@ -55,34 +60,74 @@ impl<'a> NewConversationRow<'a> {
     }
 }
 
+/// A `text` column that holds one of a fixed set of names, read straight into its enum: a
+/// conversation's thousand messages need no thousand strings for their roles.
+pub struct Stored<T>(pub T);
+
+/// An enum stored by name.
+pub trait StoredName: Sized {
+    /// What the name is of, for the error when it is not one.
+    const WHAT: &'static str;
+    fn from_stored(name: &str) -> Option<Self>;
+}
+
+impl StoredName for Role {
+    const WHAT: &'static str = "message role";
+    fn from_stored(name: &str) -> Option<Self> {
+        Role::from_stored(name)
+    }
+}
+
+impl StoredName for MessageStatus {
+    const WHAT: &'static str = "message status";
+    fn from_stored(name: &str) -> Option<Self> {
+        MessageStatus::from_stored(name)
+    }
+}
+
+impl<T: StoredName> FromSql<Text, Pg> for Stored<T> {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        let name = std::str::from_utf8(value.as_bytes())?;
+        T::from_stored(name)
+            .map(Self)
+            .ok_or_else(|| format!("unknown {} {name:?}", T::WHAT).into())
+    }
+}
+
+impl<T: StoredName> Queryable<Text, Pg> for Stored<T> {
+    type Row = Self;
+
+    fn build(row: Self) -> deserialize::Result<Self> {
+        Ok(row)
+    }
+}
+
+/// A message as read back, without its conversation's id: whoever reads it knows that.
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = messages, check_for_backend(diesel::pg::Pg))]
 pub struct MessageRow {
     pub id: Uuid,
-    pub conversation_id: Uuid,
-    pub role: String,
+    pub role: Stored<Role>,
     pub content: String,
-    pub status: String,
+    pub status: Stored<MessageStatus>,
     pub created_at: DateTime<Utc>,
 }
 
 impl MessageRow {
-    pub fn into_message(self, tool_calls: Vec<ToolCall>) -> Result<Message, StoreError> {
-        let role = Role::from_stored(&self.role).ok_or_else(|| {
-            StoreError::Corrupt(format!("message {} has role {:?}", self.id, self.role))
-        })?;
-        let status = MessageStatus::from_stored(&self.status).ok_or_else(|| {
-            StoreError::Corrupt(format!("message {} has status {:?}", self.id, self.status))
-        })?;
-        Ok(Message {
+    pub fn into_message(
+        self,
+        conversation_id: ConversationId,
+        tool_calls: Vec<ToolCall>,
+    ) -> Message {
+        Message {
             id: MessageId::from_uuid(self.id),
-            conversation_id: ConversationId::from_uuid(self.conversation_id),
-            role,
+            conversation_id,
+            role: self.role.0,
             content: self.content,
-            status,
+            status: self.status.0,
             create_time: self.created_at,
             tool_calls,
-        })
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Store, StoreError,
-    models::{NewMessageRow, NewToolCallRow},
+    models::{NewMessageRow, NewToolCallRow, Stored},
     schema::{conversations, messages, tool_calls},
     statement::fixed,
 };
@@ -140,7 +140,7 @@ impl Store {
             ))
             .order((messages::created_at.desc(), messages::id.desc()))
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .load::<(Revision, uuid::Uuid, String, String, DateTime<Utc>)>(&mut conn)
+            .load::<(Revision, uuid::Uuid, Stored<Role>, String, DateTime<Utc>)>(&mut conn)
             .await?;
         let Some(&(revision, ..)) = rows.as_slice().first() else {
             // With no message, ownership is still unknown, and so is the revision (a second
@@ -155,17 +155,13 @@ impl Store {
         let messages = rows
             .into_iter()
             .rev()
-            .map(|(_, id, role, content, create_time)| {
-                let role = Role::from_stored(&role)
-                    .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
-                Ok(RecentMessage {
-                    id: MessageId::from_uuid(id),
-                    role,
-                    content,
-                    create_time,
-                })
+            .map(|(_, id, role, content, create_time)| RecentMessage {
+                id: MessageId::from_uuid(id),
+                role: role.0,
+                content,
+                create_time,
             })
-            .collect::<Result<_, StoreError>>()?;
+            .collect();
         Ok(Some(RecentHistory {
             revision: Some(revision),
             messages,
