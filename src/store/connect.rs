@@ -89,6 +89,10 @@ fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnecti
     // Only fails without a runtime for the timeouts, which is set here.
     Pool::builder(manager)
         .max_size(settings.max_connections)
+        // The connection used last is the one handed out next: its PostgreSQL backend has the
+        // statements and rows in its caches, and connections a quiet moment does not need stay
+        // idle instead of being cycled through.
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
         .runtime(deadpool::Runtime::Tokio1)
         .create_timeout(Some(settings.connect_timeout))
         .wait_timeout(Some(settings.acquire_timeout))
