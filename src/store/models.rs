@@ -195,3 +195,54 @@ pub struct NewToolCallRow<'a> {
     pub status: &'static str,
     pub created_at: DateTime<Utc>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use diesel::{deserialize::FromSql, pg::PgValue, sql_types::Text};
+
+    use super::Stored;
+    use crate::domain::{MessageStatus, Role};
+
+    /// PostgreSQL's oid of `text`.
+    const TEXT_OID: NonZeroU32 = NonZeroU32::new(25).unwrap();
+
+    fn decode<T>(bytes: &[u8]) -> Result<T, String>
+    where
+        Stored<T>: FromSql<Text, diesel::pg::Pg>,
+    {
+        <Stored<T> as FromSql<Text, _>>::from_sql(PgValue::new(bytes, &TEXT_OID))
+            .map(|stored| stored.0)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn stored_names_decode_to_their_enums() {
+        assert_eq!(decode::<Role>(b"user"), Ok(Role::User));
+        assert_eq!(decode::<Role>(b"assistant"), Ok(Role::Assistant));
+        assert_eq!(decode::<Role>(b"system"), Ok(Role::System));
+        assert_eq!(decode::<Role>(b"tool"), Ok(Role::Tool));
+        assert_eq!(
+            decode::<MessageStatus>(b"complete"),
+            Ok(MessageStatus::Complete)
+        );
+        assert_eq!(
+            decode::<MessageStatus>(b"cancelled"),
+            Ok(MessageStatus::Cancelled)
+        );
+    }
+
+    #[test]
+    fn unknown_stored_names_are_refused_by_name() {
+        assert_eq!(
+            decode::<Role>(b"robot"),
+            Err(r#"unknown message role "robot""#.to_owned())
+        );
+        assert_eq!(
+            decode::<MessageStatus>(b"Complete"),
+            Err(r#"unknown message status "Complete""#.to_owned())
+        );
+        assert!(decode::<Role>(&[0xff, 0xfe]).is_err());
+    }
+}
