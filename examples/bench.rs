@@ -2,9 +2,12 @@
 //! memory, and read latency, against the release binary, a fake OpenAI-compatible upstream and
 //! the local PostgreSQL. See BENCHMARKS.md for how to run it and what it found.
 //!
-//!     cargo build --release && cargo run --release --example bench -- [SCENARIO...]
+//!     cargo build --release && cargo run --release --example bench -- [OPTION...] [SCENARIO...]
 //!
 //! Scenarios: streams-1, streams-50, streams-500, slow-2000, reads (default: all of them).
+//! Options shape the upstream's replies in the turn scenarios (streams-*): `--ttft-ms N` (time
+//! to first token, default 20), `--chunks N` (default 20), `--chunk-delay-ms N` (between chunks,
+//! default 5); `--seconds N` measures each of those scenarios for N seconds after its warm-up.
 
 use std::{
     io::{BufRead, BufReader},
@@ -37,12 +40,46 @@ use tonic::{Request, transport::Channel};
 
 const SECRET: &str = "benchmark-secret-with-at-least-32-bytes!";
 
-/// How the fake upstream answers; changed between scenarios.
+/// How the fake upstream answers a request.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Time to first token.
+    ttft_ms: u64,
+    /// Chunks of text, the first one included.
+    chunks: u64,
+    /// Between two chunks.
+    chunk_delay_ms: u64,
+}
+
+/// The turn scenarios' upstream unless the command line says otherwise: about 125 ms a reply.
+const TURN_SHAPE: Shape = Shape {
+    ttft_ms: 20,
+    chunks: 20,
+    chunk_delay_ms: 5,
+};
+
+/// Streams that stay open for about 20 s, so that all 2,000 are open at once.
+const SLOW_SHAPE: Shape = Shape {
+    ttft_ms: 10,
+    chunks: 20,
+    chunk_delay_ms: 1000,
+};
+
+/// The shape the upstream answers with now; changed between scenarios.
 #[derive(Default)]
 struct UpstreamShape {
     ttft_ms: AtomicU64,
     chunks: AtomicU64,
     chunk_delay_ms: AtomicU64,
+}
+
+impl UpstreamShape {
+    fn set(&self, shape: Shape) {
+        self.ttft_ms.store(shape.ttft_ms, Ordering::Relaxed);
+        self.chunks.store(shape.chunks, Ordering::Relaxed);
+        self.chunk_delay_ms
+            .store(shape.chunk_delay_ms, Ordering::Relaxed);
+    }
 }
 
 async fn complete(State(shape): State<Arc<UpstreamShape>>, _body: axum::body::Bytes) -> Response {
@@ -63,9 +100,9 @@ async fn complete(State(shape): State<Arc<UpstreamShape>>, _body: axum::body::By
                 tokio::time::sleep(delay).await;
                 chunk(&format!("tok{i} "))
             }
-            i if i == chunks => {
-                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":20}}\n\ndata: [DONE]\n\n".to_owned()
-            }
+            i if i == chunks => format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\ndata: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":20,\"completion_tokens\":{chunks}}}}}\n\ndata: [DONE]\n\n"
+            ),
             _ => return None,
         };
         Some((Ok::<_, std::io::Error>(frame), i + 1))
@@ -448,14 +485,13 @@ fn token(user: &str) -> String {
 
 async fn streams(
     server: &Server,
-    shape: &UpstreamShape,
+    upstream: &UpstreamShape,
+    shape: Shape,
     database: &DatabaseUrl,
     concurrency: usize,
     seconds: u64,
 ) {
-    shape.ttft_ms.store(20, Ordering::Relaxed);
-    shape.chunks.store(20, Ordering::Relaxed);
-    shape.chunk_delay_ms.store(5, Ordering::Relaxed);
+    upstream.set(shape);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     server
         .overheads
@@ -519,13 +555,11 @@ async fn streams(
 
 async fn slow_streams(
     server: &Server,
-    shape: &UpstreamShape,
+    upstream: &UpstreamShape,
     database: &DatabaseUrl,
     concurrency: usize,
 ) {
-    shape.ttft_ms.store(10, Ordering::Relaxed);
-    shape.chunks.store(20, Ordering::Relaxed);
-    shape.chunk_delay_ms.store(1000, Ordering::Relaxed);
+    upstream.set(SLOW_SHAPE);
     let (baseline, _) = server.memory_kib();
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     let open = Arc::new(AtomicU64::new(0));
@@ -585,7 +619,9 @@ async fn slow_streams(
     let stored = stored(database, &ids).await;
     let per_stream = (with_streams.saturating_sub(baseline)) as f64 / concurrency as f64;
     println!(
-        "| {concurrency} slow streams (20 chunks, 1 s apart) | {:.1} MiB → {:.1} MiB | {per_stream:.1} KiB | {completed} | {:.1} | {stored}/{} |",
+        "| {concurrency} slow streams ({} chunks, {} ms apart) | {:.1} MiB → {:.1} MiB | {per_stream:.1} KiB | {completed} | {:.1} | {stored}/{} |",
+        SLOW_SHAPE.chunks,
+        SLOW_SHAPE.chunk_delay_ms,
         baseline as f64 / 1024.0,
         with_streams as f64 / 1024.0,
         peak as f64 / 1024.0,
@@ -692,9 +728,78 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
     measure("GetConversation", 500, 1000).await;
 }
 
+/// The scenarios, in the order they run.
+const SCENARIOS: [&str; 5] = [
+    "streams-1",
+    "streams-50",
+    "streams-500",
+    "slow-2000",
+    "reads",
+];
+
+/// What the command line asked for.
+struct Options {
+    /// Empty: all of them.
+    scenarios: Vec<String>,
+    /// How the upstream answers in the turn scenarios.
+    turn_shape: Shape,
+    /// How long each turn scenario measures after its warm-up; `None`: the scenario's own.
+    seconds: Option<u64>,
+}
+
+impl Options {
+    /// Reads `--name N` or `--name=N` options and scenario names, in any order.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut options = Self {
+            scenarios: Vec::new(),
+            turn_shape: TURN_SHAPE,
+            seconds: None,
+        };
+        while let Some(arg) = args.next() {
+            if !arg.starts_with("--") {
+                if !SCENARIOS.contains(&arg.as_str()) {
+                    return Err(format!("unknown scenario {arg:?}"));
+                }
+                options.scenarios.push(arg);
+                continue;
+            }
+            let (name, value) = match arg.split_once('=') {
+                Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+                None => (arg, args.next()),
+            };
+            let value = value.ok_or_else(|| format!("{name} needs a value"))?;
+            let number = value
+                .parse::<u64>()
+                .map_err(|_| format!("{name} takes a whole number, not {value:?}"))?;
+            match name.as_str() {
+                "--ttft-ms" => options.turn_shape.ttft_ms = number,
+                "--chunk-delay-ms" => options.turn_shape.chunk_delay_ms = number,
+                // The first chunk carries the upstream's timing, so there is always one.
+                "--chunks" if number >= 1 => options.turn_shape.chunks = number,
+                "--seconds" if number >= 1 => options.seconds = Some(number),
+                "--chunks" | "--seconds" => return Err(format!("{name} must be at least 1")),
+                _ => return Err(format!("unknown option {name}")),
+            }
+        }
+        Ok(options)
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == scenario)
+    }
+}
+
 fn main() {
-    let scenarios: Vec<String> = std::env::args().skip(1).collect();
-    let wanted = |name: &str| scenarios.is_empty() || scenarios.iter().any(|s| s == name);
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!(
+                "bench: {message}\nusage: bench [--ttft-ms N] [--chunks N] [--chunk-delay-ms N] [--seconds N] [{}]...",
+                SCENARIOS.join(" | ")
+            );
+            std::process::exit(2);
+        }
+    };
     // Fixed before anything is measured against it.
     epoch();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -710,24 +815,28 @@ fn main() {
             .await
             .expect("drop the benchmark database");
 
-        let shape = Arc::new(UpstreamShape::default());
-        let upstream = start_upstream(shape.clone()).await;
+        let upstream_shape = Arc::new(UpstreamShape::default());
+        let upstream = start_upstream(upstream_shape.clone()).await;
         let server = Server::start(&database, upstream);
 
+        let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape;
+        println!("Turn scenarios: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart.", chunks - 1);
+        println!();
         println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (name, concurrency, seconds) in [("streams-1", 1, 10), ("streams-50", 50, 15), ("streams-500", 500, 15)] {
-            if wanted(name) {
-                streams(&server, &shape, &database, concurrency, seconds).await;
+            if options.wants(name) {
+                let seconds = options.seconds.unwrap_or(seconds);
+                streams(&server, &upstream_shape, options.turn_shape, &database, concurrency, seconds).await;
             }
         }
-        if wanted("slow-2000") {
+        if options.wants("slow-2000") {
             println!();
             println!("| scenario | server RSS idle → with streams | per stream | completed | peak RSS (MiB) | messages stored |");
             println!("|---|---|---|---|---|---|");
-            slow_streams(&server, &shape, &database, 2000).await;
+            slow_streams(&server, &upstream_shape, &database, 2000).await;
         }
-        if wanted("reads") {
+        if options.wants("reads") {
             println!();
             println!("| request | runs | seen by the client: p50 | p90 | p99 | max (ms) | inside the service: p50 | p99 |");
             println!("|---|---|---|---|---|---|---|---|");
