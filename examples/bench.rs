@@ -539,7 +539,7 @@ async fn streams(
     let mut to_model: Vec<f64> = total.overheads.iter().map(|o| ms(o.to_model)).collect();
     let mut back: Vec<f64> = total.overheads.iter().map(|o| ms(o.back)).collect();
     println!(
-        "| {concurrency} streams, {seconds} s | {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.1} | {}/{} |",
+        "| {concurrency} streams, {seconds} s | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.1} | {}/{} |",
         summary(&mut overheads),
         median_and_p99(&mut to_model),
         median_and_p99(&mut back),
