@@ -218,10 +218,7 @@ async fn es256_public_keys_verify_tokens_and_check_issuer_and_audience() {
         (wrong_audience, "aud"),
         (confused, "HS256"),
     ] {
-        let status = list(token)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("accepted"));
+        let status = list(token).await.expect_err("accepted");
         assert_eq!(status.code(), Code::Unauthenticated);
         assert!(status.message().contains(expected), "{}", status.message());
     }

@@ -90,8 +90,7 @@ async fn an_invalid_title_is_refused_and_nothing_is_stored() {
         .conversations()
         .create_conversation(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_bad_field(&status, "title");
     assert_eq!(
         app.db
@@ -200,8 +199,7 @@ async fn page_size_is_defaulted_capped_and_never_negative() {
         .conversations()
         .list_conversations(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_bad_field(&status, "page_size");
 }
 
@@ -257,8 +255,7 @@ async fn forged_or_foreign_page_tokens_are_refused() {
         .conversations()
         .list_messages(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_bad_field(&status, "page_token");
 }
 
@@ -424,8 +421,7 @@ async fn delete_removes_the_conversation_its_messages_and_their_tool_calls() {
         .conversations()
         .get_conversation(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("still there"));
+        .expect_err("still there");
     assert_eq!(status.code(), Code::NotFound);
     let request = app.request(
         "alice",
@@ -437,8 +433,7 @@ async fn delete_removes_the_conversation_its_messages_and_their_tool_calls() {
         .conversations()
         .delete_conversation(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("deleted twice"));
+        .expect_err("deleted twice");
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -454,11 +449,7 @@ async fn malformed_ids_are_invalid_arguments() {
             },
         );
         assert_bad_field(
-            &client
-                .get_conversation(request)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{id}")),
+            &client.get_conversation(request).await.expect_err(id),
             "conversation_id",
         );
         let request = app.request(
@@ -470,11 +461,7 @@ async fn malformed_ids_are_invalid_arguments() {
             },
         );
         assert_bad_field(
-            &client
-                .list_messages(request)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{id}")),
+            &client.list_messages(request).await.expect_err(id),
             "conversation_id",
         );
         let request = app.request(
@@ -483,11 +470,7 @@ async fn malformed_ids_are_invalid_arguments() {
                 conversation_id: id.to_owned(),
             },
         );
-        let status = client
-            .delete_conversation(request)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{id}"));
+        let status = client.delete_conversation(request).await.expect_err(id);
         assert_bad_field(&status, "conversation_id");
     }
 }
@@ -506,8 +489,7 @@ async fn unknown_ids_are_not_found() {
         .conversations()
         .get_conversation(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("found"));
+        .expect_err("found");
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(status.message(), "conversation not found");
     let request = app.request(
@@ -522,7 +504,6 @@ async fn unknown_ids_are_not_found() {
         .conversations()
         .list_messages(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("found"));
+        .expect_err("found");
     assert_eq!(status.code(), Code::NotFound);
 }

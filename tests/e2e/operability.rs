@@ -94,8 +94,7 @@ async fn health_follows_the_database_and_goes_not_serving_on_shutdown() {
         .conversations()
         .list_conversations(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("served"));
+        .expect_err("served");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         !status.message().contains("127.0.0.1"),
@@ -169,8 +168,7 @@ async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_rpcs() {
         .conversations()
         .list_conversations(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("served after shutdown"));
+        .expect_err("served after shutdown");
     assert_eq!(status.code(), Code::Unavailable);
 }
 
@@ -302,8 +300,7 @@ async fn a_request_id_is_generated_when_the_client_sends_none() {
         .conversations()
         .list_conversations(request)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert!(
         status.metadata().get("x-request-id").is_some(),
         "{status:?}"

@@ -700,8 +700,7 @@ async fn message_length_is_counted_in_characters() {
 
     let status = send(&app, "alice", "", &"😀".repeat(10_001))
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_bad_field(&status, "content");
     assert_eq!(app.db.count("SELECT count(*) AS n FROM messages").await, 2);
     assert_eq!(
@@ -741,20 +740,17 @@ async fn someone_elses_or_a_malformed_conversation_id_is_refused_and_nothing_is_
 
     let status = send(&app, "bob", &alices, "let me in")
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(status.message(), "conversation not found");
     let missing = uuid::Uuid::now_v7().to_string();
     let status = send(&app, "alice", &missing, "hello?")
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_eq!(status.code(), Code::NotFound);
     let status = send(&app, "alice", "not-an-id", "hello?")
         .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+        .expect_err("accepted");
     assert_bad_field(&status, "conversation_id");
 
     // Bob's first request created his user row; nothing else changed.
