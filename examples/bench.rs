@@ -490,7 +490,7 @@ async fn streams(
     database: &DatabaseUrl,
     concurrency: usize,
     seconds: u64,
-) {
+) -> Result<(), String> {
     upstream.set(shape);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     server
@@ -551,6 +551,22 @@ async fn streams(
         stored,
         total.message_ids.len(),
     );
+    let scenario = format!("{concurrency} streams");
+    lost(&scenario, stored, total.message_ids.len())?;
+    match total.errors {
+        0 => Ok(()),
+        errors => Err(format!("{scenario}: {errors} turns failed")),
+    }
+}
+
+/// Fails when fewer of a scenario's messages are stored than its completed turns returned.
+fn lost(scenario: &str, stored: i64, returned: usize) -> Result<(), String> {
+    match usize::try_from(stored) {
+        Ok(stored) if stored == returned => Ok(()),
+        _ => Err(format!(
+            "{scenario}: {stored} of the {returned} messages that completed turns returned are stored"
+        )),
+    }
 }
 
 async fn slow_streams(
@@ -558,7 +574,7 @@ async fn slow_streams(
     upstream: &UpstreamShape,
     database: &DatabaseUrl,
     concurrency: usize,
-) {
+) -> Result<(), String> {
     upstream.set(SLOW_SHAPE);
     let (baseline, _) = server.memory_kib();
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
@@ -627,6 +643,15 @@ async fn slow_streams(
         peak as f64 / 1024.0,
         ids.len()
     );
+    let scenario = format!("{concurrency} slow streams");
+    lost(&scenario, stored, ids.len())?;
+    if completed < concurrency as u64 {
+        return Err(format!(
+            "{scenario}: {} streams did not complete",
+            concurrency as u64 - completed
+        ));
+    }
+    Ok(())
 }
 
 async fn reads(server: &Server, database: &DatabaseUrl) {
@@ -806,7 +831,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
+    let failures = runtime.block_on(async {
         let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| chat_service::config::DEFAULT_DATABASE_URL.to_owned());
         let database = DatabaseUrl::parse(&base).expect("DATABASE_URL").with_database("chat_bench");
         let mut admin = AsyncPgConnection::establish(database.with_database("postgres").expose()).await.expect("connect");
@@ -824,17 +849,19 @@ fn main() {
         println!();
         println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        // Every scenario runs and reports; what went wrong is repeated at the end.
+        let mut failures = Vec::new();
         for (name, concurrency, seconds) in [("streams-1", 1, 10), ("streams-50", 50, 15), ("streams-500", 500, 15)] {
             if options.wants(name) {
                 let seconds = options.seconds.unwrap_or(seconds);
-                streams(&server, &upstream_shape, options.turn_shape, &database, concurrency, seconds).await;
+                failures.extend(streams(&server, &upstream_shape, options.turn_shape, &database, concurrency, seconds).await.err());
             }
         }
         if options.wants("slow-2000") {
             println!();
             println!("| scenario | server RSS idle → with streams | per stream | completed | peak RSS (MiB) | messages stored |");
             println!("|---|---|---|---|---|---|");
-            slow_streams(&server, &upstream_shape, &database, 2000).await;
+            failures.extend(slow_streams(&server, &upstream_shape, &database, 2000).await.err());
         }
         if options.wants("reads") {
             println!();
@@ -842,5 +869,12 @@ fn main() {
             println!("|---|---|---|---|---|---|---|---|");
             reads(&server, &database).await;
         }
+        failures
     });
+    if !failures.is_empty() {
+        for failure in &failures {
+            eprintln!("bench: FAILED: {failure}");
+        }
+        std::process::exit(1);
+    }
 }
