@@ -765,14 +765,20 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
     measure("GetConversation", 500, 1000).await;
 }
 
-/// The scenarios, in the order they run.
-const SCENARIOS: [&str; 5] = [
-    "streams-1",
-    "streams-50",
-    "streams-500",
-    "slow-2000",
-    "reads",
+/// The turn scenarios: name, users, and seconds measured unless `--seconds` says otherwise.
+const TURN_SCENARIOS: [(&str, usize, u64); 3] = [
+    ("streams-1", 1, 10),
+    ("streams-50", 50, 15),
+    ("streams-500", 500, 15),
 ];
+
+/// Every scenario's name, in the order they run.
+fn scenario_names() -> impl Iterator<Item = &'static str> {
+    TURN_SCENARIOS
+        .iter()
+        .map(|(name, ..)| *name)
+        .chain(["slow-2000", "reads"])
+}
 
 /// What the command line asked for.
 struct Options {
@@ -794,7 +800,7 @@ impl Options {
         };
         while let Some(arg) = args.next() {
             if !arg.starts_with("--") {
-                if !SCENARIOS.contains(&arg.as_str()) {
+                if !scenario_names().any(|name| name == arg) {
                     return Err(format!("unknown scenario {arg:?}"));
                 }
                 options.scenarios.push(arg);
@@ -832,7 +838,7 @@ fn main() {
         Err(message) => {
             eprintln!(
                 "bench: {message}\nusage: bench [--ttft-ms N] [--chunks N] [--chunk-delay-ms N] [--seconds N] [{}]...",
-                SCENARIOS.join(" | ")
+                scenario_names().collect::<Vec<_>>().join(" | ")
             );
             std::process::exit(2);
         }
@@ -856,8 +862,7 @@ fn main() {
         let upstream = start_upstream(upstream_shape.clone()).await;
         let server = Server::start(&database, upstream);
 
-        let turn_scenarios = [("streams-1", 1, 10), ("streams-50", 50, 15), ("streams-500", 500, 15)];
-        if turn_scenarios.iter().any(|(name, ..)| options.wants(name)) {
+        if TURN_SCENARIOS.iter().any(|(name, ..)| options.wants(name)) {
             let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape;
             println!("Turn scenarios: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart.", chunks - 1);
             println!();
@@ -866,7 +871,7 @@ fn main() {
         }
         // Every scenario runs and reports; what went wrong is repeated at the end.
         let mut failures = Vec::new();
-        for (name, concurrency, seconds) in turn_scenarios {
+        for (name, concurrency, seconds) in TURN_SCENARIOS {
             if options.wants(name) {
                 let seconds = options.seconds.unwrap_or(seconds);
                 failures.extend(streams(&server, &upstream_shape, options.turn_shape, &database, concurrency, seconds).await.err());
