@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let include = protoc_bin_vendored::include_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    #[allow(unsafe_code)]
     unsafe {
         env::set_var("PROTOC", protoc);
         env::set_var("PROTOC_INCLUDE", &include);

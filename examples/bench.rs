@@ -8,6 +8,9 @@
 //! Options shape the upstream's replies in the turn scenarios (streams-*): `--ttft-ms N` (time
 //! to first token, default 20), `--chunks N` (default 20), `--chunk-delay-ms N` (between chunks,
 //! default 5); `--seconds N` measures each of those scenarios for N seconds after its warm-up.
+//! `--help` lists them.
+// A benchmark that cannot set itself up, or finds the service misbehaving, stops on the spot.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
     io::{BufRead, BufReader},
@@ -23,6 +26,7 @@ use std::{
 use axum::{Router, body::Body, extract::State, http::header, response::Response, routing::post};
 use chat_service::{
     api::{
+        AuthSettings, JwtKey,
         auth::mint_token,
         proto::{
             GetConversationRequest, ListConversationsRequest, SendMessageRequest,
@@ -30,12 +34,13 @@ use chat_service::{
             conversation_service_client::ConversationServiceClient, send_message_response::Event,
         },
     },
-    config::{AuthConfig, JwtKey},
     store::{DatabaseUrl, quote_identifier},
 };
+use clap::{Parser, builder::PossibleValuesParser};
 use diesel::{QueryableByName, sql_query, sql_types::BigInt};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::stream;
+use secrecy::ExposeSecret;
 use tonic::{Request, transport::Channel};
 
 const SECRET: &str = "benchmark-secret-with-at-least-32-bytes!";
@@ -169,7 +174,7 @@ impl Server {
     fn start(database: &DatabaseUrl, upstream: SocketAddr) -> Self {
         let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/chat-service");
         let mut child = Command::new(binary)
-            .env("DATABASE_URL", database.expose())
+            .env("DATABASE_URL", database.expose().expose_secret())
             .env("CHAT_JWT_SECRET", SECRET)
             .env("CHAT_LLM_BASE_URL", format!("http://{upstream}/v1"))
             .env("CHAT_LLM_MODEL", "bench-model")
@@ -465,7 +470,7 @@ struct Count {
 /// How many of `ids` are stored.
 async fn stored(database: &DatabaseUrl, ids: &[String]) -> i64 {
     use diesel_async::RunQueryDsl;
-    let mut conn = AsyncPgConnection::establish(database.expose())
+    let mut conn = AsyncPgConnection::establish(database.expose().expose_secret())
         .await
         .expect("connect");
     let mut total = 0;
@@ -487,8 +492,8 @@ async fn stored(database: &DatabaseUrl, ids: &[String]) -> i64 {
 }
 
 fn token(user: &str) -> String {
-    let auth = AuthConfig {
-        key: JwtKey::Hs256Secret(SECRET.as_bytes().to_vec()),
+    let auth = AuthSettings {
+        key: JwtKey::Hs256Secret(secrecy::SecretSlice::from(SECRET.as_bytes().to_vec())),
         issuer: None,
         audience: None,
     };
@@ -674,7 +679,7 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
         .list_conversations(authorized(ListConversationsRequest::default(), &token))
         .await
         .expect("first call");
-    let mut conn = AsyncPgConnection::establish(database.expose())
+    let mut conn = AsyncPgConnection::establish(database.expose().expose_secret())
         .await
         .expect("connect");
     conn.batch_execute(
@@ -780,51 +785,57 @@ fn scenario_names() -> impl Iterator<Item = &'static str> {
         .chain(["slow-2000", "reads"])
 }
 
+/// A whole number of at least 1. clap's own range check would name u64::MAX as the limit.
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        parsed => parsed.map_err(|e| e.to_string()),
+    }
+}
+
 /// What the command line asked for.
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Measures the service's overhead against the release binary (see BENCHMARKS.md).",
+    // As before clap: a repeated option means its last value rather than an error.
+    args_override_self = true
+)]
 struct Options {
-    /// Empty: all of them.
+    /// Scenarios to run, in their own order whatever the order given [default: all of them].
+    #[arg(
+        value_name = "SCENARIO",
+        value_parser = PossibleValuesParser::new(scenario_names())
+    )]
     scenarios: Vec<String>,
-    /// How the upstream answers in the turn scenarios.
-    turn_shape: Shape,
-    /// How long each turn scenario measures after its warm-up; `None`: the scenario's own.
+    /// The upstream's time to first token in the turn scenarios, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = TURN_SHAPE.ttft_ms)]
+    ttft_ms: u64,
+    /// Chunks of text in each reply of the turn scenarios.
+    // The first chunk carries the upstream's timing, so there is always one.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = TURN_SHAPE.chunks,
+        value_parser = at_least_one
+    )]
+    chunks: u64,
+    /// Milliseconds between two chunks in the turn scenarios.
+    #[arg(long, value_name = "N", default_value_t = TURN_SHAPE.chunk_delay_ms)]
+    chunk_delay_ms: u64,
+    /// Seconds each turn scenario measures after its warm-up [default: the scenario's own].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     seconds: Option<u64>,
 }
 
 impl Options {
-    /// Reads `--name N` or `--name=N` options and scenario names, in any order.
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
-        let mut options = Self {
-            scenarios: Vec::new(),
-            turn_shape: TURN_SHAPE,
-            seconds: None,
-        };
-        while let Some(arg) = args.next() {
-            if !arg.starts_with("--") {
-                if !scenario_names().any(|name| name == arg) {
-                    return Err(format!("unknown scenario {arg:?}"));
-                }
-                options.scenarios.push(arg);
-                continue;
-            }
-            let (name, value) = match arg.split_once('=') {
-                Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-                None => (arg, args.next()),
-            };
-            let value = value.ok_or_else(|| format!("{name} needs a value"))?;
-            let number = value
-                .parse::<u64>()
-                .map_err(|_| format!("{name} takes a whole number, not {value:?}"))?;
-            match name.as_str() {
-                "--ttft-ms" => options.turn_shape.ttft_ms = number,
-                "--chunk-delay-ms" => options.turn_shape.chunk_delay_ms = number,
-                // The first chunk carries the upstream's timing, so there is always one.
-                "--chunks" if number >= 1 => options.turn_shape.chunks = number,
-                "--seconds" if number >= 1 => options.seconds = Some(number),
-                "--chunks" | "--seconds" => return Err(format!("{name} must be at least 1")),
-                _ => return Err(format!("unknown option {name}")),
-            }
+    /// How the upstream answers in the turn scenarios.
+    fn turn_shape(&self) -> Shape {
+        Shape {
+            ttft_ms: self.ttft_ms,
+            chunks: self.chunks,
+            chunk_delay_ms: self.chunk_delay_ms,
         }
-        Ok(options)
     }
 
     fn wants(&self, scenario: &str) -> bool {
@@ -833,16 +844,7 @@ impl Options {
 }
 
 fn main() {
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!(
-                "bench: {message}\nusage: bench [--ttft-ms N] [--chunks N] [--chunk-delay-ms N] [--seconds N] [{}]...",
-                scenario_names().collect::<Vec<_>>().join(" | ")
-            );
-            std::process::exit(2);
-        }
-    };
+    let options = Options::parse();
     // Fixed before anything is measured against it.
     epoch();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -850,9 +852,9 @@ fn main() {
         .build()
         .expect("runtime");
     let failures = runtime.block_on(async {
-        let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| chat_service::config::DEFAULT_DATABASE_URL.to_owned());
+        let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| chat_service::store::DEFAULT_DATABASE_URL.to_owned());
         let database = DatabaseUrl::parse(&base).expect("DATABASE_URL").with_database("chat_bench");
-        let mut admin = AsyncPgConnection::establish(database.with_database("postgres").expose()).await.expect("connect");
+        let mut admin = AsyncPgConnection::establish(database.with_database("postgres").expose().expose_secret()).await.expect("connect");
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_identifier("chat_bench")))
             .await
@@ -863,7 +865,7 @@ fn main() {
         let server = Server::start(&database, upstream);
 
         if TURN_SCENARIOS.iter().any(|(name, ..)| options.wants(name)) {
-            let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape;
+            let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape();
             println!("Turn scenarios: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart.", chunks - 1);
             println!();
             println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
@@ -874,7 +876,7 @@ fn main() {
         for (name, concurrency, seconds) in TURN_SCENARIOS {
             if options.wants(name) {
                 let seconds = options.seconds.unwrap_or(seconds);
-                failures.extend(streams(&server, &upstream_shape, options.turn_shape, &database, concurrency, seconds).await.err());
+                failures.extend(streams(&server, &upstream_shape, options.turn_shape(), &database, concurrency, seconds).await.err());
             }
         }
         if options.wants("slow-2000") {

@@ -1,8 +1,14 @@
 //! A gRPC chat service: streams a model's replies and keeps every conversation in PostgreSQL.
 //!
-//! Layers, outermost first: [`api`] (gRPC) → [`chat`] (use cases) → [`store`] (PostgreSQL) and
-//! [`llm`] (the model),
-//! all speaking the vocabulary of [`domain`].
+//! Layers, outermost first; each uses only those below it:
+//! - [`config`] parses flags and the environment into each layer's settings, and [`server`]
+//!   assembles the layers, serves gRPC, grpc-web, health and metrics, and shuts down;
+//! - [`api`] is the gRPC edge: authentication, protobuf ↔ domain, statuses;
+//! - [`chat`] holds the use cases: a turn, and reading and deleting conversations;
+//! - [`store`] (PostgreSQL) and [`llm`] (the model) are the ports the use cases drive;
+//! - [`domain`] is the shared vocabulary and depends on nothing else in the crate.
+//!
+//! [`telemetry`] (logs, traces, metrics) is used by every layer and depends on none of them.
 
 pub mod api;
 pub mod chat;
@@ -13,8 +19,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
-pub use config::Config;
-pub use server::{Application, StartupError};
+pub use server::{Application, Config, StartupError};
 
 /// Builds the service from `config` and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), StartupError> {

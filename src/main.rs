@@ -1,11 +1,6 @@
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
-use chat_service::{
-    api::auth::mint_token,
-    config::{Settings, parse_duration},
-    store::run_migrations,
-    telemetry,
-};
+use chat_service::{api::auth::mint_token, config::Settings, store::run_migrations, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Keeps allocation cheap however long the service runs: with glibc's allocator, a heap once
@@ -38,7 +33,7 @@ enum Command {
         #[arg(long)]
         user: String,
         /// How long the token stays valid (e.g. 30m, 24h).
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
 }

@@ -1,8 +1,8 @@
 //! Trace export over OTLP/gRPC. A test binary of its own: tracing is set up once per process.
 
-mod support;
+use chat_service_test_support as support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_is_one_trace_exported_over_otlp_grpc() {
-    support::otlp::assert_one_trace_per_turn(chat_service::config::OtlpProtocol::Grpc).await;
+    support::otlp::assert_one_trace_per_turn(chat_service::telemetry::OtlpProtocol::Grpc).await;
 }

@@ -1,16 +1,40 @@
 //! Bearer-token authentication: who is calling, proven by a JWT.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 
-use crate::{
-    config::{AuthConfig, JwtKey},
-    domain::Subject,
-};
+use crate::domain::Subject;
+
+/// Which tokens the service accepts.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub key: JwtKey,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+/// What verifies access tokens.
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    /// A fixed, publicly known secret, for trying the service out. Refused in production.
+    Development,
+    Hs256Secret(SecretSlice<u8>),
+    /// An RS256 or ES256 public key in PEM, as read from the file at start-up.
+    PublicKeyPem {
+        path: PathBuf,
+        pem: Vec<u8>,
+    },
+}
 
 /// The publicly known key of development mode. Anyone can mint tokens with it, which is why
 /// production refuses it.
@@ -79,13 +103,16 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Result<Self, InvalidKey> {
+    pub fn new(config: &AuthSettings) -> Result<Self, InvalidKey> {
         let (key, algorithm) = match &config.key {
             JwtKey::Development => (
                 DecodingKey::from_secret(DEVELOPMENT_SECRET),
                 Algorithm::HS256,
             ),
-            JwtKey::Hs256Secret(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::Hs256Secret(secret) => (
+                DecodingKey::from_secret(secret.expose_secret()),
+                Algorithm::HS256,
+            ),
             JwtKey::PublicKeyPem { path, pem } => {
                 if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
                     (key, Algorithm::RS256)
@@ -188,10 +215,14 @@ pub enum MintError {
 }
 
 /// Mints an HS256 token for `subject` that this service accepts, valid for `ttl`.
-pub fn mint_token(config: &AuthConfig, subject: &str, ttl: Duration) -> Result<String, MintError> {
+pub fn mint_token(
+    config: &AuthSettings,
+    subject: &str,
+    ttl: Duration,
+) -> Result<String, MintError> {
     let secret = match &config.key {
         JwtKey::Development => DEVELOPMENT_SECRET,
-        JwtKey::Hs256Secret(secret) => secret.as_slice(),
+        JwtKey::Hs256Secret(secret) => secret.expose_secret(),
         JwtKey::PublicKeyPem { .. } => return Err(MintError::NoSecret),
     };
     let subject = Subject::parse(subject).ok_or(MintError::BadSubject)?;
@@ -217,8 +248,8 @@ pub fn mint_token(config: &AuthConfig, subject: &str, ttl: Duration) -> Result<S
 mod tests {
     use super::*;
 
-    fn config() -> AuthConfig {
-        AuthConfig {
+    fn config() -> AuthSettings {
+        AuthSettings {
             key: JwtKey::Development,
             issuer: None,
             audience: None,
@@ -247,6 +278,12 @@ mod tests {
     }
 
     #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let key = JwtKey::Hs256Secret(SecretSlice::from(b"do-not-print-this-secret".to_vec()));
+        assert!(!format!("{key:?}").contains("do-not-print"));
+    }
+
+    #[test]
     fn the_scheme_must_be_bearer() {
         let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -269,7 +306,7 @@ mod tests {
 
     #[test]
     fn issuer_and_audience_are_enforced_when_configured() {
-        let strict = AuthConfig {
+        let strict = AuthSettings {
             key: JwtKey::Development,
             issuer: Some("idp".into()),
             audience: Some("chat".into()),

@@ -9,7 +9,7 @@ pub mod proto;
 
 use tonic::Request;
 
-pub use auth::{AuthError, Authenticator};
+pub use auth::{AuthError, AuthSettings, Authenticator, JwtKey};
 pub use chat_service::ChatApi;
 pub use conversation_service::ConversationApi;
 pub use error::ApiError;

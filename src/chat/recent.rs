@@ -8,10 +8,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::{
-    domain::{ConversationId, Role, UserId},
-    store::{RecentHistory, RecentMessage, Revision},
-};
+use crate::domain::{ConversationId, RecentHistory, RecentMessage, Revision, Role, UserId};
 
 /// Beyond this many bytes of remembered text, entries are let go.
 const MAX_BYTES: usize = 64 * 1024 * 1024;

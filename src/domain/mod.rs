@@ -3,6 +3,7 @@
 
 mod content;
 mod conversation;
+mod history;
 mod ids;
 mod page;
 mod time;
@@ -11,6 +12,7 @@ pub use content::{InvalidContent, MessageContent};
 pub use conversation::{
     Conversation, InvalidTitle, Message, MessageStatus, Role, Title, ToolCall, ToolCallStatus,
 };
+pub use history::{RecentHistory, RecentMessage, Revision};
 pub use ids::{ConversationId, InvalidId, MessageId, Subject, ToolCallId, UserId};
 pub use page::{
     ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,

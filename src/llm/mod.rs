@@ -6,7 +6,7 @@ mod error;
 mod openai;
 mod tool_calls;
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use tokio_stream::Stream;
 
@@ -66,4 +66,31 @@ pub trait ChatModel: Send + Sync + 'static {
 
     /// Starts generating a reply. Nothing happens until the stream is polled.
     fn stream(&self, request: ModelRequest) -> ModelStream;
+}
+
+/// Which model answers.
+#[derive(Debug, Clone)]
+pub enum ModelSettings {
+    /// The built-in development model, pausing this long before each word.
+    Development {
+        delay: Duration,
+    },
+    OpenAi(OpenAiSettings),
+}
+
+/// The model the settings describe, ready to stream.
+pub fn connect(settings: &ModelSettings) -> Result<Arc<dyn ChatModel>, LlmError> {
+    match settings {
+        ModelSettings::Development { delay } => {
+            tracing::warn!(
+                "DEVELOPMENT MODEL: replies come from the built-in `dev` model, not a real one. \
+                 Set CHAT_LLM_BASE_URL and CHAT_LLM_MODEL to use an OpenAI-compatible API"
+            );
+            Ok(Arc::new(DevModel::new(*delay)))
+        }
+        ModelSettings::OpenAi(settings) => {
+            tracing::info!(model = %settings.model, "replies come from an OpenAI-compatible API");
+            Ok(Arc::new(OpenAiModel::new(settings.clone())?))
+        }
+    }
 }

@@ -1,17 +1,12 @@
 //! OpenAI-compatible Chat Completions over HTTP with server-sent events: the protocol spoken by
 //! OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio, LiteLLM and most gateways.
 
-use std::{
-    collections::VecDeque,
-    error::Error as _,
-    hash::{BuildHasher, RandomState},
-    pin::Pin,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::VecDeque, error::Error as _, pin::Pin, sync::Arc, time::Duration};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{StreamExt, stream};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_stream::Stream;
@@ -26,7 +21,7 @@ use super::{
 pub struct OpenAiSettings {
     /// The API root, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
     pub base_url: String,
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     pub model: String,
     pub connect_timeout: Duration,
     /// From sending a request to the first chunk of the reply.
@@ -37,7 +32,7 @@ pub struct OpenAiSettings {
     pub total_timeout: Duration,
     /// Retries after the first attempt, for connection errors, 429 and 5xx, before any token.
     pub max_retries: u32,
-    /// The first retry waits about this long; each further one twice as long.
+    /// The first retry waits between this long and twice as long; each further one doubles.
     pub retry_base_delay: Duration,
 }
 
@@ -91,10 +86,10 @@ impl ChatModel for OpenAiModel {
     }
 
     fn stream(&self, request: ModelRequest) -> ModelStream {
-        let generation = Generation::new(self.inner.clone(), &request);
-        Box::pin(stream::unfold(generation, |mut generation| async move {
-            let item = generation.next().await?;
-            Some((item, generation))
+        let completion = CompletionStream::new(self.inner.clone(), &request);
+        Box::pin(stream::unfold(completion, |mut completion| async move {
+            let item = completion.next().await?;
+            Some((item, completion))
         }))
     }
 }
@@ -172,7 +167,7 @@ type SseStream =
     Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// One reply being generated: connects (with retries), then turns SSE chunks into events.
-struct Generation {
+struct CompletionStream {
     inner: Arc<Inner>,
     /// Encoded once; every attempt sends the same bytes without copying them.
     body: Result<bytes::Bytes, LlmError>,
@@ -191,7 +186,7 @@ struct Generation {
     done: bool,
 }
 
-impl Generation {
+impl CompletionStream {
     fn new(inner: Arc<Inner>, request: &ModelRequest) -> Self {
         let body = RequestBody {
             model: &inner.settings.model,
@@ -199,7 +194,7 @@ impl Generation {
                 .messages
                 .iter()
                 .map(|m| WireMessage {
-                    role: m.role.as_str(),
+                    role: m.role.into(),
                     content: &m.content,
                 })
                 .collect(),
@@ -252,7 +247,7 @@ impl Generation {
     async fn connect(&mut self) -> Result<(), LlmError> {
         let settings = &self.inner.settings;
         let body = self.body.clone()?;
-        let mut attempt = 0;
+        let mut backoff = backoff(settings);
         loop {
             let sent_at = Instant::now();
             self.first_content_due = (sent_at + settings.first_token_timeout).min(self.deadline);
@@ -264,14 +259,14 @@ impl Generation {
                 .header(reqwest::header::ACCEPT, "text/event-stream")
                 .body(body.clone());
             if let Some(key) = &settings.api_key {
-                request = request.bearer_auth(key);
+                request = request.bearer_auth(key.expose_secret());
             }
             // The upstream joins our trace: it gets the model call's span as its parent.
             let mut trace_headers = reqwest::header::HeaderMap::new();
             crate::telemetry::propagation::inject_current(&mut trace_headers);
             request = request.headers(trace_headers);
             let outcome = timeout_at(self.first_content_due, request.send()).await;
-            let retry_after = match outcome {
+            let (failed, asked_for) = match outcome {
                 Err(_) => return Err(self.timeout()),
                 Ok(Ok(response)) if response.status().is_success() => {
                     self.events = Some(Box::pin(response.bytes_stream().eventsource()));
@@ -281,31 +276,32 @@ impl Generation {
                     let status = response.status();
                     let retryable = status == reqwest::StatusCode::TOO_MANY_REQUESTS
                         || status.is_server_error();
-                    if !retryable || attempt >= settings.max_retries {
-                        return Err(LlmError::Http {
-                            status: status.as_u16(),
-                        });
+                    let failed = LlmError::Http {
+                        status: status.as_u16(),
+                    };
+                    if !retryable {
+                        return Err(failed);
                     }
-                    retry_after(&response)
+                    (failed, retry_after(&response))
                 }
                 Ok(Err(error)) => {
-                    if !error.is_connect() || attempt >= settings.max_retries {
-                        return Err(LlmError::Connect(describe(&error)));
+                    let failed = LlmError::Connect(describe(&error));
+                    if !error.is_connect() {
+                        return Err(failed);
                     }
-                    None
+                    (failed, None)
                 }
             };
-            let delay = retry_after.unwrap_or_else(|| backoff(settings.retry_base_delay, attempt));
+            // The backoff decides whether there is another try; the server may ask for a delay.
+            let Some(delay) = backoff.next() else {
+                return Err(failed);
+            };
+            let delay = asked_for.unwrap_or(delay);
             if Instant::now() + delay >= self.deadline {
                 return Err(LlmError::Timeout(TimeoutKind::Total));
             }
-            tracing::debug!(
-                attempt = attempt + 1,
-                delay_ms = delay.as_millis(),
-                "retrying the model request"
-            );
+            tracing::debug!(delay_ms = delay.as_millis(), "retrying the model request");
             sleep(delay).await;
-            attempt += 1;
         }
     }
 
@@ -428,15 +424,16 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(MAX_RETRY_DELAY))
 }
 
-/// Exponential backoff with jitter: between half and all of `base * 2^attempt`.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let full = base
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(MAX_RETRY_DELAY);
-    // Randomness for jitter only; no need for a cryptographic source.
-    let random = RandomState::new().hash_one(Instant::now());
-    let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
-    full.mul_f64(fraction)
+/// The delays between attempts: `max_retries` of them, doubling from the base delay, each with
+/// jitter (up to as much again) so that replicas hit by one outage do not retry in step.
+fn backoff(settings: &OpenAiSettings) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(settings.retry_base_delay)
+        .with_max_delay(MAX_RETRY_DELAY)
+        .with_factor(2.0)
+        .with_max_times(usize::try_from(settings.max_retries).unwrap_or(usize::MAX))
+        .with_jitter()
+        .build()
 }
 
 /// The error and its causes, without the URL (which may reveal internal addresses).
@@ -458,17 +455,39 @@ fn describe(error: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    fn settings(max_retries: u32) -> OpenAiSettings {
+        OpenAiSettings {
+            base_url: "http://localhost".to_owned(),
+            api_key: None,
+            model: "m".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            first_token_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            total_timeout: Duration::from_secs(1),
+            max_retries,
+            retry_base_delay: Duration::from_millis(100),
+        }
+    }
+
     #[test]
-    fn backoff_doubles_and_stays_within_its_bounds() {
-        let base = Duration::from_millis(100);
-        for attempt in 0..4 {
-            let full = base * 2u32.pow(attempt);
-            let delay = backoff(base, attempt);
+    fn backoff_doubles_with_jitter_and_stops_after_the_retries() {
+        let delays: Vec<Duration> = backoff(&settings(3)).collect();
+        assert_eq!(delays.len(), 3);
+        for (attempt, delay) in delays.into_iter().enumerate() {
+            let least = Duration::from_millis(100) * 2u32.pow(u32::try_from(attempt).unwrap());
             assert!(
-                delay >= full / 2 && delay <= full,
+                delay >= least && delay <= least * 2,
                 "attempt {attempt}: {delay:?}"
             );
         }
-        assert!(backoff(base, 30) <= MAX_RETRY_DELAY);
+        assert_eq!(backoff(&settings(0)).next(), None);
+        assert!(backoff(&settings(40)).all(|delay| delay <= MAX_RETRY_DELAY * 2));
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let mut settings = settings(0);
+        settings.api_key = Some(SecretString::from("sk-very-secret"));
+        assert!(!format!("{settings:?}").contains("sk-very-secret"));
     }
 }

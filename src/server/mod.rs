@@ -16,19 +16,52 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     api::{
-        Authenticator, Caller, ChatApi, ConversationApi,
+        AuthSettings, Authenticator, Caller, ChatApi, ConversationApi, JwtKey,
         auth::InvalidKey,
         proto::{
             self, chat_service_server::ChatServiceServer,
             conversation_service_server::ConversationServiceServer,
         },
     },
-    chat::{Conversations, Identities, RecentContexts, TurnRuntime, Turns},
-    config::{Config, CorsOrigins, Environment, JwtKey, ModelConfig},
-    llm::{ChatModel, DevModel, LlmError, OpenAiModel},
-    store::{ConnectError, Store},
-    telemetry::metrics::Metrics,
+    chat::{Conversations, Identities, RecentContexts, TurnRuntime, TurnSettings, Turns},
+    llm::{self, ChatModel, LlmError, ModelSettings},
+    store::{ConnectError, DatabaseSettings, Store},
+    telemetry::{LogSettings, OtelSettings, metrics::Metrics},
 };
+
+/// Everything the service runs with, one part per layer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub model: ModelSettings,
+    pub turns: TurnSettings,
+    pub log: LogSettings,
+    /// Where traces go; `None` exports none.
+    pub otel: Option<OtelSettings>,
+}
+
+/// How the server listens, reports and stops.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// gRPC and grpc-web.
+    pub listen_addr: SocketAddr,
+    /// Prometheus (`GET /metrics`).
+    pub metrics_addr: SocketAddr,
+    /// How long streams in flight may run on after SIGTERM before they are cut short.
+    pub shutdown_grace: Duration,
+    /// How often the database is checked for the health service.
+    pub health_check_interval: Duration,
+    pub cors: CorsOrigins,
+}
+
+/// Which browser origins may call the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
 
 /// Why the service could not start. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +69,7 @@ pub enum StartupError {
     #[error(transparent)]
     Key(#[from] InvalidKey),
     #[error(transparent)]
-    Database(#[from] ConnectError),
+    Database(Box<ConnectError>),
     #[error("cannot listen on {addr} ({setting}): {source}")]
     Listen {
         addr: SocketAddr,
@@ -51,6 +84,12 @@ pub enum StartupError {
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+}
+
+impl From<ConnectError> for StartupError {
+    fn from(error: ConnectError) -> Self {
+        Self::Database(Box::new(error))
+    }
 }
 
 /// A service bound to its ports and connected to its database, ready to serve.
@@ -83,21 +122,14 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let authenticator = Authenticator::new(&config.auth)?;
         if matches!(config.auth.key, JwtKey::Development) {
-            // Unreachable in production: configuration validation refuses it there.
-            debug_assert_eq!(config.environment, Environment::Development);
             tracing::warn!(
                 "DEVELOPMENT MODE: tokens are verified with a publicly known key. Anyone can \
                  impersonate any user. Set CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE for real use"
             );
         }
-        let model = build_model(&config.model)?;
-        let store = Store::connect(
-            &config.database.url,
-            &config.database.pool,
-            config.database.migrate_on_start,
-        )
-        .await?;
-        let (listener, local_addr) = bind(config.listen_addr, "CHAT_LISTEN_ADDR").await?;
+        let model = llm::connect(&config.model)?;
+        let store = Store::connect(&config.database).await?;
+        let (listener, local_addr) = bind(config.server.listen_addr, "CHAT_LISTEN_ADDR").await?;
         let (metrics_listener, metrics_addr) =
             bind(config.server.metrics_addr, "CHAT_METRICS_ADDR").await?;
         Ok(Self {
@@ -292,22 +324,6 @@ fn cors(origins: &CorsOrigins) -> Result<CorsLayer, StartupError> {
             header("x-request-id"),
         ])
         .max_age(Duration::from_secs(3600)))
-}
-
-fn build_model(config: &ModelConfig) -> Result<Arc<dyn ChatModel>, LlmError> {
-    match config {
-        ModelConfig::Development { delay } => {
-            tracing::warn!(
-                "DEVELOPMENT MODEL: replies come from the built-in `dev` model, not a real one. \
-                 Set CHAT_LLM_BASE_URL and CHAT_LLM_MODEL to use an OpenAI-compatible API"
-            );
-            Ok(Arc::new(DevModel::new(*delay)))
-        }
-        ModelConfig::OpenAi(settings) => {
-            tracing::info!(model = %settings.model, "replies come from an OpenAI-compatible API");
-            Ok(Arc::new(OpenAiModel::new(settings.clone())?))
-        }
-    }
 }
 
 /// Completes on SIGTERM or SIGINT.

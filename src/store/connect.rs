@@ -11,7 +11,18 @@ use diesel_async::{
     },
 };
 
+use secrecy::ExposeSecret;
+
 use super::{DatabaseUrl, Store, migrations::run_migrations, schema::service_secrets};
+
+/// Which database the service keeps its data in, and how it connects.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    pub pool: PoolSettings,
+    /// Apply pending migrations at start-up, rather than leaving it to `chat-service migrate`.
+    pub migrate_on_start: bool,
+}
 
 /// How the pool behaves.
 #[derive(Debug, Clone)]
@@ -50,15 +61,12 @@ pub enum ConnectError {
 }
 
 impl Store {
-    /// Connects to the database named by `url`, creating it if it is missing and applying
-    /// migrations when `migrate` is set.
-    pub async fn connect(
-        url: &DatabaseUrl,
-        settings: &PoolSettings,
-        migrate: bool,
-    ) -> Result<Self, ConnectError> {
+    /// Connects to the configured database, creating it if it is missing and applying
+    /// migrations if asked to.
+    pub async fn connect(database: &DatabaseSettings) -> Result<Self, ConnectError> {
+        let (url, settings) = (&database.url, &database.pool);
         ensure_database_exists(url, settings.connect_timeout).await?;
-        if migrate {
+        if database.migrate_on_start {
             let applied = run_migrations(url)
                 .await
                 .map_err(|e| ConnectError::Migrate {
@@ -84,8 +92,10 @@ fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnecti
     // A checkout costs no round trip; a broken connection shows up as an error on first use
     // and is then discarded by the pool.
     config.recycling_method = RecyclingMethod::Fast;
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.expose(), config);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        url.expose().expose_secret(),
+        config,
+    );
     // Only fails without a runtime for the timeouts, which is set here.
     Pool::builder(manager)
         .max_size(settings.max_connections)
@@ -157,7 +167,12 @@ async fn create_database(url: &DatabaseUrl, timeout: Duration) -> Result<(), Con
 }
 
 async fn establish(url: &DatabaseUrl, timeout: Duration) -> Result<AsyncPgConnection, String> {
-    match tokio::time::timeout(timeout, AsyncPgConnection::establish(url.expose())).await {
+    match tokio::time::timeout(
+        timeout,
+        AsyncPgConnection::establish(url.expose().expose_secret()),
+    )
+    .await
+    {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),

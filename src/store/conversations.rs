@@ -5,7 +5,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::{
-    Store, StoreError,
+    Conn, Operation, Store, StoreError,
     models::{ConversationRow, MessageRow, NewConversationRow, ToolCallRow},
     schema::{conversations, messages, tool_calls},
 };
@@ -14,94 +14,101 @@ use crate::domain::{
     UserId,
 };
 
-type Conn = diesel_async::AsyncPgConnection;
+const CREATE: Operation = Operation::new("INSERT", "INSERT conversations");
+const LIST: Operation = Operation::new("SELECT", "SELECT conversations");
+const GET: Operation = Operation::new("SELECT", "SELECT conversations messages");
+const LIST_MESSAGES: Operation = Operation::new("SELECT", "SELECT messages");
+const DELETE: Operation = Operation::new("DELETE", "DELETE conversations");
 
 impl Store {
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
     pub async fn create_conversation(
         &self,
         user: UserId,
         conversation: &Conversation,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        diesel::insert_into(conversations::table)
-            .values(NewConversationRow::new(user, conversation))
-            .execute(&mut conn)
-            .await?;
-        Ok(())
+        self.run(CREATE, async |conn| {
+            diesel::insert_into(conversations::table)
+                .values(NewConversationRow::new(user, conversation))
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Up to `limit` of the user's conversations after `after`, most recently updated first.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn list_conversations(
         &self,
         user: UserId,
         after: Option<ConversationCursor>,
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut query = conversations::table
-            .filter(conversations::user_id.eq(user.as_uuid()))
-            .select(ConversationRow::as_select())
-            .order((conversations::updated_at.desc(), conversations::id.desc()))
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .into_boxed();
-        if let Some(cursor) = after {
-            // The redundant `<=` bounds the index scan; the OR breaks ties on the id.
-            query = query.filter(
-                conversations::updated_at.le(cursor.update_time).and(
-                    conversations::updated_at
-                        .lt(cursor.update_time)
-                        .or(conversations::id.lt(*cursor.id.as_uuid())),
-                ),
-            );
-        }
-        let rows = query.load::<ConversationRow>(&mut conn).await?;
-        Ok(rows.into_iter().map(Conversation::from).collect())
+        self.run(LIST, async |conn| {
+            let mut query = conversations::table
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .select(ConversationRow::as_select())
+                .order((conversations::updated_at.desc(), conversations::id.desc()))
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .into_boxed();
+            if let Some(cursor) = after {
+                // The redundant `<=` bounds the index scan; the OR breaks ties on the id.
+                query = query.filter(
+                    conversations::updated_at.le(cursor.update_time).and(
+                        conversations::updated_at
+                            .lt(cursor.update_time)
+                            .or(conversations::id.lt(*cursor.id.as_uuid())),
+                    ),
+                );
+            }
+            let rows = query.load::<ConversationRow>(conn).await?;
+            Ok(rows.into_iter().map(Conversation::from).collect())
+        })
+        .await
     }
 
     /// The conversation with all its messages in order, or `None` if the user has no such
     /// conversation.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT conversations messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn conversation_with_messages(
         &self,
         user: UserId,
         id: ConversationId,
     ) -> Result<Option<(Conversation, Vec<Message>)>, StoreError> {
-        let conn = self.connection().await?;
-        // The three queries are sent together and answered in one round trip; each is limited
-        // to the user's own conversation by itself.
-        let (mut for_conversation, mut for_messages, mut for_calls) = (&*conn, &*conn, &*conn);
-        let conversation = conversations::table
-            .filter(conversations::id.eq(id.as_uuid()))
-            .filter(conversations::user_id.eq(user.as_uuid()))
-            .select(ConversationRow::as_select())
-            .load::<ConversationRow>(&mut for_conversation);
-        let rows = messages::table
-            .inner_join(conversations::table)
-            .filter(conversations::user_id.eq(user.as_uuid()))
-            .filter(messages::conversation_id.eq(id.as_uuid()))
-            .select(MessageRow::as_select())
-            .order((messages::created_at.asc(), messages::id.asc()))
-            .load::<MessageRow>(&mut for_messages);
-        let calls = tool_calls::table
-            .inner_join(messages::table.inner_join(conversations::table))
-            .filter(conversations::user_id.eq(user.as_uuid()))
-            .filter(messages::conversation_id.eq(id.as_uuid()))
-            .select(ToolCallRow::as_select())
-            .order((tool_calls::message_id, tool_calls::position))
-            .load::<ToolCallRow>(&mut for_calls);
-        let (conversation, rows, calls) = futures_util::try_join!(conversation, rows, calls)?;
-        let Some(conversation) = conversation.into_iter().next() else {
-            return Ok(None);
-        };
-        let messages = with_tool_calls(id, rows, calls)?;
-        Ok(Some((Conversation::from(conversation), messages)))
+        self.run(GET, async |conn| {
+            // The three queries are sent together and answered in one round trip; each is
+            // limited to the user's own conversation by itself.
+            let conn: &Conn = conn;
+            let (mut for_conversation, mut for_messages, mut for_calls) = (conn, conn, conn);
+            let conversation = conversations::table
+                .filter(conversations::id.eq(id.as_uuid()))
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .select(ConversationRow::as_select())
+                .load::<ConversationRow>(&mut for_conversation);
+            let rows = messages::table
+                .inner_join(conversations::table)
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .filter(messages::conversation_id.eq(id.as_uuid()))
+                .select(MessageRow::as_select())
+                .order((messages::created_at.asc(), messages::id.asc()))
+                .load::<MessageRow>(&mut for_messages);
+            let calls = tool_calls::table
+                .inner_join(messages::table.inner_join(conversations::table))
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .filter(messages::conversation_id.eq(id.as_uuid()))
+                .select(ToolCallRow::as_select())
+                .order((tool_calls::message_id, tool_calls::position))
+                .load::<ToolCallRow>(&mut for_calls);
+            let (conversation, rows, calls) = futures_util::try_join!(conversation, rows, calls)?;
+            let Some(conversation) = conversation.into_iter().next() else {
+                return Ok(None);
+            };
+            let messages = with_tool_calls(id, rows, calls)?;
+            Ok(Some((Conversation::from(conversation), messages)))
+        })
+        .await
     }
 
     /// Up to `limit` messages of the user's conversation after `after`, oldest first, or `None`
     /// if the user has no such conversation.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT messages", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
     pub async fn list_messages(
         &self,
         user: UserId,
@@ -109,50 +116,53 @@ impl Store {
         after: Option<MessageCursor>,
         limit: usize,
     ) -> Result<Option<Vec<Message>>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut query = messages::table
-            .inner_join(conversations::table)
-            .filter(conversations::user_id.eq(user.as_uuid()))
-            .filter(messages::conversation_id.eq(conversation.as_uuid()))
-            .select(MessageRow::as_select())
-            .order((messages::created_at.asc(), messages::id.asc()))
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .into_boxed();
-        if let Some(cursor) = after {
-            query = query.filter(
-                messages::created_at.ge(cursor.create_time).and(
-                    messages::created_at
-                        .gt(cursor.create_time)
-                        .or(messages::id.gt(*cursor.id.as_uuid())),
-                ),
-            );
-        }
-        let rows = query.load::<MessageRow>(&mut conn).await?;
-        // An empty page is the only case where ownership is still unknown.
-        if rows.is_empty() && !owns_conversation(&mut conn, user, conversation).await? {
-            return Ok(None);
-        }
-        let calls = tool_calls_of(&mut conn, &rows).await?;
-        Ok(Some(with_tool_calls(conversation, rows, calls)?))
+        self.run(LIST_MESSAGES, async |conn| {
+            let mut query = messages::table
+                .inner_join(conversations::table)
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .filter(messages::conversation_id.eq(conversation.as_uuid()))
+                .select(MessageRow::as_select())
+                .order((messages::created_at.asc(), messages::id.asc()))
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .into_boxed();
+            if let Some(cursor) = after {
+                query = query.filter(
+                    messages::created_at.ge(cursor.create_time).and(
+                        messages::created_at
+                            .gt(cursor.create_time)
+                            .or(messages::id.gt(*cursor.id.as_uuid())),
+                    ),
+                );
+            }
+            let rows = query.load::<MessageRow>(conn).await?;
+            // An empty page is the only case where ownership is still unknown.
+            if rows.is_empty() && !owns_conversation(conn, user, conversation).await? {
+                return Ok(None);
+            }
+            let calls = tool_calls_of(conn, &rows).await?;
+            Ok(Some(with_tool_calls(conversation, rows, calls)?))
+        })
+        .await
     }
 
     /// Deletes the conversation with its messages and their tool calls. `false` if the user had
     /// no such conversation.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE conversations", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "DELETE"))]
     pub async fn delete_conversation(
         &self,
         user: UserId,
         id: ConversationId,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
-        let deleted = diesel::delete(
-            conversations::table
-                .filter(conversations::id.eq(id.as_uuid()))
-                .filter(conversations::user_id.eq(user.as_uuid())),
-        )
-        .execute(&mut conn)
-        .await?;
-        Ok(deleted > 0)
+        self.run(DELETE, async |conn| {
+            let deleted = diesel::delete(
+                conversations::table
+                    .filter(conversations::id.eq(id.as_uuid()))
+                    .filter(conversations::user_id.eq(user.as_uuid())),
+            )
+            .execute(conn)
+            .await?;
+            Ok(deleted > 0)
+        })
+        .await
     }
 }
 

@@ -2,6 +2,8 @@ use diesel::{RunQueryDsl, connection::Connection, sql_query};
 use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use secrecy::ExposeSecret;
+
 use super::DatabaseUrl;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -25,8 +27,9 @@ pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, MigrationE
 }
 
 fn migrate_blocking(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose())
-        .map_err(|e| MigrationError(e.to_string()))?;
+    let mut conn =
+        AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose().expose_secret())
+            .map_err(|e| MigrationError(e.to_string()))?;
     sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .execute(&mut conn)
         .map_err(|e| MigrationError(e.to_string()))?;

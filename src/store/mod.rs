@@ -20,12 +20,17 @@ use diesel_async::{
     pooled_connection::deadpool::{Object, Pool},
 };
 use tokio::sync::Notify;
+use tracing::Instrument;
 
-pub use connect::{ConnectError, PoolSettings, quote_identifier};
+pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier};
 pub use error::StoreError;
 pub use migrations::{MigrationError, run_migrations};
-pub use turns::{RecentHistory, RecentMessage, Revision};
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
+
+/// The server the service and its tools use when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/chat";
+
+type Conn = AsyncPgConnection;
 
 /// The service's database: a pool of connections and the secrets kept in it.
 #[derive(Clone)]
@@ -34,6 +39,21 @@ pub struct Store {
     page_token_key: Vec<u8>,
     /// Woken whenever a connection cannot be had, so that health is re-checked at once.
     unavailable: Arc<Notify>,
+}
+
+/// What a store function does, as its client span names it.
+#[derive(Clone, Copy)]
+struct Operation {
+    /// The span's name: the operation and the tables, e.g. `SELECT messages`.
+    name: &'static str,
+    /// `db.operation.name`: the SQL verb.
+    verb: &'static str,
+}
+
+impl Operation {
+    const fn new(verb: &'static str, name: &'static str) -> Self {
+        Self { name, verb }
+    }
 }
 
 impl Store {
@@ -67,6 +87,28 @@ impl Store {
                 Err(StoreError::Unavailable(error.to_string()))
             }
         }
+    }
+
+    /// Runs `work` on a pooled connection inside a client span that follows the OpenTelemetry
+    /// database conventions, so that every store function is traced the same way.
+    async fn run<T>(
+        &self,
+        operation: Operation,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let span = tracing::info_span!(
+            "db",
+            otel.name = operation.name,
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = operation.verb,
+        );
+        async move {
+            let mut conn = self.connection().await?;
+            work(&mut conn).await
+        }
+        .instrument(span)
+        .await
     }
 
     async fn connection(&self) -> Result<Object<AsyncPgConnection>, StoreError> {

@@ -1,5 +1,7 @@
 //! Rows as diesel reads and writes them, and their conversion to domain values.
 
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
 use diesel::{
     deserialize::{self, FromSql, Queryable},
@@ -64,37 +66,20 @@ impl<'a> NewConversationRow<'a> {
 /// conversation's thousand messages need no thousand strings for their roles.
 pub struct Stored<T>(pub T);
 
-/// An enum stored by name.
-pub trait StoredName: Sized {
-    /// What the name is of, for the error when it is not one.
-    const WHAT: &'static str;
-    fn from_stored(name: &str) -> Option<Self>;
-}
-
-impl StoredName for Role {
-    const WHAT: &'static str = "message role";
-    fn from_stored(name: &str) -> Option<Self> {
-        Role::from_stored(name)
-    }
-}
-
-impl StoredName for MessageStatus {
-    const WHAT: &'static str = "message status";
-    fn from_stored(name: &str) -> Option<Self> {
-        MessageStatus::from_stored(name)
-    }
-}
-
-impl<T: StoredName> FromSql<Text, Pg> for Stored<T> {
+impl<T: FromStr> FromSql<Text, Pg> for Stored<T> {
     fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
         let name = std::str::from_utf8(value.as_bytes())?;
-        T::from_stored(name)
+        let what = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("value");
+        T::from_str(name)
             .map(Self)
-            .ok_or_else(|| format!("unknown {} {name:?}", T::WHAT).into())
+            .map_err(|_| format!("unknown {what} {name:?}").into())
     }
 }
 
-impl<T: StoredName> Queryable<Text, Pg> for Stored<T> {
+impl<T: FromStr> Queryable<Text, Pg> for Stored<T> {
     type Row = Self;
 
     fn build(row: Self) -> deserialize::Result<Self> {
@@ -147,9 +132,9 @@ impl<'a> NewMessageRow<'a> {
         Self {
             id: *message.id.as_uuid(),
             conversation_id: *message.conversation_id.as_uuid(),
-            role: message.role.as_str(),
+            role: message.role.into(),
             content: &message.content,
-            status: message.status.as_str(),
+            status: message.status.into(),
             created_at: message.create_time,
         }
     }
@@ -170,7 +155,7 @@ impl TryFrom<ToolCallRow> for ToolCall {
     type Error = StoreError;
 
     fn try_from(row: ToolCallRow) -> Result<Self, StoreError> {
-        let status = ToolCallStatus::from_stored(&row.status).ok_or_else(|| {
+        let status = row.status.parse::<ToolCallStatus>().map_err(|_| {
             StoreError::Corrupt(format!("tool call {} has status {:?}", row.id, row.status))
         })?;
         Ok(Self {
@@ -237,11 +222,11 @@ mod tests {
     fn unknown_stored_names_are_refused_by_name() {
         assert_eq!(
             decode::<Role>(b"robot"),
-            Err(r#"unknown message role "robot""#.to_owned())
+            Err(r#"unknown Role "robot""#.to_owned())
         );
         assert_eq!(
             decode::<MessageStatus>(b"Complete"),
-            Err(r#"unknown message status "Complete""#.to_owned())
+            Err(r#"unknown MessageStatus "Complete""#.to_owned())
         );
         assert!(decode::<Role>(&[0xff, 0xfe]).is_err());
     }

@@ -1,12 +1,5 @@
-// The tables as the migrations create them.
-
-diesel::table! {
-    users (id) {
-        id -> Uuid,
-        subject -> Text,
-        created_at -> Timestamptz,
-    }
-}
+// The tables as the migrations create them. Written by hand; tests/e2e/schema.rs renders the
+// migrated database in this layout and fails, printing the expected text, when the two differ.
 
 diesel::table! {
     conversations (id) {
@@ -31,6 +24,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    service_secrets (name) {
+        name -> Text,
+        secret -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     tool_calls (id) {
         id -> Uuid,
         message_id -> Uuid,
@@ -45,9 +46,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    service_secrets (name) {
-        name -> Text,
-        secret -> Bytea,
+    users (id) {
+        id -> Uuid,
+        subject -> Text,
         created_at -> Timestamptz,
     }
 }
@@ -57,9 +58,9 @@ diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(tool_calls -> messages (message_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
-    users,
     conversations,
     messages,
+    service_secrets,
     tool_calls,
-    service_secrets
+    users,
 );

@@ -1,11 +1,16 @@
 use std::fmt;
 
-/// A `postgres://` URL, kept whole for connecting and shown only with its password hidden.
-#[derive(Clone, PartialEq, Eq)]
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+/// A `postgres://` URL. The password is kept apart, as a secret, so that printing the URL in
+/// any way shows everything but the password.
+#[derive(Clone)]
 pub struct DatabaseUrl {
-    url: String,
-    /// Byte range of the database name within `url`.
-    database: std::ops::Range<usize>,
+    /// The URL without its password.
+    url: Url,
+    /// As it appears in a URL (percent-encoded).
+    password: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,73 +22,59 @@ pub enum InvalidDatabaseUrl {
 }
 
 impl DatabaseUrl {
-    pub fn parse(url: &str) -> Result<Self, InvalidDatabaseUrl> {
-        let rest_at = ["postgres://", "postgresql://"]
-            .iter()
-            .find_map(|scheme| url.starts_with(scheme).then_some(scheme.len()))
-            .ok_or(InvalidDatabaseUrl::Scheme)?;
-        let slash = url[rest_at..]
-            .find('/')
-            .ok_or(InvalidDatabaseUrl::NoDatabase)?
-            + rest_at;
-        let end = url[slash..].find('?').map_or(url.len(), |q| q + slash);
-        if end == slash + 1 {
+    pub fn parse(text: &str) -> Result<Self, InvalidDatabaseUrl> {
+        let mut url = Url::parse(text).map_err(|_| InvalidDatabaseUrl::Scheme)?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(InvalidDatabaseUrl::Scheme);
+        }
+        let database = url.path().trim_start_matches('/');
+        if database.is_empty() || database.contains('/') {
             return Err(InvalidDatabaseUrl::NoDatabase);
         }
-        Ok(Self {
-            url: url.to_owned(),
-            database: slash + 1..end,
-        })
+        let password = url.password().map(SecretString::from);
+        // Only fails for URLs without a host, which have no password either.
+        let _ = url.set_password(None);
+        Ok(Self { url, password })
     }
 
-    /// The URL to hand to the driver. Never log it: it may hold a password.
-    pub fn expose(&self) -> &str {
-        &self.url
+    /// The whole URL, password included, for the driver. Never log what this returns.
+    pub fn expose(&self) -> SecretString {
+        let mut url = self.url.clone();
+        if let Some(password) = &self.password {
+            let _ = url.set_password(Some(password.expose_secret()));
+        }
+        SecretString::from(String::from(url))
     }
 
     pub fn database_name(&self) -> &str {
-        &self.url[self.database.clone()]
+        self.url.path().trim_start_matches('/')
     }
 
     /// The same server and credentials, another database.
     pub fn with_database(&self, name: &str) -> Self {
-        let mut url = String::with_capacity(self.url.len() + name.len());
-        url.push_str(&self.url[..self.database.start]);
-        url.push_str(name);
-        url.push_str(&self.url[self.database.end..]);
-        let database = self.database.start..self.database.start + name.len();
-        Self { url, database }
-    }
-
-    /// The URL with any password replaced, fit for logs and error messages.
-    pub fn redacted(&self) -> String {
-        let authority_start = self.url.find("://").map_or(0, |i| i + 3);
-        let authority_end = self.database.start - 1;
-        let authority = &self.url[authority_start..authority_end];
-        match authority.rfind('@') {
-            Some(at) => match authority[..at].find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &self.url[..authority_start],
-                    &authority[..colon],
-                    &self.url[authority_start + at..]
-                ),
-                None => self.url.clone(),
-            },
-            None => self.url.clone(),
+        let mut url = self.url.clone();
+        url.set_path(name);
+        Self {
+            url,
+            password: self.password.clone(),
         }
+    }
+}
+
+/// The URL with `***` for a password, fit for logs and error messages.
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut url = self.url.clone();
+        if self.password.is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        f.write_str(url.as_str())
     }
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -91,48 +82,56 @@ impl fmt::Display for DatabaseUrl {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> DatabaseUrl {
+        DatabaseUrl::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
     #[test]
     fn finds_the_database_name() {
-        let url = DatabaseUrl::parse("postgres://postgres@localhost:5432/chat")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(url.database_name(), "chat");
-        let url = DatabaseUrl::parse("postgresql://u:p@h/app?sslmode=disable")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(url.database_name(), "app");
         assert_eq!(
-            url.with_database("postgres").expose(),
+            parse("postgres://postgres@localhost:5432/chat").database_name(),
+            "chat"
+        );
+        let url = parse("postgresql://u:p@h/app?sslmode=disable");
+        assert_eq!(url.database_name(), "app");
+        let other = url.with_database("postgres");
+        assert_eq!(
+            other.expose().expose_secret(),
             "postgresql://u:p@h/postgres?sslmode=disable"
         );
-        assert_eq!(url.with_database("postgres").database_name(), "postgres");
+        assert_eq!(other.database_name(), "postgres");
     }
 
     #[test]
     fn refuses_urls_without_a_database_or_scheme() {
+        let refused = |text| DatabaseUrl::parse(text).err();
+        assert_eq!(refused("mysql://h/db"), Some(InvalidDatabaseUrl::Scheme));
+        assert_eq!(refused("not a url"), Some(InvalidDatabaseUrl::Scheme));
         assert_eq!(
-            DatabaseUrl::parse("mysql://h/db"),
-            Err(InvalidDatabaseUrl::Scheme)
+            refused("postgres://h"),
+            Some(InvalidDatabaseUrl::NoDatabase)
         );
         assert_eq!(
-            DatabaseUrl::parse("postgres://h"),
-            Err(InvalidDatabaseUrl::NoDatabase)
+            refused("postgres://h/"),
+            Some(InvalidDatabaseUrl::NoDatabase)
         );
         assert_eq!(
-            DatabaseUrl::parse("postgres://h/"),
-            Err(InvalidDatabaseUrl::NoDatabase)
-        );
-        assert_eq!(
-            DatabaseUrl::parse("postgres://h/?x=1"),
-            Err(InvalidDatabaseUrl::NoDatabase)
+            refused("postgres://h/?x=1"),
+            Some(InvalidDatabaseUrl::NoDatabase)
         );
     }
 
     #[test]
-    fn hides_the_password() {
-        let url = DatabaseUrl::parse("postgres://app:s3cr@t@db:5432/chat")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(url.redacted(), "postgres://app:***@db:5432/chat");
+    fn hides_the_password_but_hands_it_to_the_driver() {
+        let url = parse("postgres://app:s3cr@t@db:5432/chat");
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/chat");
         assert!(!format!("{url:?} {url}").contains("s3cr"));
-        let url = DatabaseUrl::parse("postgres://app@db/chat").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(url.redacted(), "postgres://app@db/chat");
+        // The `@` inside the password is encoded, which the driver decodes.
+        assert_eq!(
+            url.expose().expose_secret(),
+            "postgres://app:s3cr%40t@db:5432/chat"
+        );
+        let url = parse("postgres://app@db/chat");
+        assert_eq!(url.to_string(), "postgres://app@db/chat");
     }
 }

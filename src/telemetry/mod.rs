@@ -11,7 +11,36 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-use crate::config::{LogConfig, LogFormat, OtelConfig, OtlpProtocol};
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// In `RUST_LOG` syntax.
+    pub filter: String,
+}
+
+/// The OTLP transports an exporter can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Where spans are exported to.
+#[derive(Debug, Clone)]
+pub struct OtelSettings {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+}
 
 /// What must outlive the service for its telemetry to be delivered.
 pub struct Telemetry {
@@ -44,7 +73,7 @@ impl Telemetry {
 /// Installs the global subscriber: logs to stderr and, when configured, spans to an OTLP
 /// collector. Must run inside a Tokio runtime when `otel` is set. An invalid log filter falls
 /// back to `info` with a warning rather than stopping the service.
-pub fn init(log: &LogConfig, otel: Option<&OtelConfig>) -> Result<Telemetry, TelemetryError> {
+pub fn init(log: &LogSettings, otel: Option<&OtelSettings>) -> Result<Telemetry, TelemetryError> {
     let (filter, filter_error) = match EnvFilter::try_new(&log.filter) {
         Ok(filter) => (filter, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
@@ -78,7 +107,7 @@ pub fn init(log: &LogConfig, otel: Option<&OtelConfig>) -> Result<Telemetry, Tel
     Ok(Telemetry { provider })
 }
 
-fn tracer_provider(otel: &OtelConfig) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(otel: &OtelSettings) -> Result<SdkTracerProvider, TelemetryError> {
     let failed = |e: &dyn std::fmt::Display| TelemetryError {
         endpoint: otel.endpoint.clone(),
         reason: e.to_string(),

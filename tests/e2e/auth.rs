@@ -2,11 +2,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chat_service::{
+    api::JwtKey,
     api::proto::{
         CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
         ListConversationsRequest, ListMessagesRequest, SendMessageRequest,
     },
-    config::JwtKey,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -128,12 +128,15 @@ async fn assert_unauthenticated(
 #[tokio::test]
 async fn requests_without_a_valid_token_are_unauthenticated_and_change_nothing() {
     let app = TestApp::spawn().await;
-    let expired = hs256(&json!({"sub": "alice", "exp": now() - 3600}), SECRET);
+    let expired = hs256(
+        &json!({"sub": "alice", "exp": now() - 3600}),
+        SECRET.as_bytes(),
+    );
     let wrong_key = hs256(
         &json!({"sub": "alice", "exp": now() + 3600}),
         b"some-other-secret-of-at-least-32-bytes",
     );
-    let no_expiry = hs256(&json!({"sub": "alice"}), SECRET);
+    let no_expiry = hs256(&json!({"sub": "alice"}), SECRET.as_bytes());
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let claims = URL_SAFE_NO_PAD.encode(json!({"sub": "alice", "exp": now() + 3600}).to_string());
     let unsigned = format!("{header}.{claims}.");

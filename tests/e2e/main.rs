@@ -1,12 +1,15 @@
 //! End-to-end tests: the real server over real gRPC, on a fresh PostgreSQL database per test.
 
-#[path = "../support/mod.rs"]
-mod support;
+// A failed expectation is a failed test, reported by panicking like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chat_service_test_support as support;
 
 mod auth;
 mod conversations;
 mod isolation;
 mod operability;
+mod schema;
 mod send_message;
 mod startup;
 

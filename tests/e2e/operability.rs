@@ -9,11 +9,14 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use secrecy::ExposeSecret;
+
 use super::support::{FakeLlm, Script, TestApp, database::server_url, tcp_proxy::TcpProxy};
 
 /// `url` with its host and port replaced by `addr`.
 fn via(url: &DatabaseUrl, addr: std::net::SocketAddr) -> DatabaseUrl {
     let text = url.expose();
+    let text = text.expose_secret();
     let authority_start = text.find("://").map_or(0, |i| i + 3);
     let path_start = text[authority_start..]
         .find('/')
@@ -39,9 +42,10 @@ async fn next_status(
 #[tokio::test]
 async fn health_follows_the_database_and_goes_not_serving_on_shutdown() {
     let postgres = server_url();
+    let postgres = postgres.expose();
     let target = tokio::net::lookup_host(
         postgres
-            .expose()
+            .expose_secret()
             .split('@')
             .nth(1)
             .and_then(|rest| rest.split('/').next())

@@ -6,6 +6,7 @@ use std::path::Path;
 use chat_service::store::{DatabaseUrl, quote_identifier, run_migrations};
 use diesel::{QueryableByName, sql_query, sql_types::BigInt};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
@@ -17,7 +18,7 @@ static TEMPLATE: OnceCell<String> = OnceCell::const_new();
 /// The server the tests use, from DATABASE_URL like the service itself.
 pub fn server_url() -> DatabaseUrl {
     let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| chat_service::config::DEFAULT_DATABASE_URL.to_owned());
+        .unwrap_or_else(|_| chat_service::store::DEFAULT_DATABASE_URL.to_owned());
     DatabaseUrl::parse(&url).unwrap_or_else(|e| panic!("DATABASE_URL: {e}"))
 }
 
@@ -26,7 +27,7 @@ fn admin_url() -> DatabaseUrl {
 }
 
 pub async fn connect(url: &DatabaseUrl) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url.expose())
+    AsyncPgConnection::establish(url.expose().expose_secret())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}. Is PostgreSQL running?"))
 }
@@ -274,7 +275,7 @@ impl Drop for TestDatabase {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let mut admin = AsyncPgConnection::establish(admin_url().expose())
+                let mut admin = AsyncPgConnection::establish(admin_url().expose().expose_secret())
                     .await
                     .map_err(std::io::Error::other)?;
                 sql_query(statement)

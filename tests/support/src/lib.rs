@@ -1,6 +1,7 @@
 //! What the end-to-end tests share: a fresh database per test, the real server on an ephemeral
 //! port, authenticated clients, and direct SQL access for checking what was stored.
-#![allow(dead_code, unused_imports)]
+// A failed expectation here is a failed test, reported by panicking like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod app;
 pub mod database;

@@ -11,67 +11,54 @@ use chat_service::{
             conversation_service_client::ConversationServiceClient,
         },
     },
-    chat::TurnSettings,
-    config::{
-        AuthConfig, CorsOrigins, DatabaseConfig, Environment, JwtKey, LogConfig, LogFormat,
-        ModelConfig, ServerConfig,
-    },
-    llm::OpenAiSettings,
-    store::PoolSettings,
+    config::Settings,
+    llm::{ModelSettings, OpenAiSettings},
 };
+use clap::FromArgMatches;
+use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, transport::Channel};
 
 use super::{FakeLlm, TestDatabase};
 
 /// The HS256 secret the test servers verify tokens with.
-pub const SECRET: &[u8] = b"integration-test-secret-with-32-bytes-or-more";
+pub const SECRET: &str = "integration-test-secret-with-32-bytes-or-more";
 
+/// The service's own defaults, read from the same definitions that parse its flags (so the tests
+/// run what users run), with what a test server needs instead: ephemeral ports, the test's
+/// database, a known secret, quick health checks and shutdowns, an instant development model.
+/// The environment is ignored, so that a developer's settings cannot change a test.
 pub fn test_config(database: &TestDatabase) -> Config {
-    Config {
-        environment: Environment::Development,
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database: DatabaseConfig {
-            url: database.url.clone(),
-            pool: PoolSettings {
-                max_connections: 8,
-                connect_timeout: Duration::from_secs(5),
-                acquire_timeout: Duration::from_secs(5),
-            },
-            migrate_on_start: true,
-        },
-        auth: AuthConfig {
-            key: JwtKey::Hs256Secret(SECRET.to_vec()),
-            issuer: None,
-            audience: None,
-        },
-        model: ModelConfig::Development {
-            delay: Duration::ZERO,
-        },
-        turns: TurnSettings {
-            max_message_chars: 10_000,
-            history_messages: 20,
-            history_chars: 48_000,
-            system_prompt: None,
-        },
-        server: ServerConfig {
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            shutdown_grace: Duration::from_secs(5),
-            health_check_interval: Duration::from_millis(100),
-            cors: CorsOrigins::Any,
-        },
-        log: LogConfig {
-            format: LogFormat::Pretty,
-            filter: "info".to_owned(),
-        },
-        otel: None,
-    }
+    let url = database.url.expose();
+    let args = [
+        "chat-service",
+        "--listen-addr=127.0.0.1:0",
+        "--metrics-addr=127.0.0.1:0",
+        "--database-url",
+        url.expose_secret(),
+        "--db-max-connections=8",
+        "--jwt-secret",
+        SECRET,
+        "--dev-model-delay=0s",
+        "--shutdown-grace=5s",
+        "--health-check-interval=100ms",
+        "--log-format=pretty",
+    ];
+    let command = <Settings as clap::Args>::augment_args(clap::Command::new("chat-service"))
+        .mut_args(|arg| arg.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Settings::from_arg_matches(&matches)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_config(false)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Settings that point the service at `fake`, with short delays so that failures are quick.
 pub fn fake_llm_settings(fake: &FakeLlm) -> OpenAiSettings {
     OpenAiSettings {
         base_url: fake.base_url(),
-        api_key: Some("test-api-key".to_owned()),
+        api_key: Some(SecretString::from("test-api-key")),
         model: "fake-model".to_owned(),
         connect_timeout: Duration::from_secs(2),
         first_token_timeout: Duration::from_secs(10),
@@ -169,7 +156,7 @@ impl TestApp {
     pub async fn with_fake_llm(fake: &FakeLlm, customize: impl FnOnce(&mut Config)) -> Self {
         let settings = fake_llm_settings(fake);
         Self::spawn_with(|config| {
-            config.model = ModelConfig::OpenAi(settings);
+            config.model = ModelSettings::OpenAi(settings);
             customize(config);
         })
         .await

@@ -10,8 +10,8 @@ use std::{
 use axum::{Router, body::Bytes, extract::State, routing::post};
 use chat_service::{
     api::proto::SendMessageRequest,
-    config::{LogConfig, LogFormat, OtelConfig, OtlpProtocol},
     telemetry::Telemetry,
+    telemetry::{LogFormat, LogSettings, OtelSettings, OtlpProtocol},
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -124,12 +124,12 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 /// the model's upstream request carries the model span as its parent.
 pub async fn assert_one_trace_per_turn(protocol: OtlpProtocol) {
     let (endpoint, spans) = start_receiver(protocol).await;
-    let otel = OtelConfig {
+    let otel = OtelSettings {
         endpoint,
         protocol,
         service_name: "chat-service-test".to_owned(),
     };
-    let log = LogConfig {
+    let log = LogSettings {
         format: LogFormat::Json,
         filter: "info".to_owned(),
     };

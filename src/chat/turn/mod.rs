@@ -1,0 +1,345 @@
+//! One turn of `SendMessage`, in the order the service does it:
+//! 1. the user's message is parsed, and the model's context is built ([`context`]) from what
+//!    this replica remembers of the conversation or from the database;
+//! 2. the model request starts while the user message is committed (this module);
+//! 3. the reply is relayed as it is generated ([`relay`]), by a task of its own ([`reply`]);
+//! 4. what became of it is stored and the client told ([`outcome`]);
+//! 5. the turn is reported in spans, metrics and one log line ([`telemetry`]).
+
+mod context;
+mod outcome;
+mod relay;
+mod reply;
+mod telemetry;
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use self::context::build_context;
+use self::{
+    reply::ReplyTask,
+    telemetry::{TurnLabels, TurnTelemetry},
+};
+use super::{ChatError, recent::RecentContexts};
+use crate::{
+    domain::{
+        Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus,
+        RecentHistory, RecentMessage, Revision, Role, Title, ToolCall, UserId, now,
+    },
+    llm::{ChatModel, TokenUsage},
+    store::Store,
+    telemetry::metrics::{HistorySource, Metrics},
+};
+
+/// Limits on what a turn accepts and sends to the model.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// The longest user message, in characters.
+    pub max_message_chars: usize,
+    /// At most this many of the conversation's newest messages go to the model...
+    pub history_messages: usize,
+    /// ...and at most this many characters of them (the newest message always goes).
+    pub history_chars: usize,
+    /// Sent first, when set.
+    pub system_prompt: Option<String>,
+}
+
+/// A request to hold one turn.
+#[derive(Debug)]
+pub struct TurnRequest {
+    pub user: UserId,
+    /// `None` starts a new conversation.
+    pub conversation: Option<ConversationId>,
+    pub content: String,
+    /// Correlates the turn's log lines with the request.
+    pub request_id: String,
+    /// When the request arrived: time to first token is measured from here.
+    pub received_at: Instant,
+}
+
+/// What the client learns while the reply is generated, in this order.
+#[derive(Debug)]
+pub enum TurnEvent {
+    Delta(String),
+    ToolCall(ToolCall),
+    Completed(Completion),
+}
+
+#[derive(Debug)]
+pub struct Completion {
+    /// The stored reply.
+    pub message: Message,
+    pub finish_reason: String,
+    pub model: String,
+    pub usage: Option<TokenUsage>,
+}
+
+/// A turn whose user message is stored and whose reply is being generated.
+pub struct StartedTurn {
+    pub conversation_id: ConversationId,
+    pub user_message: Message,
+    /// The reply's events. Dropping the receiver cancels the turn: the model call is aborted and
+    /// what was generated so far is stored as a cancelled message.
+    pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
+}
+
+/// What became of the user's message.
+enum Appended {
+    Committed,
+    /// Not stored: the conversation is not at the revision its remembered history was.
+    Stale,
+    /// Not stored: the user has no such conversation.
+    Missing,
+}
+
+/// Where the user's message goes.
+enum Target {
+    New(Conversation),
+    /// An existing conversation, named `title` if it has no name yet.
+    Existing {
+        id: ConversationId,
+        title: Title,
+    },
+}
+
+impl Target {
+    fn id(&self) -> ConversationId {
+        match self {
+            Self::New(conversation) => conversation.id,
+            Self::Existing { id, .. } => *id,
+        }
+    }
+}
+
+/// How many events may wait for a slow client before the model is made to wait too.
+const EVENT_BUFFER: usize = 16;
+
+/// What a turn needs besides the store and the model: metrics, and the means to stop it.
+#[derive(Clone)]
+pub struct TurnRuntime {
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown grace period is over: turns still running are cut short.
+    pub shutdown: CancellationToken,
+    /// Tracks running generations, so that shutdown can wait until their replies are stored.
+    pub tasks: TaskTracker,
+}
+
+#[derive(Clone)]
+pub struct Turns {
+    store: Store,
+    recent: Arc<RecentContexts>,
+    model: Arc<dyn ChatModel>,
+    settings: Arc<TurnSettings>,
+    runtime: TurnRuntime,
+}
+
+impl Turns {
+    pub fn new(
+        store: Store,
+        recent: Arc<RecentContexts>,
+        model: Arc<dyn ChatModel>,
+        settings: TurnSettings,
+        runtime: TurnRuntime,
+    ) -> Self {
+        Self {
+            store,
+            recent,
+            model,
+            settings: Arc::new(settings),
+            runtime,
+        }
+    }
+
+    pub async fn start(&self, request: TurnRequest) -> Result<StartedTurn, ChatError> {
+        let content = MessageContent::parse(request.content, self.settings.max_message_chars)
+            .map_err(|e| ChatError::invalid("content", e))?;
+        let time = now();
+        let title = Title::from_first_message(content.as_str());
+        let target = match request.conversation {
+            None => Target::New(Conversation {
+                id: ConversationId::generate(),
+                title,
+                create_time: time,
+                update_time: time,
+            }),
+            Some(id) => Target::Existing { id, title },
+        };
+        let conversation_id = target.id();
+        let user_message = user_message(conversation_id, content, time);
+
+        // What the model sees is known before anything is written, so that the model request
+        // can go out while the user message is being committed. It comes from memory when this
+        // replica remembers the conversation; if another write came first, the turn starts
+        // again from the database.
+        let mut from_memory = true;
+        loop {
+            let (history, expected) = self.history(request.user, &target, from_memory).await?;
+            let mut context = history;
+            context.push((Role::User, user_message.content.clone()));
+            let (sender, events) = mpsc::channel(EVENT_BUFFER);
+            let (commit_tx, committed) = oneshot::channel();
+            let task = ReplyTask {
+                store: self.store.clone(),
+                recent: self.recent.clone(),
+                user: request.user,
+                conversation_id,
+                after: user_message.create_time,
+                model_name: self.model.name().to_owned(),
+                shutdown: self.runtime.shutdown.clone(),
+            };
+            let labels = TurnLabels {
+                request_id: request.request_id.clone(),
+                conversation_id,
+                user: request.user,
+            };
+            let telemetry = TurnTelemetry::start(
+                self.runtime.metrics.clone(),
+                labels,
+                self.model.name(),
+                self.model.provider(),
+                request.received_at,
+            );
+            let model = self.model.stream(build_context(&self.settings, context));
+            // The task carries the request's span, so its log lines carry the request id. It
+            // starts the model request at once but relays nothing until the user message is
+            // committed; dropping `commit_tx` instead aborts the model request.
+            let task = task
+                .run(model, committed, sender, telemetry)
+                .instrument(tracing::Span::current());
+            self.runtime.tasks.spawn(task);
+            // Lets the generation task put the model request on the wire before this task
+            // claims the thread for the user message's write: the model's time to first token
+            // is the longer wait, and the commit only has to finish before that token.
+            tokio::task::yield_now().await;
+
+            match self
+                .store_user_message(request.user, &target, &user_message, expected)
+                .await?
+            {
+                Appended::Stale => {
+                    self.recent.forget(conversation_id);
+                    from_memory = false;
+                    continue;
+                }
+                Appended::Missing => return Err(ChatError::NotFound("conversation")),
+                Appended::Committed => {}
+            }
+            let _ = commit_tx.send(());
+            tracing::info!(
+                request_id = %request.request_id,
+                conversation_id = %conversation_id,
+                user_id = %request.user,
+                model = self.model.name(),
+                "turn started"
+            );
+            return Ok(StartedTurn {
+                conversation_id,
+                user_message,
+                events,
+            });
+        }
+    }
+
+    /// The conversation's newest messages, oldest first, and, when they came from memory, the
+    /// revision the conversation must still be at for them to be right.
+    async fn history(
+        &self,
+        user: UserId,
+        target: &Target,
+        from_memory: bool,
+    ) -> Result<(Vec<(Role, String)>, Option<Revision>), ChatError> {
+        let id = match target {
+            Target::New(_) => return Ok((Vec::new(), None)),
+            Target::Existing { id, .. } => *id,
+        };
+        if from_memory && let Some(remembered) = self.recent.get(user, id) {
+            return Ok((remembered.messages, Some(remembered.revision)));
+        }
+        let history = self
+            .store
+            .recent_messages(user, id, self.settings.history_messages)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        self.runtime
+            .metrics
+            .record_history_source(HistorySource::Database);
+        let messages = history
+            .messages
+            .iter()
+            .map(|m| (m.role, m.content.clone()))
+            .collect();
+        self.recent.remember(user, id, history);
+        Ok((messages, None))
+    }
+
+    async fn store_user_message(
+        &self,
+        user: UserId,
+        target: &Target,
+        message: &Message,
+        expected: Option<Revision>,
+    ) -> Result<Appended, ChatError> {
+        let revision = match target {
+            Target::New(conversation) => {
+                self.store
+                    .start_conversation(user, conversation, message)
+                    .await?;
+                let history = RecentHistory {
+                    revision: Some(1),
+                    messages: vec![recent_message(message)],
+                };
+                self.recent.remember(user, conversation.id, history);
+                return Ok(Appended::Committed);
+            }
+            Target::Existing { title, .. } => {
+                self.store
+                    .append_user_message(user, message, title, expected)
+                    .await?
+            }
+        };
+        let metrics = &self.runtime.metrics;
+        Ok(match (revision, expected) {
+            (Some(revision), from_memory) => {
+                if from_memory.is_some() {
+                    metrics.record_history_source(HistorySource::Memory);
+                }
+                self.recent
+                    .record(user, target.id(), revision, recent_message(message));
+                Appended::Committed
+            }
+            (None, Some(_)) => {
+                metrics.record_history_source(HistorySource::StaleMemory);
+                Appended::Stale
+            }
+            (None, None) => Appended::Missing,
+        })
+    }
+}
+
+fn recent_message(message: &Message) -> RecentMessage {
+    RecentMessage {
+        id: message.id,
+        role: message.role,
+        content: message.content.clone(),
+        create_time: message.create_time,
+    }
+}
+
+fn user_message(
+    conversation_id: ConversationId,
+    content: MessageContent,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Message {
+    Message {
+        id: MessageId::generate(),
+        conversation_id,
+        role: Role::User,
+        content: content.into_string(),
+        status: MessageStatus::Complete,
+        create_time: time,
+        tool_calls: Vec::new(),
+    }
+}

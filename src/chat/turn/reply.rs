@@ -1,0 +1,50 @@
+//! The task that carries one reply from the model to the client and into the database.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    relay::{self, EventSender},
+    telemetry::TurnTelemetry,
+};
+use crate::{
+    chat::RecentContexts,
+    domain::{ConversationId, UserId},
+    llm::ModelStream,
+    store::Store,
+};
+
+pub(super) struct ReplyTask {
+    pub store: Store,
+    pub recent: Arc<RecentContexts>,
+    pub user: UserId,
+    pub conversation_id: ConversationId,
+    /// The user message's time: the reply is stored after it.
+    pub after: chrono::DateTime<chrono::Utc>,
+    pub model_name: String,
+    /// Cancelled when the shutdown grace period is over.
+    pub shutdown: CancellationToken,
+}
+
+impl ReplyTask {
+    /// Waits for the user message's commit, relays the reply, stores what became of it, and
+    /// reports the turn. Dropping `committed`'s sender instead aborts the model request.
+    pub async fn run(
+        self,
+        model: ModelStream,
+        committed: oneshot::Receiver<()>,
+        sender: EventSender,
+        mut telemetry: TurnTelemetry,
+    ) {
+        let Some(model) = relay::after_commit(model, committed, &mut telemetry).await else {
+            return;
+        };
+        let relayed = relay::relay(model, &sender, &self.shutdown, &mut telemetry).await;
+        telemetry.model_ended(&relayed);
+        let usage = relayed.usage;
+        let outcome = self.settle(relayed, &sender).await;
+        telemetry.turn_ended(usage, outcome);
+    }
+}

@@ -1,0 +1,74 @@
+//! CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE, CHAT_JWT_ISSUER, CHAT_JWT_AUDIENCE
+
+use std::path::PathBuf;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+
+use super::{ConfigError, Environment, invalid, non_empty, secret};
+use crate::api::{AuthSettings, JwtKey};
+
+/// HS256 secrets shorter than this are brute-forceable.
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// HS256 shared secret that signs access tokens.
+    #[arg(long, env = "CHAT_JWT_SECRET", value_parser = secret, hide_env_values = true, global = true)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// PEM file with the RS256 or ES256 public key that verifies access tokens.
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "CHAT_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    pub fn into_settings(self, env: Environment) -> Result<AuthSettings, ConfigError> {
+        let key = match (self.jwt_secret, self.jwt_public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "CHAT_JWT_SECRET",
+                    "set either CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE, not both",
+                ));
+            }
+            (Some(secret), None) if secret.expose_secret().len() < MIN_SECRET_BYTES => {
+                return Err(invalid(
+                    "CHAT_JWT_SECRET",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+            (Some(secret), None) => JwtKey::Hs256Secret(SecretSlice::from(
+                secret.expose_secret().as_bytes().to_vec(),
+            )),
+            (None, Some(path)) => {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    invalid(
+                        "CHAT_JWT_PUBLIC_KEY_FILE",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                JwtKey::PublicKeyPem { path, pem }
+            }
+            (None, None) if env == Environment::Production => {
+                return Err(invalid(
+                    "CHAT_ENV",
+                    "production needs CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE; the development key is refused",
+                ));
+            }
+            (None, None) => JwtKey::Development,
+        };
+        Ok(AuthSettings {
+            key,
+            issuer: non_empty(self.jwt_issuer),
+            audience: non_empty(self.jwt_audience),
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! CHAT_LLM_BASE_URL (or OPENAI_BASE_URL), CHAT_LLM_API_KEY (or OPENAI_API_KEY), CHAT_LLM_MODEL,
+//! CHAT_LLM_CONNECT_TIMEOUT, CHAT_LLM_FIRST_TOKEN_TIMEOUT, CHAT_LLM_IDLE_TIMEOUT,
+//! CHAT_LLM_TOTAL_TIMEOUT, CHAT_LLM_MAX_RETRIES, CHAT_LLM_RETRY_BASE_DELAY, CHAT_DEV_MODEL_DELAY
+
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{ConfigError, Environment, invalid, is_http_url, non_empty, secret};
+use crate::llm::{ModelSettings, OpenAiSettings};
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Root of an OpenAI-compatible API, e.g. http://localhost:11434/v1. Unset: the built-in
+    /// development model answers.
+    #[arg(long, env = "CHAT_LLM_BASE_URL", global = true)]
+    pub llm_base_url: Option<String>,
+
+    /// Fallback for CHAT_LLM_BASE_URL.
+    #[arg(long, env = "OPENAI_BASE_URL", hide = true, global = true)]
+    pub openai_base_url: Option<String>,
+
+    /// API key sent as a bearer token to the model.
+    #[arg(long, env = "CHAT_LLM_API_KEY", value_parser = secret, hide_env_values = true, global = true)]
+    pub llm_api_key: Option<SecretString>,
+
+    /// Fallback for CHAT_LLM_API_KEY.
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        value_parser = secret,
+        hide = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub openai_api_key: Option<SecretString>,
+
+    /// Model name, e.g. gpt-4o-mini or llama3.2. Required with CHAT_LLM_BASE_URL.
+    #[arg(long, env = "CHAT_LLM_MODEL", global = true)]
+    pub llm_model: Option<String>,
+
+    /// How long connecting to the model may take.
+    #[arg(long, env = "CHAT_LLM_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub llm_connect_timeout: Duration,
+
+    /// How long the model may take to send the first chunk of a reply.
+    #[arg(long, env = "CHAT_LLM_FIRST_TOKEN_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub llm_first_token_timeout: Duration,
+
+    /// The longest pause allowed between two chunks of a reply.
+    #[arg(long, env = "CHAT_LLM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub llm_idle_timeout: Duration,
+
+    /// The longest a whole reply may take.
+    #[arg(long, env = "CHAT_LLM_TOTAL_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub llm_total_timeout: Duration,
+
+    /// Retries on connection errors, 429 and 5xx, before the first token.
+    #[arg(long, env = "CHAT_LLM_MAX_RETRIES", default_value_t = 2, global = true)]
+    pub llm_max_retries: u32,
+
+    /// Backoff before the first retry; doubled for each further one, with jitter.
+    #[arg(long, env = "CHAT_LLM_RETRY_BASE_DELAY", default_value = "250ms", value_parser = humantime::parse_duration, global = true)]
+    pub llm_retry_base_delay: Duration,
+
+    /// Pause before each word of the development model's reply.
+    #[arg(long, env = "CHAT_DEV_MODEL_DELAY", default_value = "40ms", value_parser = humantime::parse_duration, global = true)]
+    pub dev_model_delay: Duration,
+}
+
+impl ModelArgs {
+    pub fn into_settings(self, env: Environment) -> Result<ModelSettings, ConfigError> {
+        let Some(base_url) = non_empty(self.llm_base_url.or(self.openai_base_url)) else {
+            if env == Environment::Production {
+                return Err(invalid(
+                    "CHAT_LLM_BASE_URL",
+                    "production needs a real model; the built-in development model is refused",
+                ));
+            }
+            return Ok(ModelSettings::Development {
+                delay: self.dev_model_delay,
+            });
+        };
+        if !is_http_url(&base_url) {
+            return Err(invalid(
+                "CHAT_LLM_BASE_URL",
+                "must start with http:// or https://",
+            ));
+        }
+        let model = non_empty(self.llm_model).ok_or_else(|| {
+            invalid(
+                "CHAT_LLM_MODEL",
+                "must name the model when CHAT_LLM_BASE_URL is set",
+            )
+        })?;
+        Ok(ModelSettings::OpenAi(OpenAiSettings {
+            base_url,
+            api_key: self
+                .llm_api_key
+                .or(self.openai_api_key)
+                .filter(|key| !key.expose_secret().is_empty()),
+            model,
+            connect_timeout: self.llm_connect_timeout,
+            first_token_timeout: self.llm_first_token_timeout,
+            idle_timeout: self.llm_idle_timeout,
+            total_timeout: self.llm_total_timeout,
+            max_retries: self.llm_max_retries,
+            retry_base_delay: self.llm_retry_base_delay,
+        }))
+    }
+}

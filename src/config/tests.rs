@@ -1,0 +1,153 @@
+use std::time::Duration;
+
+use clap::Parser;
+use secrecy::ExposeSecret;
+
+use super::*;
+use crate::{api::JwtKey, llm::ModelSettings, telemetry::LogFormat};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn settings(args: &[&str]) -> Settings {
+    let argv = std::iter::once("chat-service").chain(args.iter().copied());
+    Cli::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .settings
+}
+
+/// Settings that production accepts: a real key and a real model.
+fn production() -> Settings {
+    let secret = "s".repeat(32);
+    settings(&[
+        "--env",
+        "production",
+        "--jwt-secret",
+        &secret,
+        "--llm-base-url",
+        "http://vllm:8000/v1",
+        "--llm-model",
+        "qwen",
+    ])
+}
+
+fn refused_setting(args: &[&str]) -> Option<&'static str> {
+    settings(args).into_config(false).err().map(|e| e.setting)
+}
+
+#[test]
+fn durations_need_a_unit() {
+    let parsed = settings(&["--llm-retry-base-delay", "250ms", "--shutdown-grace", "2m"]);
+    assert_eq!(
+        parsed.model.llm_retry_base_delay,
+        Duration::from_millis(250)
+    );
+    assert_eq!(parsed.server.shutdown_grace, Duration::from_secs(120));
+    let argv = ["chat-service", "--shutdown-grace", "5"];
+    assert!(Cli::try_parse_from(argv).is_err());
+    let argv = ["chat-service", "--shutdown-grace", "s"];
+    assert!(Cli::try_parse_from(argv).is_err());
+}
+
+#[test]
+fn production_refuses_the_development_key_and_model() {
+    assert_eq!(refused_setting(&["--env", "production"]), Some("CHAT_ENV"));
+    let secret = "s".repeat(32);
+    assert_eq!(
+        refused_setting(&["--env", "production", "--jwt-secret", &secret]),
+        Some("CHAT_LLM_BASE_URL")
+    );
+    let config = production().into_config(false);
+    assert!(config.is_ok_and(|c| matches!(c.model, ModelSettings::OpenAi(_))));
+}
+
+#[test]
+fn a_model_url_needs_a_model_name() {
+    assert_eq!(
+        refused_setting(&["--llm-base-url", "http://localhost:11434/v1"]),
+        Some("CHAT_LLM_MODEL")
+    );
+    assert_eq!(
+        refused_setting(&["--llm-base-url", "localhost:11434", "--llm-model", "m"]),
+        Some("CHAT_LLM_BASE_URL")
+    );
+}
+
+#[test]
+fn short_secrets_and_bad_urls_name_their_setting() {
+    assert_eq!(
+        refused_setting(&["--jwt-secret", "short"]),
+        Some("CHAT_JWT_SECRET")
+    );
+    assert_eq!(
+        refused_setting(&["--database-url", "postgres://localhost"]),
+        Some("DATABASE_URL")
+    );
+    assert_eq!(
+        refused_setting(&["--jwt-public-key-file", "/nonexistent/key.pem"]),
+        Some("CHAT_JWT_PUBLIC_KEY_FILE")
+    );
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let password = "database-password-1234";
+    let secret = "jwt-secret-that-is-long-enough-1234";
+    let key = "sk-model-api-key-1234";
+    let parsed = settings(&[
+        "--database-url",
+        &format!("postgres://app:{password}@db/chat"),
+        "--jwt-secret",
+        secret,
+        "--llm-base-url",
+        "http://vllm:8000/v1",
+        "--llm-model",
+        "qwen",
+        "--llm-api-key",
+        key,
+    ]);
+    let config = parsed.clone().into_config(false);
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    let printed = format!("{parsed:?} {config:?}");
+    for hidden in [password, secret, key] {
+        assert!(!printed.contains(hidden), "{hidden} was printed");
+    }
+    // Hidden from printing, not lost.
+    assert!(
+        config
+            .database
+            .url
+            .expose()
+            .expose_secret()
+            .contains(password)
+    );
+    assert!(matches!(config.auth.key, JwtKey::Hs256Secret(_)));
+    assert!(matches!(
+        config.model,
+        ModelSettings::OpenAi(settings) if settings.api_key.as_ref().is_some_and(|k| k.expose_secret() == key)
+    ));
+}
+
+#[test]
+fn logs_are_json_unless_a_person_is_watching() {
+    let format = |settings: Settings, terminal| {
+        settings
+            .into_config(terminal)
+            .map(|c| c.log.format)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(format(settings(&[]), false), LogFormat::Json);
+    assert_eq!(format(settings(&[]), true), LogFormat::Pretty);
+    assert_eq!(
+        format(production(), true),
+        LogFormat::Json,
+        "production logs JSON even on a terminal"
+    );
+    assert_eq!(
+        format(settings(&["--log-format", "json"]), true),
+        LogFormat::Json
+    );
+}

@@ -1,0 +1,57 @@
+//! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS
+
+use clap::Args;
+
+use super::{ConfigError, invalid};
+use crate::chat::TurnSettings;
+
+#[derive(Debug, Clone, Args)]
+pub struct TurnArgs {
+    /// System prompt sent before the conversation.
+    #[arg(long, env = "CHAT_SYSTEM_PROMPT", global = true)]
+    pub system_prompt: Option<String>,
+
+    /// How many of the newest messages are sent to the model.
+    #[arg(
+        long,
+        env = "CHAT_HISTORY_MESSAGES",
+        default_value_t = 20,
+        global = true
+    )]
+    pub history_messages: usize,
+
+    /// How many characters of history are sent to the model at most.
+    #[arg(
+        long,
+        env = "CHAT_HISTORY_MAX_CHARS",
+        default_value_t = 48_000,
+        global = true
+    )]
+    pub history_max_chars: usize,
+
+    /// The longest user message, in characters.
+    #[arg(
+        long,
+        env = "CHAT_MAX_MESSAGE_CHARS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_message_chars: usize,
+}
+
+impl TurnArgs {
+    pub fn into_settings(self) -> Result<TurnSettings, ConfigError> {
+        if self.history_messages == 0 {
+            return Err(invalid("CHAT_HISTORY_MESSAGES", "must be at least 1"));
+        }
+        if self.max_message_chars == 0 {
+            return Err(invalid("CHAT_MAX_MESSAGE_CHARS", "must be at least 1"));
+        }
+        Ok(TurnSettings {
+            max_message_chars: self.max_message_chars,
+            history_messages: self.history_messages,
+            history_chars: self.history_max_chars,
+            system_prompt: self.system_prompt.filter(|p| !p.trim().is_empty()),
+        })
+    }
+}
