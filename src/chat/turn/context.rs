@@ -101,8 +101,8 @@ mod tests {
         let request = build_context(&settings(20, 5, None), history(&["x", "éééé", "yy", "zzz"]));
         assert_eq!(
             contents(&request),
-            [(Role::Assistant, "yy"), (Role::User, "zzz")],
-            "\"éééé\" would exceed the 5 characters left after 3 + 2"
+            [(Role::User, "yy"), (Role::Assistant, "zzz")],
+            "\"zzz\" and \"yy\" use up the 5 characters, so \"éééé\" (4) does not fit"
         );
     }
 

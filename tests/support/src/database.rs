@@ -80,7 +80,8 @@ pub async fn count(conn: &mut AsyncPgConnection, statement: &str) -> i64 {
 fn migrations_fingerprint() -> String {
     let mut files = Vec::new();
     collect_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+        // The service's migrations, two levels above this crate.
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations"),
         &mut files,
     );
     files.sort();
