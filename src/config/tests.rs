@@ -7,14 +7,14 @@ use super::*;
 use crate::{api::JwtKey, llm::ModelSettings, telemetry::LogFormat};
 
 #[derive(Parser)]
-struct Cli {
+struct Flags {
     #[command(flatten)]
     settings: Settings,
 }
 
 fn settings(args: &[&str]) -> Settings {
     let argv = std::iter::once("chat-service").chain(args.iter().copied());
-    Cli::try_parse_from(argv)
+    Flags::try_parse_from(argv)
         .unwrap_or_else(|e| panic!("{e}"))
         .settings
 }
@@ -47,9 +47,9 @@ fn durations_need_a_unit() {
     );
     assert_eq!(parsed.server.shutdown_grace, Duration::from_secs(120));
     let argv = ["chat-service", "--shutdown-grace", "5"];
-    assert!(Cli::try_parse_from(argv).is_err());
+    assert!(Flags::try_parse_from(argv).is_err());
     let argv = ["chat-service", "--shutdown-grace", "s"];
-    assert!(Cli::try_parse_from(argv).is_err());
+    assert!(Flags::try_parse_from(argv).is_err());
 }
 
 #[test]
