@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use self::context::build_context;
 use self::{
+    context::build_context,
     reply::ReplyTask,
     telemetry::{TurnLabels, TurnTelemetry},
 };
@@ -123,7 +123,7 @@ pub struct TurnRuntime {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the shutdown grace period is over: turns still running are cut short.
     pub shutdown: CancellationToken,
-    /// Tracks running generations, so that shutdown can wait until their replies are stored.
+    /// Tracks running reply tasks, so that shutdown can wait until their replies are stored.
     pub tasks: TaskTracker,
 }
 
@@ -153,8 +153,9 @@ impl Turns {
         }
     }
 
-    pub async fn start(&self, request: TurnRequest) -> Result<StartedTurn, ChatError> {
-        let content = MessageContent::parse(request.content, self.settings.max_message_chars)
+    pub async fn start(&self, mut request: TurnRequest) -> Result<StartedTurn, ChatError> {
+        let text = std::mem::take(&mut request.content);
+        let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
         let time = now();
         let title = Title::from_first_message(content.as_str());
@@ -179,38 +180,8 @@ impl Turns {
             let (history, expected) = self.history(request.user, &target, from_memory).await?;
             let mut context = history;
             context.push((Role::User, user_message.content.clone()));
-            let (sender, events) = mpsc::channel(EVENT_BUFFER);
-            let (commit_tx, committed) = oneshot::channel();
-            let task = ReplyTask {
-                store: self.store.clone(),
-                recent: self.recent.clone(),
-                user: request.user,
-                conversation_id,
-                after: user_message.create_time,
-                model_name: self.model.name().to_owned(),
-                shutdown: self.runtime.shutdown.clone(),
-            };
-            let labels = TurnLabels {
-                request_id: request.request_id.clone(),
-                conversation_id,
-                user: request.user,
-            };
-            let telemetry = TurnTelemetry::start(
-                self.runtime.metrics.clone(),
-                labels,
-                self.model.name(),
-                self.model.provider(),
-                request.received_at,
-            );
-            let model = self.model.stream(build_context(&self.settings, context));
-            // The task carries the request's span, so its log lines carry the request id. It
-            // starts the model request at once but relays nothing until the user message is
-            // committed; dropping `commit_tx` instead aborts the model request.
-            let task = task
-                .run(model, committed, sender, telemetry)
-                .instrument(tracing::Span::current());
-            self.runtime.tasks.spawn(task);
-            // Lets the generation task put the model request on the wire before this task
+            let (commit_tx, events) = self.spawn_reply(&request, &user_message, context);
+            // Lets the reply task put the model request on the wire before this task
             // claims the thread for the user message's write: the model's time to first token
             // is the longer wait, and the commit only has to finish before that token.
             tokio::task::yield_now().await;
@@ -241,6 +212,51 @@ impl Turns {
                 events,
             });
         }
+    }
+
+    /// Starts the task that relays and stores the reply. It sends the model request at once but
+    /// relays nothing until the returned sender fires, once the user message is committed;
+    /// dropping the sender instead aborts the model request. The task carries the request's
+    /// span, so that its log lines carry the request id.
+    fn spawn_reply(
+        &self,
+        request: &TurnRequest,
+        user_message: &Message,
+        context: Vec<(Role, String)>,
+    ) -> (
+        oneshot::Sender<()>,
+        mpsc::Receiver<Result<TurnEvent, ChatError>>,
+    ) {
+        let (sender, events) = mpsc::channel(EVENT_BUFFER);
+        let (commit_tx, committed) = oneshot::channel();
+        let conversation_id = user_message.conversation_id;
+        let task = ReplyTask {
+            store: self.store.clone(),
+            recent: self.recent.clone(),
+            user: request.user,
+            conversation_id,
+            after: user_message.create_time,
+            model_name: self.model.name().to_owned(),
+            shutdown: self.runtime.shutdown.clone(),
+        };
+        let labels = TurnLabels {
+            request_id: request.request_id.clone(),
+            conversation_id,
+            user: request.user,
+        };
+        let telemetry = TurnTelemetry::start(
+            self.runtime.metrics.clone(),
+            labels,
+            self.model.name(),
+            self.model.provider(),
+            request.received_at,
+        );
+        let model = self.model.stream(build_context(&self.settings, context));
+        let task = task
+            .run(model, committed, sender, telemetry)
+            .instrument(tracing::Span::current());
+        self.runtime.tasks.spawn(task);
+        (commit_tx, events)
     }
 
     /// The conversation's newest messages, oldest first, and, when they came from memory, the

@@ -113,3 +113,168 @@ pub(super) async fn relay(
     };
     relayed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{
+        chat::turn::telemetry::TurnLabels,
+        domain::{ConversationId, UserId},
+        telemetry::metrics::Metrics,
+    };
+
+    fn telemetry() -> TurnTelemetry {
+        let labels = TurnLabels {
+            request_id: "test".to_owned(),
+            conversation_id: ConversationId::generate(),
+            user: UserId::generate(),
+        };
+        TurnTelemetry::start(Metrics::new(), labels, "m", "test", Instant::now())
+    }
+
+    fn delta(text: &str) -> Result<ModelEvent, LlmError> {
+        Ok(ModelEvent::Delta(text.to_owned()))
+    }
+
+    /// A model that sends `events`, then nothing more until it is dropped.
+    fn model(events: Vec<Result<ModelEvent, LlmError>>) -> ModelStream {
+        Box::pin(stream::iter(events).chain(stream::pending()))
+    }
+
+    fn finished(events: Vec<Result<ModelEvent, LlmError>>) -> ModelStream {
+        Box::pin(stream::iter(events))
+    }
+
+    #[tokio::test]
+    async fn deltas_go_out_in_order_and_the_rest_is_kept_for_storing() {
+        let call = ModelToolCall {
+            id: "call_1".into(),
+            name: "lookup".into(),
+            arguments: "{}".into(),
+        };
+        let usage = TokenUsage {
+            input_tokens: 3,
+            output_tokens: 2,
+        };
+        let events = vec![
+            delta("Hel"),
+            delta("lo"),
+            Ok(ModelEvent::ToolCall(call.clone())),
+            Ok(ModelEvent::Usage(usage)),
+            Ok(ModelEvent::Finished {
+                reason: "tool_calls".into(),
+            }),
+        ];
+        let (sender, mut client) = mpsc::channel(16);
+        let relayed = relay(
+            finished(events),
+            &sender,
+            &CancellationToken::new(),
+            &mut telemetry(),
+        )
+        .await;
+        assert!(matches!(relayed.ending, Ending::Finished));
+        assert_eq!(relayed.text, "Hello");
+        assert_eq!(relayed.calls, [call]);
+        assert_eq!(relayed.usage, Some(usage));
+        assert_eq!(relayed.finish_reason.as_deref(), Some("tool_calls"));
+        drop(sender);
+        let mut sent = Vec::new();
+        while let Some(event) = client.recv().await {
+            match event {
+                Ok(TurnEvent::Delta(text)) => sent.push(text),
+                other => panic!("only deltas are relayed, got {other:?}"),
+            }
+        }
+        assert_eq!(sent, ["Hel", "lo"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_went_away_cancels_and_keeps_what_it_was_sent() {
+        let (sender, client) = mpsc::channel(1);
+        drop(client);
+        let relayed = relay(
+            model(vec![delta("never sent")]),
+            &sender,
+            &CancellationToken::new(),
+            &mut telemetry(),
+        )
+        .await;
+        assert!(matches!(relayed.ending, Ending::Cancelled));
+        assert_eq!(relayed.text, "");
+    }
+
+    #[tokio::test]
+    async fn shutdown_interrupts_a_reply_that_is_still_coming() {
+        let (sender, mut client) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let mut telemetry = telemetry();
+        let relaying = relay(
+            model(vec![delta("partial")]),
+            &sender,
+            &shutdown,
+            &mut telemetry,
+        );
+        let (relayed, ()) = tokio::join!(relaying, async {
+            // Cut once the first delta has reached the client.
+            assert!(matches!(client.recv().await, Some(Ok(TurnEvent::Delta(_)))));
+            shutdown.cancel();
+        });
+        assert!(matches!(relayed.ending, Ending::Interrupted));
+        assert_eq!(relayed.text, "partial");
+    }
+
+    #[tokio::test]
+    async fn a_model_failure_ends_the_relay_with_that_failure() {
+        let (sender, _client) = mpsc::channel(16);
+        let events = vec![delta("a"), Err(LlmError::Malformed("bad chunk".into()))];
+        let relayed = relay(
+            finished(events),
+            &sender,
+            &CancellationToken::new(),
+            &mut telemetry(),
+        )
+        .await;
+        assert!(matches!(
+            relayed.ending,
+            Ending::Failed(LlmError::Malformed(_))
+        ));
+        assert_eq!(relayed.text, "a");
+    }
+
+    #[tokio::test]
+    async fn once_committed_the_whole_reply_is_released_in_order() {
+        let (commit, committed) = oneshot::channel();
+        let mut telemetry = telemetry();
+        let holding = after_commit(
+            finished(vec![delta("early"), delta(" bird")]),
+            committed,
+            &mut telemetry,
+        );
+        commit
+            .send(())
+            .unwrap_or_else(|()| panic!("the relay stopped waiting"));
+        let released = holding
+            .await
+            .unwrap_or_else(|| panic!("the commit was lost"));
+        let texts: Vec<String> = released
+            .filter_map(|event| match event {
+                Ok(ModelEvent::Delta(text)) => Some(text),
+                _ => None,
+            })
+            .collect()
+            .await;
+        assert_eq!(texts, ["early", " bird"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_releases_nothing() {
+        let (commit, committed) = oneshot::channel::<()>();
+        drop(commit);
+        let released =
+            after_commit(model(vec![delta("secret")]), committed, &mut telemetry()).await;
+        assert!(released.is_none());
+    }
+}
