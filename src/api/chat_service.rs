@@ -1,4 +1,10 @@
-use std::pin::Pin;
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -12,7 +18,7 @@ use super::{
     request_id,
 };
 use crate::{
-    chat::{TurnEvent, TurnRequest, Turns},
+    chat::{ChatError, TurnEvent, TurnRequest, Turns},
     domain::ConversationId,
 };
 
@@ -81,12 +87,24 @@ impl ChatService for ChatApi {
             conversation_id: started.conversation_id.to_string(),
             user_message: Some(convert::message(started.user_message)),
         }));
-        let reply = ReceiverStream::new(started.events).map(|item| {
+        // A reply ends with `completed` or an error. One that ends without either was cut off
+        // because the client stopped reading (it could not be told then): it is told last.
+        let ended = Arc::new(AtomicBool::new(false));
+        let seen = ended.clone();
+        let reply = ReceiverStream::new(started.events).map(move |item| {
+            if matches!(item, Ok(TurnEvent::Completed(_)) | Err(_)) {
+                seen.store(true, Ordering::Relaxed);
+            }
             item.map(encode)
                 .map_err(|error| Status::from(ApiError::from(error)))
         });
+        let cut_off = futures_util::stream::once(async move {
+            (!ended.load(Ordering::Relaxed))
+                .then(|| Err(Status::from(ApiError::from(ChatError::NotRead))))
+        })
+        .filter_map(|status| status);
         Ok(Response::new(Box::pin(
-            tokio_stream::once(Ok(accepted)).chain(reply),
+            tokio_stream::once(Ok(accepted)).chain(reply).chain(cut_off),
         )))
     }
 }

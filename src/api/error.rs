@@ -45,6 +45,10 @@ impl From<ApiError> for Status {
             ApiError::Chat(ChatError::ShuttingDown) => Status::unavailable(
                 "the server is shutting down; the reply so far was saved as cancelled, retry on another replica",
             ),
+            ApiError::Chat(ChatError::NotRead) => Status::deadline_exceeded(
+                "the reply was cut off because the client read none of it for the stall timeout \
+                 (CHAT_STREAM_STALL_TIMEOUT); what was sent before is saved as cancelled",
+            ),
             ApiError::Chat(ChatError::Internal(reason)) => {
                 tracing::error!(error = %reason, "internal error");
                 Status::internal("internal error; the details are in the service's log")

@@ -33,6 +33,9 @@ pub enum ChatError {
     /// The server is shutting down; what was generated so far is stored.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The client read nothing of its reply for too long; what it was sent is stored.
+    #[error("the reply was not read")]
+    NotRead,
     /// A bug or corrupted state. The text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),

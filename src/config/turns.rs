@@ -1,4 +1,7 @@
-//! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS
+//! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS,
+//! CHAT_STREAM_STALL_TIMEOUT
+
+use std::time::Duration;
 
 use clap::Args;
 
@@ -37,12 +40,23 @@ pub struct TurnArgs {
         global = true
     )]
     pub max_message_chars: usize,
+
+    /// A client that takes no part of its reply for this long is cut off; its partial reply is
+    /// stored as cancelled.
+    #[arg(long, env = "CHAT_STREAM_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub stream_stall_timeout: Duration,
 }
 
 impl TurnArgs {
     pub fn into_settings(self) -> Result<TurnSettings, ConfigError> {
         if self.history_messages == 0 {
             return Err(invalid("CHAT_HISTORY_MESSAGES", "must be at least 1"));
+        }
+        if self.stream_stall_timeout.is_zero() {
+            return Err(invalid(
+                "CHAT_STREAM_STALL_TIMEOUT",
+                "must be longer than zero",
+            ));
         }
         if self.max_message_chars == 0 {
             return Err(invalid("CHAT_MAX_MESSAGE_CHARS", "must be at least 1"));
@@ -52,6 +66,7 @@ impl TurnArgs {
             history_messages: self.history_messages,
             history_chars: self.history_max_chars,
             system_prompt: self.system_prompt.filter(|p| !p.trim().is_empty()),
+            stream_stall_timeout: self.stream_stall_timeout,
         })
     }
 }

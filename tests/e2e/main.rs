@@ -8,6 +8,7 @@ use chat_service_test_support as support;
 mod auth;
 mod conversations;
 mod isolation;
+mod limits;
 mod operability;
 mod schema;
 mod send_message;

@@ -43,6 +43,7 @@ mod tests {
             history_messages: messages,
             history_chars: chars,
             system_prompt: prompt.map(str::to_owned),
+            stream_stall_timeout: std::time::Duration::from_secs(30),
         }
     }
 

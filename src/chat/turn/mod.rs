@@ -12,7 +12,10 @@ mod relay;
 mod reply;
 mod telemetry;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -45,6 +48,9 @@ pub struct TurnSettings {
     pub history_chars: usize,
     /// Sent first, when set.
     pub system_prompt: Option<String>,
+    /// A client that takes no event for this long is cut off: its partial reply is stored as
+    /// cancelled and the upstream request closed.
+    pub stream_stall_timeout: Duration,
 }
 
 /// A request to hold one turn.
@@ -238,6 +244,7 @@ impl Turns {
             after: user_message.create_time,
             model_name: self.model.name().to_owned(),
             shutdown: self.runtime.shutdown.clone(),
+            stall_timeout: self.settings.stream_stall_timeout,
         };
         let labels = TurnLabels {
             request_id: request.request_id.clone(),

@@ -1,9 +1,11 @@
 //! What becomes of a reply once the model's stream has ended: stored as complete or cancelled,
 //! or reported as the model's failure.
 
+use tokio::sync::mpsc::error::TrySendError;
+
 use super::{
     Completion, TurnEvent, recent_message,
-    relay::{Ending, EventSender, Relayed},
+    relay::{Delivery, Ending, EventSender, Relayed, deliver},
     reply::ReplyTask,
 };
 use crate::{
@@ -23,22 +25,21 @@ impl ReplyTask {
         let (result, label) = match relayed.ending {
             Ending::Failed(error) => {
                 let label = error.kind();
-                let _ = sender.send(Err(ChatError::from(error))).await;
+                self.tell(sender, Err(ChatError::from(error))).await;
                 return label;
             }
-            Ending::Cancelled | Ending::Interrupted => {
-                let interrupted = matches!(relayed.ending, Ending::Interrupted);
+            Ending::Cancelled | Ending::Interrupted | Ending::Stalled => {
+                let label = match relayed.ending {
+                    Ending::Interrupted => "interrupted",
+                    Ending::Stalled => "stalled",
+                    _ => "cancelled",
+                };
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
                 let stored = self.store_reply(&reply).await.map(|_| ());
-                if interrupted && stored.is_ok() {
-                    let _ = sender.send(Err(ChatError::ShuttingDown)).await;
+                if label == "interrupted" && stored.is_ok() {
+                    self.tell(sender, Err(ChatError::ShuttingDown)).await;
                 }
-                let label = if interrupted {
-                    "interrupted"
-                } else {
-                    "cancelled"
-                };
                 (stored, label)
             }
             Ending::Finished => (self.finish(relayed, sender).await, "completed"),
@@ -47,9 +48,22 @@ impl ReplyTask {
             Ok(()) => label,
             Err(error) => {
                 tracing::error!(error = %error, "storing the reply failed");
-                let _ = sender.send(Err(ChatError::from(error))).await;
+                self.tell(sender, Err(ChatError::from(error))).await;
                 "storage_failed"
             }
+        }
+    }
+
+    /// Tells the client, unless it has stopped reading: then it learns at the end of its stream
+    /// that the reply was cut off. Past the shutdown grace period nothing waits for a client.
+    async fn tell(&self, sender: &EventSender, event: Result<TurnEvent, ChatError>) -> Delivery {
+        if !self.shutdown.is_cancelled() {
+            return deliver(sender, event, self.stall_timeout).await;
+        }
+        match sender.try_send(event) {
+            Ok(()) => Delivery::Delivered,
+            Err(TrySendError::Full(_)) => Delivery::Stalled,
+            Err(TrySendError::Closed(_)) => Delivery::Gone,
         }
     }
 
@@ -58,16 +72,14 @@ impl ReplyTask {
         let calls = relayed.calls.into_iter().map(tool_call).collect();
         let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
         for call in &reply.tool_calls {
-            if sender
-                .send(Ok(TurnEvent::ToolCall(call.clone())))
-                .await
-                .is_err()
-            {
+            let event = Ok(TurnEvent::ToolCall(call.clone()));
+            if !matches!(self.tell(sender, event).await, Delivery::Delivered) {
                 break;
             }
         }
         if self.store_reply(&reply).await?.is_none() {
-            let _ = sender.send(Err(ChatError::NotFound("conversation"))).await;
+            self.tell(sender, Err(ChatError::NotFound("conversation")))
+                .await;
             return Ok(());
         }
         let completion = Completion {
@@ -76,7 +88,8 @@ impl ReplyTask {
             model: self.model_name.clone(),
             usage: relayed.usage,
         };
-        let _ = sender.send(Ok(TurnEvent::Completed(completion))).await;
+        self.tell(sender, Ok(TurnEvent::Completed(completion)))
+            .await;
         Ok(())
     }
 

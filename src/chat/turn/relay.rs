@@ -1,5 +1,7 @@
 //! Relaying the model's reply to the client as it is generated.
 
+use std::time::Duration;
+
 use futures_util::stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -21,7 +23,33 @@ pub(super) enum Ending {
     Cancelled,
     /// The server's shutdown grace period ran out.
     Interrupted,
+    /// The client took nothing for the stall timeout: it is not reading.
+    Stalled,
     Failed(LlmError),
+}
+
+/// Whether an event reached the client's stream.
+pub(super) enum Delivery {
+    Delivered,
+    /// The client cancelled or went away.
+    Gone,
+    /// There was no room for the stall timeout.
+    Stalled,
+}
+
+/// Hands `event` to the client's stream, waiting at most `stall_timeout` for room: a client that
+/// takes nothing for that long is not reading, and must not hold the turn (and its upstream
+/// request) open.
+pub(super) async fn deliver(
+    sender: &EventSender,
+    event: Result<TurnEvent, ChatError>,
+    stall_timeout: Duration,
+) -> Delivery {
+    match tokio::time::timeout(stall_timeout, sender.send(event)).await {
+        Ok(Ok(())) => Delivery::Delivered,
+        Ok(Err(_)) => Delivery::Gone,
+        Err(_) => Delivery::Stalled,
+    }
 }
 
 /// What the model sent that the turn keeps, and how it ended.
@@ -73,12 +101,14 @@ pub(super) async fn after_commit(
 }
 
 /// Sends each delta to the client as it arrives, until the model finishes or fails, the client
-/// goes away, or shutdown cuts the turn short. Dropping the model's stream on return closes the
-/// upstream request if it is still open.
+/// goes away or stops reading, or shutdown cuts the turn short. Every wait is raced against
+/// shutdown. Dropping the model's stream on return closes the upstream request if it is still
+/// open.
 pub(super) async fn relay(
     mut model: ModelStream,
     sender: &EventSender,
     shutdown: &CancellationToken,
+    stall_timeout: Duration,
     telemetry: &mut TurnTelemetry,
 ) -> Relayed {
     let mut relayed = Relayed {
@@ -101,10 +131,22 @@ pub(super) async fn relay(
             Some(Err(error)) => break Ending::Failed(error),
             Some(Ok(ModelEvent::Delta(delta))) => {
                 telemetry.text_relayed();
+                // The text keeps exactly what reached the client's stream.
+                let sent_before = relayed.text.len();
                 relayed.text.push_str(&delta);
-                if sender.send(Ok(TurnEvent::Delta(delta))).await.is_err() {
-                    break Ending::Cancelled;
-                }
+                let delivery = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => None,
+                    delivery = deliver(sender, Ok(TurnEvent::Delta(delta)), stall_timeout) => Some(delivery),
+                };
+                let ending = match delivery {
+                    Some(Delivery::Delivered) => continue,
+                    Some(Delivery::Gone) => Ending::Cancelled,
+                    Some(Delivery::Stalled) => Ending::Stalled,
+                    None => Ending::Interrupted,
+                };
+                relayed.text.truncate(sent_before);
+                break ending;
             }
             Some(Ok(ModelEvent::ToolCall(call))) => relayed.calls.push(call),
             Some(Ok(ModelEvent::Usage(usage))) => relayed.usage = Some(usage),
@@ -124,6 +166,8 @@ mod tests {
         domain::{ConversationId, UserId},
         telemetry::metrics::Metrics,
     };
+
+    const STALL: Duration = Duration::from_secs(30);
 
     fn telemetry() -> TurnTelemetry {
         let labels = TurnLabels {
@@ -172,6 +216,7 @@ mod tests {
             finished(events),
             &sender,
             &CancellationToken::new(),
+            STALL,
             &mut telemetry(),
         )
         .await;
@@ -199,6 +244,7 @@ mod tests {
             model(vec![delta("never sent")]),
             &sender,
             &CancellationToken::new(),
+            STALL,
             &mut telemetry(),
         )
         .await;
@@ -215,6 +261,7 @@ mod tests {
             model(vec![delta("partial")]),
             &sender,
             &shutdown,
+            STALL,
             &mut telemetry,
         );
         let (relayed, ()) = tokio::join!(relaying, async {
@@ -226,6 +273,22 @@ mod tests {
         assert_eq!(relayed.text, "partial");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_and_keeps_only_what_it_was_sent() {
+        let (sender, _reader_that_never_reads) = mpsc::channel(2);
+        let deltas = (0..10).map(|i| delta(&i.to_string())).collect();
+        let relayed = relay(
+            model(deltas),
+            &sender,
+            &CancellationToken::new(),
+            STALL,
+            &mut telemetry(),
+        )
+        .await;
+        assert!(matches!(relayed.ending, Ending::Stalled));
+        assert_eq!(relayed.text, "01", "only two deltas fit the channel");
+    }
+
     #[tokio::test]
     async fn a_model_failure_ends_the_relay_with_that_failure() {
         let (sender, _client) = mpsc::channel(16);
@@ -234,6 +297,7 @@ mod tests {
             finished(events),
             &sender,
             &CancellationToken::new(),
+            STALL,
             &mut telemetry(),
         )
         .await;

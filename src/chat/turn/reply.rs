@@ -1,6 +1,6 @@
 //! The task that carries one reply from the model to the client and into the database.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ pub(super) struct ReplyTask {
     pub model_name: String,
     /// Cancelled when the shutdown grace period is over.
     pub shutdown: CancellationToken,
+    /// How long the client may take nothing before it is cut off.
+    pub stall_timeout: Duration,
 }
 
 impl ReplyTask {
@@ -41,7 +43,14 @@ impl ReplyTask {
         let Some(model) = relay::after_commit(model, committed, &mut telemetry).await else {
             return;
         };
-        let relayed = relay::relay(model, &sender, &self.shutdown, &mut telemetry).await;
+        let relayed = relay::relay(
+            model,
+            &sender,
+            &self.shutdown,
+            self.stall_timeout,
+            &mut telemetry,
+        )
+        .await;
         telemetry.model_ended(&relayed);
         let usage = relayed.usage;
         let outcome = self.settle(relayed, &sender).await;
