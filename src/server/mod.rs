@@ -80,7 +80,7 @@ pub enum StartupError {
     Model(#[from] LlmError),
     #[error("invalid setting CHAT_CORS_ALLOWED_ORIGINS: {0}")]
     Cors(String),
-    #[error("cannot build the reflection service: {0}")]
+    #[error("cannot read the services' descriptors: {0}")]
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -197,6 +197,14 @@ impl Application {
             metrics_stop.clone(),
         ));
 
+        let known = rpc::KnownMethods::from_descriptor_sets(&[
+            proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])
+        .map(Arc::new)
+        .map_err(|e| StartupError::Reflection(e.to_string()))?;
         let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
@@ -254,7 +262,7 @@ impl Application {
             .accept_http1(true)
             .layer(cors(&config.server.cors)?)
             .layer(GrpcWebLayer::new())
-            .layer(rpc::RpcLayer::new(metrics))
+            .layer(rpc::RpcLayer::new(metrics, known))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -2,6 +2,7 @@
 //! streams, the call ends when the response body does, so duration and status cover the stream.
 
 use std::{
+    collections::HashSet,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -20,14 +21,57 @@ use crate::{api::REQUEST_ID, telemetry::metrics::Metrics};
 /// Accepted from clients that name the correlation id this way.
 const CORRELATION_ID: &str = "x-correlation-id";
 
+/// What metrics, spans and logs call a request to a path this server does not serve: made-up
+/// paths must not each become a label kept for ever, nor fill log lines.
+const UNKNOWN_METHOD: &str = "unknown";
+/// How much of an unknown path a span keeps.
+const MAX_LOGGED_PATH: usize = 64;
+
+/// The methods this server serves, as request paths (`/package.Service/Method`).
+#[derive(Debug, Default)]
+pub struct KnownMethods(HashSet<String>);
+
+impl KnownMethods {
+    /// Every method of every service in these encoded `FileDescriptorSet`s.
+    pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let mut paths = HashSet::new();
+        for set in sets {
+            let set = <prost_types::FileDescriptorSet as prost::Message>::decode(*set)?;
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        Ok(Self(paths))
+    }
+
+    fn contains(&self, path: &str) -> bool {
+        self.0.contains(path)
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[derive(Clone)]
 pub struct RpcLayer {
     metrics: Arc<Metrics>,
+    known: Arc<KnownMethods>,
 }
 
 impl RpcLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, known: Arc<KnownMethods>) -> Self {
+        Self { metrics, known }
     }
 }
 
@@ -38,6 +82,7 @@ impl<S> Layer<S> for RpcLayer {
         RpcService {
             inner,
             metrics: self.metrics.clone(),
+            known: self.known.clone(),
         }
     }
 }
@@ -46,6 +91,7 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    known: Arc<KnownMethods>,
 }
 
 /// The client's correlation id if it sent a usable one, else a new UUID.
@@ -85,11 +131,23 @@ where
         let id = request_id(request.headers());
         // Handlers read the id from the metadata; from here on it is always there.
         request.headers_mut().insert(REQUEST_ID, id.clone());
-        let path = request.uri().path().to_owned();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((&path, ""));
+        let uri_path = request.uri().path();
+        let (path, service, method, unknown_path) = if self.known.contains(uri_path) {
+            let (service, method) = uri_path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or((uri_path, ""));
+            (
+                uri_path.to_owned(),
+                service.to_owned(),
+                method.to_owned(),
+                None,
+            )
+        } else {
+            let unknown = UNKNOWN_METHOD.to_owned();
+            let cut = truncated(uri_path, MAX_LOGGED_PATH).to_owned();
+            (unknown.clone(), unknown.clone(), unknown, Some(cut))
+        };
         let span = tracing::info_span!(
             "rpc",
             otel.name = %path.trim_start_matches('/'),
@@ -97,6 +155,7 @@ where
             rpc.system = "grpc",
             rpc.service = %service,
             rpc.method = %method,
+            url.path = unknown_path.as_deref(),
             request_id = %id.to_str().unwrap_or_default(),
             rpc.grpc.status_code = field::Empty,
             otel.status_code = field::Empty,
@@ -107,6 +166,7 @@ where
         let observer = Observer {
             span: span.clone(),
             quiet: service == "grpc.health.v1.Health",
+            // Counted under one label: a made-up path must not become a metric of its own.
             path,
             started: Instant::now(),
             metrics: self.metrics.clone(),

@@ -143,3 +143,39 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
         "the partial reply is kept"
     );
 }
+
+/// Calls `path` with an empty message and no credentials, as a scanner would.
+async fn call_path(channel: Channel, path: &str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap_or_else(|e| panic!("{e}"));
+    let path = http::uri::PathAndQuery::try_from(path).unwrap_or_else(|e| panic!("{e}"));
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc.unary(tonic::Request::new(()), path, codec).await {
+        Ok(_) => panic!("a made-up method answered"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn made_up_methods_are_counted_under_one_label() {
+    let app = TestApp::spawn().await;
+    let before = app.scrape_metrics().await;
+    for i in 0..50 {
+        let path = format!("/made.up.Service{i}/{}", "Method".repeat(300));
+        let status = call_path(app.channel(), &path).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    }
+    let after = app.scrape_metrics().await;
+    assert!(
+        after.contains(r#"chat_rpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 50"#),
+        "{after}"
+    );
+    assert!(!after.contains("made.up"), "a made-up path became a label");
+    // Fifty paths cost two series (a counter and a histogram), not fifty.
+    assert!(
+        after.len() < before.len() + 4_000,
+        "the metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+}
