@@ -183,6 +183,10 @@ impl Server {
             .env("CHAT_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("CHAT_DB_ACQUIRE_TIMEOUT", "30s")
+            // The reads scenario is one user asking as fast as it can: far beyond the per-user
+            // rate a real client is allowed, on purpose.
+            .env("CHAT_USER_REQUESTS_PER_SECOND", "1000000")
+            .env("CHAT_USER_REQUEST_BURST", "1000000")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {

@@ -45,6 +45,17 @@ impl From<ApiError> for Status {
             ApiError::Chat(ChatError::ShuttingDown) => Status::unavailable(
                 "the server is shutting down; the reply so far was saved as cancelled, retry on another replica",
             ),
+            ApiError::Chat(ChatError::LimitReached { limit, retry_after }) => {
+                let mut details =
+                    ErrorDetails::with_quota_failure_violation(limit.label(), limit.description());
+                details.set_retry_info(Some(retry_after));
+                let message = format!(
+                    "{}; retry in {} ms",
+                    limit.description(),
+                    retry_after.as_millis().max(1)
+                );
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             ApiError::Chat(ChatError::NotRead) => Status::deadline_exceeded(
                 "the reply was cut off because the client read none of it for the stall timeout \
                  (CHAT_STREAM_STALL_TIMEOUT); what was sent before is saved as cancelled",

@@ -14,7 +14,12 @@ pub use chat_service::ChatApi;
 pub use conversation_service::ConversationApi;
 pub use error::ApiError;
 
-use crate::{chat::Identities, domain::UserId};
+use std::sync::Arc;
+
+use crate::{
+    chat::{Admission, Identities},
+    domain::UserId,
+};
 
 /// The metadata key of the correlation id, in requests and responses.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -29,23 +34,32 @@ pub fn request_id<T>(request: &Request<T>) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-/// Turns a request's credentials into the user it acts for.
+/// Turns a request's credentials into the user it acts for, and counts the request against
+/// that user's rate.
 #[derive(Clone)]
 pub struct Caller {
     authenticator: Authenticator,
     identities: Identities,
+    admission: Arc<Admission>,
 }
 
 impl Caller {
-    pub fn new(authenticator: Authenticator, identities: Identities) -> Self {
+    pub fn new(
+        authenticator: Authenticator,
+        identities: Identities,
+        admission: Arc<Admission>,
+    ) -> Self {
         Self {
             authenticator,
             identities,
+            admission,
         }
     }
 
     pub async fn user<T>(&self, request: &Request<T>) -> Result<UserId, ApiError> {
         let subject = self.authenticator.authenticate(request.metadata())?;
-        Ok(self.identities.user_for(&subject).await?)
+        let user = self.identities.user_for(&subject).await?;
+        self.admission.admit_request(user)?;
+        Ok(user)
     }
 }

@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use super::admission::Limit;
 use crate::{llm::LlmError, store::StoreError};
 
 /// One invalid field of a request, named as the client spelled it.
@@ -33,6 +36,9 @@ pub enum ChatError {
     /// The server is shutting down; what was generated so far is stored.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A limit on what a user or this replica may do at once; nothing was done.
+    #[error("limit reached: {}", .limit.label())]
+    LimitReached { limit: Limit, retry_after: Duration },
     /// The client read nothing of its reply for too long; what it was sent is stored.
     #[error("the reply was not read")]
     NotRead,

@@ -1,11 +1,13 @@
 //! Use cases, written in domain terms only: no protobuf, no tonic.
 
+mod admission;
 mod conversations;
 mod error;
 mod identities;
 mod recent;
 mod turn;
 
+pub use admission::{Admission, Limit, LimitSettings, StreamPermit};
 pub use conversations::{Conversations, Page, PageRequest};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;

@@ -5,6 +5,7 @@
 
 mod auth;
 mod database;
+mod limits;
 mod model;
 mod server;
 mod telemetry;
@@ -16,8 +17,8 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 pub use self::{
-    auth::AuthArgs, database::DatabaseArgs, model::ModelArgs, server::ServerArgs,
-    telemetry::TelemetryArgs, turns::TurnArgs,
+    auth::AuthArgs, database::DatabaseArgs, limits::LimitArgs, model::ModelArgs,
+    server::ServerArgs, telemetry::TelemetryArgs, turns::TurnArgs,
 };
 use crate::server::Config;
 
@@ -51,6 +52,8 @@ pub struct Settings {
     #[command(flatten)]
     pub turns: TurnArgs,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
@@ -81,6 +84,7 @@ impl Settings {
             auth: self.auth.into_settings(env)?,
             model: self.model.into_settings(env)?,
             turns: self.turns.into_settings()?,
+            limits: self.limits.into_settings()?,
             log,
             otel,
         })

@@ -1,6 +1,7 @@
 //! CHAT_LLM_BASE_URL (or OPENAI_BASE_URL), CHAT_LLM_API_KEY (or OPENAI_API_KEY), CHAT_LLM_MODEL,
 //! CHAT_LLM_CONNECT_TIMEOUT, CHAT_LLM_FIRST_TOKEN_TIMEOUT, CHAT_LLM_IDLE_TIMEOUT,
-//! CHAT_LLM_TOTAL_TIMEOUT, CHAT_LLM_MAX_RETRIES, CHAT_LLM_RETRY_BASE_DELAY, CHAT_DEV_MODEL_DELAY
+//! CHAT_LLM_TOTAL_TIMEOUT, CHAT_LLM_MAX_RETRIES, CHAT_LLM_RETRY_BASE_DELAY,
+//! CHAT_LLM_MAX_OUTPUT_TOKENS, CHAT_DEV_MODEL_DELAY
 
 use std::time::Duration;
 
@@ -64,6 +65,16 @@ pub struct ModelArgs {
     #[arg(long, env = "CHAT_LLM_RETRY_BASE_DELAY", default_value = "250ms", value_parser = humantime::parse_duration, global = true)]
     pub llm_retry_base_delay: Duration,
 
+    /// The longest reply the model may write, in tokens; sent as `max_completion_tokens`. Set it
+    /// to the model's real ceiling.
+    #[arg(
+        long,
+        env = "CHAT_LLM_MAX_OUTPUT_TOKENS",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub llm_max_output_tokens: u32,
+
     /// Pause before each word of the development model's reply.
     #[arg(long, env = "CHAT_DEV_MODEL_DELAY", default_value = "40ms", value_parser = humantime::parse_duration, global = true)]
     pub dev_model_delay: Duration,
@@ -88,6 +99,9 @@ impl ModelArgs {
                 "must start with http:// or https://",
             ));
         }
+        if self.llm_max_output_tokens == 0 {
+            return Err(invalid("CHAT_LLM_MAX_OUTPUT_TOKENS", "must be at least 1"));
+        }
         let model = non_empty(self.llm_model).ok_or_else(|| {
             invalid(
                 "CHAT_LLM_MODEL",
@@ -101,6 +115,7 @@ impl ModelArgs {
                 .or(self.openai_api_key)
                 .filter(|key| !key.expose_secret().is_empty()),
             model,
+            max_output_tokens: self.llm_max_output_tokens,
             connect_timeout: self.llm_connect_timeout,
             first_token_timeout: self.llm_first_token_timeout,
             idle_timeout: self.llm_idle_timeout,

@@ -23,6 +23,8 @@ pub struct OpenAiSettings {
     pub base_url: String,
     pub api_key: Option<SecretString>,
     pub model: String,
+    /// The longest reply the model may write, in tokens (`max_completion_tokens`).
+    pub max_output_tokens: u32,
     pub connect_timeout: Duration,
     /// From sending a request to the first chunk of the reply.
     pub first_token_timeout: Duration,
@@ -98,6 +100,7 @@ impl ChatModel for OpenAiModel {
 struct RequestBody<'a> {
     model: &'a str,
     messages: Vec<WireMessage<'a>>,
+    max_completion_tokens: u32,
     stream: bool,
     stream_options: StreamOptions,
 }
@@ -198,6 +201,7 @@ impl CompletionStream {
                     content: &m.content,
                 })
                 .collect(),
+            max_completion_tokens: inner.settings.max_output_tokens,
             stream: true,
             stream_options: StreamOptions {
                 include_usage: true,
@@ -460,6 +464,7 @@ mod tests {
             base_url: "http://localhost".to_owned(),
             api_key: None,
             model: "m".to_owned(),
+            max_output_tokens: 100,
             connect_timeout: Duration::from_secs(1),
             first_token_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),

@@ -23,7 +23,10 @@ use crate::{
             conversation_service_server::ConversationServiceServer,
         },
     },
-    chat::{Conversations, Identities, RecentContexts, TurnRuntime, TurnSettings, Turns},
+    chat::{
+        Admission, Conversations, Identities, LimitSettings, RecentContexts, TurnRuntime,
+        TurnSettings, Turns,
+    },
     llm::{self, ChatModel, LlmError, ModelSettings},
     store::{ConnectError, DatabaseSettings, Store},
     telemetry::{LogSettings, OtelSettings, metrics::Metrics},
@@ -37,6 +40,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub model: ModelSettings,
     pub turns: TurnSettings,
+    pub limits: LimitSettings,
     pub log: LogSettings,
     /// Where traces go; `None` exports none.
     pub otel: Option<OtelSettings>,
@@ -174,10 +178,12 @@ impl Application {
         let grace = config.server.shutdown_grace;
         let metrics = Metrics::new();
         let stopping = CancellationToken::new();
+        let admission = Admission::new(config.limits, metrics.clone());
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            admission: admission.clone(),
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -212,7 +218,7 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
-        let caller = Caller::new(authenticator, Identities::new(store.clone()));
+        let caller = Caller::new(authenticator, Identities::new(store.clone()), admission);
         let recent = Arc::new(RecentContexts::new(config.turns.history_messages));
         let turns = Turns::new(
             store.clone(),

@@ -30,6 +30,11 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -54,6 +59,7 @@ pub struct Metrics {
     tokens: Family<DirectionLabels, Counter>,
     model_errors: Family<KindLabels, Counter>,
     history_sources: Family<SourceLabels, Counter>,
+    refusals: Family<LimitLabels, Counter>,
     db_connections: Family<StateLabels, Gauge>,
 }
 
@@ -131,6 +137,12 @@ impl Metrics {
             "Turns in existing conversations, by where their history came from (memory, stale_memory, database)",
             history_sources.clone(),
         );
+        let refusals = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_refusals",
+            "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams)",
+            refusals.clone(),
+        );
         let db_connections = Family::<StateLabels, Gauge>::default();
         registry.register(
             "db_pool_connections",
@@ -147,6 +159,7 @@ impl Metrics {
             tokens,
             model_errors,
             history_sources,
+            refusals,
             db_connections,
         })
     }
@@ -187,6 +200,10 @@ impl Metrics {
                 source: source.label(),
             })
             .inc();
+    }
+
+    pub fn record_refusal(&self, limit: &'static str) {
+        self.refusals.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// Counts a stream as active until the returned guard is dropped.

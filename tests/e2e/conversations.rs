@@ -6,7 +6,10 @@ use chat_service::api::proto::{
 };
 use tonic::Code;
 
-use super::{assert_bad_field, support::TestApp};
+use super::{
+    assert_bad_field,
+    support::{TestApp, app::without_user_limits},
+};
 
 async fn list_page(
     app: &TestApp,
@@ -133,7 +136,7 @@ async fn conversations_are_listed_most_recently_updated_first() {
 
 #[tokio::test]
 async fn paging_45_conversations_by_20_gives_20_20_5_without_duplicates_or_gaps() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(without_user_limits).await;
     let mut created = Vec::new();
     for i in 0..45 {
         created.push(

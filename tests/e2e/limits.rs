@@ -179,3 +179,146 @@ async fn made_up_methods_are_counted_under_one_label() {
         after.len()
     );
 }
+
+/// Asserts a RESOURCE_EXHAUSTED that names `limit` in its QuotaFailure and says when to retry.
+#[track_caller]
+fn assert_limit(status: &Status, limit: &str) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let violations = status
+        .get_details_quota_failure()
+        .map(|q| q.violations)
+        .unwrap_or_default();
+    assert!(
+        violations.iter().any(|v| v.subject == limit),
+        "no violation of {limit}: {violations:?}"
+    );
+    let retry = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or_else(|| panic!("no RetryInfo in {status:?}"));
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+}
+
+fn message(conversation_id: &str, content: &str) -> SendMessageRequest {
+    SendMessageRequest {
+        conversation_id: conversation_id.to_owned(),
+        content: content.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_user_cannot_hold_more_streams_than_allowed_and_nothing_is_written() {
+    let fake = FakeLlm::start().await;
+    // Replies that never end, so that the streams stay open.
+    fake.script((0..3).map(|_| Script::Stall { deltas: vec![] }));
+    let app = TestApp::with_fake_llm(&fake, |config| config.limits.streams_per_user = 2).await;
+    let _first = app.open_stream("alice", "", "one").await;
+    let _second = app.open_stream("alice", "", "two").await;
+    let messages_before = app.db.count("SELECT count(*) AS n FROM messages").await;
+
+    let refused = app
+        .chat()
+        .send_message(app.request("alice", message("", "three")))
+        .await
+        .expect_err("a third stream was accepted");
+    assert_limit(&refused, "user_streams");
+    assert_eq!(
+        app.db.count("SELECT count(*) AS n FROM messages").await,
+        messages_before,
+        "a refused message is not stored"
+    );
+    assert_eq!(fake.received().len(), 2, "no model request for it");
+
+    // Another user is not affected.
+    let _bobs = app.open_stream("bob", "", "hello").await;
+    let metrics = app.scrape_metrics().await;
+    assert!(
+        metrics.contains(r#"chat_limit_refusals_total{limit="user_streams"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_stream_makes_room_for_the_next() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |config| config.limits.streams_per_user = 1).await;
+    for i in 0..3 {
+        let mut stream = app.open_stream("alice", "", &format!("turn {i}")).await;
+        while let Some(_event) = stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {}
+    }
+}
+
+#[tokio::test]
+async fn a_replica_streams_no_more_replies_than_allowed() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Stall { deltas: vec![] }]);
+    let app = TestApp::with_fake_llm(&fake, |config| config.limits.streams_per_replica = 1).await;
+    let _alices = app.open_stream("alice", "", "one").await;
+    let refused = app
+        .chat()
+        .send_message(app.request("bob", message("", "two")))
+        .await
+        .expect_err("a second stream was accepted");
+    assert_limit(&refused, "replica_streams");
+}
+
+#[tokio::test]
+async fn requests_beyond_a_users_rate_are_refused_and_change_nothing() {
+    use chat_service::api::proto::{CreateConversationRequest, ListConversationsRequest};
+    let app = TestApp::spawn_with(|config| {
+        config.limits.user_requests_per_second = std::num::NonZeroU32::MIN;
+        config.limits.user_request_burst = std::num::NonZeroU32::new(3).unwrap();
+    })
+    .await;
+    let list = || ListConversationsRequest {
+        page_size: 10,
+        page_token: String::new(),
+    };
+    for _ in 0..3 {
+        let listed = app
+            .conversations()
+            .list_conversations(app.request("alice", list()))
+            .await;
+        assert!(listed.is_ok(), "{listed:?}");
+    }
+    let create = CreateConversationRequest {
+        title: "one too many".into(),
+    };
+    let refused = app
+        .conversations()
+        .create_conversation(app.request("alice", create))
+        .await
+        .expect_err("a request beyond the burst was served");
+    assert_limit(&refused, "user_request_rate");
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM conversations")
+            .await,
+        0
+    );
+    let bobs = app
+        .conversations()
+        .list_conversations(app.request("bob", list()))
+        .await;
+    assert!(bobs.is_ok(), "bob has a rate of his own: {bobs:?}");
+}
+
+#[tokio::test]
+async fn the_model_is_asked_for_at_most_the_configured_output() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        if let chat_service::llm::ModelSettings::OpenAi(settings) = &mut config.model {
+            settings.max_output_tokens = 77;
+        }
+    })
+    .await;
+    let mut stream = app.open_stream("alice", "", "be brief").await;
+    while let Some(_event) = stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {}
+    let received = fake.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body["max_completion_tokens"], 77);
+}

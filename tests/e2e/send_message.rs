@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use super::{
     assert_bad_field,
-    support::{FakeLlm, Script, TestApp},
+    support::{FakeLlm, Script, TestApp, app::without_user_limits},
 };
 
 /// What a client saw of one SendMessage call.
@@ -191,6 +191,7 @@ async fn a_first_message_starts_a_conversation_and_streams_the_stored_reply() {
     assert_eq!(request.body["model"], "fake-model");
     assert_eq!(request.body["stream"], true);
     assert_eq!(request.body["stream_options"]["include_usage"], true);
+    assert_eq!(request.body["max_completion_tokens"], 512);
     assert_eq!(
         request.authorization.as_deref(),
         Some("Bearer test-api-key")
@@ -611,7 +612,7 @@ async fn streamed_tool_call_fragments_become_whole_calls() {
 #[tokio::test]
 async fn twenty_concurrent_turns_on_one_conversation_are_all_stored_in_a_stable_order() {
     let fake = FakeLlm::start().await;
-    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let app = TestApp::with_fake_llm(&fake, without_user_limits).await;
     let conversation = send_ok(&app, "alice", "", "Let us begin")
         .await
         .conversation_id();

@@ -26,7 +26,7 @@ use self::{
     reply::ReplyTask,
     telemetry::{TurnLabels, TurnTelemetry},
 };
-use super::{ChatError, recent::RecentContexts};
+use super::{Admission, ChatError, StreamPermit, recent::RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus,
@@ -131,6 +131,8 @@ pub struct TurnRuntime {
     pub shutdown: CancellationToken,
     /// Tracks running reply tasks, so that shutdown can wait until their replies are stored.
     pub tasks: TaskTracker,
+    /// Admits each reply stream against the user's and the replica's limits.
+    pub admission: Arc<Admission>,
 }
 
 #[derive(Clone)]
@@ -163,6 +165,8 @@ impl Turns {
         let text = std::mem::take(&mut request.content);
         let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
+        // Held by the reply task until the reply ends; a turn that starts again keeps it.
+        let permit = Arc::new(self.runtime.admission.open_stream(request.user)?);
         let time = now();
         let title = Title::from_first_message(content.as_str());
         let target = match request.conversation {
@@ -186,7 +190,8 @@ impl Turns {
             let (history, expected) = self.history(request.user, &target, from_memory).await?;
             let mut context = history;
             context.push((Role::User, user_message.content.clone()));
-            let (commit_tx, events) = self.spawn_reply(&request, &user_message, context);
+            let (commit_tx, events) =
+                self.spawn_reply(&request, &user_message, context, permit.clone());
             // Lets the reply task put the model request on the wire before this task
             // claims the thread for the user message's write: the model's time to first token
             // is the longer wait, and the commit only has to finish before that token.
@@ -229,6 +234,7 @@ impl Turns {
         request: &TurnRequest,
         user_message: &Message,
         context: Vec<(Role, String)>,
+        permit: Arc<StreamPermit>,
     ) -> (
         oneshot::Sender<()>,
         mpsc::Receiver<Result<TurnEvent, ChatError>>,
@@ -245,6 +251,7 @@ impl Turns {
             model_name: self.model.name().to_owned(),
             shutdown: self.runtime.shutdown.clone(),
             stall_timeout: self.settings.stream_stall_timeout,
+            _permit: permit,
         };
         let labels = TurnLabels {
             request_id: request.request_id.clone(),

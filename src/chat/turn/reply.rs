@@ -10,7 +10,7 @@ use super::{
     telemetry::TurnTelemetry,
 };
 use crate::{
-    chat::RecentContexts,
+    chat::{RecentContexts, StreamPermit},
     domain::{ConversationId, UserId},
     llm::ModelStream,
     store::Store,
@@ -28,6 +28,8 @@ pub(super) struct ReplyTask {
     pub shutdown: CancellationToken,
     /// How long the client may take nothing before it is cut off.
     pub stall_timeout: Duration,
+    /// Counts the reply against its user's and the replica's stream limits while it runs.
+    pub _permit: Arc<StreamPermit>,
 }
 
 impl ReplyTask {

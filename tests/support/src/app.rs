@@ -54,12 +54,22 @@ pub fn test_config(database: &TestDatabase) -> Config {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Lifts the per-user limits, for tests in which one user deliberately does more at once than a
+/// real client is allowed to.
+pub fn without_user_limits(config: &mut Config) {
+    let plenty = std::num::NonZeroU32::new(1_000_000).unwrap_or(std::num::NonZeroU32::MAX);
+    config.limits.user_requests_per_second = plenty;
+    config.limits.user_request_burst = plenty;
+    config.limits.streams_per_user = 1_000_000;
+}
+
 /// Settings that point the service at `fake`, with short delays so that failures are quick.
 pub fn fake_llm_settings(fake: &FakeLlm) -> OpenAiSettings {
     OpenAiSettings {
         base_url: fake.base_url(),
         api_key: Some(SecretString::from("test-api-key")),
         model: "fake-model".to_owned(),
+        max_output_tokens: 512,
         connect_timeout: Duration::from_secs(2),
         first_token_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),

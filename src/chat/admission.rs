@@ -1,0 +1,242 @@
+//! What one user, and this replica, may ask of the service at once: a request rate per user,
+//! concurrent reply streams per user, and concurrent reply streams per replica. Checked as each
+//! request arrives, before anything is written. The limits are per replica.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::ChatError;
+use crate::{domain::UserId, telemetry::metrics::Metrics};
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Requests a user may make per second, on average...
+    pub user_requests_per_second: NonZeroU32,
+    /// ...and at once after a quiet moment.
+    pub user_request_burst: NonZeroU32,
+    /// Replies a user may be receiving at once.
+    pub streams_per_user: u32,
+    /// Replies this replica streams at once, whoever they are for.
+    pub streams_per_replica: u32,
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    UserRequestRate,
+    UserStreams,
+    ReplicaStreams,
+}
+
+impl Limit {
+    /// A short name, for metrics and for the `subject` of a quota violation.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UserRequestRate => "user_request_rate",
+            Self::UserStreams => "user_streams",
+            Self::ReplicaStreams => "replica_streams",
+        }
+    }
+
+    /// What a client developer needs to know about it.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::UserRequestRate => {
+                "too many requests from this user (CHAT_USER_REQUESTS_PER_SECOND, CHAT_USER_REQUEST_BURST)"
+            }
+            Self::UserStreams => {
+                "this user is already receiving as many replies as allowed at once (CHAT_MAX_STREAMS_PER_USER)"
+            }
+            Self::ReplicaStreams => {
+                "this replica is streaming as many replies as it allows (CHAT_MAX_STREAMS); another replica may have room"
+            }
+        }
+    }
+}
+
+/// When a refused stream is worth trying again: replies take seconds.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Every this many requests, users not seen for a while are let go from the rate limiter.
+const FORGET_EVERY: u64 = 4096;
+
+pub struct Admission {
+    settings: LimitSettings,
+    rate: DefaultKeyedRateLimiter<UserId>,
+    checked: AtomicU64,
+    user_streams: Mutex<HashMap<UserId, u32>>,
+    replica_streams: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// A reply stream that counts against its user's and the replica's limits until it is dropped.
+pub struct StreamPermit {
+    admission: Arc<Admission>,
+    user: UserId,
+    _replica: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub fn new(settings: LimitSettings, metrics: Arc<Metrics>) -> Arc<Self> {
+        let quota = Quota::per_second(settings.user_requests_per_second)
+            .allow_burst(settings.user_request_burst);
+        let replica = usize::try_from(settings.streams_per_replica).unwrap_or(usize::MAX);
+        Arc::new(Self {
+            rate: RateLimiter::keyed(quota),
+            checked: AtomicU64::new(0),
+            user_streams: Mutex::default(),
+            replica_streams: Arc::new(Semaphore::new(replica)),
+            settings,
+            metrics,
+        })
+    }
+
+    /// Counts one request of `user` against its rate.
+    pub fn admit_request(&self, user: UserId) -> Result<(), ChatError> {
+        if self.checked.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.rate.retain_recent();
+        }
+        self.rate.check_key(&user).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            self.refuse(Limit::UserRequestRate, wait)
+        })
+    }
+
+    /// Admits one more reply stream for `user`, if both the user's and the replica's limits
+    /// allow it.
+    pub fn open_stream(self: &Arc<Self>, user: UserId) -> Result<StreamPermit, ChatError> {
+        let mut streams = self.lock();
+        let open = streams.entry(user).or_default();
+        if *open >= self.settings.streams_per_user {
+            if *open == 0 {
+                streams.remove(&user);
+            }
+            return Err(self.refuse(Limit::UserStreams, STREAM_RETRY_AFTER));
+        }
+        let Ok(replica) = self.replica_streams.clone().try_acquire_owned() else {
+            if *open == 0 {
+                streams.remove(&user);
+            }
+            return Err(self.refuse(Limit::ReplicaStreams, STREAM_RETRY_AFTER));
+        };
+        *open += 1;
+        Ok(StreamPermit {
+            admission: self.clone(),
+            user,
+            _replica: replica,
+        })
+    }
+
+    fn refuse(&self, limit: Limit, retry_after: Duration) -> ChatError {
+        self.metrics.record_refusal(limit.label());
+        ChatError::LimitReached { limit, retry_after }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, u32>> {
+        // Every update leaves the map consistent, so a poisoned lock is still usable.
+        self.user_streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut streams = self.admission.lock();
+        if let Some(open) = streams.get_mut(&self.user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(rate: u32, burst: u32, per_user: u32, per_replica: u32) -> Arc<Admission> {
+        let settings = LimitSettings {
+            user_requests_per_second: NonZeroU32::new(rate).unwrap(),
+            user_request_burst: NonZeroU32::new(burst).unwrap(),
+            streams_per_user: per_user,
+            streams_per_replica: per_replica,
+        };
+        Admission::new(settings, Metrics::new())
+    }
+
+    fn refused_by(result: Result<impl Sized, ChatError>) -> Option<Limit> {
+        match result {
+            Err(ChatError::LimitReached { limit, .. }) => Some(limit),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_the_rate_applies_per_user() {
+        let admission = admission(1, 3, 4, 100);
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        for _ in 0..3 {
+            assert!(admission.admit_request(alice).is_ok());
+        }
+        let refused = admission.admit_request(alice);
+        assert!(matches!(
+            refused,
+            Err(ChatError::LimitReached { limit: Limit::UserRequestRate, retry_after })
+                if retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1)
+        ));
+        assert!(
+            admission.admit_request(bob).is_ok(),
+            "bob has his own bucket"
+        );
+    }
+
+    #[test]
+    fn streams_are_limited_per_user_and_come_back_when_they_end() {
+        let admission = admission(100, 100, 2, 100);
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let first = admission.open_stream(alice);
+        let second = admission.open_stream(alice);
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(
+            refused_by(admission.open_stream(alice)),
+            Some(Limit::UserStreams)
+        );
+        assert!(admission.open_stream(bob).is_ok());
+        drop(first);
+        assert!(admission.open_stream(alice).is_ok());
+    }
+
+    #[test]
+    fn the_replica_limit_counts_everyone() {
+        let admission = admission(100, 100, 4, 2);
+        let held: Vec<_> = (0..2)
+            .map(|_| admission.open_stream(UserId::generate()))
+            .collect();
+        assert!(held.iter().all(Result::is_ok));
+        let carol = UserId::generate();
+        assert_eq!(
+            refused_by(admission.open_stream(carol)),
+            Some(Limit::ReplicaStreams)
+        );
+        assert!(
+            admission.lock().get(&carol).is_none(),
+            "a refusal leaves no count"
+        );
+        drop(held);
+        let carols = admission.open_stream(carol);
+        assert!(carols.is_ok());
+        assert_eq!(admission.lock().len(), 1, "only carol's count is left");
+    }
+}

@@ -1,0 +1,60 @@
+//! CHAT_USER_REQUESTS_PER_SECOND, CHAT_USER_REQUEST_BURST, CHAT_MAX_STREAMS_PER_USER,
+//! CHAT_MAX_STREAMS
+
+use std::num::NonZeroU32;
+
+use clap::Args;
+
+use super::{ConfigError, invalid};
+use crate::chat::LimitSettings;
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Requests a user may make per second on average, on this replica.
+    #[arg(
+        long,
+        env = "CHAT_USER_REQUESTS_PER_SECOND",
+        default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+        global = true
+    )]
+    pub user_requests_per_second: NonZeroU32,
+
+    /// Requests a user may make at once after a quiet moment, on this replica.
+    #[arg(
+        long,
+        env = "CHAT_USER_REQUEST_BURST",
+        default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
+        global = true
+    )]
+    pub user_request_burst: NonZeroU32,
+
+    /// Replies a user may be receiving at once, on this replica.
+    #[arg(
+        long,
+        env = "CHAT_MAX_STREAMS_PER_USER",
+        default_value_t = 4,
+        global = true
+    )]
+    pub max_streams_per_user: u32,
+
+    /// Replies this replica streams at once.
+    #[arg(long, env = "CHAT_MAX_STREAMS", default_value_t = 4096, global = true)]
+    pub max_streams: u32,
+}
+
+impl LimitArgs {
+    pub fn into_settings(self) -> Result<LimitSettings, ConfigError> {
+        if self.max_streams_per_user == 0 {
+            return Err(invalid("CHAT_MAX_STREAMS_PER_USER", "must be at least 1"));
+        }
+        if self.max_streams == 0 {
+            return Err(invalid("CHAT_MAX_STREAMS", "must be at least 1"));
+        }
+        Ok(LimitSettings {
+            user_requests_per_second: self.user_requests_per_second,
+            user_request_burst: self.user_request_burst,
+            streams_per_user: self.max_streams_per_user,
+            streams_per_replica: self.max_streams,
+        })
+    }
+}
