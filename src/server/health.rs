@@ -6,7 +6,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::store::Store;
+use std::sync::Arc;
+
+use crate::{
+    store::{DatabaseProbe, Store},
+    telemetry::metrics::Metrics,
+};
 
 /// The services whose health is reported, besides the whole server ("").
 pub const SERVICES: [&str; 2] = ["chat.v1.ChatService", "chat.v1.ConversationService"];
@@ -28,7 +33,8 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 /// [`monitor`]), so that no client ever finds the services unregistered.
 pub async fn start(
     reporter: HealthReporter,
-    store: Store,
+    store: &Store,
+    metrics: Arc<Metrics>,
     interval: Duration,
     stopping: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -37,16 +43,39 @@ pub async fn start(
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
-    let healthy = check(&store).await;
+    let mut checker = Checker {
+        probe: store.probe(),
+        metrics,
+    };
+    let healthy = checker.check().await;
     report(&reporter, healthy).await;
-    tokio::spawn(monitor(reporter, store, interval, stopping, healthy))
+    let unavailable = store.unavailable_signal();
+    tokio::spawn(monitor(
+        reporter,
+        checker,
+        unavailable,
+        interval,
+        stopping,
+        healthy,
+    ))
 }
 
-async fn check(store: &Store) -> bool {
-    matches!(
-        tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await,
-        Ok(Ok(()))
-    )
+/// Asks the database whether it answers, on a connection of its own: readiness is about the
+/// database, not about how busy the pool is.
+struct Checker {
+    probe: DatabaseProbe,
+    metrics: Arc<Metrics>,
+}
+
+impl Checker {
+    async fn check(&mut self) -> bool {
+        let healthy = matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, self.probe.check()).await,
+            Ok(Ok(()))
+        );
+        self.metrics.record_health_check(healthy);
+        healthy
+    }
 }
 
 async fn report(reporter: &HealthReporter, healthy: bool) {
@@ -63,23 +92,23 @@ async fn report(reporter: &HealthReporter, healthy: bool) {
     set_all(reporter, status).await;
 }
 
-/// Checks the database every `interval`, and at once when a request found it unavailable, until
+/// Checks the database every `interval`, and at once when a request found no connection, until
 /// `stopping` is cancelled; then reports NOT_SERVING and returns.
 async fn monitor(
     reporter: HealthReporter,
-    store: Store,
+    mut checker: Checker,
+    unavailable: Arc<tokio::sync::Notify>,
     interval: Duration,
     stopping: CancellationToken,
     mut serving: bool,
 ) {
-    let unavailable = store.unavailable_signal();
     loop {
         tokio::select! {
             () = stopping.cancelled() => break,
             () = tokio::time::sleep(interval) => {}
             () = unavailable.notified() => {}
         }
-        let healthy = check(&store).await;
+        let healthy = checker.check().await;
         if healthy != serving {
             report(&reporter, healthy).await;
             serving = healthy;

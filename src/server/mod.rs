@@ -189,7 +189,8 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_monitor = health::start(
             health,
-            store.clone(),
+            &store,
+            metrics.clone(),
             config.server.health_check_interval,
             stopping.clone(),
         )

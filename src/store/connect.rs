@@ -83,6 +83,8 @@ impl Store {
             pool,
             page_token_key,
             unavailable: Arc::default(),
+            url: url.clone(),
+            connect_timeout: settings.connect_timeout,
         })
     }
 }
@@ -166,7 +168,10 @@ async fn create_database(url: &DatabaseUrl, timeout: Duration) -> Result<(), Con
     }
 }
 
-async fn establish(url: &DatabaseUrl, timeout: Duration) -> Result<AsyncPgConnection, String> {
+pub(super) async fn establish(
+    url: &DatabaseUrl,
+    timeout: Duration,
+) -> Result<AsyncPgConnection, String> {
     match tokio::time::timeout(
         timeout,
         AsyncPgConnection::establish(url.expose().expose_secret()),

@@ -39,6 +39,37 @@ pub struct Store {
     page_token_key: Vec<u8>,
     /// Woken whenever a connection cannot be had, so that health is re-checked at once.
     unavailable: Arc<Notify>,
+    /// For probes, which connect on their own.
+    url: DatabaseUrl,
+    connect_timeout: std::time::Duration,
+}
+
+/// Whether PostgreSQL answers, asked on a connection outside the pool: a pool that load has
+/// exhausted is not a database that is down, and must not take a replica out of service.
+pub struct DatabaseProbe {
+    url: DatabaseUrl,
+    connect_timeout: std::time::Duration,
+    /// Kept between checks; dropped after a failure and opened again by the next check.
+    conn: Option<AsyncPgConnection>,
+}
+
+impl DatabaseProbe {
+    pub async fn check(&mut self) -> Result<(), StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let opened = connect::establish(&self.url, self.connect_timeout)
+                    .await
+                    .map_err(StoreError::Unavailable)?;
+                self.conn.insert(opened)
+            }
+        };
+        if let Err(error) = diesel::sql_query("SELECT 1").execute(conn).await {
+            self.conn = None;
+            return Err(StoreError::Unavailable(error.to_string()));
+        }
+        Ok(())
+    }
 }
 
 /// What a store function does, as its client span names it.
@@ -76,16 +107,12 @@ impl Store {
         )
     }
 
-    /// Whether the database answers a query.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        match diesel::sql_query("SELECT 1").execute(&mut conn).await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                // Keep a connection that just failed out of the pool.
-                let _ = Object::take(conn);
-                Err(StoreError::Unavailable(error.to_string()))
-            }
+    /// A probe for health checks, on a connection of its own.
+    pub fn probe(&self) -> DatabaseProbe {
+        DatabaseProbe {
+            url: self.url.clone(),
+            connect_timeout: self.connect_timeout,
+            conn: None,
         }
     }
 

@@ -35,6 +35,11 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -60,6 +65,7 @@ pub struct Metrics {
     model_errors: Family<KindLabels, Counter>,
     history_sources: Family<SourceLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
+    health_checks: Family<ResultLabels, Counter>,
     db_connections: Family<StateLabels, Gauge>,
 }
 
@@ -143,6 +149,12 @@ impl Metrics {
             "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams)",
             refusals.clone(),
         );
+        let health_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "health_checks",
+            "Database checks behind the health service, by result (serving or not_serving)",
+            health_checks.clone(),
+        );
         let db_connections = Family::<StateLabels, Gauge>::default();
         registry.register(
             "db_pool_connections",
@@ -160,6 +172,7 @@ impl Metrics {
             model_errors,
             history_sources,
             refusals,
+            health_checks,
             db_connections,
         })
     }
@@ -204,6 +217,13 @@ impl Metrics {
 
     pub fn record_refusal(&self, limit: &'static str) {
         self.refusals.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    pub fn record_health_check(&self, serving: bool) {
+        let result = if serving { "serving" } else { "not_serving" };
+        self.health_checks
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a stream as active until the returned guard is dropped.

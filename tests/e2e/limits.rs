@@ -1,6 +1,6 @@
 //! No client, signed in or not, can pin or exhaust a replica.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use chat_service::api::proto::{
     SendMessageRequest, SendMessageResponse, chat_service_client::ChatServiceClient,
@@ -321,4 +321,97 @@ async fn the_model_is_asked_for_at_most_the_configured_output() {
     let received = fake.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].body["max_completion_tokens"], 77);
+}
+
+/// The value of one series in the Prometheus text, or zero when it has not been written yet.
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits, a little at a time, until `condition` holds: for states that announce themselves by no
+/// event a test could await.
+async fn eventually<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_leaves_the_replica_serving_and_requests_unavailable() {
+    use chat_service::api::proto::ListConversationsRequest;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let app = TestApp::spawn_with(|config| {
+        config.database.pool.max_connections = 1;
+        config.database.pool.acquire_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let conversation = app.create_conversation("alice", "busy").await;
+
+    // A turn on a conversation whose row the test holds waits inside the pool's only connection.
+    let mut blocker = app.db.connect().await;
+    super::support::database::execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    let mut chat = app.chat();
+    let request = app.request("alice", message(&conversation, "are you there?"));
+    let turn = tokio::spawn(async move { chat.send_message(request).await });
+    eventually("the turn waits for the row", || async {
+        let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                       WHERE wait_event_type = 'Lock' AND datname = current_database()";
+        app.db.count(waiting).await == 1
+    })
+    .await;
+
+    // Every other request finds no connection...
+    let list = ListConversationsRequest {
+        page_size: 10,
+        page_token: String::new(),
+    };
+    let refused = app
+        .conversations()
+        .list_conversations(app.request("alice", list))
+        .await
+        .expect_err("a request got a connection from an exhausted pool");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    // ...while the health checks that follow still find the database answering.
+    let serving = r#"chat_health_checks_total{result="serving"}"#;
+    let checks = series(&app.scrape_metrics().await, serving);
+    eventually("two more health checks", || async {
+        series(&app.scrape_metrics().await, serving) >= checks + 2.0
+    })
+    .await;
+    let metrics = app.scrape_metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            r#"chat_health_checks_total{result="not_serving"}"#
+        ),
+        0.0,
+        "{metrics}"
+    );
+    let health = HealthClient::new(app.channel())
+        .check(HealthCheckRequest {
+            service: "chat.v1.ChatService".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    assert_eq!(
+        health.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    // Once the row is free, the waiting turn goes through.
+    super::support::database::execute(&mut blocker, "COMMIT").await;
+    let answered = turn.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(answered.is_ok(), "{answered:?}");
 }
