@@ -145,10 +145,23 @@ impl Authenticator {
         })
     }
 
-    /// The subject of the bearer token in the request's metadata.
+    /// The subject of the bearer token in a request's metadata.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, AuthError> {
-        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
-        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+        self.authenticate_value(metadata.get("authorization").map(|v| v.as_bytes()))
+    }
+
+    /// The subject of the bearer token in a request's HTTP headers, before its body is read.
+    pub fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Subject, AuthError> {
+        self.authenticate_value(
+            headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+    }
+
+    fn authenticate_value(&self, value: Option<&[u8]>) -> Result<Subject, AuthError> {
+        let value = value.ok_or(AuthError::Missing)?;
+        let value = std::str::from_utf8(value).map_err(|_| AuthError::NotBearer)?;
         let token = bearer_token(value).ok_or(AuthError::NotBearer)?;
         self.verify(token)
     }

@@ -18,8 +18,22 @@ use std::sync::Arc;
 
 use crate::{
     chat::{Admission, Identities},
-    domain::UserId,
+    domain::{Subject, UserId},
 };
+
+/// The largest encoded `SendMessageRequest` a valid request can be: its content at the longest
+/// allowed, four bytes a character, plus a conversation id and the encoding's framing. Anything
+/// larger is refused from its length prefix, before it is buffered.
+pub fn max_send_message_bytes(max_message_chars: usize) -> usize {
+    max_message_chars.saturating_mul(4).saturating_add(256)
+}
+
+/// Every `ConversationService` request is small: ids, a title of at most 200 characters, a page
+/// token.
+pub const MAX_CONVERSATION_REQUEST_BYTES: usize = 4 * 1024;
+
+/// No response is larger than what gRPC clients accept by default.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The metadata key of the correlation id, in requests and responses.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -34,31 +48,30 @@ pub fn request_id<T>(request: &Request<T>) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-/// Turns a request's credentials into the user it acts for, and counts the request against
-/// that user's rate.
+/// Turns the subject the server authenticated into the user it acts for, and counts the request
+/// against that user's rate.
 #[derive(Clone)]
 pub struct Caller {
-    authenticator: Authenticator,
     identities: Identities,
     admission: Arc<Admission>,
 }
 
 impl Caller {
-    pub fn new(
-        authenticator: Authenticator,
-        identities: Identities,
-        admission: Arc<Admission>,
-    ) -> Self {
+    pub fn new(identities: Identities, admission: Arc<Admission>) -> Self {
         Self {
-            authenticator,
             identities,
             admission,
         }
     }
 
     pub async fn user<T>(&self, request: &Request<T>) -> Result<UserId, ApiError> {
-        let subject = self.authenticator.authenticate(request.metadata())?;
-        let user = self.identities.user_for(&subject).await?;
+        // Authentication happened before the request's body was read (the server's
+        // authentication layer); a request without a subject never got past it.
+        let subject = request
+            .extensions()
+            .get::<Subject>()
+            .ok_or(AuthError::Missing)?;
+        let user = self.identities.user_for(subject).await?;
         self.admission.admit_request(user)?;
         Ok(user)
     }

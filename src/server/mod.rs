@@ -1,6 +1,7 @@
 //! The tonic server: our services, health and reflection on one port that speaks gRPC and
 //! grpc-web, the metrics endpoint on another, and a graceful shutdown.
 
+mod authenticate;
 mod health;
 mod metrics_http;
 pub mod rpc;
@@ -16,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     api::{
-        AuthSettings, Authenticator, Caller, ChatApi, ConversationApi, JwtKey,
+        self, AuthSettings, Authenticator, Caller, ChatApi, ConversationApi, JwtKey,
         auth::InvalidKey,
         proto::{
             self, chat_service_server::ChatServiceServer,
@@ -219,8 +220,9 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
-        let caller = Caller::new(authenticator, Identities::new(store.clone()), admission);
+        let caller = Caller::new(Identities::new(store.clone()), admission);
         let recent = Arc::new(RecentContexts::new(config.turns.history_messages));
+        let send_message_limit = api::max_send_message_bytes(config.turns.max_message_chars);
         let turns = Turns::new(
             store.clone(),
             recent.clone(),
@@ -228,11 +230,15 @@ impl Application {
             config.turns,
             turns_runtime.clone(),
         );
-        let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns));
+        let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns))
+            .max_decoding_message_size(send_message_limit)
+            .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
         let conversations = ConversationServiceServer::new(ConversationApi::new(
             caller,
             Conversations::new(store, recent),
-        ));
+        ))
+        .max_decoding_message_size(api::MAX_CONVERSATION_REQUEST_BYTES)
+        .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
 
         // When shutdown begins: health goes NOT_SERVING, the server stops taking RPCs, and a
         // timer cuts whatever is still streaming when the grace period is over.
@@ -270,6 +276,7 @@ impl Application {
             .layer(cors(&config.server.cors)?)
             .layer(GrpcWebLayer::new())
             .layer(rpc::RpcLayer::new(metrics, known))
+            .layer(authenticate::AuthenticateLayer::new(authenticator))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -415,3 +415,70 @@ async fn an_exhausted_pool_leaves_the_replica_serving_and_requests_unavailable()
     let answered = turn.await.unwrap_or_else(|e| panic!("{e}"));
     assert!(answered.is_ok(), "{answered:?}");
 }
+
+/// Starts a SendMessage whose gRPC frame announces `announced` bytes, sends only 1 KiB of them
+/// and keeps the body open, as a client that means to make the server wait and buffer would.
+/// Returns the response the server gives without waiting for the rest.
+async fn send_message_that_never_ends(
+    app: &TestApp,
+    token: Option<&str>,
+    announced: u32,
+) -> http::Response<h2::RecvStream> {
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (client, connection) = h2::client::handshake(tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut request = http::Request::post(format!(
+        "http://{}/chat.v1.ChatService/SendMessage",
+        app.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(()).unwrap_or_else(|e| panic!("{e}"));
+    let (response, mut body) = client
+        .send_request(request, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&announced.to_be_bytes());
+    frame.extend_from_slice(&[b'x'; 1024]);
+    body.send_data(frame.into(), false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = tokio::time::timeout(PATIENCE, response)
+        .await
+        .unwrap_or_else(|_| panic!("the server waited for the rest of the body"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The body stays open until the test ends.
+    std::mem::forget(body);
+    response
+}
+
+fn grpc_status(response: &http::Response<h2::RecvStream>) -> Option<&str> {
+    response.headers().get("grpc-status")?.to_str().ok()
+}
+
+#[tokio::test]
+async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
+    let app = TestApp::spawn().await;
+    let response = send_message_that_never_ends(&app, None, 4 * 1024 * 1024).await;
+    assert_eq!(grpc_status(&response), Some("16"), "{response:?}");
+    let bad = send_message_that_never_ends(&app, Some("not.a.jwt"), 4 * 1024 * 1024).await;
+    assert_eq!(grpc_status(&bad), Some("16"), "{bad:?}");
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn a_message_larger_than_any_valid_one_is_refused_from_its_length() {
+    let app = TestApp::spawn().await;
+    let token = app.token("alice");
+    // CHAT_MAX_MESSAGE_CHARS is 10,000: no valid request comes near 1 MiB.
+    let response = send_message_that_never_ends(&app, Some(&token), 1024 * 1024).await;
+    assert_eq!(grpc_status(&response), Some("11"), "{response:?}");
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM messages").await, 0);
+}

@@ -1,0 +1,75 @@
+//! Authentication before anything of a request's body is read: a client without a valid token
+//! gets UNAUTHENTICATED at once and makes the server buffer and decode nothing. The subject of a
+//! valid token travels on in the request's extensions, where the handlers find it.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tower::{Layer, Service};
+
+use crate::api::{ApiError, Authenticator};
+
+/// Requests to these services need a token; health and reflection do not.
+const PROTECTED: &str = "/chat.v1.";
+
+#[derive(Clone)]
+pub struct AuthenticateLayer {
+    authenticator: Authenticator,
+}
+
+impl AuthenticateLayer {
+    pub fn new(authenticator: Authenticator) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    authenticator: Authenticator,
+}
+
+impl<S, B> Service<http::Request<B>> for Authenticate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with(PROTECTED) {
+            match self.authenticator.authenticate_headers(request.headers()) {
+                Ok(subject) => {
+                    request.extensions_mut().insert(subject);
+                }
+                Err(error) => {
+                    // Answered without touching the body, which is dropped unread.
+                    let status = tonic::Status::from(ApiError::from(error));
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+            }
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
