@@ -1,12 +1,14 @@
 //! CHAT_LISTEN_ADDR, CHAT_METRICS_ADDR, CHAT_SHUTDOWN_GRACE, CHAT_HEALTH_CHECK_INTERVAL,
-//! CHAT_CORS_ALLOWED_ORIGINS
+//! CHAT_CORS_ALLOWED_ORIGINS, CHAT_CONNECTION_FIRST_BYTE_TIMEOUT, CHAT_HTTP2_MAX_CONCURRENT_STREAMS,
+//! CHAT_HTTP2_KEEPALIVE_INTERVAL, CHAT_HTTP2_KEEPALIVE_TIMEOUT, CHAT_TCP_KEEPALIVE,
+//! CHAT_MAX_HEADER_BYTES, CHAT_HTTP2_MAX_LOCAL_RESETS
 
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
 
 use super::{ConfigError, Environment, invalid, is_http_url};
-use crate::server::{CorsOrigins, ServerSettings};
+use crate::server::{CorsOrigins, ServerSettings, TransportSettings};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -40,6 +42,49 @@ pub struct ServerArgs {
     /// origin in development, none in production.
     #[arg(long, env = "CHAT_CORS_ALLOWED_ORIGINS", global = true)]
     pub cors_allowed_origins: Option<String>,
+
+    /// A connection that sends nothing for this long after connecting is closed (both ports).
+    #[arg(long, env = "CHAT_CONNECTION_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub connection_first_byte_timeout: Duration,
+
+    /// Requests one HTTP/2 connection may have open at once.
+    #[arg(
+        long,
+        env = "CHAT_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub http2_max_concurrent_streams: u32,
+
+    /// How often an idle HTTP/2 connection is pinged.
+    #[arg(long, env = "CHAT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a ping's answer may take before the connection is closed.
+    #[arg(long, env = "CHAT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Idle time before TCP keepalive probes start.
+    #[arg(long, env = "CHAT_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub tcp_keepalive: Duration,
+
+    /// The largest header block a request may send, in bytes.
+    #[arg(
+        long,
+        env = "CHAT_MAX_HEADER_BYTES",
+        default_value_t = 16 * 1024,
+        global = true
+    )]
+    pub max_header_bytes: u32,
+
+    /// Streams the server may reset for a client's errors before it closes the connection.
+    #[arg(
+        long,
+        env = "CHAT_HTTP2_MAX_LOCAL_RESETS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub http2_max_local_resets: usize,
 }
 
 impl ServerArgs {
@@ -50,7 +95,42 @@ impl ServerArgs {
                 "must be longer than zero",
             ));
         }
+        for (setting, duration) in [
+            (
+                "CHAT_CONNECTION_FIRST_BYTE_TIMEOUT",
+                self.connection_first_byte_timeout,
+            ),
+            (
+                "CHAT_HTTP2_KEEPALIVE_INTERVAL",
+                self.http2_keepalive_interval,
+            ),
+            ("CHAT_HTTP2_KEEPALIVE_TIMEOUT", self.http2_keepalive_timeout),
+            ("CHAT_TCP_KEEPALIVE", self.tcp_keepalive),
+        ] {
+            if duration.is_zero() {
+                return Err(invalid(setting, "must be longer than zero"));
+            }
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err(invalid(
+                "CHAT_HTTP2_MAX_CONCURRENT_STREAMS",
+                "must be at least 1",
+            ));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(invalid("CHAT_MAX_HEADER_BYTES", "must be at least 1024"));
+        }
+        let transport = TransportSettings {
+            first_byte_timeout: self.connection_first_byte_timeout,
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            http2_keepalive_interval: self.http2_keepalive_interval,
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+            tcp_keepalive: self.tcp_keepalive,
+            max_header_bytes: self.max_header_bytes,
+            max_local_resets: self.http2_max_local_resets,
+        };
         Ok(ServerSettings {
+            transport,
             listen_addr: self.listen_addr,
             metrics_addr: self.metrics_addr,
             shutdown_grace: self.shutdown_grace,

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{store::Store, telemetry::metrics::Metrics};
@@ -27,7 +26,7 @@ async fn render(State(scrape): State<Scrape>) -> impl IntoResponse {
 
 /// Serves `GET /metrics` until `stop` is cancelled.
 pub async fn serve(
-    listener: TcpListener,
+    listener: super::first_byte::DeadlineListener,
     metrics: Arc<Metrics>,
     store: Store,
     stop: CancellationToken,

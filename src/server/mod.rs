@@ -2,6 +2,7 @@
 //! grpc-web, the metrics endpoint on another, and a graceful shutdown.
 
 mod authenticate;
+mod first_byte;
 mod health;
 mod metrics_http;
 pub mod rpc;
@@ -10,6 +11,9 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+
+use self::first_byte::FirstByteDeadline;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_web::GrpcWebLayer;
@@ -59,6 +63,27 @@ pub struct ServerSettings {
     /// How often the database is checked for the health service.
     pub health_check_interval: Duration,
     pub cors: CorsOrigins,
+    pub transport: TransportSettings,
+}
+
+/// What one connection may cost, on the gRPC port (and, for the first byte, the metrics port).
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// A connection that sends nothing for this long after connecting is closed.
+    pub first_byte_timeout: Duration,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// How often an idle HTTP/2 connection is pinged...
+    pub http2_keepalive_interval: Duration,
+    /// ...and how long the answer may take before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+    /// Idle time before TCP keepalive probes start.
+    pub tcp_keepalive: Duration,
+    /// The largest header block a request may send.
+    pub max_header_bytes: u32,
+    /// Streams the server may reset for a client's errors before it closes the connection
+    /// (the guard against "MadeYouReset", CVE-2025-8671).
+    pub max_local_resets: usize,
 }
 
 /// Which browser origins may call the service.
@@ -199,7 +224,10 @@ impl Application {
         // Metrics stay up through the grace period, so that the drain can be watched.
         let metrics_stop = CancellationToken::new();
         let metrics_server = tokio::spawn(metrics_http::serve(
-            metrics_listener,
+            first_byte::DeadlineListener {
+                listener: metrics_listener,
+                timeout: config.server.transport.first_byte_timeout,
+            },
             metrics.clone(),
             store.clone(),
             metrics_stop.clone(),
@@ -270,9 +298,21 @@ impl Application {
         };
 
         tracing::info!(addr = %local_addr, metrics = %metrics_addr, "serving gRPC and grpc-web");
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let transport = &config.server.transport;
+        let first_byte_timeout = transport.first_byte_timeout;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(transport.tcp_keepalive))
+            .map(move |accepted| {
+                accepted.map(|stream| FirstByteDeadline::new(stream, first_byte_timeout))
+            });
         let server = Server::builder()
             .accept_http1(true)
+            .max_concurrent_streams(Some(transport.max_concurrent_streams))
+            .http2_keepalive_interval(Some(transport.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
+            .http2_max_header_list_size(Some(transport.max_header_bytes))
+            .http2_max_local_error_reset_streams(Some(transport.max_local_resets))
             .layer(cors(&config.server.cors)?)
             .layer(GrpcWebLayer::new())
             .layer(rpc::RpcLayer::new(metrics, known))

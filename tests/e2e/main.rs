@@ -13,6 +13,7 @@ mod operability;
 mod schema;
 mod send_message;
 mod startup;
+mod transport;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
