@@ -83,14 +83,15 @@ impl ConversationService for ConversationApi {
     ) -> Result<Response<GetConversationResponse>, Status> {
         let user = self.caller.user(&request).await?;
         let id = conversation_id(&request.get_ref().conversation_id)?;
-        let (conversation, messages) = self
+        let view = self
             .conversations
             .get(user, id)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(GetConversationResponse {
-            conversation: Some(convert::conversation(conversation)),
-            messages: messages.into_iter().map(convert::message).collect(),
+            conversation: Some(convert::conversation(view.conversation)),
+            messages: view.messages.into_iter().map(convert::message).collect(),
+            has_older_messages: view.has_older_messages,
         }))
     }
 

@@ -31,6 +31,8 @@ pub struct LimitSettings {
     pub streams_per_user: u32,
     /// Replies this replica streams at once, whoever they are for.
     pub streams_per_replica: u32,
+    /// How many of its newest messages GetConversation returns at most.
+    pub conversation_window: usize,
 }
 
 /// Which limit refused a request.
@@ -172,6 +174,7 @@ mod tests {
             user_request_burst: NonZeroU32::new(burst).unwrap(),
             streams_per_user: per_user,
             streams_per_replica: per_replica,
+            conversation_window: 1000,
         };
         Admission::new(settings, Metrics::new())
     }

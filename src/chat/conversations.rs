@@ -27,6 +27,20 @@ pub struct Page<T> {
 const PAGE_TOKEN_FIELD: &str = "page_token";
 const CONVERSATION: &str = "conversation";
 
+/// At most this much text goes into one response, half of what gRPC clients accept by default
+/// (4 MiB), so that no stored conversation can produce a response a client refuses.
+pub const RESPONSE_TEXT_BYTES: usize = 2 * 1024 * 1024;
+
+/// A conversation with a window of its newest messages.
+#[derive(Debug, Clone)]
+pub struct ConversationView {
+    pub conversation: Conversation,
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// Whether the conversation has messages older than the window.
+    pub has_older_messages: bool,
+}
+
 /// Reading and managing one user's conversations.
 #[derive(Clone)]
 pub struct Conversations {
@@ -34,15 +48,18 @@ pub struct Conversations {
     /// Forgets what turns remember of a conversation that is deleted.
     recent: Arc<RecentContexts>,
     tokens: PageTokenCodec,
+    /// How many of its newest messages a conversation is read with.
+    window: usize,
 }
 
 impl Conversations {
-    pub fn new(store: Store, recent: Arc<RecentContexts>) -> Self {
+    pub fn new(store: Store, recent: Arc<RecentContexts>, window: usize) -> Self {
         let tokens = PageTokenCodec::new(store.page_token_key());
         Self {
             store,
             recent,
             tokens,
+            window,
         }
     }
 
@@ -84,15 +101,30 @@ impl Conversations {
         }))
     }
 
+    /// The conversation with its newest messages: at most `window` of them and
+    /// [`RESPONSE_TEXT_BYTES`] of their text.
     pub async fn get(
         &self,
         user: UserId,
         id: ConversationId,
-    ) -> Result<(Conversation, Vec<Message>), ChatError> {
-        self.store
-            .conversation_with_messages(user, id)
+    ) -> Result<ConversationView, ChatError> {
+        // One more than the window shows whether there are older messages.
+        let (conversation, mut newest) = self
+            .store
+            .conversation_with_newest_messages(user, id, self.window.saturating_add(1))
             .await?
-            .ok_or(ChatError::NotFound(CONVERSATION))
+            .ok_or(ChatError::NotFound(CONVERSATION))?;
+        let mut has_older_messages = newest.len() > self.window;
+        newest.truncate(self.window);
+        let kept = fitting(&newest, RESPONSE_TEXT_BYTES, false);
+        has_older_messages |= kept < newest.len();
+        newest.truncate(kept);
+        newest.reverse();
+        Ok(ConversationView {
+            conversation,
+            messages: newest,
+            has_older_messages,
+        })
     }
 
     pub async fn list_messages(
@@ -109,18 +141,29 @@ impl Conversations {
                     .map_err(|e| ChatError::invalid(PAGE_TOKEN_FIELD, e))?,
             ),
         };
-        let items = self
+        let mut items = self
             .store
             .list_messages(user, id, after, page.size.get() + 1)
             .await?
             .ok_or(ChatError::NotFound(CONVERSATION))?;
-        Ok(paginate(items, page.size, |last| {
-            let cursor = MessageCursor {
-                create_time: last.create_time,
-                id: last.id,
-            };
-            self.tokens.encode_messages(user, id, &cursor)
-        }))
+        // A page whose text would not fit ends early; its token continues after what it holds.
+        let kept = fitting(&items, RESPONSE_TEXT_BYTES, true).min(page.size.get());
+        let more = kept < items.len();
+        items.truncate(kept);
+        let next_page_token = match items.last() {
+            Some(last) if more => {
+                let cursor = MessageCursor {
+                    create_time: last.create_time,
+                    id: last.id,
+                };
+                self.tokens.encode_messages(user, id, &cursor)
+            }
+            _ => String::new(),
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
     }
 
     pub async fn delete(&self, user: UserId, id: ConversationId) -> Result<(), ChatError> {
@@ -150,5 +193,65 @@ fn paginate<T>(
     Page {
         items,
         next_page_token,
+    }
+}
+
+/// How many of `messages`, from the first, fit in `budget` bytes of text. With `at_least_one`, the
+/// first always counts, so that a reader paging through makes progress whatever its size.
+fn fitting(messages: &[Message], budget: usize, at_least_one: bool) -> usize {
+    let mut used = 0usize;
+    let mut count = 0;
+    for message in messages {
+        used = used.saturating_add(text_bytes(message));
+        if used > budget && !(at_least_one && count == 0) {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// The bytes a message's text takes in a response: its content and its tool calls.
+fn text_bytes(message: &Message) -> usize {
+    let calls: usize = message
+        .tool_calls
+        .iter()
+        .map(|call| {
+            call.name.len() + call.provider_call_id.len() + call.arguments.to_string().len()
+        })
+        .sum();
+    message.content.len() + calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageId, MessageStatus, Role};
+
+    fn message(bytes: usize) -> Message {
+        Message {
+            id: MessageId::generate(),
+            conversation_id: ConversationId::generate(),
+            role: Role::User,
+            content: "x".repeat(bytes),
+            status: MessageStatus::Complete,
+            create_time: now(),
+            tool_calls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn messages_are_kept_while_their_text_fits() {
+        let messages: Vec<Message> = [40, 40, 40].map(message).into();
+        assert_eq!(fitting(&messages, 100, false), 2);
+        assert_eq!(fitting(&messages, 120, false), 3);
+        assert_eq!(fitting(&messages, 39, false), 0);
+    }
+
+    #[test]
+    fn a_reader_paging_through_always_gets_one() {
+        let messages: Vec<Message> = [500, 10].map(message).into();
+        assert_eq!(fitting(&messages, 100, true), 1);
+        assert_eq!(fitting(&[], 100, true), 0);
     }
 }

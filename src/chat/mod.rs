@@ -8,7 +8,7 @@ mod recent;
 mod turn;
 
 pub use admission::{Admission, Limit, LimitSettings, StreamPermit};
-pub use conversations::{Conversations, Page, PageRequest};
+pub use conversations::{ConversationView, Conversations, Page, PageRequest, RESPONSE_TEXT_BYTES};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
 pub use recent::RecentContexts;

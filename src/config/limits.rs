@@ -1,5 +1,5 @@
 //! CHAT_USER_REQUESTS_PER_SECOND, CHAT_USER_REQUEST_BURST, CHAT_MAX_STREAMS_PER_USER,
-//! CHAT_MAX_STREAMS
+//! CHAT_MAX_STREAMS, CHAT_GET_CONVERSATION_MESSAGES
 
 use std::num::NonZeroU32;
 
@@ -40,6 +40,16 @@ pub struct LimitArgs {
     /// Replies this replica streams at once.
     #[arg(long, env = "CHAT_MAX_STREAMS", default_value_t = 4096, global = true)]
     pub max_streams: u32,
+
+    /// How many of its newest messages GetConversation returns at most; older ones are read
+    /// with ListMessages.
+    #[arg(
+        long,
+        env = "CHAT_GET_CONVERSATION_MESSAGES",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub get_conversation_messages: usize,
 }
 
 impl LimitArgs {
@@ -50,7 +60,14 @@ impl LimitArgs {
         if self.max_streams == 0 {
             return Err(invalid("CHAT_MAX_STREAMS", "must be at least 1"));
         }
+        if self.get_conversation_messages == 0 {
+            return Err(invalid(
+                "CHAT_GET_CONVERSATION_MESSAGES",
+                "must be at least 1",
+            ));
+        }
         Ok(LimitSettings {
+            conversation_window: self.get_conversation_messages,
             user_requests_per_second: self.user_requests_per_second,
             user_request_burst: self.user_request_burst,
             streams_per_user: self.max_streams_per_user,

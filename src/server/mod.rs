@@ -204,6 +204,7 @@ impl Application {
         let grace = config.server.shutdown_grace;
         let metrics = Metrics::new();
         let stopping = CancellationToken::new();
+        let conversation_window = config.limits.conversation_window;
         let admission = Admission::new(config.limits, metrics.clone());
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
@@ -263,7 +264,7 @@ impl Application {
             .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
         let conversations = ConversationServiceServer::new(ConversationApi::new(
             caller,
-            Conversations::new(store, recent),
+            Conversations::new(store, recent, conversation_window),
         ))
         .max_decoding_message_size(api::MAX_CONVERSATION_REQUEST_BYTES)
         .max_encoding_message_size(api::MAX_RESPONSE_BYTES);

@@ -66,13 +66,15 @@ impl Store {
         .await
     }
 
-    /// The conversation with all its messages in order, or `None` if the user has no such
-    /// conversation.
-    pub async fn conversation_with_messages(
+    /// The conversation with up to `newest` of its newest messages, newest first, or `None` if
+    /// the user has no such conversation.
+    pub async fn conversation_with_newest_messages(
         &self,
         user: UserId,
         id: ConversationId,
+        newest: usize,
     ) -> Result<Option<(Conversation, Vec<Message>)>, StoreError> {
+        let newest = i64::try_from(newest).unwrap_or(i64::MAX);
         self.run(GET, async |conn| {
             // The three queries are sent together and answered in one round trip; each is
             // limited to the user's own conversation by itself.
@@ -83,17 +85,17 @@ impl Store {
                 .filter(conversations::user_id.eq(user.as_uuid()))
                 .select(ConversationRow::as_select())
                 .load::<ConversationRow>(&mut for_conversation);
-            let rows = messages::table
+            let newest_ids = messages::table
                 .inner_join(conversations::table)
                 .filter(conversations::user_id.eq(user.as_uuid()))
                 .filter(messages::conversation_id.eq(id.as_uuid()))
+                .order((messages::created_at.desc(), messages::id.desc()))
+                .limit(newest);
+            let rows = newest_ids
                 .select(MessageRow::as_select())
-                .order((messages::created_at.asc(), messages::id.asc()))
                 .load::<MessageRow>(&mut for_messages);
             let calls = tool_calls::table
-                .inner_join(messages::table.inner_join(conversations::table))
-                .filter(conversations::user_id.eq(user.as_uuid()))
-                .filter(messages::conversation_id.eq(id.as_uuid()))
+                .filter(tool_calls::message_id.eq_any(newest_ids.select(messages::id)))
                 .select(ToolCallRow::as_select())
                 .order((tool_calls::message_id, tool_calls::position))
                 .load::<ToolCallRow>(&mut for_calls);

@@ -482,3 +482,101 @@ async fn a_message_larger_than_any_valid_one_is_refused_from_its_length() {
     assert_eq!(grpc_status(&response), Some("11"), "{response:?}");
     assert_eq!(app.db.count("SELECT count(*) AS n FROM messages").await, 0);
 }
+
+async fn get_conversation(
+    app: &TestApp,
+    conversation: &str,
+) -> chat_service::api::proto::GetConversationResponse {
+    use chat_service::api::proto::GetConversationRequest;
+    let request = app.request(
+        "alice",
+        GetConversationRequest {
+            conversation_id: conversation.to_owned(),
+        },
+    );
+    app.conversations()
+        .get_conversation(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+}
+
+fn contents(messages: &[chat_service::api::proto::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
+
+#[tokio::test]
+async fn get_conversation_returns_a_window_of_the_newest_messages() {
+    let app = TestApp::spawn_with(|config| config.limits.conversation_window = 5).await;
+    let long = app.create_conversation("alice", "long").await;
+    app.db.seed_messages(&long, 12).await;
+    let response = get_conversation(&app, &long).await;
+    let newest: Vec<String> = (8..=12).map(|i| format!("message {i}")).collect();
+    assert_eq!(
+        contents(&response.messages),
+        newest,
+        "the newest five, oldest first"
+    );
+    assert!(response.has_older_messages);
+
+    let short = app.create_conversation("alice", "short").await;
+    app.db.seed_messages(&short, 5).await;
+    let response = get_conversation(&app, &short).await;
+    assert_eq!(response.messages.len(), 5);
+    assert!(!response.has_older_messages, "five of five is all of them");
+}
+
+#[tokio::test]
+async fn no_response_carries_more_than_two_mebibytes_of_text_and_paging_still_sees_everything() {
+    use chat_service::api::proto::ListMessagesRequest;
+    let app = TestApp::spawn().await;
+    let conversation = app.create_conversation("alice", "big").await;
+    // Ten messages of 400 KB each: 4 MB, more than a gRPC client accepts in one response.
+    app.db
+        .run_sql(&format!(
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+             SELECT gen_random_uuid(), '{conversation}', 'user', g || repeat('x', 400000),
+                    'complete', timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
+             FROM generate_series(1, 10) g"
+        ))
+        .await;
+    const BUDGET: usize = 2 * 1024 * 1024;
+
+    let response = get_conversation(&app, &conversation).await;
+    let text: usize = response.messages.iter().map(|m| m.content.len()).sum();
+    assert!(text <= BUDGET, "{text} bytes of text in one response");
+    assert_eq!(response.messages.len(), 5, "as many as fit");
+    assert!(
+        response.messages[4].content.starts_with("10x"),
+        "ending with the newest"
+    );
+    assert!(response.has_older_messages);
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = app.request(
+            "alice",
+            ListMessagesRequest {
+                conversation_id: conversation.clone(),
+                page_size: 100,
+                page_token: token.clone(),
+            },
+        );
+        let page = app
+            .conversations()
+            .list_messages(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner();
+        let text: usize = page.messages.iter().map(|m| m.content.len()).sum();
+        assert!(text <= BUDGET, "{text} bytes of text in one page");
+        seen.extend(page.messages.iter().map(|m| m.content[..3].to_owned()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<String> = (1..=10).map(|i| format!("{i}xx")[..3].to_owned()).collect();
+    assert_eq!(seen, expected, "every message once, in order");
+}
