@@ -48,12 +48,14 @@ impl From<ApiError> for Status {
             ApiError::Chat(ChatError::LimitReached { limit, retry_after }) => {
                 let mut details =
                     ErrorDetails::with_quota_failure_violation(limit.label(), limit.description());
-                details.set_retry_info(Some(retry_after));
-                let message = format!(
-                    "{}; retry in {} ms",
-                    limit.description(),
-                    retry_after.as_millis().max(1)
-                );
+                let message = match retry_after {
+                    Some(wait) => {
+                        details.set_retry_info(Some(wait));
+                        let millis = wait.as_millis().max(1);
+                        format!("{}; retry in {millis} ms", limit.description())
+                    }
+                    None => limit.description().to_owned(),
+                };
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             ApiError::Chat(ChatError::NotRead) => Status::deadline_exceeded(

@@ -33,6 +33,17 @@ pub struct LimitSettings {
     pub streams_per_replica: u32,
     /// How many of its newest messages GetConversation returns at most.
     pub conversation_window: usize,
+    pub storage: StorageLimits,
+}
+
+/// How much one user may keep. Checked as each conversation or message is written.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageLimits {
+    pub conversations_per_user: i64,
+    /// A conversation takes no more user messages once it holds this many; the reply to the last
+    /// one is still stored. Counted by the conversation's revision: the messages added since the
+    /// service began counting them.
+    pub messages_per_conversation: i64,
 }
 
 /// Which limit refused a request.
@@ -41,6 +52,8 @@ pub enum Limit {
     UserRequestRate,
     UserStreams,
     ReplicaStreams,
+    UserConversations,
+    ConversationMessages,
 }
 
 impl Limit {
@@ -50,6 +63,8 @@ impl Limit {
             Self::UserRequestRate => "user_request_rate",
             Self::UserStreams => "user_streams",
             Self::ReplicaStreams => "replica_streams",
+            Self::UserConversations => "user_conversations",
+            Self::ConversationMessages => "conversation_messages",
         }
     }
 
@@ -64,6 +79,12 @@ impl Limit {
             }
             Self::ReplicaStreams => {
                 "this replica is streaming as many replies as it allows (CHAT_MAX_STREAMS); another replica may have room"
+            }
+            Self::UserConversations => {
+                "this user has as many conversations as allowed (CHAT_MAX_CONVERSATIONS_PER_USER); delete one to start another"
+            }
+            Self::ConversationMessages => {
+                "this conversation holds as many messages as allowed (CHAT_MAX_MESSAGES_PER_CONVERSATION); start a new one"
             }
         }
     }
@@ -112,7 +133,7 @@ impl Admission {
         }
         self.rate.check_key(&user).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            self.refuse(Limit::UserRequestRate, wait)
+            self.refuse(Limit::UserRequestRate, Some(wait))
         })
     }
 
@@ -125,13 +146,13 @@ impl Admission {
             if *open == 0 {
                 streams.remove(&user);
             }
-            return Err(self.refuse(Limit::UserStreams, STREAM_RETRY_AFTER));
+            return Err(self.refuse(Limit::UserStreams, Some(STREAM_RETRY_AFTER)));
         }
         let Ok(replica) = self.replica_streams.clone().try_acquire_owned() else {
             if *open == 0 {
                 streams.remove(&user);
             }
-            return Err(self.refuse(Limit::ReplicaStreams, STREAM_RETRY_AFTER));
+            return Err(self.refuse(Limit::ReplicaStreams, Some(STREAM_RETRY_AFTER)));
         };
         *open += 1;
         Ok(StreamPermit {
@@ -141,9 +162,20 @@ impl Admission {
         })
     }
 
-    fn refuse(&self, limit: Limit, retry_after: Duration) -> ChatError {
+    fn refuse(&self, limit: Limit, retry_after: Option<Duration>) -> ChatError {
         self.metrics.record_refusal(limit.label());
         ChatError::LimitReached { limit, retry_after }
+    }
+
+    /// What one user may keep.
+    pub fn storage(&self) -> StorageLimits {
+        self.settings.storage
+    }
+
+    /// Refuses a write that a storage limit does not allow, counting the refusal. Retrying will
+    /// not help until the user deletes something.
+    pub fn storage_refusal(&self, limit: Limit) -> ChatError {
+        self.refuse(limit, None)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, u32>> {
@@ -175,6 +207,10 @@ mod tests {
             streams_per_user: per_user,
             streams_per_replica: per_replica,
             conversation_window: 1000,
+            storage: StorageLimits {
+                conversations_per_user: 10,
+                messages_per_conversation: 10,
+            },
         };
         Admission::new(settings, Metrics::new())
     }
@@ -196,8 +232,8 @@ mod tests {
         let refused = admission.admit_request(alice);
         assert!(matches!(
             refused,
-            Err(ChatError::LimitReached { limit: Limit::UserRequestRate, retry_after })
-                if retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1)
+            Err(ChatError::LimitReached { limit: Limit::UserRequestRate, retry_after: Some(wait) })
+                if wait > Duration::ZERO && wait <= Duration::from_secs(1)
         ));
         assert!(
             admission.admit_request(bob).is_ok(),

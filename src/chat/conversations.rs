@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{ChatError, RecentContexts};
+use super::{Admission, ChatError, Limit, RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationCursor, ConversationId, Message, MessageCursor, PageSize,
@@ -50,16 +50,24 @@ pub struct Conversations {
     tokens: PageTokenCodec,
     /// How many of its newest messages a conversation is read with.
     window: usize,
+    /// Knows how many conversations a user may keep, and counts refusals.
+    admission: Arc<Admission>,
 }
 
 impl Conversations {
-    pub fn new(store: Store, recent: Arc<RecentContexts>, window: usize) -> Self {
+    pub fn new(
+        store: Store,
+        recent: Arc<RecentContexts>,
+        window: usize,
+        admission: Arc<Admission>,
+    ) -> Self {
         let tokens = PageTokenCodec::new(store.page_token_key());
         Self {
             store,
             recent,
             tokens,
             window,
+            admission,
         }
     }
 
@@ -71,7 +79,14 @@ impl Conversations {
             create_time: time,
             update_time: time,
         };
-        self.store.create_conversation(user, &conversation).await?;
+        let limit = self.admission.storage().conversations_per_user;
+        if !self
+            .store
+            .create_conversation(user, &conversation, limit)
+            .await?
+        {
+            return Err(self.admission.storage_refusal(Limit::UserConversations));
+        }
         Ok(conversation)
     }
 

@@ -36,9 +36,13 @@ pub enum ChatError {
     /// The server is shutting down; what was generated so far is stored.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// A limit on what a user or this replica may do at once; nothing was done.
+    /// A limit on what a user or this replica may do or keep; nothing was done. Worth retrying
+    /// after `retry_after`, when there is one.
     #[error("limit reached: {}", .limit.label())]
-    LimitReached { limit: Limit, retry_after: Duration },
+    LimitReached {
+        limit: Limit,
+        retry_after: Option<Duration>,
+    },
     /// The client read nothing of its reply for too long; what it was sent is stored.
     #[error("the reply was not read")]
     NotRead,

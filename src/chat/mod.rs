@@ -7,7 +7,7 @@ mod identities;
 mod recent;
 mod turn;
 
-pub use admission::{Admission, Limit, LimitSettings, StreamPermit};
+pub use admission::{Admission, Limit, LimitSettings, StorageLimits, StreamPermit};
 pub use conversations::{ConversationView, Conversations, Page, PageRequest, RESPONSE_TEXT_BYTES};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;

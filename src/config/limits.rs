@@ -1,12 +1,13 @@
 //! CHAT_USER_REQUESTS_PER_SECOND, CHAT_USER_REQUEST_BURST, CHAT_MAX_STREAMS_PER_USER,
-//! CHAT_MAX_STREAMS, CHAT_GET_CONVERSATION_MESSAGES
+//! CHAT_MAX_STREAMS, CHAT_GET_CONVERSATION_MESSAGES, CHAT_MAX_CONVERSATIONS_PER_USER,
+//! CHAT_MAX_MESSAGES_PER_CONVERSATION
 
 use std::num::NonZeroU32;
 
 use clap::Args;
 
 use super::{ConfigError, invalid};
-use crate::chat::LimitSettings;
+use crate::chat::{LimitSettings, StorageLimits};
 
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
@@ -50,6 +51,25 @@ pub struct LimitArgs {
         global = true
     )]
     pub get_conversation_messages: usize,
+
+    /// Conversations a user may keep.
+    #[arg(
+        long,
+        env = "CHAT_MAX_CONVERSATIONS_PER_USER",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_conversations_per_user: i64,
+
+    /// A conversation takes no more user messages once it holds this many; the reply to the last
+    /// one is still stored.
+    #[arg(
+        long,
+        env = "CHAT_MAX_MESSAGES_PER_CONVERSATION",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_messages_per_conversation: i64,
 }
 
 impl LimitArgs {
@@ -66,8 +86,24 @@ impl LimitArgs {
                 "must be at least 1",
             ));
         }
+        if self.max_conversations_per_user < 1 {
+            return Err(invalid(
+                "CHAT_MAX_CONVERSATIONS_PER_USER",
+                "must be at least 1",
+            ));
+        }
+        if self.max_messages_per_conversation < 1 {
+            return Err(invalid(
+                "CHAT_MAX_MESSAGES_PER_CONVERSATION",
+                "must be at least 1",
+            ));
+        }
         Ok(LimitSettings {
             conversation_window: self.get_conversation_messages,
+            storage: StorageLimits {
+                conversations_per_user: self.max_conversations_per_user,
+                messages_per_conversation: self.max_messages_per_conversation,
+            },
             user_requests_per_second: self.user_requests_per_second,
             user_request_burst: self.user_request_burst,
             streams_per_user: self.max_streams_per_user,

@@ -249,7 +249,7 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
-        let caller = Caller::new(Identities::new(store.clone()), admission);
+        let caller = Caller::new(Identities::new(store.clone()), admission.clone());
         let recent = Arc::new(RecentContexts::new(config.turns.history_messages));
         let send_message_limit = api::max_send_message_bytes(config.turns.max_message_chars);
         let turns = Turns::new(
@@ -264,7 +264,7 @@ impl Application {
             .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
         let conversations = ConversationServiceServer::new(ConversationApi::new(
             caller,
-            Conversations::new(store, recent, conversation_window),
+            Conversations::new(store, recent, conversation_window, admission.clone()),
         ))
         .max_decoding_message_size(api::MAX_CONVERSATION_REQUEST_BYTES)
         .max_encoding_message_size(api::MAX_RESPONSE_BYTES);

@@ -1,13 +1,18 @@
 use std::collections::HashMap;
 
-use diesel::{dsl::exists, prelude::*};
+use diesel::{
+    dsl::exists,
+    prelude::*,
+    sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid},
+};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::{
     Conn, Operation, Store, StoreError,
-    models::{ConversationRow, MessageRow, NewConversationRow, ToolCallRow},
+    models::{ConversationRow, MessageRow, ToolCallRow},
     schema::{conversations, messages, tool_calls},
+    statement::fixed,
 };
 use crate::domain::{
     Conversation, ConversationCursor, ConversationId, Message, MessageCursor, Role, ToolCall,
@@ -21,17 +26,29 @@ const LIST_MESSAGES: Operation = Operation::new("SELECT", "SELECT messages");
 const DELETE: Operation = Operation::new("DELETE", "DELETE conversations");
 
 impl Store {
+    /// Creates an empty conversation unless the user already has `max_conversations`. Whether
+    /// it was created.
     pub async fn create_conversation(
         &self,
         user: UserId,
         conversation: &Conversation,
-    ) -> Result<(), StoreError> {
+        max_conversations: i64,
+    ) -> Result<bool, StoreError> {
         self.run(CREATE, async |conn| {
-            diesel::insert_into(conversations::table)
-                .values(NewConversationRow::new(user, conversation))
-                .execute(conn)
-                .await?;
-            Ok(())
+            let created = fixed(
+                "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+                 SELECT $1, $2, $3, $4, $5
+                 WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $6",
+            )
+            .bind::<SqlUuid, _>(conversation.id.as_uuid())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Text, _>(conversation.title.as_str())
+            .bind::<Timestamptz, _>(conversation.create_time)
+            .bind::<Timestamptz, _>(conversation.update_time)
+            .bind::<BigInt, _>(max_conversations)
+            .execute(conn)
+            .await?;
+            Ok(created > 0)
         })
         .await
     }

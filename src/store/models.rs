@@ -17,7 +17,7 @@ use super::{
 };
 use crate::domain::{
     Conversation, ConversationId, Message, MessageId, MessageStatus, Role, Title, ToolCall,
-    ToolCallId, ToolCallStatus, UserId,
+    ToolCallId, ToolCallStatus,
 };
 
 #[derive(Queryable, QueryableByName, Selectable)]
@@ -36,28 +36,6 @@ impl From<ConversationRow> for Conversation {
             title: Title::from_stored(row.title),
             create_time: row.created_at,
             update_time: row.updated_at,
-        }
-    }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = conversations)]
-pub struct NewConversationRow<'a> {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub title: &'a str,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl<'a> NewConversationRow<'a> {
-    pub fn new(user: UserId, conversation: &'a Conversation) -> Self {
-        Self {
-            id: *conversation.id.as_uuid(),
-            user_id: *user.as_uuid(),
-            title: conversation.title.as_str(),
-            created_at: conversation.create_time,
-            updated_at: conversation.update_time,
         }
     }
 }

@@ -27,14 +27,16 @@ struct RevisionRow {
 /// Adds one message to a conversation and moves the conversation forward: its update time, its
 /// revision, and its title if it has none yet. The UPDATE locks the conversation's row, so
 /// concurrent turns of one conversation store their messages one after the other. With `$5`,
-/// only if the conversation is still at that revision. Returns the new revision, or no row if
-/// the user has no such conversation (or it is at another revision); then nothing is written.
+/// only if the conversation is still at that revision; with `$10`, only if its revision is below
+/// that. Returns the new revision, or no row if the user has no such conversation (or one of
+/// those conditions failed); then nothing is written.
 const APPEND_MESSAGE: &str = "WITH touched AS (
          UPDATE conversations
          SET updated_at = GREATEST(updated_at, $3),
              title = CASE WHEN title = '' THEN $4 ELSE title END,
              revision = revision + 1
          WHERE id = $1 AND user_id = $2 AND ($5::int8 IS NULL OR revision = $5)
+           AND ($10::int8 IS NULL OR revision < $10)
          RETURNING id, revision
      ), inserted AS (
          INSERT INTO messages (id, conversation_id, role, content, status, created_at)
@@ -45,21 +47,24 @@ const APPEND_MESSAGE: &str = "WITH touched AS (
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
 const APPEND: Operation = Operation::new("UPDATE", "UPDATE conversations INSERT messages");
 const RECENT: Operation = Operation::new("SELECT", "SELECT messages");
+const REVISION: Operation = Operation::new("SELECT", "SELECT conversations");
 
 impl Store {
-    /// Creates the conversation together with its first message, in one statement. Its revision
-    /// is then 1.
+    /// Creates the conversation together with its first message, in one statement, unless the
+    /// user already has `max_conversations`. Its revision is then 1. Whether it was created.
     pub async fn start_conversation(
         &self,
         user: UserId,
         conversation: &Conversation,
         first: &Message,
-    ) -> Result<(), StoreError> {
+        max_conversations: i64,
+    ) -> Result<bool, StoreError> {
         self.run(START_CONVERSATION, async |conn| {
-            fixed(
+            let created = fixed(
                 "WITH created AS (
                      INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
-                     VALUES ($1, $2, $3, $4, $4, 1)
+                     SELECT $1, $2, $3, $4, $4, 1
+                     WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
                      RETURNING id
                  )
                  INSERT INTO messages (id, conversation_id, role, content, status, created_at)
@@ -73,26 +78,48 @@ impl Store {
             .bind::<Text, _>(<&str>::from(first.role))
             .bind::<Text, _>(&first.content)
             .bind::<Text, _>(<&str>::from(first.status))
+            .bind::<BigInt, _>(max_conversations)
             .execute(conn)
             .await?;
-            Ok(())
+            Ok(created > 0)
         })
         .await
     }
 
     /// Adds the user's message to one of their conversations, naming the conversation
     /// `title_if_unnamed` if it has no title yet, and returns the new revision. With `expected`,
-    /// only if the conversation is still at that revision. `None` if the user has no such
-    /// conversation (or it is at another revision), in which case nothing is written.
+    /// only if the conversation is still at that revision, and only while its revision is below
+    /// `max_revision`. `None` if the user has no such conversation or a condition failed, in
+    /// which case nothing is written ([`Store::revision`] tells which).
     pub async fn append_user_message(
         &self,
         user: UserId,
         message: &Message,
         title_if_unnamed: &Title,
         expected: Option<Revision>,
+        max_revision: Revision,
     ) -> Result<Option<Revision>, StoreError> {
         self.run(APPEND, async |conn| {
-            append_message(conn, user, message, title_if_unnamed.as_str(), expected).await
+            let title = title_if_unnamed.as_str();
+            append_message(conn, user, message, title, expected, Some(max_revision)).await
+        })
+        .await
+    }
+
+    /// The revision of the user's conversation, or `None` if there is no such conversation.
+    pub async fn revision(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.run(REVISION, async |conn| {
+            Ok(conversations::table
+                .filter(conversations::id.eq(conversation.as_uuid()))
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .select(conversations::revision)
+                .first::<Revision>(conn)
+                .await
+                .optional()?)
         })
         .await
     }
@@ -162,10 +189,11 @@ impl Store {
         self.run(operation, async |conn| {
             if reply.tool_calls.is_empty() {
                 // The common case in one statement, atomic by itself: one round trip, not four.
-                return append_message(conn, user, reply, "", None).await;
+                return append_message(conn, user, reply, "", None, None).await;
             }
             conn.transaction::<Option<Revision>, StoreError, _>(async |conn| {
-                let Some(revision) = append_message(conn, user, reply, "", None).await? else {
+                let Some(revision) = append_message(conn, user, reply, "", None, None).await?
+                else {
                     return Ok(None);
                 };
                 let calls: Vec<NewToolCallRow<'_>> = reply
@@ -202,6 +230,7 @@ async fn append_message(
     message: &Message,
     title_if_unnamed: &str,
     expected: Option<Revision>,
+    max_revision: Option<Revision>,
 ) -> Result<Option<Revision>, StoreError> {
     let row = fixed(APPEND_MESSAGE)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
@@ -213,6 +242,7 @@ async fn append_message(
         .bind::<Text, _>(<&str>::from(message.role))
         .bind::<Text, _>(&message.content)
         .bind::<Text, _>(<&str>::from(message.status))
+        .bind::<Nullable<BigInt>, _>(max_revision)
         .get_result::<RevisionRow>(conn)
         .await
         .optional()?;

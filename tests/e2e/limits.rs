@@ -580,3 +580,95 @@ async fn no_response_carries_more_than_two_mebibytes_of_text_and_paging_still_se
     let expected: Vec<String> = (1..=10).map(|i| format!("{i}xx")[..3].to_owned()).collect();
     assert_eq!(seen, expected, "every message once, in order");
 }
+
+/// Asserts a RESOURCE_EXHAUSTED for a storage limit: a QuotaFailure naming it, and no RetryInfo,
+/// since waiting does not help.
+#[track_caller]
+fn assert_storage_limit(status: &Status, limit: &str) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let violations = status
+        .get_details_quota_failure()
+        .map(|q| q.violations)
+        .unwrap_or_default();
+    assert!(
+        violations.iter().any(|v| v.subject == limit),
+        "no violation of {limit}: {violations:?}"
+    );
+    assert!(status.get_details_retry_info().is_none(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_user_keeps_no_more_conversations_than_allowed() {
+    use chat_service::api::proto::{CreateConversationRequest, DeleteConversationRequest};
+    let app = TestApp::spawn_with(|config| config.limits.storage.conversations_per_user = 2).await;
+    let first = app.create_conversation("alice", "one").await;
+    app.create_conversation("alice", "two").await;
+    let create = CreateConversationRequest {
+        title: "three".into(),
+    };
+    let refused = app
+        .conversations()
+        .create_conversation(app.request("alice", create))
+        .await
+        .expect_err("a third conversation was created");
+    assert_storage_limit(&refused, "user_conversations");
+    let refused = app
+        .chat()
+        .send_message(app.request("alice", message("", "start a third")))
+        .await
+        .expect_err("a third conversation was started");
+    assert_storage_limit(&refused, "user_conversations");
+    let count = |table| format!("SELECT count(*) AS n FROM {table}");
+    assert_eq!(app.db.count(&count("conversations")).await, 2);
+    assert_eq!(app.db.count(&count("messages")).await, 0);
+
+    // Bob is not affected, and Alice may start another once she deleted one.
+    app.create_conversation("bob", "bob's").await;
+    let delete = DeleteConversationRequest {
+        conversation_id: first,
+    };
+    app.conversations()
+        .delete_conversation(app.request("alice", delete))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    app.create_conversation("alice", "three").await;
+}
+
+#[tokio::test]
+async fn a_conversation_holds_no_more_messages_than_allowed_and_the_last_reply_is_kept() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        config.limits.storage.messages_per_conversation = 3;
+    })
+    .await;
+    let finish = |mut stream: Streaming<SendMessageResponse>| async move {
+        while let Some(_event) = stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {}
+    };
+    let mut first = app.open_stream("alice", "", "one").await;
+    let conversation = match first.message().await {
+        Ok(Some(SendMessageResponse {
+            event: Some(Event::Accepted(accepted)),
+        })) => accepted.conversation_id,
+        other => panic!("expected `accepted`, got {other:?}"),
+    };
+    finish(first).await;
+    // The third message; its reply is the fourth, and is kept.
+    finish(app.open_stream("alice", &conversation, "two").await).await;
+    let refused = app
+        .chat()
+        .send_message(app.request("alice", message(&conversation, "three")))
+        .await
+        .expect_err("a fifth message was accepted");
+    assert_storage_limit(&refused, "conversation_messages");
+    let stored = app.db.messages(&conversation).await;
+    assert_eq!(
+        stored.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(),
+        ["user", "assistant", "user", "assistant"]
+    );
+    assert_eq!(
+        fake.received().len(),
+        2,
+        "the model was not asked about the refused one"
+    );
+}

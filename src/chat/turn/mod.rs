@@ -26,7 +26,7 @@ use self::{
     reply::ReplyTask,
     telemetry::{TurnLabels, TurnTelemetry},
 };
-use super::{Admission, ChatError, StreamPermit, recent::RecentContexts};
+use super::{Admission, ChatError, Limit, StreamPermit, recent::RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus,
@@ -99,6 +99,8 @@ enum Appended {
     Stale,
     /// Not stored: the user has no such conversation.
     Missing,
+    /// Not stored: the user, or the conversation, holds as much as it may.
+    Full(Limit),
 }
 
 /// Where the user's message goes.
@@ -207,6 +209,9 @@ impl Turns {
                     continue;
                 }
                 Appended::Missing => return Err(ChatError::NotFound("conversation")),
+                Appended::Full(limit) => {
+                    return Err(self.runtime.admission.storage_refusal(limit));
+                }
                 Appended::Committed => {}
             }
             let _ = commit_tx.send(());
@@ -273,6 +278,18 @@ impl Turns {
         (commit_tx, events)
     }
 
+    /// Refuses a message to a conversation known to be full before the model is asked anything.
+    /// Revisions only grow, so one remembered at the limit is at least there by now.
+    fn check_room(&self, revision: Option<Revision>) -> Result<(), ChatError> {
+        let admission = &self.runtime.admission;
+        match revision {
+            Some(revision) if revision >= admission.storage().messages_per_conversation => {
+                Err(admission.storage_refusal(Limit::ConversationMessages))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The conversation's newest messages, oldest first, and, when they came from memory, the
     /// revision the conversation must still be at for them to be right.
     async fn history(
@@ -286,6 +303,7 @@ impl Turns {
             Target::Existing { id, .. } => *id,
         };
         if from_memory && let Some(remembered) = self.recent.get(user, id) {
+            self.check_room(Some(remembered.revision))?;
             return Ok((remembered.messages, Some(remembered.revision)));
         }
         let history = self
@@ -293,6 +311,7 @@ impl Turns {
             .recent_messages(user, id, self.settings.history_messages)
             .await?
             .ok_or(ChatError::NotFound("conversation"))?;
+        self.check_room(history.revision)?;
         self.runtime
             .metrics
             .record_history_source(HistorySource::Database);
@@ -312,11 +331,16 @@ impl Turns {
         message: &Message,
         expected: Option<Revision>,
     ) -> Result<Appended, ChatError> {
+        let limits = self.runtime.admission.storage();
         let revision = match target {
             Target::New(conversation) => {
-                self.store
-                    .start_conversation(user, conversation, message)
+                let created = self
+                    .store
+                    .start_conversation(user, conversation, message, limits.conversations_per_user)
                     .await?;
+                if !created {
+                    return Ok(Appended::Full(Limit::UserConversations));
+                }
                 let history = RecentHistory {
                     revision: Some(1),
                     messages: vec![recent_message(message)],
@@ -325,26 +349,32 @@ impl Turns {
                 return Ok(Appended::Committed);
             }
             Target::Existing { title, .. } => {
+                let max = limits.messages_per_conversation;
                 self.store
-                    .append_user_message(user, message, title, expected)
+                    .append_user_message(user, message, title, expected, max)
                     .await?
             }
         };
         let metrics = &self.runtime.metrics;
-        Ok(match (revision, expected) {
-            (Some(revision), from_memory) => {
-                if from_memory.is_some() {
-                    metrics.record_history_source(HistorySource::Memory);
-                }
-                self.recent
-                    .record(user, target.id(), revision, recent_message(message));
-                Appended::Committed
+        if let Some(revision) = revision {
+            if expected.is_some() {
+                metrics.record_history_source(HistorySource::Memory);
             }
-            (None, Some(_)) => {
+            self.recent
+                .record(user, target.id(), revision, recent_message(message));
+            return Ok(Appended::Committed);
+        }
+        // Nothing was written; the conversation's revision tells why.
+        Ok(match self.store.revision(user, target.id()).await? {
+            None => Appended::Missing,
+            Some(now) if now >= limits.messages_per_conversation => {
+                Appended::Full(Limit::ConversationMessages)
+            }
+            // Another write came first: what was remembered is out of date.
+            Some(_) => {
                 metrics.record_history_source(HistorySource::StaleMemory);
                 Appended::Stale
             }
-            (None, None) => Appended::Missing,
         })
     }
 }
