@@ -1,5 +1,5 @@
 //! CHAT_LISTEN_ADDR, CHAT_METRICS_ADDR, CHAT_SHUTDOWN_GRACE, CHAT_HEALTH_CHECK_INTERVAL,
-//! CHAT_CORS_ALLOWED_ORIGINS, CHAT_CONNECTION_FIRST_BYTE_TIMEOUT, CHAT_HTTP2_MAX_CONCURRENT_STREAMS,
+//! CHAT_CORS_ALLOWED_ORIGINS, CHAT_REQUEST_HEAD_TIMEOUT, CHAT_HTTP2_MAX_CONCURRENT_STREAMS,
 //! CHAT_HTTP2_KEEPALIVE_INTERVAL, CHAT_HTTP2_KEEPALIVE_TIMEOUT, CHAT_TCP_KEEPALIVE,
 //! CHAT_MAX_HEADER_BYTES, CHAT_HTTP2_MAX_LOCAL_RESETS
 
@@ -43,9 +43,10 @@ pub struct ServerArgs {
     #[arg(long, env = "CHAT_CORS_ALLOWED_ORIGINS", global = true)]
     pub cors_allowed_origins: Option<String>,
 
-    /// A connection that sends nothing for this long after connecting is closed (both ports).
-    #[arg(long, env = "CHAT_CONNECTION_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
-    pub connection_first_byte_timeout: Duration,
+    /// A connection that has not sent the HTTP/2 preface, or its first HTTP/1.1 request's headers,
+    /// this long after connecting is closed (both ports).
+    #[arg(long, env = "CHAT_REQUEST_HEAD_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub request_head_timeout: Duration,
 
     /// Requests one HTTP/2 connection may have open at once.
     #[arg(
@@ -96,10 +97,7 @@ impl ServerArgs {
             ));
         }
         for (setting, duration) in [
-            (
-                "CHAT_CONNECTION_FIRST_BYTE_TIMEOUT",
-                self.connection_first_byte_timeout,
-            ),
+            ("CHAT_REQUEST_HEAD_TIMEOUT", self.request_head_timeout),
             (
                 "CHAT_HTTP2_KEEPALIVE_INTERVAL",
                 self.http2_keepalive_interval,
@@ -121,7 +119,7 @@ impl ServerArgs {
             return Err(invalid("CHAT_MAX_HEADER_BYTES", "must be at least 1024"));
         }
         let transport = TransportSettings {
-            first_byte_timeout: self.connection_first_byte_timeout,
+            request_head_timeout: self.request_head_timeout,
             max_concurrent_streams: self.http2_max_concurrent_streams,
             http2_keepalive_interval: self.http2_keepalive_interval,
             http2_keepalive_timeout: self.http2_keepalive_timeout,

@@ -26,7 +26,7 @@ async fn render(State(scrape): State<Scrape>) -> impl IntoResponse {
 
 /// Serves `GET /metrics` until `stop` is cancelled.
 pub async fn serve(
-    listener: super::first_byte::DeadlineListener,
+    listener: super::request_head::DeadlineListener,
     metrics: Arc<Metrics>,
     store: Store,
     stop: CancellationToken,

@@ -2,9 +2,9 @@
 //! grpc-web, the metrics endpoint on another, and a graceful shutdown.
 
 mod authenticate;
-mod first_byte;
 mod health;
 mod metrics_http;
+mod request_head;
 pub mod rpc;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -13,7 +13,7 @@ use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
-use self::first_byte::FirstByteDeadline;
+use self::request_head::RequestHeadDeadline;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_web::GrpcWebLayer;
@@ -66,11 +66,12 @@ pub struct ServerSettings {
     pub transport: TransportSettings,
 }
 
-/// What one connection may cost, on the gRPC port (and, for the first byte, the metrics port).
+/// What one connection may cost, on the gRPC port (and, for its request head, the metrics port).
 #[derive(Debug, Clone)]
 pub struct TransportSettings {
-    /// A connection that sends nothing for this long after connecting is closed.
-    pub first_byte_timeout: Duration,
+    /// A connection that has not sent the HTTP/2 preface, or its first HTTP/1.1 request's
+    /// headers, this long after connecting is closed (on both ports).
+    pub request_head_timeout: Duration,
     /// Requests one HTTP/2 connection may have open at once.
     pub max_concurrent_streams: u32,
     /// How often an idle HTTP/2 connection is pinged...
@@ -225,9 +226,9 @@ impl Application {
         // Metrics stay up through the grace period, so that the drain can be watched.
         let metrics_stop = CancellationToken::new();
         let metrics_server = tokio::spawn(metrics_http::serve(
-            first_byte::DeadlineListener {
+            request_head::DeadlineListener {
                 listener: metrics_listener,
-                timeout: config.server.transport.first_byte_timeout,
+                timeout: config.server.transport.request_head_timeout,
             },
             metrics.clone(),
             store.clone(),
@@ -300,12 +301,12 @@ impl Application {
 
         tracing::info!(addr = %local_addr, metrics = %metrics_addr, "serving gRPC and grpc-web");
         let transport = &config.server.transport;
-        let first_byte_timeout = transport.first_byte_timeout;
+        let request_head_timeout = transport.request_head_timeout;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(transport.tcp_keepalive))
             .map(move |accepted| {
-                accepted.map(|stream| FirstByteDeadline::new(stream, first_byte_timeout))
+                accepted.map(|stream| RequestHeadDeadline::new(stream, request_head_timeout))
             });
         let server = Server::builder()
             .accept_http1(true)

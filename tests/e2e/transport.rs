@@ -31,7 +31,7 @@ async fn until_closed(mut stream: TcpStream, what: &str) {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_on_both_ports() {
     let app = TestApp::spawn_with(|config| {
-        config.server.transport.first_byte_timeout = Duration::from_millis(200);
+        config.server.transport.request_head_timeout = Duration::from_millis(200);
     })
     .await;
     for addr in [app.addr, app.metrics_addr] {
@@ -42,6 +42,41 @@ async fn a_connection_that_sends_nothing_is_closed_on_both_ports() {
     }
     // A connection that talks is not affected.
     assert!(app.scrape_metrics().await.contains("chat_active_streams"));
+}
+
+#[tokio::test]
+async fn headers_sent_a_byte_at_a_time_are_cut_off_on_both_ports() {
+    let app = TestApp::spawn_with(|config| {
+        config.server.transport.request_head_timeout = Duration::from_millis(300);
+    })
+    .await;
+    for addr in [app.addr, app.metrics_addr] {
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (reader, mut writer) = stream.into_split();
+        // A client that keeps the server waiting for the end of its headers, for ever.
+        let dribbling = tokio::spawn(async move {
+            let _ = writer
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await;
+            while writer.write_all(b"a").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut reader = reader;
+        let mut buffer = [0u8; 1024];
+        let closed = tokio::time::timeout(PATIENCE, async {
+            while let Ok(read) = reader.read(&mut buffer).await {
+                if read == 0 {
+                    return;
+                }
+            }
+        })
+        .await;
+        dribbling.abort();
+        assert!(closed.is_ok(), "{addr} waited for the headers' end");
+    }
 }
 
 #[tokio::test]
