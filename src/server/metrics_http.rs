@@ -16,10 +16,15 @@ struct Scrape {
 async fn render(State(scrape): State<Scrape>) -> impl IntoResponse {
     let (in_use, idle) = scrape.store.pool_usage();
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            // One request per connection: the request-head deadline then bounds every request,
+            // and a scraper reconnecting every few seconds costs nothing.
+            (header::CONNECTION, "close"),
+        ],
         scrape.metrics.render(in_use, idle),
     )
 }

@@ -80,6 +80,20 @@ async fn headers_sent_a_byte_at_a_time_are_cut_off_on_both_ports() {
 }
 
 #[tokio::test]
+async fn the_metrics_port_serves_one_request_per_connection() {
+    // So that the request-head deadline bounds every request on it, not only the first.
+    let app = TestApp::spawn().await;
+    let mut scraper = TcpStream::connect(app.metrics_addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    scraper
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    until_closed(scraper, "a scrape's connection").await;
+}
+
+#[tokio::test]
 async fn a_peer_that_does_not_answer_pings_is_disconnected() {
     let app = TestApp::spawn_with(|config| {
         config.server.transport.http2_keepalive_interval = Duration::from_millis(200);
