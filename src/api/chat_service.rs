@@ -1,10 +1,4 @@
-use std::{
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::pin::Pin;
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -18,7 +12,7 @@ use super::{
     request_id,
 };
 use crate::{
-    chat::{ChatError, TurnEvent, TurnRequest, Turns},
+    chat::{TurnEvent, TurnRequest, Turns},
     domain::ConversationId,
 };
 
@@ -87,24 +81,15 @@ impl ChatService for ChatApi {
             conversation_id: started.conversation_id.to_string(),
             user_message: Some(convert::message(started.user_message)),
         }));
-        // A reply ends with `completed` or an error. One that ends without either was cut off
-        // because the client stopped reading (it could not be told then): it is told last.
-        let ended = Arc::new(AtomicBool::new(false));
-        let seen = ended.clone();
-        let reply = ReceiverStream::new(started.events).map(move |item| {
-            if matches!(item, Ok(TurnEvent::Completed(_)) | Err(_)) {
-                seen.store(true, Ordering::Relaxed);
-            }
+        let reply = ReceiverStream::new(started.events);
+        // The last event, when the stream had no room for it, comes after everything else.
+        let last_word = futures_util::stream::once(started.last_word).filter_map(Result::ok);
+        let reply = reply.chain(last_word).map(|item| {
             item.map(encode)
                 .map_err(|error| Status::from(ApiError::from(error)))
         });
-        let cut_off = futures_util::stream::once(async move {
-            (!ended.load(Ordering::Relaxed))
-                .then(|| Err(Status::from(ApiError::from(ChatError::NotRead))))
-        })
-        .filter_map(|status| status);
         Ok(Response::new(Box::pin(
-            tokio_stream::once(Ok(accepted)).chain(reply).chain(cut_off),
+            tokio_stream::once(Ok(accepted)).chain(reply),
         )))
     }
 }

@@ -1,6 +1,6 @@
 //! What one user, and this replica, may ask of the service at once: a request rate per user,
 //! concurrent reply streams per user, and concurrent reply streams per replica. Checked as each
-//! request arrives, before anything is written. The limits are per replica.
+//! request arrives, before anything of it is written, and kept by each replica on its own.
 
 use std::{
     collections::HashMap,

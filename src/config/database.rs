@@ -1,5 +1,5 @@
 //! DATABASE_URL, CHAT_DB_MAX_CONNECTIONS, CHAT_DB_CONNECT_TIMEOUT, CHAT_DB_ACQUIRE_TIMEOUT,
-//! CHAT_SKIP_MIGRATIONS
+//! CHAT_DB_QUERY_TIMEOUT, CHAT_SKIP_MIGRATIONS
 
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub struct DatabaseArgs {
     #[arg(long, env = "CHAT_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub db_acquire_timeout: Duration,
 
+    /// How long one database operation may take once it has a connection.
+    #[arg(long, env = "CHAT_DB_QUERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub db_query_timeout: Duration,
+
     /// Do not apply migrations at start-up (run `chat-service migrate` separately).
     #[arg(long, env = "CHAT_SKIP_MIGRATIONS", global = true)]
     pub skip_migrations: bool,
@@ -41,6 +45,9 @@ impl DatabaseArgs {
     pub fn into_settings(self) -> Result<DatabaseSettings, ConfigError> {
         let url = DatabaseUrl::parse(self.database_url.expose_secret())
             .map_err(|e| invalid("DATABASE_URL", e.to_string()))?;
+        if self.db_query_timeout.is_zero() {
+            return Err(invalid("CHAT_DB_QUERY_TIMEOUT", "must be longer than zero"));
+        }
         if self.db_max_connections == 0 {
             return Err(invalid("CHAT_DB_MAX_CONNECTIONS", "must be at least 1"));
         }
@@ -50,6 +57,7 @@ impl DatabaseArgs {
                 max_connections: self.db_max_connections,
                 connect_timeout: self.db_connect_timeout,
                 acquire_timeout: self.db_acquire_timeout,
+                query_timeout: self.db_query_timeout,
             },
             migrate_on_start: !self.skip_migrations,
         })

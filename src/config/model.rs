@@ -66,7 +66,7 @@ pub struct ModelArgs {
     pub llm_retry_base_delay: Duration,
 
     /// The longest reply the model may write, in tokens; sent as `max_completion_tokens`. Set it
-    /// to the model's real ceiling.
+    /// to the model's real ceiling; 0 sends none, for servers that refuse the field.
     #[arg(
         long,
         env = "CHAT_LLM_MAX_OUTPUT_TOKENS",
@@ -99,9 +99,6 @@ impl ModelArgs {
                 "must start with http:// or https://",
             ));
         }
-        if self.llm_max_output_tokens == 0 {
-            return Err(invalid("CHAT_LLM_MAX_OUTPUT_TOKENS", "must be at least 1"));
-        }
         let model = non_empty(self.llm_model).ok_or_else(|| {
             invalid(
                 "CHAT_LLM_MODEL",
@@ -115,7 +112,7 @@ impl ModelArgs {
                 .or(self.openai_api_key)
                 .filter(|key| !key.expose_secret().is_empty()),
             model,
-            max_output_tokens: self.llm_max_output_tokens,
+            max_output_tokens: Some(self.llm_max_output_tokens).filter(|&tokens| tokens > 0),
             connect_timeout: self.llm_connect_timeout,
             first_token_timeout: self.llm_first_token_timeout,
             idle_timeout: self.llm_idle_timeout,

@@ -115,6 +115,9 @@ impl ServerArgs {
                 "must be at least 1",
             ));
         }
+        if self.http2_max_local_resets == 0 {
+            return Err(invalid("CHAT_HTTP2_MAX_LOCAL_RESETS", "must be at least 1"));
+        }
         if self.max_header_bytes < 1024 {
             return Err(invalid("CHAT_MAX_HEADER_BYTES", "must be at least 1024"));
         }

@@ -23,8 +23,9 @@ pub struct OpenAiSettings {
     pub base_url: String,
     pub api_key: Option<SecretString>,
     pub model: String,
-    /// The longest reply the model may write, in tokens (`max_completion_tokens`).
-    pub max_output_tokens: u32,
+    /// The longest reply the model may write, in tokens (`max_completion_tokens`); `None` leaves
+    /// it to the model.
+    pub max_output_tokens: Option<u32>,
     pub connect_timeout: Duration,
     /// From sending a request to the first chunk of the reply.
     pub first_token_timeout: Duration,
@@ -100,7 +101,8 @@ impl ChatModel for OpenAiModel {
 struct RequestBody<'a> {
     model: &'a str,
     messages: Vec<WireMessage<'a>>,
-    max_completion_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
     stream: bool,
     stream_options: StreamOptions,
 }
@@ -464,7 +466,7 @@ mod tests {
             base_url: "http://localhost".to_owned(),
             api_key: None,
             model: "m".to_owned(),
-            max_output_tokens: 100,
+            max_output_tokens: Some(100),
             connect_timeout: Duration::from_secs(1),
             first_token_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),

@@ -69,10 +69,7 @@ struct Checker {
 
 impl Checker {
     async fn check(&mut self) -> bool {
-        let healthy = matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, self.probe.check()).await,
-            Ok(Ok(()))
-        );
+        let healthy = self.probe.check(CHECK_TIMEOUT).await.is_ok();
         self.metrics.record_health_check(healthy);
         healthy
     }

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use diesel::prelude::*;
 use diesel_async::{
-    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     pooled_connection::{
         AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{Pool, PoolError},
@@ -32,6 +32,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// How long a request may wait for a free connection.
     pub acquire_timeout: Duration,
+    /// How long one store operation may take once it has a connection.
+    pub query_timeout: Duration,
 }
 
 /// Why the service could not start on its database. Each says what to do about it.
@@ -85,6 +87,7 @@ impl Store {
             unavailable: Arc::default(),
             url: url.clone(),
             connect_timeout: settings.connect_timeout,
+            query_timeout: settings.query_timeout,
         })
     }
 }
@@ -94,6 +97,22 @@ fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnecti
     // A checkout costs no round trip; a broken connection shows up as an error on first use
     // and is then discarded by the pool.
     config.recycling_method = RecyclingMethod::Fast;
+    // PostgreSQL itself cancels a statement that runs past the query timeout, so that one that
+    // timed out has certainly not happened.
+    let statement_timeout = format!(
+        "SET statement_timeout = {}",
+        settings.query_timeout.as_millis()
+    );
+    config.custom_setup = Box::new(move |url| {
+        let statement_timeout = statement_timeout.clone();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            conn.batch_execute(&statement_timeout)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         url.expose().expose_secret(),
         config,

@@ -20,6 +20,11 @@ impl From<DieselError> for StoreError {
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 Self::Unavailable(info.message().to_owned())
             }
+            // The statement ran into the query timeout (SQLSTATE 57014, which diesel does not
+            // name): the database is too slow or stuck, and the same request may work later.
+            DieselError::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+                Self::Unavailable(info.message().to_owned())
+            }
             DieselError::BrokenTransactionManager => {
                 Self::Unavailable("connection left in an unknown transaction state".to_owned())
             }

@@ -32,6 +32,9 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/chat"
 
 type Conn = AsyncPgConnection;
 
+/// How much longer than the server's statement timeout the service waits for an answer.
+const QUERY_TIMEOUT_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The service's database: a pool of connections and the secrets kept in it.
 #[derive(Clone)]
 pub struct Store {
@@ -42,6 +45,8 @@ pub struct Store {
     /// For probes, which connect on their own.
     url: DatabaseUrl,
     connect_timeout: std::time::Duration,
+    /// How long one store function may take on its connection.
+    query_timeout: std::time::Duration,
 }
 
 /// Whether PostgreSQL answers, asked on a connection outside the pool: a pool that load has
@@ -54,7 +59,22 @@ pub struct DatabaseProbe {
 }
 
 impl DatabaseProbe {
-    pub async fn check(&mut self) -> Result<(), StoreError> {
+    /// Whether the database answers within `timeout`. A connection that did not answer in time
+    /// is dropped, so that the next check opens a fresh one rather than wait on it again.
+    pub async fn check(&mut self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let answered = tokio::time::timeout(timeout, self.query()).await;
+        let outcome = answered.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no answer within {timeout:?}"
+            )))
+        });
+        if outcome.is_err() {
+            self.conn = None;
+        }
+        outcome
+    }
+
+    async fn query(&mut self) -> Result<(), StoreError> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
@@ -64,11 +84,11 @@ impl DatabaseProbe {
                 self.conn.insert(opened)
             }
         };
-        if let Err(error) = diesel::sql_query("SELECT 1").execute(conn).await {
-            self.conn = None;
-            return Err(StoreError::Unavailable(error.to_string()));
-        }
-        Ok(())
+        diesel::sql_query("SELECT 1")
+            .execute(conn)
+            .await
+            .map(|_| ())
+            .map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 }
 
@@ -117,7 +137,9 @@ impl Store {
     }
 
     /// Runs `work` on a pooled connection inside a client span that follows the OpenTelemetry
-    /// database conventions, so that every store function is traced the same way.
+    /// database conventions, so that every store function is traced the same way. Work that takes
+    /// longer than the query timeout is abandoned, and so is its connection, whose state is then
+    /// unknown: no request waits on a stuck database for ever.
     async fn run<T>(
         &self,
         operation: Operation,
@@ -132,7 +154,19 @@ impl Store {
         );
         async move {
             let mut conn = self.connection().await?;
-            work(&mut conn).await
+            // PostgreSQL cancels a statement at the query timeout; this is for a server that does
+            // not answer at all.
+            let limit = self.query_timeout + QUERY_TIMEOUT_MARGIN;
+            let outcome = tokio::time::timeout(limit, work(&mut conn)).await;
+            match outcome {
+                Ok(result) => result,
+                Err(_) => {
+                    let _ = Object::take(conn);
+                    Err(StoreError::Unavailable(format!(
+                        "no answer within {limit:?}"
+                    )))
+                }
+            }
         }
         .instrument(span)
         .await

@@ -15,6 +15,8 @@ pub struct DatabaseUrl {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidDatabaseUrl {
+    #[error("is not a URL ({0}); URLs that list several hosts are not supported")]
+    NotAUrl(String),
     #[error("must start with postgres:// or postgresql://")]
     Scheme,
     #[error("must name a database, as in postgres://user@host:5432/chat")]
@@ -23,7 +25,7 @@ pub enum InvalidDatabaseUrl {
 
 impl DatabaseUrl {
     pub fn parse(text: &str) -> Result<Self, InvalidDatabaseUrl> {
-        let mut url = Url::parse(text).map_err(|_| InvalidDatabaseUrl::Scheme)?;
+        let mut url = Url::parse(text).map_err(|e| InvalidDatabaseUrl::NotAUrl(e.to_string()))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(InvalidDatabaseUrl::Scheme);
         }
@@ -61,12 +63,26 @@ impl DatabaseUrl {
     }
 }
 
-/// The URL with `***` for a password, fit for logs and error messages.
+/// The URL with `***` for a password, in its user part or its query, fit for logs and errors.
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut url = self.url.clone();
         if self.password.is_some() {
             let _ = url.set_password(Some("***"));
+        }
+        if url.query_pairs().any(|(key, _)| key == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key == "password" {
+                        "***".into()
+                    } else {
+                        value
+                    };
+                    (key.into_owned(), value.into_owned())
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
         }
         f.write_str(url.as_str())
     }
@@ -106,7 +122,10 @@ mod tests {
     fn refuses_urls_without_a_database_or_scheme() {
         let refused = |text| DatabaseUrl::parse(text).err();
         assert_eq!(refused("mysql://h/db"), Some(InvalidDatabaseUrl::Scheme));
-        assert_eq!(refused("not a url"), Some(InvalidDatabaseUrl::Scheme));
+        assert!(matches!(
+            refused("postgres://u@h1:5432,h2:5432/db"),
+            Some(InvalidDatabaseUrl::NotAUrl(_))
+        ));
         assert_eq!(
             refused("postgres://h"),
             Some(InvalidDatabaseUrl::NoDatabase)
@@ -133,5 +152,11 @@ mod tests {
         );
         let url = parse("postgres://app@db/chat");
         assert_eq!(url.to_string(), "postgres://app@db/chat");
+        let url = parse("postgres://app@db/chat?sslmode=require&password=hunter2");
+        assert_eq!(
+            url.to_string(),
+            "postgres://app@db/chat?sslmode=require&password=***"
+        );
+        assert!(url.expose().expose_secret().contains("password=hunter2"));
     }
 }

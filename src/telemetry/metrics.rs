@@ -146,7 +146,7 @@ impl Metrics {
         let refusals = Family::<LimitLabels, Counter>::default();
         registry.register(
             "limit_refusals",
-            "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams)",
+            "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams, user_conversations, conversation_messages)",
             refusals.clone(),
         );
         let health_checks = Family::<ResultLabels, Counter>::default();

@@ -312,7 +312,7 @@ async fn the_model_is_asked_for_at_most_the_configured_output() {
     let fake = FakeLlm::start().await;
     let app = TestApp::with_fake_llm(&fake, |config| {
         if let chat_service::llm::ModelSettings::OpenAi(settings) = &mut config.model {
-            settings.max_output_tokens = 77;
+            settings.max_output_tokens = Some(77);
         }
     })
     .await;
@@ -670,5 +670,49 @@ async fn a_conversation_holds_no_more_messages_than_allowed_and_the_last_reply_i
         fake.received().len(),
         2,
         "the model was not asked about the refused one"
+    );
+}
+
+#[tokio::test]
+async fn a_reply_the_database_cannot_take_in_time_ends_the_stream_unavailable() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Reply {
+        deltas: vec!["one ".into(), "two ".into(), "three".into()],
+        delay: Duration::from_millis(200),
+        usage: None,
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        config.database.pool.query_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = app.chat();
+    let (conversation, _first, mut stream) = open_and_stop_reading(&app, &mut client).await;
+
+    // The reply's write will wait for the conversation's row, which the test holds.
+    let mut blocker = app.db.connect().await;
+    super::support::database::execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the turn waited on the database for ever"));
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+
+    // PostgreSQL cancelled the write: once the row is free, nothing of the reply appears.
+    super::support::database::execute(&mut blocker, "COMMIT").await;
+    let stored = app.db.messages(&conversation).await;
+    assert_eq!(
+        stored.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(),
+        ["user"]
     );
 }

@@ -90,6 +90,17 @@ pub struct StartedTurn {
     /// The reply's events. Dropping the receiver cancels the turn: the model call is aborted and
     /// what was generated so far is stored as a cancelled message.
     pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
+    /// The reply's last event (`completed` or an error), when `events` had no room for it: it
+    /// comes after everything `events` holds.
+    pub last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
+}
+
+/// A reply task just started, and the means to release it and to hear from it.
+struct SpawnedReply {
+    /// Fired once the user message is committed; dropped, it aborts the model request.
+    commit: oneshot::Sender<()>,
+    events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
+    last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
 }
 
 /// What became of the user's message.
@@ -192,8 +203,7 @@ impl Turns {
             let (history, expected) = self.history(request.user, &target, from_memory).await?;
             let mut context = history;
             context.push((Role::User, user_message.content.clone()));
-            let (commit_tx, events) =
-                self.spawn_reply(&request, &user_message, context, permit.clone());
+            let reply = self.spawn_reply(&request, &user_message, context, permit.clone());
             // Lets the reply task put the model request on the wire before this task
             // claims the thread for the user message's write: the model's time to first token
             // is the longer wait, and the commit only has to finish before that token.
@@ -214,7 +224,7 @@ impl Turns {
                 }
                 Appended::Committed => {}
             }
-            let _ = commit_tx.send(());
+            let _ = reply.commit.send(());
             tracing::info!(
                 request_id = %request.request_id,
                 conversation_id = %conversation_id,
@@ -225,7 +235,8 @@ impl Turns {
             return Ok(StartedTurn {
                 conversation_id,
                 user_message,
-                events,
+                events: reply.events,
+                last_word: reply.last_word,
             });
         }
     }
@@ -240,12 +251,10 @@ impl Turns {
         user_message: &Message,
         context: Vec<(Role, String)>,
         permit: Arc<StreamPermit>,
-    ) -> (
-        oneshot::Sender<()>,
-        mpsc::Receiver<Result<TurnEvent, ChatError>>,
-    ) {
+    ) -> SpawnedReply {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
         let (commit_tx, committed) = oneshot::channel();
+        let (last_word_tx, last_word) = oneshot::channel();
         let conversation_id = user_message.conversation_id;
         let task = ReplyTask {
             store: self.store.clone(),
@@ -257,6 +266,8 @@ impl Turns {
             shutdown: self.runtime.shutdown.clone(),
             stall_timeout: self.settings.stream_stall_timeout,
             _permit: permit,
+            last_word: Some(last_word_tx),
+            stalled: false,
         };
         let labels = TurnLabels {
             request_id: request.request_id.clone(),
@@ -275,7 +286,11 @@ impl Turns {
             .run(model, committed, sender, telemetry)
             .instrument(tracing::Span::current());
         self.runtime.tasks.spawn(task);
-        (commit_tx, events)
+        SpawnedReply {
+            commit: commit_tx,
+            events,
+            last_word,
+        }
     }
 
     /// Refuses a message to a conversation known to be full before the model is asked anything.

@@ -1,11 +1,9 @@
 //! What becomes of a reply once the model's stream has ended: stored as complete or cancelled,
 //! or reported as the model's failure.
 
-use tokio::sync::mpsc::error::TrySendError;
-
 use super::{
     Completion, TurnEvent, recent_message,
-    relay::{Delivery, Ending, EventSender, Relayed, deliver},
+    relay::{Ending, EventSender, Relayed},
     reply::ReplyTask,
 };
 use crate::{
@@ -21,7 +19,7 @@ use crate::{
 impl ReplyTask {
     /// Stores the reply as its ending calls for and tells the client. Returns the outcome's
     /// label for logs.
-    pub(super) async fn settle(&self, relayed: Relayed, sender: &EventSender) -> &'static str {
+    pub(super) async fn settle(&mut self, relayed: Relayed, sender: &EventSender) -> &'static str {
         let (result, label) = match relayed.ending {
             Ending::Failed(error) => {
                 let label = error.kind();
@@ -37,8 +35,13 @@ impl ReplyTask {
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
                 let stored = self.store_reply(&reply).await.map(|_| ());
-                if label == "interrupted" && stored.is_ok() {
-                    self.tell(sender, Err(ChatError::ShuttingDown)).await;
+                if stored.is_ok() {
+                    match label {
+                        "interrupted" => self.tell(sender, Err(ChatError::ShuttingDown)).await,
+                        // The client is not reading: it learns why when it does.
+                        "stalled" => self.leave(Err(ChatError::NotRead)),
+                        _ => {}
+                    }
                 }
                 (stored, label)
             }
@@ -54,28 +57,52 @@ impl ReplyTask {
         }
     }
 
-    /// Tells the client, unless it has stopped reading: then it learns at the end of its stream
-    /// that the reply was cut off. Past the shutdown grace period nothing waits for a client.
-    async fn tell(&self, sender: &EventSender, event: Result<TurnEvent, ChatError>) -> Delivery {
-        if !self.shutdown.is_cancelled() {
-            return deliver(sender, event, self.stall_timeout).await;
+    /// Tells the client, waiting for room in its stream for no longer than the stall timeout,
+    /// and not at all once the client has stalled or the shutdown grace period is over. The last
+    /// event of a reply that finds no room is left for the end of the stream, where the client
+    /// finds it when it reads again; a tool call that finds none is dropped (the stored reply
+    /// has it).
+    async fn tell(&mut self, sender: &EventSender, event: Result<TurnEvent, ChatError>) {
+        let room = if self.stalled || self.shutdown.is_cancelled() {
+            sender.try_reserve().ok()
+        } else {
+            tokio::select! {
+                biased;
+                reserved = tokio::time::timeout(self.stall_timeout, sender.reserve()) => {
+                    match reserved {
+                        Ok(Ok(permit)) => Some(permit),
+                        // The client went away: there is no one to tell.
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            self.stalled = true;
+                            None
+                        }
+                    }
+                }
+                () = self.shutdown.cancelled() => sender.try_reserve().ok(),
+            }
+        };
+        match room {
+            Some(permit) => permit.send(event),
+            None if !matches!(event, Ok(TurnEvent::ToolCall(_))) => self.leave(event),
+            None => {}
         }
-        match sender.try_send(event) {
-            Ok(()) => Delivery::Delivered,
-            Err(TrySendError::Full(_)) => Delivery::Stalled,
-            Err(TrySendError::Closed(_)) => Delivery::Gone,
+    }
+
+    /// Leaves the reply's last event for the end of the client's stream.
+    fn leave(&mut self, event: Result<TurnEvent, ChatError>) {
+        if let Some(last_word) = self.last_word.take() {
+            let _ = last_word.send(event);
         }
     }
 
     /// Sends the tool calls, stores the complete reply, then sends `completed`.
-    async fn finish(&self, relayed: Relayed, sender: &EventSender) -> Result<(), StoreError> {
+    async fn finish(&mut self, relayed: Relayed, sender: &EventSender) -> Result<(), StoreError> {
         let calls = relayed.calls.into_iter().map(tool_call).collect();
         let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
         for call in &reply.tool_calls {
-            let event = Ok(TurnEvent::ToolCall(call.clone()));
-            if !matches!(self.tell(sender, event).await, Delivery::Delivered) {
-                break;
-            }
+            self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
+                .await;
         }
         if self.store_reply(&reply).await?.is_none() {
             self.tell(sender, Err(ChatError::NotFound("conversation")))

@@ -6,11 +6,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    TurnEvent,
     relay::{self, EventSender},
     telemetry::TurnTelemetry,
 };
 use crate::{
-    chat::{RecentContexts, StreamPermit},
+    chat::{ChatError, RecentContexts, StreamPermit},
     domain::{ConversationId, UserId},
     llm::ModelStream,
     store::Store,
@@ -30,13 +31,17 @@ pub(super) struct ReplyTask {
     pub stall_timeout: Duration,
     /// Counts the reply against its user's and the replica's stream limits while it runs.
     pub _permit: Arc<StreamPermit>,
+    /// Where the reply's last event goes when the client's stream has no room for it.
+    pub last_word: Option<oneshot::Sender<Result<TurnEvent, ChatError>>>,
+    /// Whether the client has stopped reading: nothing waits for it any more.
+    pub stalled: bool,
 }
 
 impl ReplyTask {
     /// Waits for the user message's commit, relays the reply, stores what became of it, and
     /// reports the turn. Dropping `committed`'s sender instead aborts the model request.
     pub async fn run(
-        self,
+        mut self,
         model: ModelStream,
         committed: oneshot::Receiver<()>,
         sender: EventSender,
@@ -54,6 +59,7 @@ impl ReplyTask {
         )
         .await;
         telemetry.model_ended(&relayed);
+        self.stalled = matches!(relayed.ending, relay::Ending::Stalled);
         let usage = relayed.usage;
         let outcome = self.settle(relayed, &sender).await;
         telemetry.turn_ended(usage, outcome);

@@ -69,7 +69,7 @@ pub fn fake_llm_settings(fake: &FakeLlm) -> OpenAiSettings {
         base_url: fake.base_url(),
         api_key: Some(SecretString::from("test-api-key")),
         model: "fake-model".to_owned(),
-        max_output_tokens: 512,
+        max_output_tokens: Some(512),
         connect_timeout: Duration::from_secs(2),
         first_token_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
