@@ -9,7 +9,6 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
-use tonic::metadata::MetadataMap;
 
 use crate::domain::Subject;
 
@@ -145,23 +144,12 @@ impl Authenticator {
         })
     }
 
-    /// The subject of the bearer token in a request's metadata.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, AuthError> {
-        self.authenticate_value(metadata.get("authorization").map(|v| v.as_bytes()))
-    }
-
     /// The subject of the bearer token in a request's HTTP headers, before its body is read.
     pub fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Subject, AuthError> {
-        self.authenticate_value(
-            headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-    }
-
-    fn authenticate_value(&self, value: Option<&[u8]>) -> Result<Subject, AuthError> {
-        let value = value.ok_or(AuthError::Missing)?;
-        let value = std::str::from_utf8(value).map_err(|_| AuthError::NotBearer)?;
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?;
+        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let token = bearer_token(value).ok_or(AuthError::NotBearer)?;
         self.verify(token)
     }
@@ -269,13 +257,13 @@ mod tests {
         }
     }
 
-    fn metadata(value: &str) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(
-            "authorization",
+    fn headers(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
             value.parse().unwrap_or_else(|e| panic!("{e}")),
         );
-        metadata
+        headers
     }
 
     #[test]
@@ -283,7 +271,7 @@ mod tests {
         let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
         let token = mint_token(&config(), "alice", Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e}"));
-        let subject = auth.authenticate(&metadata(&format!("Bearer {token}")));
+        let subject = auth.authenticate_headers(&headers(&format!("Bearer {token}")));
         assert_eq!(
             subject.map(|s| s.as_str().to_owned()),
             Ok("alice".to_owned())
@@ -300,19 +288,19 @@ mod tests {
     fn the_scheme_must_be_bearer() {
         let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            auth.authenticate(&MetadataMap::new()),
+            auth.authenticate_headers(&http::HeaderMap::new()),
             Err(AuthError::Missing)
         );
         assert_eq!(
-            auth.authenticate(&metadata("Basic abc")),
+            auth.authenticate_headers(&headers("Basic abc")),
             Err(AuthError::NotBearer)
         );
         assert_eq!(
-            auth.authenticate(&metadata("Bearer ")),
+            auth.authenticate_headers(&headers("Bearer ")),
             Err(AuthError::NotBearer)
         );
         assert_eq!(
-            auth.authenticate(&metadata("Bearer a.b.c")),
+            auth.authenticate_headers(&headers("Bearer a.b.c")),
             Err(AuthError::Malformed)
         );
     }
@@ -328,13 +316,13 @@ mod tests {
         let plain = mint_token(&config(), "alice", Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            auth.authenticate(&metadata(&format!("Bearer {plain}")))
+            auth.authenticate_headers(&headers(&format!("Bearer {plain}")))
                 .is_err()
         );
         let good =
             mint_token(&strict, "alice", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            auth.authenticate(&metadata(&format!("Bearer {good}")))
+            auth.authenticate_headers(&headers(&format!("Bearer {good}")))
                 .is_ok()
         );
     }

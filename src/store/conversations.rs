@@ -25,6 +25,10 @@ const GET: Operation = Operation::new("SELECT", "SELECT conversations messages")
 const LIST_MESSAGES: Operation = Operation::new("SELECT", "SELECT messages");
 const DELETE: Operation = Operation::new("DELETE", "DELETE conversations");
 
+/// How many messages may be written between two statements of one read before its tool calls
+/// could miss one.
+const CALLS_WINDOW_MARGIN: i64 = 64;
+
 impl Store {
     /// Creates an empty conversation unless the user already has `max_conversations`. Whether
     /// it was created.
@@ -111,8 +115,11 @@ impl Store {
             let rows = newest_ids
                 .select(MessageRow::as_select())
                 .load::<MessageRow>(&mut for_messages);
+            // The calls are read by a statement of their own, which may see a few messages
+            // written since the one above: a wider window still covers every message it read.
+            let calls_window = newest_ids.limit(newest.saturating_add(CALLS_WINDOW_MARGIN));
             let calls = tool_calls::table
-                .filter(tool_calls::message_id.eq_any(newest_ids.select(messages::id)))
+                .filter(tool_calls::message_id.eq_any(calls_window.select(messages::id)))
                 .select(ToolCallRow::as_select())
                 .order((tool_calls::message_id, tool_calls::position))
                 .load::<ToolCallRow>(&mut for_calls);
