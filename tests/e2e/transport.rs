@@ -181,3 +181,38 @@ async fn a_header_block_beyond_the_limit_is_refused() {
         "8 KiB of header was accepted"
     );
 }
+
+/// The timer kinds of this machine's established TCP sockets whose local port is `port`, from
+/// /proc/net/tcp: 2 is the keepalive timer, 0 none.
+fn timers_of_sockets_on(port: u16) -> Vec<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_else(|e| panic!("{e}"));
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let established = *fields.get(3)? == "01";
+            let timer = fields.get(5)?.split(':').next()?;
+            (established && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| timer.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn accepted_connections_have_tcp_keepalive() {
+    let app = TestApp::spawn_with(|config| {
+        config.server.transport.tcp_keepalive = Duration::from_secs(7);
+    })
+    .await;
+    // The test's own channel is one accepted connection; any others are the test's too.
+    let _client = http2_client(&app).await;
+    let timers = timers_of_sockets_on(app.addr.port());
+    assert!(!timers.is_empty(), "no accepted connection found");
+    assert!(
+        timers.iter().all(|&timer| timer == 2),
+        "accepted sockets without a keepalive timer: {timers:?}"
+    );
+}
