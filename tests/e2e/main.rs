@@ -7,6 +7,7 @@ use chat_service_test_support as support;
 
 mod auth;
 mod conversations;
+mod integrity;
 mod isolation;
 mod limits;
 mod operability;

@@ -3,7 +3,7 @@
 
 use super::{
     Completion, TurnEvent, recent_message,
-    relay::{Ending, EventSender, Relayed},
+    relay::{Ending, EventSender, Relayed, storable},
     reply::ReplyTask,
 };
 use crate::{
@@ -155,13 +155,15 @@ impl ReplyTask {
 }
 
 fn tool_call(call: ModelToolCall) -> ToolCall {
-    // Arguments are stored as JSON; text the model got wrong is kept as a JSON string.
-    let arguments =
-        serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::String(call.arguments));
+    // Arguments are stored as JSON; text the model got wrong is kept as a JSON string. NUL is
+    // replaced first: PostgreSQL refuses it in text and JSON alike.
+    // Both a raw NUL and JSON's escape for it, which would decode to one.
+    let raw = storable(call.arguments).replace("\\u0000", "\\ufffd");
+    let arguments = serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw));
     ToolCall {
         id: ToolCallId::generate(),
-        provider_call_id: call.id,
-        name: call.name,
+        provider_call_id: storable(call.id),
+        name: storable(call.name),
         arguments,
         status: ToolCallStatus::Requested,
     }

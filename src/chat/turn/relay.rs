@@ -63,6 +63,16 @@ pub(super) struct Relayed {
     pub finish_reason: Option<String>,
 }
 
+/// Text as PostgreSQL can store it: NUL, which it refuses, becomes U+FFFD. Done before a delta
+/// is relayed, so that what the client reads is exactly what is stored.
+pub(super) fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// Holds back what the model sends until the user message is committed, so that nothing of the
 /// reply reaches anyone before the message it answers is stored. `None` if the commit failed:
 /// the stream is dropped, which aborts the model request.
@@ -130,6 +140,7 @@ pub(super) async fn relay(
             None => break Ending::Finished,
             Some(Err(error)) => break Ending::Failed(error),
             Some(Ok(ModelEvent::Delta(delta))) => {
+                let delta = storable(delta);
                 telemetry.text_relayed();
                 // The text keeps exactly what reached the client's stream.
                 let sent_before = relayed.text.len();
@@ -287,6 +298,24 @@ mod tests {
         .await;
         assert!(matches!(relayed.ending, Ending::Stalled));
         assert_eq!(relayed.text, "01", "only two deltas fit the channel");
+    }
+
+    #[tokio::test]
+    async fn nul_characters_are_replaced_before_they_reach_anyone() {
+        let (sender, mut client) = mpsc::channel(16);
+        let relayed = relay(
+            finished(vec![delta("a\0b")]),
+            &sender,
+            &CancellationToken::new(),
+            STALL,
+            &mut telemetry(),
+        )
+        .await;
+        assert_eq!(relayed.text, "a\u{FFFD}b");
+        match client.recv().await {
+            Some(Ok(TurnEvent::Delta(text))) => assert_eq!(text, relayed.text),
+            other => panic!("expected a delta, got {other:?}"),
+        }
     }
 
     #[tokio::test]
