@@ -34,8 +34,12 @@ impl From<ApiError> for Status {
                 Status::unavailable("the service is temporarily unavailable; retry with backoff")
             }
             ApiError::Chat(ChatError::Model(error)) => {
-                let message =
-                    format!("the model failed to answer: {error}; your message was saved");
+                // The detail stays in the log: upstream text can name internal hosts.
+                tracing::warn!(error = %error, "the model failed");
+                let message = format!(
+                    "the model failed to answer: {}; your message was saved",
+                    error.summary()
+                );
                 if error.is_timeout() {
                     Status::deadline_exceeded(message)
                 } else {

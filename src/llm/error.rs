@@ -18,7 +18,8 @@ impl fmt::Display for TimeoutKind {
     }
 }
 
-/// A model call that failed. Messages are safe to show a client: they hold no URL or key.
+/// A model call that failed. The messages hold what the upstream said, for the log; what a
+/// client may read is [`LlmError::summary`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
     #[error("cannot connect to the model: {0}")]
@@ -36,6 +37,18 @@ pub enum LlmError {
 impl LlmError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout(_))
+    }
+
+    /// What went wrong, by category only: no upstream body, host, deployment name or stream
+    /// fragment, which gateways put in their error messages.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Connect(_) => "cannot connect to the model".to_owned(),
+            Self::Http { status } => format!("the model refused the request (HTTP {status})"),
+            Self::Malformed(_) => "the model sent a malformed stream".to_owned(),
+            Self::Interrupted(_) => "the model's stream broke off".to_owned(),
+            Self::Timeout(kind) => format!("the model timed out: {kind}"),
+        }
     }
 
     /// A short label for logs and metrics.

@@ -361,12 +361,20 @@ impl CompletionStream {
             for call in choice.delta.tool_calls {
                 self.saw_content = true;
                 let function = call.function.as_ref();
-                self.tool_calls.push(
-                    call.index,
-                    call.id.as_deref(),
-                    function.and_then(|f| f.name.as_deref()),
-                    function.and_then(|f| f.arguments.as_deref()),
-                );
+                self.tool_calls
+                    .push(
+                        call.index,
+                        call.id.as_deref(),
+                        function.and_then(|f| f.name.as_deref()),
+                        function.and_then(|f| f.arguments.as_deref()),
+                    )
+                    .map_err(|out_of_range| {
+                        LlmError::Malformed(format!(
+                            "tool call index {} is beyond {}",
+                            out_of_range.0,
+                            super::tool_calls::MAX_TOOL_CALLS
+                        ))
+                    })?;
             }
             if let Some(reason) = choice.finish_reason {
                 self.finish_reason = Some(reason);

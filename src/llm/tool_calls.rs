@@ -8,6 +8,14 @@ pub struct ToolCallAssembler {
     calls: Vec<ModelToolCall>,
 }
 
+/// More tool calls in one reply than any model makes: a larger index is a malformed reply, not
+/// an allocation.
+pub const MAX_TOOL_CALLS: usize = 128;
+
+/// A fragment whose index is beyond [`MAX_TOOL_CALLS`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct IndexOutOfRange(pub usize);
+
 impl ToolCallAssembler {
     pub fn push(
         &mut self,
@@ -15,7 +23,10 @@ impl ToolCallAssembler {
         id: Option<&str>,
         name: Option<&str>,
         arguments: Option<&str>,
-    ) {
+    ) -> Result<(), IndexOutOfRange> {
+        if index >= MAX_TOOL_CALLS {
+            return Err(IndexOutOfRange(index));
+        }
         if index >= self.calls.len() {
             self.calls.resize_with(index + 1, || ModelToolCall {
                 id: String::new(),
@@ -33,6 +44,7 @@ impl ToolCallAssembler {
         if let Some(arguments) = arguments {
             call.arguments.push_str(arguments);
         }
+        Ok(())
     }
 
     /// The assembled calls in index order, skipping indices that never received a fragment.
@@ -49,12 +61,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_index_beyond_any_real_reply_is_refused_without_allocating() {
+        let mut calls = ToolCallAssembler::default();
+        assert_eq!(
+            calls.push(usize::MAX, Some("x"), None, None),
+            Err(IndexOutOfRange(usize::MAX))
+        );
+        assert!(calls.finish().is_empty());
+    }
+
+    #[test]
     fn fragments_are_joined_per_index() {
         let mut calls = ToolCallAssembler::default();
-        calls.push(0, Some("call_a"), Some("get_weather"), Some("{\"ci"));
-        calls.push(1, Some("call_b"), Some("get_time"), None);
-        calls.push(0, None, None, Some("ty\": \"Lisbon\"}"));
-        calls.push(1, None, None, Some("{}"));
+        for (index, id, name, arguments) in [
+            (0, Some("call_a"), Some("get_weather"), Some("{\"ci")),
+            (1, Some("call_b"), Some("get_time"), None),
+            (0, None, None, Some("ty\": \"Lisbon\"}")),
+            (1, None, None, Some("{}")),
+        ] {
+            assert_eq!(calls.push(index, id, name, arguments), Ok(()));
+        }
         assert_eq!(
             calls.finish(),
             vec![

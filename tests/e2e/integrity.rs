@@ -48,3 +48,49 @@ async fn nul_in_the_models_output_is_replaced_and_the_reply_stored_as_shown() {
         .await;
     assert_eq!(calls, 1, "the tool call is stored with NUL replaced");
 }
+
+/// What a client is told when the model fails mid-reply.
+async fn failed_turn(script: Script) -> tonic::Status {
+    let fake = FakeLlm::start().await;
+    fake.script([script]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let mut stream = app.open_stream("alice", "", "hello").await;
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_upstreams_own_words_stay_in_the_log() {
+    super::support::logs::capture();
+    let secret = "deployment gpt-4o-internal at 10.20.30.40:8443 is overloaded";
+    let status = failed_turn(Script::ErrorChunk {
+        deltas: vec!["partial ".into()],
+        message: secret.into(),
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("broke off"), "{status:?}");
+    for leaked in ["10.20.30.40", "gpt-4o-internal", "overloaded"] {
+        assert!(!status.message().contains(leaked), "{status:?}");
+    }
+    assert!(
+        super::support::logs::any_line_contains("10.20.30.40"),
+        "the log lost the detail"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_call_index_beyond_any_real_reply_is_a_malformed_reply() {
+    let status = failed_turn(Script::ToolCalls {
+        deltas: vec![],
+        fragments: vec![(100_000, Some("call".into()), Some("f".into()), "{}".into())],
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("malformed"), "{status:?}");
+}

@@ -42,6 +42,11 @@ pub enum Script {
     Drop { deltas: Vec<String> },
     /// Sends a chunk that is not JSON.
     Malformed,
+    /// Streams the deltas, then an error chunk with this message, as gateways do mid-stream.
+    ErrorChunk {
+        deltas: Vec<String>,
+        message: String,
+    },
 }
 
 impl Script {
@@ -285,6 +290,12 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             paced(text_frames(&deltas), Duration::ZERO)
                 .chain(broken)
                 .boxed()
+        }
+        Script::ErrorChunk { deltas, message } => {
+            let mut frames = text_frames(&deltas);
+            let error = json!({"error": {"message": message, "type": "upstream_error"}});
+            frames.push(format!("data: {error}\n\n"));
+            paced(frames, Duration::ZERO).boxed()
         }
         Script::Malformed => {
             let frames = vec![
