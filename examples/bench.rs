@@ -500,6 +500,7 @@ fn token(user: &str) -> String {
         key: JwtKey::Hs256Secret(secrecy::SecretSlice::from(SECRET.as_bytes().to_vec())),
         issuer: None,
         audience: None,
+        leeway: Duration::ZERO,
     };
     mint_token(&auth, user, Duration::from_secs(3600)).expect("token")
 }

@@ -20,6 +20,8 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+    /// How far `exp` and `nbf` may be off, for clocks that disagree a little.
+    pub leeway: Duration,
 }
 
 /// What verifies access tokens.
@@ -80,7 +82,15 @@ pub struct InvalidKey {
     path: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What the service reads of a verified token. The library checks `exp`, `nbf`, `iss` and `aud`
+/// (a string or an array, as RFC 7519 allows) from the token itself.
+#[derive(Debug, Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+}
+
+/// What a minted token says.
+#[derive(Debug, Serialize)]
 struct Claims {
     sub: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +136,8 @@ impl Authenticator {
         };
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = config.leeway.as_secs();
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
             validation.required_spec_claims.insert("iss".to_owned());
@@ -155,7 +167,7 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str) -> Result<Subject, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
             .map_err(|e| self.explain(token, e.kind()))?;
         Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)
     }
@@ -254,6 +266,7 @@ mod tests {
             key: JwtKey::Development,
             issuer: None,
             audience: None,
+            leeway: Duration::from_secs(60),
         }
     }
 
@@ -308,9 +321,9 @@ mod tests {
     #[test]
     fn issuer_and_audience_are_enforced_when_configured() {
         let strict = AuthSettings {
-            key: JwtKey::Development,
             issuer: Some("idp".into()),
             audience: Some("chat".into()),
+            ..config()
         };
         let auth = Authenticator::new(&strict).unwrap_or_else(|e| panic!("{e}"));
         let plain = mint_token(&config(), "alice", Duration::from_secs(60))

@@ -1,6 +1,6 @@
-//! CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE, CHAT_JWT_ISSUER, CHAT_JWT_AUDIENCE
+//! CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE, CHAT_JWT_ISSUER, CHAT_JWT_AUDIENCE, CHAT_JWT_LEEWAY
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -25,9 +25,13 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
 
-    /// Required `aud` claim, when set.
+    /// Required `aud` claim, when set; a token's `aud` may be a string or an array.
     #[arg(long, env = "CHAT_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
+
+    /// How far a token's `exp` and `nbf` may be off, for clocks that disagree a little.
+    #[arg(long, env = "CHAT_JWT_LEEWAY", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_leeway: Duration,
 }
 
 impl AuthArgs {
@@ -69,6 +73,7 @@ impl AuthArgs {
             key,
             issuer: non_empty(self.jwt_issuer),
             audience: non_empty(self.jwt_audience),
+            leeway: self.jwt_leeway,
         })
     }
 }

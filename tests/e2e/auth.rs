@@ -279,3 +279,69 @@ async fn health_and_reflection_need_no_token() {
         );
     }
 }
+
+/// Whether a ListConversations with `claims` signed by the test secret is served.
+async fn accepted(app: &TestApp, claims: serde_json::Value) -> Result<(), Status> {
+    let token = hs256(&claims, SECRET.as_bytes());
+    let request = with_token(
+        ListConversationsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        },
+        &token,
+    );
+    app.conversations()
+        .list_conversations(request)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn an_audience_may_be_a_string_or_an_array() {
+    let app = TestApp::spawn_with(|config| config.auth.audience = Some("chat".into())).await;
+    let exp = now() + 3600;
+    for aud in [
+        json!("chat"),
+        json!(["chat", "other"]),
+        json!(["other", "chat"]),
+    ] {
+        let served = accepted(&app, json!({"sub": "alice", "exp": exp, "aud": aud})).await;
+        assert!(served.is_ok(), "aud {aud}: {served:?}");
+    }
+    for aud in [json!("other"), json!(["other", "another"]), json!([])] {
+        let refused = accepted(&app, json!({"sub": "alice", "exp": exp, "aud": aud}))
+            .await
+            .expect_err("a foreign audience was accepted");
+        assert_eq!(refused.code(), Code::Unauthenticated, "aud {aud}");
+        assert!(refused.message().contains("aud"), "{refused:?}");
+    }
+}
+
+#[tokio::test]
+async fn not_before_and_expiry_are_checked_with_a_small_leeway() {
+    let app = TestApp::spawn_with(|config| {
+        config.auth.leeway = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let (now, later) = (now(), now() + 3600);
+    // Clocks a few seconds apart: accepted.
+    for claims in [
+        json!({"sub": "alice", "exp": later, "nbf": now + 30}),
+        json!({"sub": "alice", "exp": now - 30}),
+    ] {
+        let served = accepted(&app, claims.clone()).await;
+        assert!(served.is_ok(), "{claims}: {served:?}");
+    }
+    let early = accepted(
+        &app,
+        json!({"sub": "alice", "exp": later, "nbf": now + 600}),
+    )
+    .await
+    .expect_err("a token not valid yet was accepted");
+    assert_eq!(early.code(), Code::Unauthenticated);
+    assert!(early.message().contains("not valid yet"), "{early:?}");
+    let late = accepted(&app, json!({"sub": "alice", "exp": now - 600}))
+        .await
+        .expect_err("an expired token was accepted");
+    assert!(late.message().contains("expired"), "{late:?}");
+}
