@@ -94,20 +94,36 @@ pub struct RpcService<S> {
     known: Arc<KnownMethods>,
 }
 
-/// The client's correlation id if it sent a usable one, else a new UUID.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    [REQUEST_ID, CORRELATION_ID]
+/// The longest client correlation id kept.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Whether a client's correlation id can go into logs and headers as it is: letters, digits and
+/// `-_.:` only (UUIDs, ULIDs, trace ids), so that it cannot forge or break a log line.
+fn is_safe_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// The correlation id: the client's if it sent a safe one, else a new UUID. A client's value
+/// that is not safe comes back too, escaped and cut short, to be logged apart from it.
+fn request_id(headers: &HeaderMap) -> (HeaderValue, Option<String>) {
+    let sent = [REQUEST_ID, CORRELATION_ID]
         .iter()
-        .filter_map(|name| headers.get(*name))
-        .find(|value| {
-            let bytes = value.as_bytes();
-            !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .unwrap_or_else(|_| unreachable!("a UUID is a valid header value"))
-        })
+        .find_map(|name| headers.get(*name));
+    match sent {
+        Some(value) if is_safe_request_id(value.as_bytes()) => (value.clone(), None),
+        _ => {
+            let generated = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| unreachable!("a UUID is a valid header value"));
+            let unsafe_value = sent.map(|value| {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                format!("{:?}", truncated(&text, MAX_REQUEST_ID))
+            });
+            (generated, unsafe_value)
+        }
+    }
 }
 
 impl<S, B> Service<http::Request<B>> for RpcService<S>
@@ -128,7 +144,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let id = request_id(request.headers());
+        let (id, client_request_id) = request_id(request.headers());
         // Handlers read the id from the metadata; from here on it is always there.
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let uri_path = request.uri().path();
@@ -157,9 +173,19 @@ where
             rpc.method = %method,
             url.path = unknown_path.as_deref(),
             request_id = %id.to_str().unwrap_or_default(),
+            client_request_id = client_request_id.as_deref(),
             rpc.grpc.status_code = field::Empty,
             otel.status_code = field::Empty,
         );
+        if let Some(client_request_id) = &client_request_id {
+            span.in_scope(|| {
+                tracing::info!(
+                    request_id = %id.to_str().unwrap_or_default(),
+                    client_request_id = %client_request_id,
+                    "the client's request id is not safe to log; a new one replaces it"
+                );
+            });
+        }
         // An incoming `traceparent` makes this span a child of the caller's.
         let parent = crate::telemetry::propagation::extract(request.headers());
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);

@@ -310,3 +310,53 @@ async fn a_request_id_is_generated_when_the_client_sends_none() {
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn only_a_safe_client_request_id_is_kept_and_an_unsafe_one_is_logged_apart() {
+    super::support::logs::capture();
+    let app = TestApp::spawn().await;
+    let echoed = |sent: &'static str| {
+        let app = &app;
+        async move {
+            let mut request = app.request(
+                "alice",
+                ListConversationsRequest {
+                    page_size: 1,
+                    page_token: String::new(),
+                },
+            );
+            request.metadata_mut().insert(
+                "x-request-id",
+                sent.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+            let response = app
+                .conversations()
+                .list_conversations(request)
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            response
+                .metadata()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_default()
+        }
+    };
+    let safe = "01J9ZK3W7Q-req.42:retry_1";
+    assert_eq!(echoed(safe).await, safe);
+
+    let forged = r#"x"level="ERROR"msg="forged"#;
+    let replaced = echoed(forged).await;
+    assert_ne!(replaced, forged);
+    assert!(
+        uuid::Uuid::parse_str(&replaced).is_ok(),
+        "{replaced:?} is not a generated id"
+    );
+    let lines = super::support::logs::lines_containing(&replaced);
+    assert!(
+        lines.iter().any(|line| line["client_request_id"]
+            .as_str()
+            .is_some_and(|client| client.contains("forged"))),
+        "the client's value was not logged apart: {lines:?}"
+    );
+}
