@@ -35,7 +35,12 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    pub fn into_settings(self, env: Environment) -> Result<AuthSettings, ConfigError> {
+    /// `development_key_allowed`: whether the publicly known key may stand in for a real one.
+    pub fn into_settings(
+        self,
+        env: Environment,
+        development_key_allowed: bool,
+    ) -> Result<AuthSettings, ConfigError> {
         let key = match (self.jwt_secret, self.jwt_public_key_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -65,6 +70,14 @@ impl AuthArgs {
                 return Err(invalid(
                     "CHAT_ENV",
                     "production needs CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE; the development key is refused",
+                ));
+            }
+            (None, None) if !development_key_allowed => {
+                return Err(invalid(
+                    "CHAT_JWT_SECRET",
+                    "a real model is configured (CHAT_LLM_BASE_URL) but no signing key: set \
+                     CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE, or set CHAT_ENV=development to \
+                     accept tokens signed with the publicly known development key",
                 ));
             }
             (None, None) => JwtKey::Development,

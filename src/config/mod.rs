@@ -32,15 +32,10 @@ pub enum Environment {
 /// The settings as given on the command line or in the environment.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// `development` allows a built-in signing key and model; `production` refuses them.
-    #[arg(
-        long,
-        env = "CHAT_ENV",
-        value_enum,
-        default_value = "development",
-        global = true
-    )]
-    pub env: Environment,
+    /// `development` allows a built-in signing key and model; `production` refuses them. Unset:
+    /// development, unless a real model is configured without a signing key, which is refused.
+    #[arg(long, env = "CHAT_ENV", value_enum, global = true)]
+    pub env: Option<Environment>,
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
@@ -76,12 +71,18 @@ impl Settings {
     /// Checks the settings and splits them into each layer's part. `stderr_is_terminal` picks
     /// the default log format.
     pub fn into_config(self, stderr_is_terminal: bool) -> Result<Config, ConfigError> {
-        let env = self.env;
+        let env = self.env.unwrap_or(Environment::Development);
+        // The publicly known development key in front of a real, paid model is a mistake unless
+        // someone asked for it by name.
+        let development_key_allowed = match self.env {
+            Some(env) => env == Environment::Development,
+            None => !self.model.names_a_real_model(),
+        };
         let (log, otel) = self.telemetry.into_settings(env, stderr_is_terminal)?;
         Ok(Config {
             server: self.server.into_settings(env)?,
             database: self.database.into_settings()?,
-            auth: self.auth.into_settings(env)?,
+            auth: self.auth.into_settings(env, development_key_allowed)?,
             model: self.model.into_settings(env)?,
             turns: self.turns.into_settings()?,
             limits: self.limits.into_settings()?,

@@ -81,6 +81,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Whether these settings name a real model rather than the built-in one.
+    pub fn names_a_real_model(&self) -> bool {
+        [&self.llm_base_url, &self.openai_base_url]
+            .into_iter()
+            .any(|url| url.as_deref().is_some_and(|url| !url.is_empty()))
+    }
+
     pub fn into_settings(self, env: Environment) -> Result<ModelSettings, ConfigError> {
         let Some(base_url) = non_empty(self.llm_base_url.or(self.openai_base_url)) else {
             if env == Environment::Production {

@@ -66,14 +66,34 @@ fn production_refuses_the_development_key_and_model() {
 
 #[test]
 fn a_model_url_needs_a_model_name() {
+    let local = ["--env", "development", "--llm-base-url"];
     assert_eq!(
-        refused_setting(&["--llm-base-url", "http://localhost:11434/v1"]),
+        refused_setting(&[&local[..], &["http://localhost:11434/v1"]].concat()),
         Some("CHAT_LLM_MODEL")
     );
     assert_eq!(
-        refused_setting(&["--llm-base-url", "localhost:11434", "--llm-model", "m"]),
+        refused_setting(&[&local[..], &["localhost:11434", "--llm-model", "m"]].concat()),
         Some("CHAT_LLM_BASE_URL")
     );
+}
+
+#[test]
+fn a_real_model_needs_a_real_key_unless_development_is_asked_for() {
+    let real_model = [
+        "--llm-base-url",
+        "http://vllm:8000/v1",
+        "--llm-model",
+        "qwen",
+    ];
+    assert_eq!(refused_setting(&real_model), Some("CHAT_JWT_SECRET"));
+    let asked = [&["--env", "development"][..], &real_model[..]].concat();
+    assert!(settings(&asked).into_config(false).is_ok());
+    let secret = "s".repeat(32);
+    let keyed = [&["--jwt-secret", secret.as_str()][..], &real_model[..]].concat();
+    assert!(settings(&keyed).into_config(false).is_ok());
+    // With nothing configured, the quick start works as before.
+    let config = settings(&[]).into_config(false);
+    assert!(config.is_ok_and(|c| matches!(c.auth.key, JwtKey::Development)));
 }
 
 #[test]

@@ -54,3 +54,38 @@ async fn without_migrations_an_empty_database_is_reported_as_not_migrated() {
         "{error}"
     );
 }
+
+/// Runs `chat-service token --user alice` (which reads the whole configuration) with only
+/// `settings` in its environment.
+fn token_with(settings: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+        .args(["token", "--user", "alice"])
+        .env_clear()
+        .envs(settings.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the binary: {e}"))
+}
+
+#[test]
+fn a_real_model_without_a_signing_key_does_not_start_unless_development_is_asked_for() {
+    let real_model = [
+        ("CHAT_LLM_BASE_URL", "http://127.0.0.1:1/v1"),
+        ("CHAT_LLM_MODEL", "paid-model"),
+    ];
+    let refused = token_with(&real_model);
+    assert!(
+        !refused.status.success(),
+        "started with the development key"
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("CHAT_JWT_SECRET"), "{message}");
+    assert!(message.contains("CHAT_ENV=development"), "{message}");
+
+    let asked = token_with(&[&real_model[..], &[("CHAT_ENV", "development")]].concat());
+    assert!(asked.status.success(), "{asked:?}");
+
+    // The quick start needs no settings at all.
+    let quick_start = token_with(&[]);
+    assert!(quick_start.status.success(), "{quick_start:?}");
+    assert!(!quick_start.stdout.is_empty());
+}
