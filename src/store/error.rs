@@ -17,12 +17,14 @@ pub enum StoreError {
 impl From<DieselError> for StoreError {
     fn from(error: DieselError) -> Self {
         match error {
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
-                Self::Unavailable(info.message().to_owned())
-            }
-            // The statement ran into the query timeout (SQLSTATE 57014, which diesel does not
-            // name): the database is too slow or stuck, and the same request may work later.
-            DieselError::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => Self::Unavailable(info.message().to_owned()),
+            // The server ended the session or is going away (SQLSTATE class 57: an operator's
+            // pg_terminate_backend, a shutdown or restart, a failover), which diesel does not
+            // name: the same request works on another connection.
+            DieselError::DatabaseError(_, info) if is_operator_intervention(info.message()) => {
                 Self::Unavailable(info.message().to_owned())
             }
             DieselError::BrokenTransactionManager => {
@@ -32,6 +34,13 @@ impl From<DieselError> for StoreError {
             other => Self::Query(other),
         }
     }
+}
+
+/// PostgreSQL's messages for SQLSTATE class 57, "operator intervention".
+fn is_operator_intervention(message: &str) -> bool {
+    message.starts_with("terminating connection")
+        || message.starts_with("the database system is")
+        || message.starts_with("canceling statement due to")
 }
 
 impl From<PoolError> for StoreError {

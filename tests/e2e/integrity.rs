@@ -94,3 +94,88 @@ async fn a_tool_call_index_beyond_any_real_reply_is_a_malformed_reply() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("malformed"), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_reply_whose_connection_was_cut_is_stored_on_another() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Reply {
+        deltas: vec!["one ".into(), "two ".into(), "three".into()],
+        delay: std::time::Duration::from_millis(150),
+        usage: None,
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let mut stream = app.open_stream("alice", "", "hello").await;
+    let mut conversation = None;
+    while conversation.is_none() {
+        match stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {
+            Some(SendMessageResponse {
+                event: Some(Event::Accepted(accepted)),
+            }) => conversation = Some(accepted.conversation_id),
+            other => panic!("expected `accepted`, got {other:?}"),
+        }
+    }
+    // What a failover or an operator does to every connection the service holds.
+    app.db
+        .run_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+    let (text, _, completed) = read_all(stream).await;
+    assert!(completed, "the reply was not completed");
+    let conversation = conversation.unwrap_or_else(|| panic!("no conversation"));
+    let stored = app.db.messages(&conversation).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(
+        (stored[1].content.as_str(), stored[1].status.as_str()),
+        (text.as_str(), "complete")
+    );
+}
+
+#[tokio::test]
+async fn a_write_whose_session_is_terminated_is_unavailable_not_internal() {
+    use super::support::{database::execute, wait::eventually};
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Reply {
+        deltas: vec!["one ".into(), "two".into()],
+        delay: std::time::Duration::from_millis(100),
+        usage: None,
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let mut stream = app.open_stream("alice", "", "hello").await;
+    let conversation = match stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {
+        Some(SendMessageResponse {
+            event: Some(Event::Accepted(accepted)),
+        }) => accepted.conversation_id,
+        other => panic!("expected `accepted`, got {other:?}"),
+    };
+    // The reply's write waits for the conversation's row, which the test holds...
+    let mut blocker = app.db.connect().await;
+    execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    eventually("the reply's write waits for the row", || async {
+        app.db.count(waiting).await == 1
+    })
+    .await;
+    // ...until an operator terminates the session it waits in (SQLSTATE 57P01).
+    app.db
+        .run_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .await;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    execute(&mut blocker, "COMMIT").await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}

@@ -1,6 +1,6 @@
 //! No client, signed in or not, can pin or exhaust a replica.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use chat_service::api::proto::{
     SendMessageRequest, SendMessageResponse, chat_service_client::ChatServiceClient,
@@ -8,10 +8,10 @@ use chat_service::api::proto::{
 };
 use tonic::{Code, Status, Streaming, transport::Channel};
 
-use super::support::{FakeLlm, Script, TestApp};
-
-/// Long enough for anything that is going to happen; a test that waits longer has failed.
-const PATIENCE: Duration = Duration::from_secs(20);
+use super::support::{
+    FakeLlm, Script, TestApp,
+    wait::{PATIENCE, eventually},
+};
 
 /// A client whose HTTP/2 windows are the protocol's minimum default, so that not reading soon
 /// leaves the server unable to send.
@@ -329,16 +329,6 @@ fn series(metrics: &str, name: &str) -> f64 {
         .lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Waits, a little at a time, until `condition` holds: for states that announce themselves by no
-/// event a test could await.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

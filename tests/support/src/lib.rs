@@ -9,6 +9,7 @@ pub mod fake_llm;
 pub mod logs;
 pub mod otlp;
 pub mod tcp_proxy;
+pub mod wait;
 
 pub use app::TestApp;
 pub use database::TestDatabase;
