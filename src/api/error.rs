@@ -62,6 +62,13 @@ impl From<ApiError> for Status {
                 };
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            ApiError::Chat(ChatError::ReplyNotSaved(reason)) => {
+                tracing::error!(error = %reason, "a streamed reply was not saved");
+                Status::unavailable(
+                    "the reply could not be saved because the database is unavailable; your \
+                     message was saved: send it again for a new reply",
+                )
+            }
             ApiError::Chat(ChatError::NotRead) => Status::deadline_exceeded(
                 "the reply was cut off because the client read none of it for the stall timeout \
                  (CHAT_STREAM_STALL_TIMEOUT); what was sent before is saved as cancelled",

@@ -43,6 +43,9 @@ pub enum ChatError {
         limit: Limit,
         retry_after: Option<Duration>,
     },
+    /// The reply was streamed but could not be stored, even after a few tries.
+    #[error("the reply could not be stored: {0}")]
+    ReplyNotSaved(String),
     /// The client read nothing of its reply for too long; what it was sent is stored.
     #[error("the reply was not read")]
     NotRead,

@@ -9,6 +9,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database query failed: {0}")]
     Query(DieselError),
+    /// A row with that key exists already.
+    #[error("already stored: {0}")]
+    Duplicate(String),
     /// A stored value the code cannot understand: a bug or a manual edit.
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
@@ -26,6 +29,9 @@ impl From<DieselError> for StoreError {
             // name: the same request works on another connection.
             DieselError::DatabaseError(_, info) if is_operator_intervention(info.message()) => {
                 Self::Unavailable(info.message().to_owned())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                Self::Duplicate(info.message().to_owned())
             }
             DieselError::BrokenTransactionManager => {
                 Self::Unavailable("connection left in an unknown transaction state".to_owned())

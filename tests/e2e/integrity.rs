@@ -133,7 +133,7 @@ async fn a_reply_whose_connection_was_cut_is_stored_on_another() {
 }
 
 #[tokio::test]
-async fn a_write_whose_session_is_terminated_is_unavailable_not_internal() {
+async fn a_reply_whose_write_is_cut_off_is_stored_by_another_try() {
     use super::support::{database::execute, wait::eventually};
     let fake = FakeLlm::start().await;
     fake.script([Script::Reply {
@@ -162,20 +162,22 @@ async fn a_write_whose_session_is_terminated_is_unavailable_not_internal() {
         app.db.count(waiting).await == 1
     })
     .await;
-    // ...until an operator terminates the session it waits in (SQLSTATE 57P01).
-    app.db
-        .run_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .await;
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended without an error"),
-            Err(status) => break status,
-        }
-    };
+    // ...until an operator terminates the session it waits in (SQLSTATE 57P01, as in a
+    // failover). The service tries again on another connection, which waits in turn.
+    let terminated = "SELECT count(*) AS n FROM (SELECT pg_terminate_backend(pid) \
+                      FROM pg_stat_activity \
+                      WHERE wait_event_type = 'Lock' AND datname = current_database()) t";
+    assert_eq!(app.db.count(terminated).await, 1);
+    eventually("another try waits for the row", || async {
+        app.db.count(waiting).await == 1
+    })
+    .await;
     execute(&mut blocker, "COMMIT").await;
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    let (text, _, completed) = read_all(stream).await;
+    assert!(completed, "the reply was not completed");
+    let stored = app.db.messages(&conversation).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1].content, text);
+    assert_eq!(stored[1].status, "complete");
 }

@@ -697,8 +697,12 @@ async fn a_reply_the_database_cannot_take_in_time_ends_the_stream_unavailable() 
     .await
     .unwrap_or_else(|_| panic!("the turn waited on the database for ever"));
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(
+        ended.message().contains("could not be saved"),
+        "the client is told the reply was lost: {ended:?}"
+    );
 
-    // PostgreSQL cancelled the write: once the row is free, nothing of the reply appears.
+    // PostgreSQL cancelled every try: once the row is free, nothing of the reply appears.
     super::support::database::execute(&mut blocker, "COMMIT").await;
     let stored = app.db.messages(&conversation).await;
     assert_eq!(

@@ -8,10 +8,7 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{
-        Message, MessageId, MessageStatus, Revision, Role, ToolCall, ToolCallId, ToolCallStatus,
-        now,
-    },
+    domain::{Message, MessageId, MessageStatus, Role, ToolCall, ToolCallId, ToolCallStatus, now},
     llm::ModelToolCall,
     store::StoreError,
 };
@@ -51,7 +48,11 @@ impl ReplyTask {
             Ok(()) => label,
             Err(error) => {
                 tracing::error!(error = %error, "storing the reply failed");
-                self.tell(sender, Err(ChatError::from(error))).await;
+                let told = match error {
+                    StoreError::Unavailable(reason) => ChatError::ReplyNotSaved(reason),
+                    other => ChatError::from(other),
+                };
+                self.tell(sender, Err(told)).await;
                 "storage_failed"
             }
         }
@@ -104,7 +105,7 @@ impl ReplyTask {
             self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
                 .await;
         }
-        if self.store_reply(&reply).await?.is_none() {
+        if !self.store_reply(&reply).await? {
             self.tell(sender, Err(ChatError::NotFound("conversation")))
                 .await;
             return Ok(());
@@ -120,23 +121,42 @@ impl ReplyTask {
         Ok(())
     }
 
-    /// Stores the reply and adds it to what this replica remembers of the conversation.
-    async fn store_reply(&self, reply: &Message) -> Result<Option<Revision>, StoreError> {
-        let stored = self.store.store_reply(self.user, reply).await;
-        match &stored {
-            Ok(Some(revision)) => {
-                self.recent.record(
-                    self.user,
-                    self.conversation_id,
-                    *revision,
-                    recent_message(reply),
-                );
-            }
+    /// Stores the reply and adds it to what this replica remembers of the conversation. A
+    /// store that fails for the database's sake (a lost connection, a failover, a timeout) is
+    /// tried again on a fresh connection, a few times within a couple of seconds: the reply has
+    /// been streamed and paid for. `false` if the conversation is gone.
+    async fn store_reply(&self, reply: &Message) -> Result<bool, StoreError> {
+        let mut delays = reply_store_backoff();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.store.store_reply(self.user, reply).await {
+                Ok(Some(revision)) => {
+                    self.recent.record(
+                        self.user,
+                        self.conversation_id,
+                        revision,
+                        recent_message(reply),
+                    );
+                    return Ok(true);
+                }
+                Ok(None) => return Ok(false),
+                Err(error) => error,
+            };
             // Whether it was written is unknown, so what is remembered may be wrong.
-            Err(_) => self.recent.forget(self.conversation_id),
-            Ok(None) => {}
+            self.recent.forget(self.conversation_id);
+            match error {
+                // An earlier attempt did commit, though its answer was lost.
+                StoreError::Duplicate(_) if attempt > 1 => return Ok(true),
+                StoreError::Unavailable(_) => {}
+                other => return Err(other),
+            }
+            let Some(delay) = delays.next() else {
+                return Err(error);
+            };
+            tracing::warn!(attempt, error = %error, "storing the reply failed; trying again");
+            tokio::time::sleep(delay).await;
         }
-        stored
     }
 
     fn reply(&self, content: String, calls: Vec<ToolCall>, status: MessageStatus) -> Message {
@@ -152,6 +172,17 @@ impl ReplyTask {
             tool_calls: calls,
         }
     }
+}
+
+/// The pauses between tries to store a reply: three more tries within about two seconds.
+fn reply_store_backoff() -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(std::time::Duration::from_secs(1))
+        .with_max_times(3)
+        .with_jitter()
+        .build()
 }
 
 fn tool_call(call: ModelToolCall) -> ToolCall {
