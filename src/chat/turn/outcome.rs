@@ -126,7 +126,8 @@ impl ReplyTask {
     /// tried again on a fresh connection, a few times within a couple of seconds: the reply has
     /// been streamed and paid for. `false` if the conversation is gone.
     async fn store_reply(&self, reply: &Message) -> Result<bool, StoreError> {
-        let mut delays = reply_store_backoff();
+        // Made on the first failure: the common case needs none.
+        let mut delays = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -151,7 +152,7 @@ impl ReplyTask {
                 StoreError::Unavailable(_) => {}
                 other => return Err(other),
             }
-            let Some(delay) = delays.next() else {
+            let Some(delay) = delays.get_or_insert_with(reply_store_backoff).next() else {
                 return Err(error);
             };
             tracing::warn!(attempt, error = %error, "storing the reply failed; trying again");
