@@ -180,9 +180,10 @@ async fn made_up_methods_are_counted_under_one_label() {
     );
 }
 
-/// Asserts a RESOURCE_EXHAUSTED that names `limit` in its QuotaFailure and says when to retry.
+/// Asserts a RESOURCE_EXHAUSTED that names `limit` in its QuotaFailure, and returns its
+/// RetryInfo's delay, if it has one.
 #[track_caller]
-fn assert_limit(status: &Status, limit: &str) {
+fn assert_quota(status: &Status, limit: &str) -> Option<Duration> {
     use tonic_types::StatusExt;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let violations = status
@@ -193,14 +194,23 @@ fn assert_limit(status: &Status, limit: &str) {
         violations.iter().any(|v| v.subject == limit),
         "no violation of {limit}: {violations:?}"
     );
-    let retry = status
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .unwrap_or_else(|| panic!("no RetryInfo in {status:?}"));
+    status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
+/// A limit on what one may do at once: it says when to try again.
+#[track_caller]
+fn assert_limit(status: &Status, limit: &str) {
+    let retry = assert_quota(status, limit).unwrap_or_else(|| panic!("no RetryInfo in {status:?}"));
     assert!(
         retry > Duration::ZERO && retry <= Duration::from_secs(1),
         "{retry:?}"
     );
+}
+
+/// A limit on what one may keep: waiting does not help, so there is no RetryInfo.
+#[track_caller]
+fn assert_storage_limit(status: &Status, limit: &str) {
+    assert_eq!(assert_quota(status, limit), None, "{status:?}");
 }
 
 fn message(conversation_id: &str, content: &str) -> SendMessageRequest {
@@ -569,23 +579,6 @@ async fn no_response_carries_more_than_two_mebibytes_of_text_and_paging_still_se
     }
     let expected: Vec<String> = (1..=10).map(|i| format!("{i}xx")[..3].to_owned()).collect();
     assert_eq!(seen, expected, "every message once, in order");
-}
-
-/// Asserts a RESOURCE_EXHAUSTED for a storage limit: a QuotaFailure naming it, and no RetryInfo,
-/// since waiting does not help.
-#[track_caller]
-fn assert_storage_limit(status: &Status, limit: &str) {
-    use tonic_types::StatusExt;
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let violations = status
-        .get_details_quota_failure()
-        .map(|q| q.violations)
-        .unwrap_or_default();
-    assert!(
-        violations.iter().any(|v| v.subject == limit),
-        "no violation of {limit}: {violations:?}"
-    );
-    assert!(status.get_details_retry_info().is_none(), "{status:?}");
 }
 
 #[tokio::test]
