@@ -216,3 +216,84 @@ async fn accepted_connections_have_tcp_keepalive() {
         "accepted sockets without a keepalive timer: {timers:?}"
     );
 }
+
+/// One HTTP/2 frame: its 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap_or_else(|e| panic!("{e}"));
+    let mut frame = length.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HPACK literal header field, not indexed, whose name is entry `index` of the static table
+/// (`prefix` is the 4-bit-prefix encoding of the index). Values here are shorter than 127 bytes.
+fn literal(prefix: &[u8], value: &str) -> Vec<u8> {
+    let mut field = prefix.to_vec();
+    field.push(u8::try_from(value.len()).unwrap_or_else(|e| panic!("{e}")));
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+/// Reads frames until a PING acknowledgement carrying `payload` arrives; false if the
+/// connection closed first.
+async fn until_ping_ack(peer: &mut TcpStream, payload: [u8; 8]) -> bool {
+    loop {
+        let mut header = [0u8; 9];
+        if peer.read_exact(&mut header).await.is_err() {
+            return false;
+        }
+        let length =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut body = vec![0u8; length];
+        if peer.read_exact(&mut body).await.is_err() {
+            return false;
+        }
+        if header[3] == 0x6 && header[4] & 0x1 == 1 && body == payload {
+            return true;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_makes_the_server_reset_streams_is_disconnected() {
+    // "MadeYouReset" (CVE-2025-8671): each request is accepted, then given a flow-control
+    // increment that overflows its window, a stream error the server answers by resetting the
+    // stream. Without a cap, a client gets this work done for free, stream after stream.
+    let app = TestApp::spawn_with(|config| config.server.transport.max_local_resets = 10).await;
+    let mut peer = TcpStream::connect(app.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    peer.write_all(&hello)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // POST, http, :path and content-type: a health check whose message never comes, so that
+    // the server holds the stream open.
+    let mut headers = vec![0x83, 0x86];
+    headers.extend(literal(&[0x04], "/grpc.health.v1.Health/Check"));
+    headers.extend(literal(&[0x0f, 0x10], "application/grpc"));
+    let mut reset = 0;
+    for stream in (1..=99u32).step_by(2) {
+        let ping = u64::from(stream).to_be_bytes();
+        let mut bytes = frame(0x1, 0x4, stream, &headers);
+        bytes.extend(frame(0x6, 0, 0, &ping));
+        if peer.write_all(&bytes).await.is_err() || !until_ping_ack(&mut peer, ping).await {
+            break;
+        }
+        // The request is accepted by now; overflow its window.
+        let overflow = frame(0x8, 0, stream, &0x7fff_ffffu32.to_be_bytes());
+        if peer.write_all(&overflow).await.is_err() {
+            break;
+        }
+        reset += 1;
+    }
+    if reset == 50 {
+        until_closed(peer, "a connection that made it reset 50 streams").await;
+    } else {
+        // Closed for the resets, not for anything else the client did.
+        assert!(reset >= 10, "closed after only {reset} streams");
+    }
+}
