@@ -691,11 +691,14 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
         "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
          SELECT gen_random_uuid(), u.id, 'conversation ' || g, now(), now() - g * interval '1 second'
          FROM users u, generate_series(1, 1000) g WHERE u.subject = 'reader';
-         INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
          SELECT gen_random_uuid(), c.id, CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END,
-                repeat('A message of about two hundred characters. ', 5), 'complete', now() + g * interval '1 ms'
+                repeat('A message of about two hundred characters. ', 5), 'complete', now() + g * interval '1 ms', g
          FROM (SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
                WHERE u.subject = 'reader' ORDER BY c.updated_at DESC LIMIT 1) c, generate_series(1, 1000) g;
+         UPDATE conversations SET revision = 1000
+         WHERE id = (SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
+                     WHERE u.subject = 'reader' ORDER BY c.updated_at DESC LIMIT 1);
          ANALYZE;",
     )
     .await

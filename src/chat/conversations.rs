@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{Admission, ChatError, Limit, RecentContexts};
+use super::{Admission, ChatError, Identities, Limit, RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationCursor, ConversationId, Message, MessageCursor, PageSize,
@@ -52,6 +52,8 @@ pub struct Conversations {
     window: usize,
     /// Knows how many conversations a user may keep, and counts refusals.
     admission: Arc<Admission>,
+    /// Told when a user turns out to be deleted, so that the next request starts afresh.
+    identities: Identities,
 }
 
 impl Conversations {
@@ -60,6 +62,7 @@ impl Conversations {
         recent: Arc<RecentContexts>,
         window: usize,
         admission: Arc<Admission>,
+        identities: Identities,
     ) -> Self {
         let tokens = PageTokenCodec::new(store.page_token_key());
         Self {
@@ -68,6 +71,7 @@ impl Conversations {
             tokens,
             window,
             admission,
+            identities,
         }
     }
 
@@ -83,7 +87,8 @@ impl Conversations {
         if !self
             .store
             .create_conversation(user, &conversation, limit)
-            .await?
+            .await
+            .map_err(|e| self.identities.unless_gone(user, e))?
         {
             return Err(self.admission.storage_refusal(Limit::UserConversations));
         }
@@ -167,10 +172,7 @@ impl Conversations {
         items.truncate(kept);
         let next_page_token = match items.last() {
             Some(last) if more => {
-                let cursor = MessageCursor {
-                    create_time: last.create_time,
-                    id: last.id,
-                };
+                let cursor = MessageCursor { after: last.id };
                 self.tokens.encode_messages(user, id, &cursor)
             }
             _ => String::new(),

@@ -7,7 +7,7 @@ use std::{
 use super::ChatError;
 use crate::{
     domain::{Subject, UserId},
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// How long a subject's user id is remembered. Users are never renamed; the limit only bounds
@@ -43,6 +43,20 @@ impl Identities {
         }
         known.insert(subject.as_str().to_owned(), (user, Instant::now()));
         Ok(user)
+    }
+
+    /// The error as the caller should see it. A write that found its user deleted (by an
+    /// operator, behind the service's back) makes the service forget that user, so that the
+    /// caller's next request creates it anew rather than failing for as long as it is
+    /// remembered.
+    pub fn unless_gone(&self, user: UserId, error: StoreError) -> ChatError {
+        if !matches!(error, StoreError::UnknownUser) {
+            return error.into();
+        }
+        // Rare enough that a scan of what is remembered costs nothing worth an index.
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.retain(|_, (remembered, _)| *remembered != user);
+        ChatError::Unavailable("the caller's user was deleted while the request was served".into())
     }
 
     fn remembered(&self, subject: &Subject) -> Option<UserId> {

@@ -1,10 +1,10 @@
 //! The newest messages of the conversations this replica has served lately, so that a turn can
 //! send its request to the model without first reading them from the database.
 //!
-//! What is remembered can be out of date: another replica may have added to the conversation.
-//! So each entry carries the conversation's revision, and a turn that used it stores its user
-//! message only if the conversation is still at that revision. If it is not, the turn reads the
-//! history and starts again; nothing the model sent has reached anyone by then.
+//! What is remembered can be out of date: another replica, or another turn, may have added to
+//! the conversation. So each entry carries the conversation's revision. A turn stores its user
+//! message first and learns its sequence; what is remembered serves only if it is at the
+//! revision just before, and the turn reads the history from the database otherwise.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -31,7 +31,7 @@ struct Entries {
 struct Entry {
     owner: UserId,
     revision: Revision,
-    /// Oldest first, as the database orders them: by time, then id.
+    /// Oldest first, in the conversation's order.
     messages: Vec<RecentMessage>,
 }
 
@@ -75,11 +75,10 @@ impl RecentContexts {
         })
     }
 
-    /// Remembers a history as read from the database (or as a new conversation begins).
+    /// Remembers a history as read from the database (or as a new conversation begins), unless
+    /// what is remembered already is as new.
     pub fn remember(&self, user: UserId, conversation: ConversationId, history: RecentHistory) {
-        let Some(revision) = history.revision else {
-            return;
-        };
+        let revision = history.revision;
         let mut messages = history.messages;
         let excess = messages.len().saturating_sub(self.limit);
         messages.drain(..excess);
@@ -89,6 +88,13 @@ impl RecentContexts {
             messages,
         };
         let mut entries = self.lock();
+        if entries
+            .by_conversation
+            .get(&conversation)
+            .is_some_and(|known| known.owner == user && known.revision >= revision)
+        {
+            return;
+        }
         entries.bytes += entry.bytes();
         if let Some(old) = entries.by_conversation.insert(conversation, entry) {
             entries.bytes -= old.bytes();
@@ -96,9 +102,9 @@ impl RecentContexts {
         entries.make_room();
     }
 
-    /// Adds a message just stored by a write that took the conversation to `revision`. If the
-    /// entry was not at the revision before it, another write came in between: the entry is
-    /// dropped rather than guessed at.
+    /// Adds a message just stored by a write that took the conversation to `revision`: the
+    /// message's sequence. If the entry was not at the revision before it, another write came
+    /// in between: the entry is dropped rather than guessed at.
     pub fn record(
         &self,
         user: UserId,
@@ -121,9 +127,7 @@ impl RecentContexts {
             return;
         }
         *bytes -= entry.bytes();
-        let key = |m: &RecentMessage| (m.create_time, *m.id.as_uuid());
-        let at = entry.messages.partition_point(|m| key(m) <= key(&message));
-        entry.messages.insert(at, message);
+        entry.messages.push(message);
         let excess = entry.messages.len().saturating_sub(self.limit);
         entry.messages.drain(..excess);
         entry.revision = revision;
@@ -162,17 +166,14 @@ impl Entries {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{Duration, TimeZone, Utc};
-
     use super::*;
     use crate::domain::MessageId;
 
-    fn message(second: i64, text: &str) -> RecentMessage {
+    fn message(text: &str) -> RecentMessage {
         RecentMessage {
             id: MessageId::generate(),
             role: Role::User,
             content: text.to_owned(),
-            create_time: Utc.timestamp_opt(1_800_000_000, 0).unwrap() + Duration::seconds(second),
         }
     }
 
@@ -184,7 +185,7 @@ mod tests {
             .collect()
     }
 
-    fn history(revision: Option<Revision>, messages: Vec<RecentMessage>) -> RecentHistory {
+    fn history(revision: Revision, messages: Vec<RecentMessage>) -> RecentHistory {
         RecentHistory { revision, messages }
     }
 
@@ -193,36 +194,40 @@ mod tests {
         let recent = RecentContexts::new(20);
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let conversation = ConversationId::generate();
-        recent.remember(
-            alice,
-            conversation,
-            history(Some(1), vec![message(0, "hi")]),
-        );
+        recent.remember(alice, conversation, history(1, vec![message("hi")]));
         assert!(recent.get(bob, conversation).is_none());
         let remembered = recent.get(alice, conversation).unwrap();
         assert_eq!((remembered.revision, texts(&remembered)), (1, vec!["hi"]));
     }
 
     #[test]
-    fn a_history_without_revision_is_not_remembered() {
+    fn an_older_history_does_not_replace_a_newer_one() {
         let recent = RecentContexts::new(20);
         let (user, conversation) = (UserId::generate(), ConversationId::generate());
-        recent.remember(user, conversation, history(None, Vec::new()));
-        assert!(recent.get(user, conversation).is_none());
+        recent.remember(
+            user,
+            conversation,
+            history(3, vec![message("a"), message("b")]),
+        );
+        recent.remember(user, conversation, history(2, vec![message("a")]));
+        let remembered = recent.get(user, conversation).unwrap();
+        assert_eq!(
+            (remembered.revision, texts(&remembered)),
+            (3, vec!["a", "b"])
+        );
     }
 
     #[test]
-    fn writes_in_sequence_are_added_in_time_order_and_the_oldest_fall_out() {
+    fn writes_in_sequence_are_added_and_the_oldest_fall_out() {
         let recent = RecentContexts::new(3);
         let (user, conversation) = (UserId::generate(), ConversationId::generate());
         recent.remember(
             user,
             conversation,
-            history(Some(2), vec![message(0, "a"), message(2, "c")]),
+            history(2, vec![message("a"), message("b")]),
         );
-        // Stored with an earlier time than the newest message (a clock that stepped back).
-        recent.record(user, conversation, 3, message(1, "b"));
-        recent.record(user, conversation, 4, message(3, "d"));
+        recent.record(user, conversation, 3, message("c"));
+        recent.record(user, conversation, 4, message("d"));
         let remembered = recent.get(user, conversation).unwrap();
         assert_eq!(
             (remembered.revision, texts(&remembered)),
@@ -234,11 +239,11 @@ mod tests {
     fn a_write_that_skips_a_revision_drops_the_entry() {
         let recent = RecentContexts::new(20);
         let (user, conversation) = (UserId::generate(), ConversationId::generate());
-        recent.remember(user, conversation, history(Some(1), vec![message(0, "a")]));
-        recent.record(user, conversation, 3, message(1, "b"));
+        recent.remember(user, conversation, history(1, vec![message("a")]));
+        recent.record(user, conversation, 3, message("b"));
         assert!(recent.get(user, conversation).is_none());
         // A later write does not bring it back.
-        recent.record(user, conversation, 4, message(2, "c"));
+        recent.record(user, conversation, 4, message("c"));
         assert!(recent.get(user, conversation).is_none());
     }
 
@@ -246,7 +251,7 @@ mod tests {
     fn forgotten_entries_are_gone_and_their_bytes_returned() {
         let recent = RecentContexts::new(20);
         let (user, conversation) = (UserId::generate(), ConversationId::generate());
-        recent.remember(user, conversation, history(Some(1), vec![message(0, "a")]));
+        recent.remember(user, conversation, history(1, vec![message("a")]));
         recent.forget(conversation);
         assert!(recent.get(user, conversation).is_none());
         assert_eq!(recent.lock().bytes, 0);
@@ -261,7 +266,7 @@ mod tests {
             recent.remember(
                 user,
                 ConversationId::generate(),
-                history(Some(1), vec![message(0, &big)]),
+                history(1, vec![message(&big)]),
             );
         }
         let entries = recent.lock();

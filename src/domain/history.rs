@@ -1,26 +1,23 @@
-use chrono::{DateTime, Utc};
-
 use super::{conversation::Role, ids::MessageId};
 
-/// Advances by exactly one with every write that adds messages to a conversation, so that a
-/// reader can tell whether anything was added since it looked. Only its changes carry meaning.
+/// A conversation's revision: how many writes have added messages to it. Each write takes it
+/// one further, under the conversation's row lock, and gives the message it stores that number
+/// as its sequence, so the revision is also the newest message's sequence.
 pub type Revision = i64;
 
-/// A conversation's newest messages, as a model's context needs them, and the conversation's
-/// revision when they were read.
+/// A conversation's newest messages, as a model's context needs them, and the revision they
+/// are the newest of: every message up to it, and none after.
 #[derive(Debug, Clone)]
 pub struct RecentHistory {
-    /// `None` when the conversation has no message yet.
-    pub revision: Option<Revision>,
+    pub revision: Revision,
     /// Oldest first.
     pub messages: Vec<RecentMessage>,
 }
 
-/// One message of a [`RecentHistory`]: what the model reads, and what orders it.
+/// One message of a [`RecentHistory`]: what the model reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecentMessage {
     pub id: MessageId,
     pub role: Role,
     pub content: String,
-    pub create_time: DateTime<Utc>,
 }

@@ -48,12 +48,11 @@ pub struct ConversationCursor {
     pub id: ConversationId,
 }
 
-/// Where the next page of a conversation's messages starts: after this one, in
-/// (create_time, id) order.
+/// Where the next page of a conversation's messages starts: after this message, in the
+/// conversation's order. Messages never move, so the message alone marks the place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageCursor {
-    pub create_time: DateTime<Utc>,
-    pub id: MessageId,
+    pub after: MessageId,
 }
 
 /// What a page token belongs to. A token is valid only for the listing that produced it, so a
@@ -124,7 +123,9 @@ impl PageTokenCodec {
         cursor: &MessageCursor,
     ) -> String {
         let scope = PageTokenScope::Messages { user, conversation };
-        self.encode(scope, cursor.create_time, *cursor.id.as_uuid())
+        // The time field, which tokens from before messages had sequences filled with the
+        // message's time, is not read any more; those tokens still work.
+        self.encode(scope, DateTime::UNIX_EPOCH, *cursor.after.as_uuid())
     }
 
     pub fn decode_messages(
@@ -134,10 +135,9 @@ impl PageTokenCodec {
         token: &str,
     ) -> Result<MessageCursor, InvalidPageToken> {
         let scope = PageTokenScope::Messages { user, conversation };
-        let (create_time, id) = self.decode(scope, token)?;
+        let (_, id) = self.decode(scope, token)?;
         Ok(MessageCursor {
-            create_time,
-            id: MessageId::from_uuid(id),
+            after: MessageId::from_uuid(id),
         })
     }
 
@@ -225,8 +225,7 @@ mod tests {
 
         let conversation = ConversationId::generate();
         let cursor = MessageCursor {
-            create_time: now(),
-            id: MessageId::generate(),
+            after: MessageId::generate(),
         };
         let token = codec().encode_messages(user, conversation, &cursor);
         assert_eq!(

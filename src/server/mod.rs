@@ -207,11 +207,13 @@ impl Application {
         let stopping = CancellationToken::new();
         let conversation_window = config.limits.conversation_window;
         let admission = Admission::new(config.limits, metrics.clone());
+        let identities = Identities::new(store.clone());
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission: admission.clone(),
+            identities: identities.clone(),
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -250,7 +252,7 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
-        let caller = Caller::new(Identities::new(store.clone()), admission.clone());
+        let caller = Caller::new(identities.clone(), admission.clone());
         let recent = Arc::new(RecentContexts::new(config.turns.history_messages));
         let send_message_limit = api::max_send_message_bytes(config.turns.max_message_chars);
         let turns = Turns::new(
@@ -265,7 +267,13 @@ impl Application {
             .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
         let conversations = ConversationServiceServer::new(ConversationApi::new(
             caller,
-            Conversations::new(store, recent, conversation_window, admission.clone()),
+            Conversations::new(
+                store,
+                recent,
+                conversation_window,
+                admission.clone(),
+                identities,
+            ),
         ))
         .max_decoding_message_size(api::MAX_CONVERSATION_REQUEST_BYTES)
         .max_encoding_message_size(api::MAX_RESPONSE_BYTES);

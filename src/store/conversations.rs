@@ -110,7 +110,7 @@ impl Store {
                 .inner_join(conversations::table)
                 .filter(conversations::user_id.eq(user.as_uuid()))
                 .filter(messages::conversation_id.eq(id.as_uuid()))
-                .order((messages::created_at.desc(), messages::id.desc()))
+                .order(messages::sequence.desc())
                 .limit(newest);
             let rows = newest_ids
                 .select(MessageRow::as_select())
@@ -148,17 +148,22 @@ impl Store {
                 .filter(conversations::user_id.eq(user.as_uuid()))
                 .filter(messages::conversation_id.eq(conversation.as_uuid()))
                 .select(MessageRow::as_select())
-                .order((messages::created_at.asc(), messages::id.asc()))
+                .order(messages::sequence.asc())
                 .limit(i64::try_from(limit).unwrap_or(i64::MAX))
                 .into_boxed();
             if let Some(cursor) = after {
-                query = query.filter(
-                    messages::created_at.ge(cursor.create_time).and(
-                        messages::created_at
-                            .gt(cursor.create_time)
-                            .or(messages::id.gt(*cursor.id.as_uuid())),
-                    ),
-                );
+                // A cursor naming a message this conversation does not hold yields no rows.
+                let earlier = diesel::alias!(messages as earlier);
+                let cursor_sequence = earlier
+                    .filter(earlier.field(messages::id).eq(*cursor.after.as_uuid()))
+                    .filter(
+                        earlier
+                            .field(messages::conversation_id)
+                            .eq(conversation.as_uuid()),
+                    )
+                    .select(earlier.field(messages::sequence))
+                    .single_value();
+                query = query.filter(messages::sequence.nullable().gt(cursor_sequence));
             }
             let rows = query.load::<MessageRow>(conn).await?;
             // An empty page is the only case where ownership is still unknown.

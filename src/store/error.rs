@@ -9,6 +9,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database query failed: {0}")]
     Query(DieselError),
+    /// The user a row was written for no longer exists.
+    #[error("the user no longer exists")]
+    UnknownUser,
     /// A row with that key exists already.
     #[error("already stored: {0}")]
     Duplicate(String),
@@ -29,6 +32,11 @@ impl From<DieselError> for StoreError {
             // name: the same request works on another connection.
             DieselError::DatabaseError(_, info) if is_operator_intervention(info.message()) => {
                 Self::Unavailable(info.message().to_owned())
+            }
+            // Every write names its conversation through a statement that finds it first, so
+            // only a user, deleted meanwhile, can be missing.
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                Self::UnknownUser
             }
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 Self::Duplicate(info.message().to_owned())

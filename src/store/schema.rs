@@ -20,6 +20,7 @@ diesel::table! {
         content -> Text,
         status -> Text,
         created_at -> Timestamptz,
+        sequence -> Int8,
     }
 }
 

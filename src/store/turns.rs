@@ -1,6 +1,5 @@
 //! Writes of a chat turn: the user's message when the turn starts, the reply when it ends.
 
-use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
     sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
@@ -14,8 +13,7 @@ use super::{
     statement::fixed,
 };
 use crate::domain::{
-    Conversation, ConversationId, Message, MessageId, RecentHistory, RecentMessage, Revision, Role,
-    Title, UserId,
+    Conversation, ConversationId, Message, MessageId, RecentMessage, Revision, Role, Title, UserId,
 };
 
 #[derive(QueryableByName)]
@@ -25,33 +23,33 @@ struct RevisionRow {
 }
 
 /// Adds one message to a conversation and moves the conversation forward: its update time, its
-/// revision, and its title if it has none yet. The UPDATE locks the conversation's row, so
-/// concurrent turns of one conversation store their messages one after the other. With `$5`,
-/// only if the conversation is still at that revision; with `$10`, only if its revision is below
-/// that. Returns the new revision, or no row if the user has no such conversation (or one of
-/// those conditions failed); then nothing is written.
+/// title if it has none yet, and its revision, which becomes the message's sequence. The UPDATE
+/// locks the conversation's row until the transaction ends, so concurrent writes to one
+/// conversation take their sequences one after the other, in the order they commit. With `$9`,
+/// only while the revision is below that. Returns the new revision, or no row if the user has
+/// no such conversation (or it is full); then nothing is written.
 const APPEND_MESSAGE: &str = "WITH touched AS (
          UPDATE conversations
          SET updated_at = GREATEST(updated_at, $3),
              title = CASE WHEN title = '' THEN $4 ELSE title END,
              revision = revision + 1
-         WHERE id = $1 AND user_id = $2 AND ($5::int8 IS NULL OR revision = $5)
-           AND ($10::int8 IS NULL OR revision < $10)
+         WHERE id = $1 AND user_id = $2 AND ($9::int8 IS NULL OR revision < $9)
          RETURNING id, revision
      ), inserted AS (
-         INSERT INTO messages (id, conversation_id, role, content, status, created_at)
-         SELECT $6, id, $7, $8, $9, $3 FROM touched
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
+         SELECT $5, id, $6, $7, $8, $3, revision FROM touched
      )
      SELECT revision FROM touched";
 
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
 const APPEND: Operation = Operation::new("UPDATE", "UPDATE conversations INSERT messages");
-const RECENT: Operation = Operation::new("SELECT", "SELECT messages");
+const BEFORE: Operation = Operation::new("SELECT", "SELECT messages");
 const REVISION: Operation = Operation::new("SELECT", "SELECT conversations");
 
 impl Store {
     /// Creates the conversation together with its first message, in one statement, unless the
-    /// user already has `max_conversations`. Its revision is then 1. Whether it was created.
+    /// user already has `max_conversations`. Its revision, and the message's sequence, are then
+    /// 1. Whether it was created; [`StoreError::UnknownUser`] if the user is gone.
     pub async fn start_conversation(
         &self,
         user: UserId,
@@ -67,8 +65,9 @@ impl Store {
                      WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
                      RETURNING id
                  )
-                 INSERT INTO messages (id, conversation_id, role, content, status, created_at)
-                 SELECT $5, id, $6, $7, $8, $4 FROM created",
+                 INSERT INTO messages (id, conversation_id, role, content, status, created_at,
+                                       sequence)
+                 SELECT $5, id, $6, $7, $8, $4, 1 FROM created",
             )
             .bind::<SqlUuid, _>(conversation.id.as_uuid())
             .bind::<SqlUuid, _>(user.as_uuid())
@@ -87,21 +86,20 @@ impl Store {
     }
 
     /// Adds the user's message to one of their conversations, naming the conversation
-    /// `title_if_unnamed` if it has no title yet, and returns the new revision. With `expected`,
-    /// only if the conversation is still at that revision, and only while its revision is below
-    /// `max_revision`. `None` if the user has no such conversation or a condition failed, in
-    /// which case nothing is written ([`Store::revision`] tells which).
+    /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision`.
+    /// Returns the new revision, which is the message's sequence; `None` if the user has no
+    /// such conversation or it is full, in which case nothing is written ([`Store::revision`]
+    /// tells which).
     pub async fn append_user_message(
         &self,
         user: UserId,
         message: &Message,
         title_if_unnamed: &Title,
-        expected: Option<Revision>,
         max_revision: Revision,
     ) -> Result<Option<Revision>, StoreError> {
         self.run(APPEND, async |conn| {
             let title = title_if_unnamed.as_str();
-            append_message(conn, user, message, title, expected, Some(max_revision)).await
+            append_message(conn, user, message, title, Some(max_revision)).await
         })
         .await
     }
@@ -124,55 +122,37 @@ impl Store {
         .await
     }
 
-    /// The conversation's newest `limit` messages, oldest first: the model's context. `None` if
-    /// the user has no such conversation.
-    pub async fn recent_messages(
+    /// The newest `limit` of the messages before `sequence` in the user's conversation, oldest
+    /// first: the model's context for the message at `sequence`. Every message before it was
+    /// committed before it was (see [`APPEND_MESSAGE`]), so nothing is missing and nothing
+    /// later is included.
+    pub async fn messages_before(
         &self,
         user: UserId,
         conversation: ConversationId,
+        sequence: Revision,
         limit: usize,
-    ) -> Result<Option<RecentHistory>, StoreError> {
-        self.run(RECENT, async |conn| {
-            // The revision comes from the same statement, so it is the one these messages are at.
+    ) -> Result<Vec<RecentMessage>, StoreError> {
+        self.run(BEFORE, async |conn| {
             let rows = messages::table
                 .inner_join(conversations::table)
                 .filter(conversations::user_id.eq(user.as_uuid()))
                 .filter(messages::conversation_id.eq(conversation.as_uuid()))
-                .select((
-                    conversations::revision,
-                    messages::id,
-                    messages::role,
-                    messages::content,
-                    messages::created_at,
-                ))
-                .order((messages::created_at.desc(), messages::id.desc()))
+                .filter(messages::sequence.lt(sequence))
+                .select((messages::id, messages::role, messages::content))
+                .order(messages::sequence.desc())
                 .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-                .load::<(Revision, uuid::Uuid, Stored<Role>, String, DateTime<Utc>)>(conn)
+                .load::<(uuid::Uuid, Stored<Role>, String)>(conn)
                 .await?;
-            let Some(&(revision, ..)) = rows.as_slice().first() else {
-                // With no message, ownership is still unknown, and so is the revision (a second
-                // statement could see a later one).
-                let owned =
-                    super::conversations::owns_conversation(conn, user, conversation).await?;
-                return Ok(owned.then(|| RecentHistory {
-                    revision: None,
-                    messages: Vec::new(),
-                }));
-            };
-            let messages = rows
+            Ok(rows
                 .into_iter()
                 .rev()
-                .map(|(_, id, role, content, create_time)| RecentMessage {
+                .map(|(id, role, content)| RecentMessage {
                     id: MessageId::from_uuid(id),
                     role: role.0,
                     content,
-                    create_time,
                 })
-                .collect();
-            Ok(Some(RecentHistory {
-                revision: Some(revision),
-                messages,
-            }))
+                .collect())
         })
         .await
     }
@@ -189,11 +169,10 @@ impl Store {
         self.run(operation, async |conn| {
             if reply.tool_calls.is_empty() {
                 // The common case in one statement, atomic by itself: one round trip, not four.
-                return append_message(conn, user, reply, "", None, None).await;
+                return append_message(conn, user, reply, "", None).await;
             }
             conn.transaction::<Option<Revision>, StoreError, _>(async |conn| {
-                let Some(revision) = append_message(conn, user, reply, "", None, None).await?
-                else {
+                let Some(revision) = append_message(conn, user, reply, "", None).await? else {
                     return Ok(None);
                 };
                 let calls: Vec<NewToolCallRow<'_>> = reply
@@ -229,7 +208,6 @@ async fn append_message(
     user: UserId,
     message: &Message,
     title_if_unnamed: &str,
-    expected: Option<Revision>,
     max_revision: Option<Revision>,
 ) -> Result<Option<Revision>, StoreError> {
     let row = fixed(APPEND_MESSAGE)
@@ -237,7 +215,6 @@ async fn append_message(
         .bind::<SqlUuid, _>(user.as_uuid())
         .bind::<Timestamptz, _>(message.create_time)
         .bind::<Text, _>(title_if_unnamed)
-        .bind::<Nullable<BigInt>, _>(expected)
         .bind::<SqlUuid, _>(message.id.as_uuid())
         .bind::<Text, _>(<&str>::from(message.role))
         .bind::<Text, _>(&message.content)

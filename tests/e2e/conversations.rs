@@ -263,19 +263,21 @@ async fn forged_or_foreign_page_tokens_are_refused() {
 }
 
 #[tokio::test]
-async fn get_conversation_returns_all_messages_in_chronological_order() {
+async fn get_conversation_returns_all_messages_in_the_conversations_order() {
     let app = TestApp::spawn().await;
     let conversation = app.create_conversation("alice", "history").await;
-    // Inserted in reverse: the order must come from create_time, not insertion.
+    // Inserted in reverse, with times and ids that disagree with the sequence: the order must
+    // come from the sequence alone.
     app.db
         .run_sql(&format!(
-            "INSERT INTO messages (id, conversation_id, role, content, status, created_at) VALUES
-             ('00000000-0000-7000-8000-000000000003', '{conversation}', 'assistant', 'third', 'cancelled', '2026-01-01 00:00:03+00'),
-             ('00000000-0000-7000-8000-000000000002', '{conversation}', 'user', 'second', 'complete', '2026-01-01 00:00:02+00'),
-             ('00000000-0000-7000-8000-000000000001', '{conversation}', 'system', 'first', 'complete', '2026-01-01 00:00:01+00');
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence) VALUES
+             ('00000000-0000-7000-8000-000000000001', '{conversation}', 'assistant', 'third', 'cancelled', '2026-01-01 00:00:01+00', 3),
+             ('00000000-0000-7000-8000-000000000002', '{conversation}', 'user', 'second', 'complete', '2026-01-01 00:00:02+00', 2),
+             ('00000000-0000-7000-8000-000000000003', '{conversation}', 'system', 'first', 'complete', '2026-01-01 00:00:03+00', 1);
+             UPDATE conversations SET revision = 3 WHERE id = '{conversation}';
              INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments, status) VALUES
-             (gen_random_uuid(), '00000000-0000-7000-8000-000000000003', 1, 'call_b', 'get_time', '{{}}', 'requested'),
-             (gen_random_uuid(), '00000000-0000-7000-8000-000000000003', 0, 'call_a', 'get_weather', '{{\"city\":\"Lisbon\"}}', 'requested');"
+             (gen_random_uuid(), '00000000-0000-7000-8000-000000000001', 1, 'call_b', 'get_time', '{{}}', 'requested'),
+             (gen_random_uuid(), '00000000-0000-7000-8000-000000000001', 0, 'call_a', 'get_weather', '{{\"city\":\"Lisbon\"}}', 'requested');"
         ))
         .await;
 

@@ -12,9 +12,10 @@ async fn alice_conversation_with_messages(app: &TestApp) -> String {
     let id = app.create_conversation("alice", "private").await;
     app.db
         .run_sql(&format!(
-            "INSERT INTO messages (id, conversation_id, role, content, status) VALUES
-             (gen_random_uuid(), '{id}', 'user', 'secret question', 'complete'),
-             (gen_random_uuid(), '{id}', 'assistant', 'secret answer', 'complete');
+            "INSERT INTO messages (id, conversation_id, role, content, status, sequence) VALUES
+             (gen_random_uuid(), '{id}', 'user', 'secret question', 'complete', 1),
+             (gen_random_uuid(), '{id}', 'assistant', 'secret answer', 'complete', 2);
+             UPDATE conversations SET revision = 2 WHERE id = '{id}';
              INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments, status)
              SELECT gen_random_uuid(), id, 0, 'call', 'lookup', '{{}}', 'requested'
              FROM messages WHERE role = 'assistant'"
@@ -132,8 +133,8 @@ async fn the_database_refuses_a_message_for_a_missing_conversation() {
     let app = TestApp::spawn().await;
     let mut conn = app.db.connect().await;
     let result = diesel::sql_query(format!(
-        "INSERT INTO messages (id, conversation_id, role, content, status)
-         VALUES (gen_random_uuid(), '{}', 'user', 'orphan', 'complete')",
+        "INSERT INTO messages (id, conversation_id, role, content, status, sequence)
+         VALUES (gen_random_uuid(), '{}', 'user', 'orphan', 'complete', 1)",
         uuid::Uuid::now_v7()
     ))
     .execute(&mut conn)
@@ -157,8 +158,8 @@ async fn the_database_refuses_an_unknown_role() {
     let id = alice_conversation_with_messages(&app).await;
     let mut conn = app.db.connect().await;
     let result = diesel::sql_query(format!(
-        "INSERT INTO messages (id, conversation_id, role, content, status)
-         VALUES (gen_random_uuid(), '{id}', 'narrator', 'hello', 'complete')"
+        "INSERT INTO messages (id, conversation_id, role, content, status, sequence)
+         VALUES (gen_random_uuid(), '{id}', 'narrator', 'hello', 'complete', 3)"
     ))
     .execute(&mut conn)
     .await;

@@ -534,10 +534,11 @@ async fn no_response_carries_more_than_two_mebibytes_of_text_and_paging_still_se
     // Ten messages of 400 KB each: 4 MB, more than a gRPC client accepts in one response.
     app.db
         .run_sql(&format!(
-            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
              SELECT gen_random_uuid(), '{conversation}', 'user', g || repeat('x', 400000),
-                    'complete', timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
-             FROM generate_series(1, 10) g"
+                    'complete', timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g
+             FROM generate_series(1, 10) g;
+             UPDATE conversations SET revision = 10 WHERE id = '{conversation}'"
         ))
         .await;
     const BUDGET: usize = 2 * 1024 * 1024;

@@ -1,7 +1,8 @@
 //! One turn of `SendMessage`, in the order the service does it:
-//! 1. the user's message is parsed, and the model's context is built ([`context`]) from what
-//!    this replica remembers of the conversation or from the database;
-//! 2. the model request starts while the user message is committed (this module);
+//! 1. the user's message is parsed and committed, which decides its place in the conversation
+//!    (this module); a conversation that is gone, or full, stops the turn here;
+//! 2. the model's context is built ([`context`]) from the messages before it, as this replica
+//!    remembers them or as the database has them, and the model request starts;
 //! 3. the reply is relayed as it is generated ([`relay`]), by a task of its own ([`reply`]);
 //! 4. what became of it is stored and the client told ([`outcome`]);
 //! 5. the turn is reported in spans, metrics and one log line ([`telemetry`]).
@@ -26,7 +27,7 @@ use self::{
     reply::ReplyTask,
     telemetry::{TurnLabels, TurnTelemetry},
 };
-use super::{Admission, ChatError, Limit, StreamPermit, recent::RecentContexts};
+use super::{Admission, ChatError, Identities, Limit, StreamPermit, recent::RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus,
@@ -95,19 +96,16 @@ pub struct StartedTurn {
     pub last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
 }
 
-/// A reply task just started, and the means to release it and to hear from it.
+/// A reply task just started, and the means to hear from it.
 struct SpawnedReply {
-    /// Fired once the user message is committed; dropped, it aborts the model request.
-    commit: oneshot::Sender<()>,
     events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
     last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
 }
 
 /// What became of the user's message.
 enum Appended {
-    Committed,
-    /// Not stored: the conversation is not at the revision its remembered history was.
-    Stale,
+    /// Stored, at this place in the conversation.
+    Committed(Revision),
     /// Not stored: the user has no such conversation.
     Missing,
     /// Not stored: the user, or the conversation, holds as much as it may.
@@ -146,6 +144,8 @@ pub struct TurnRuntime {
     pub tasks: TaskTracker,
     /// Admits each reply stream against the user's and the replica's limits.
     pub admission: Arc<Admission>,
+    /// Told when a user turns out to be deleted, so that the next request starts afresh.
+    pub identities: Identities,
 }
 
 #[derive(Clone)]
@@ -178,8 +178,8 @@ impl Turns {
         let text = std::mem::take(&mut request.content);
         let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
-        // Held by the reply task until the reply ends; a turn that starts again keeps it.
-        let permit = Arc::new(self.runtime.admission.open_stream(request.user)?);
+        // Held by the reply task until the reply ends.
+        let permit = self.runtime.admission.open_stream(request.user)?;
         let time = now();
         let title = Title::from_first_message(content.as_str());
         let target = match request.conversation {
@@ -194,66 +194,54 @@ impl Turns {
         let conversation_id = target.id();
         let user_message = user_message(conversation_id, content, time);
 
-        // What the model sees is known before anything is written, so that the model request
-        // can go out while the user message is being committed. It comes from memory when this
-        // replica remembers the conversation; if another write came first, the turn starts
-        // again from the database.
-        let mut from_memory = true;
-        loop {
-            let (history, expected) = self.history(request.user, &target, from_memory).await?;
-            let mut context = history;
-            context.push((Role::User, user_message.content.clone()));
-            let reply = self.spawn_reply(&request, &user_message, context, permit.clone());
-            // Lets the reply task put the model request on the wire before this task
-            // claims the thread for the user message's write: the model's time to first token
-            // is the longer wait, and the commit only has to finish before that token.
-            tokio::task::yield_now().await;
-
-            match self
-                .store_user_message(request.user, &target, &user_message, expected)
-                .await?
-            {
-                Appended::Stale => {
-                    self.recent.forget(conversation_id);
-                    from_memory = false;
-                    continue;
-                }
-                Appended::Missing => return Err(ChatError::NotFound("conversation")),
-                Appended::Full(limit) => {
-                    return Err(self.runtime.admission.storage_refusal(limit));
-                }
-                Appended::Committed => {}
+        // The message is committed before anything is sent to the model: its sequence decides
+        // which messages come before it, and a conversation deleted meanwhile, by any replica,
+        // ends the turn here.
+        let sequence = match self
+            .store_user_message(request.user, &target, &user_message)
+            .await?
+        {
+            Appended::Committed(sequence) => sequence,
+            Appended::Missing => {
+                self.recent.forget(conversation_id);
+                return Err(ChatError::NotFound("conversation"));
             }
-            let _ = reply.commit.send(());
-            tracing::info!(
-                request_id = %request.request_id,
-                conversation_id = %conversation_id,
-                user_id = %request.user,
-                model = self.model.name(),
-                "turn started"
-            );
-            return Ok(StartedTurn {
-                conversation_id,
-                user_message,
-                events: reply.events,
-                last_word: reply.last_word,
-            });
-        }
+            Appended::Full(limit) => return Err(self.runtime.admission.storage_refusal(limit)),
+        };
+        let mut context = self.history_before(request.user, &target, sequence).await?;
+        self.recent.record(
+            request.user,
+            conversation_id,
+            sequence,
+            recent_message(&user_message),
+        );
+        context.push((Role::User, user_message.content.clone()));
+        let reply = self.spawn_reply(&request, &user_message, context, permit);
+        tracing::info!(
+            request_id = %request.request_id,
+            conversation_id = %conversation_id,
+            user_id = %request.user,
+            model = self.model.name(),
+            "turn started"
+        );
+        Ok(StartedTurn {
+            conversation_id,
+            user_message,
+            events: reply.events,
+            last_word: reply.last_word,
+        })
     }
 
-    /// Starts the task that relays and stores the reply. It sends the model request at once but
-    /// relays nothing until the returned sender fires, once the user message is committed;
-    /// dropping the sender instead aborts the model request. The task carries the request's
-    /// span, so that its log lines carry the request id.
+    /// Starts the task that sends the model request, relays the reply and stores it. The task
+    /// carries the request's span, so that its log lines carry the request id.
     fn spawn_reply(
         &self,
         request: &TurnRequest,
         user_message: &Message,
         context: Vec<(Role, String)>,
-        permit: Arc<StreamPermit>,
+        permit: StreamPermit,
     ) -> SpawnedReply {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
-        let (commit_tx, committed) = oneshot::channel();
         let (last_word_tx, last_word) = oneshot::channel();
         let conversation_id = user_message.conversation_id;
         let task = ReplyTask {
@@ -283,60 +271,58 @@ impl Turns {
         );
         let model = self.model.stream(build_context(&self.settings, context));
         let task = task
-            .run(model, committed, sender, telemetry)
+            .run(model, sender, telemetry)
             .instrument(tracing::Span::current());
         self.runtime.tasks.spawn(task);
-        SpawnedReply {
-            commit: commit_tx,
-            events,
-            last_word,
-        }
+        SpawnedReply { events, last_word }
     }
 
-    /// Refuses a message to a conversation known to be full before the model is asked anything.
-    /// Revisions only grow, so one remembered at the limit is at least there by now.
-    fn check_room(&self, revision: Option<Revision>) -> Result<(), ChatError> {
-        let admission = &self.runtime.admission;
-        match revision {
-            Some(revision) if revision >= admission.storage().messages_per_conversation => {
-                Err(admission.storage_refusal(Limit::ConversationMessages))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The conversation's newest messages, oldest first, and, when they came from memory, the
-    /// revision the conversation must still be at for them to be right.
-    async fn history(
+    /// The newest messages before the user's message at `sequence`, oldest first: from memory
+    /// when this replica remembers the conversation exactly up to there, else from the
+    /// database, which is then remembered.
+    async fn history_before(
         &self,
         user: UserId,
         target: &Target,
-        from_memory: bool,
-    ) -> Result<(Vec<(Role, String)>, Option<Revision>), ChatError> {
+        sequence: Revision,
+    ) -> Result<Vec<(Role, String)>, ChatError> {
         let id = match target {
-            Target::New(_) => return Ok((Vec::new(), None)),
+            Target::New(_) => {
+                let empty = RecentHistory {
+                    revision: 0,
+                    messages: Vec::new(),
+                };
+                self.recent.remember(user, target.id(), empty);
+                return Ok(Vec::new());
+            }
             Target::Existing { id, .. } => *id,
         };
-        if from_memory && let Some(remembered) = self.recent.get(user, id) {
-            self.check_room(Some(remembered.revision))?;
-            return Ok((remembered.messages, Some(remembered.revision)));
-        }
-        let history = self
+        let metrics = &self.runtime.metrics;
+        let before = sequence - 1;
+        let source = match self.recent.get(user, id) {
+            Some(remembered) if remembered.revision == before => {
+                metrics.record_history_source(HistorySource::Memory);
+                return Ok(remembered.messages);
+            }
+            // Another turn or replica wrote since: what is remembered is out of date.
+            Some(_) => HistorySource::StaleMemory,
+            None => HistorySource::Database,
+        };
+        metrics.record_history_source(source);
+        let messages = self
             .store
-            .recent_messages(user, id, self.settings.history_messages)
-            .await?
-            .ok_or(ChatError::NotFound("conversation"))?;
-        self.check_room(history.revision)?;
-        self.runtime
-            .metrics
-            .record_history_source(HistorySource::Database);
-        let messages = history
-            .messages
+            .messages_before(user, id, sequence, self.settings.history_messages)
+            .await?;
+        let context = messages
             .iter()
             .map(|m| (m.role, m.content.clone()))
             .collect();
+        let history = RecentHistory {
+            revision: before,
+            messages,
+        };
         self.recent.remember(user, id, history);
-        Ok((messages, None))
+        Ok(context)
     }
 
     async fn store_user_message(
@@ -344,52 +330,35 @@ impl Turns {
         user: UserId,
         target: &Target,
         message: &Message,
-        expected: Option<Revision>,
     ) -> Result<Appended, ChatError> {
         let limits = self.runtime.admission.storage();
-        let revision = match target {
+        let appended = match target {
             Target::New(conversation) => {
                 let created = self
                     .store
                     .start_conversation(user, conversation, message, limits.conversations_per_user)
-                    .await?;
-                if !created {
-                    return Ok(Appended::Full(Limit::UserConversations));
-                }
-                let history = RecentHistory {
-                    revision: Some(1),
-                    messages: vec![recent_message(message)],
-                };
-                self.recent.remember(user, conversation.id, history);
-                return Ok(Appended::Committed);
+                    .await
+                    .map_err(|e| self.runtime.identities.unless_gone(user, e))?;
+                return Ok(if created {
+                    Appended::Committed(1)
+                } else {
+                    Appended::Full(Limit::UserConversations)
+                });
             }
             Target::Existing { title, .. } => {
                 let max = limits.messages_per_conversation;
                 self.store
-                    .append_user_message(user, message, title, expected, max)
+                    .append_user_message(user, message, title, max)
                     .await?
             }
         };
-        let metrics = &self.runtime.metrics;
-        if let Some(revision) = revision {
-            if expected.is_some() {
-                metrics.record_history_source(HistorySource::Memory);
-            }
-            self.recent
-                .record(user, target.id(), revision, recent_message(message));
-            return Ok(Appended::Committed);
+        if let Some(sequence) = appended {
+            return Ok(Appended::Committed(sequence));
         }
         // Nothing was written; the conversation's revision tells why.
         Ok(match self.store.revision(user, target.id()).await? {
             None => Appended::Missing,
-            Some(now) if now >= limits.messages_per_conversation => {
-                Appended::Full(Limit::ConversationMessages)
-            }
-            // Another write came first: what was remembered is out of date.
-            Some(_) => {
-                metrics.record_history_source(HistorySource::StaleMemory);
-                Appended::Stale
-            }
+            Some(_) => Appended::Full(Limit::ConversationMessages),
         })
     }
 }
@@ -399,7 +368,6 @@ fn recent_message(message: &Message) -> RecentMessage {
         id: message.id,
         role: message.role,
         content: message.content.clone(),
-        create_time: message.create_time,
     }
 }
 

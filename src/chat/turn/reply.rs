@@ -30,7 +30,7 @@ pub(super) struct ReplyTask {
     /// How long the client may take nothing before it is cut off.
     pub stall_timeout: Duration,
     /// Counts the reply against its user's and the replica's stream limits while it runs.
-    pub _permit: Arc<StreamPermit>,
+    pub _permit: StreamPermit,
     /// Where the reply's last event goes when the client's stream has no room for it.
     pub last_word: Option<oneshot::Sender<Result<TurnEvent, ChatError>>>,
     /// Whether the client has stopped reading: nothing waits for it any more.
@@ -38,18 +38,13 @@ pub(super) struct ReplyTask {
 }
 
 impl ReplyTask {
-    /// Waits for the user message's commit, relays the reply, stores what became of it, and
-    /// reports the turn. Dropping `committed`'s sender instead aborts the model request.
+    /// Relays the reply, stores what became of it, and reports the turn.
     pub async fn run(
         mut self,
         model: ModelStream,
-        committed: oneshot::Receiver<()>,
         sender: EventSender,
         mut telemetry: TurnTelemetry,
     ) {
-        let Some(model) = relay::after_commit(model, committed, &mut telemetry).await else {
-            return;
-        };
         let relayed = relay::relay(
             model,
             &sender,

@@ -65,6 +65,9 @@ pub struct StoredMessage {
     /// Microseconds since the epoch, for exact comparisons.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub created_micros: i64,
+    /// Its place in the conversation.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub sequence: i64,
 }
 
 /// Runs a `SELECT count(*) AS n ...` statement.
@@ -211,15 +214,17 @@ impl TestDatabase {
         execute(&mut self.connect().await, statement).await;
     }
 
-    /// Inserts `count` complete messages into `conversation`, alternating user and assistant,
-    /// with contents `message 1`, `message 2`... one second apart from 2026-01-01.
+    /// Inserts `count` complete messages into an empty `conversation`, alternating user and
+    /// assistant, with contents `message 1`, `message 2`... one second apart from 2026-01-01,
+    /// numbered 1, 2... as the service would have.
     pub async fn seed_messages(&self, conversation: &str, count: u32) {
         self.run_sql(&format!(
-            "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
              SELECT gen_random_uuid(), '{conversation}',
                     CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END, 'message ' || g, 'complete',
-                    timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
-             FROM generate_series(1, {count}) g"
+                    timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g
+             FROM generate_series(1, {count}) g;
+             UPDATE conversations SET revision = {count} WHERE id = '{conversation}'"
         ))
         .await;
     }
@@ -244,8 +249,8 @@ impl TestDatabase {
     pub async fn messages(&self, conversation: &str) -> Vec<StoredMessage> {
         let statement = format!(
             "SELECT id::text AS id, role, content, status,
-                    (extract(epoch FROM created_at) * 1000000)::bigint AS created_micros
-             FROM messages WHERE conversation_id = '{conversation}' ORDER BY created_at, id"
+                    (extract(epoch FROM created_at) * 1000000)::bigint AS created_micros, sequence
+             FROM messages WHERE conversation_id = '{conversation}' ORDER BY sequence"
         );
         sql_query(&statement)
             .load::<StoredMessage>(&mut self.connect().await)

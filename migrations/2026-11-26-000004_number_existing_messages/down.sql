@@ -1,0 +1,1 @@
+-- Numbers stay; the column goes with the first migration's down.

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY messages_conversation_sequence_idx;

@@ -1,0 +1,2 @@
+-- Nothing orders messages by time any more.
+DROP INDEX CONCURRENTLY messages_conversation_chronological_idx;
