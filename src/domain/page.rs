@@ -235,6 +235,22 @@ mod tests {
     }
 
     #[test]
+    fn message_tokens_from_before_sequences_still_work() {
+        let (user, conversation, message) = (
+            UserId::generate(),
+            ConversationId::generate(),
+            MessageId::generate(),
+        );
+        // As the previous release made them: the message's time in the time field.
+        let scope = PageTokenScope::Messages { user, conversation };
+        let old = codec().encode(scope, now(), *message.as_uuid());
+        assert_eq!(
+            codec().decode_messages(user, conversation, &old),
+            Ok(MessageCursor { after: message })
+        );
+    }
+
+    #[test]
     fn tokens_are_refused_outside_their_scope() {
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let conversation = ConversationId::generate();

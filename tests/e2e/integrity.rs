@@ -181,3 +181,84 @@ async fn a_reply_whose_write_is_cut_off_is_stored_by_another_try() {
     assert_eq!(stored[1].content, text);
     assert_eq!(stored[1].status, "complete");
 }
+
+/// Deletes alice's conversation, or alice herself, behind the replicas' backs.
+async fn after_deleting(statement: &str) {
+    let fake = FakeLlm::start().await;
+    let a = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let b = super::send_message::replica_of(&a, &fake).await;
+    // Both replicas take a turn, so both remember the conversation and alice.
+    let conversation = super::send_message::send_ok(&a, "alice", "", "private history")
+        .await
+        .conversation_id();
+    super::send_message::send_ok(&b, "alice", &conversation, "more of it").await;
+    let asked = fake.received().len();
+
+    a.db.run_sql(&statement.replace("{conversation}", &conversation))
+        .await;
+
+    for replica in [&a, &b] {
+        let status = super::send_message::send(replica, "alice", &conversation, "Still there?")
+            .await
+            .expect_err("the conversation is gone");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
+    assert_eq!(fake.received().len(), asked, "no replica asked the model");
+    assert_eq!(
+        a.db.count(&format!(
+            "SELECT count(*) AS n FROM messages WHERE conversation_id = '{conversation}'"
+        ))
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_conversation_reaches_no_model_from_any_replica() {
+    after_deleting("DELETE FROM conversations WHERE id = '{conversation}'").await;
+}
+
+#[tokio::test]
+async fn a_deleted_users_conversations_reach_no_model_from_any_replica() {
+    after_deleting("DELETE FROM users WHERE subject = 'alice'").await;
+}
+
+#[tokio::test]
+async fn a_user_deleted_behind_the_services_back_starts_afresh_on_retry() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let old = super::send_message::send_ok(&app, "alice", "", "before")
+        .await
+        .conversation_id();
+    app.db
+        .run_sql("DELETE FROM users WHERE subject = 'alice'")
+        .await;
+    let asked = fake.received().len();
+
+    // The replica still believes in alice: her write finds her gone, and nothing is written.
+    let status = super::send_message::send(&app, "alice", "", "after")
+        .await
+        .expect_err("alice was deleted");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(fake.received().len(), asked, "the model was not asked");
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM users").await, 0);
+
+    // Trying again makes her a new user, who sees nothing of the old one.
+    let new = super::send_message::send_ok(&app, "alice", "", "after")
+        .await
+        .conversation_id();
+    assert_ne!(new, old);
+    let contents: Vec<String> = app
+        .db
+        .messages(&new)
+        .await
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(contents, ["after", "You said: after."]);
+    assert_eq!(
+        fake.received().last().map(|r| r.messages().len()),
+        Some(1),
+        "only the new message went to the model"
+    );
+}

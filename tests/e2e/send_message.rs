@@ -16,20 +16,20 @@ use super::{
 
 /// What a client saw of one SendMessage call.
 #[derive(Debug, Default)]
-struct Turn {
-    events: Vec<Event>,
-    error: Option<Status>,
+pub(super) struct Turn {
+    pub(super) events: Vec<Event>,
+    pub(super) error: Option<Status>,
 }
 
 impl Turn {
-    fn conversation_id(&self) -> String {
+    pub(super) fn conversation_id(&self) -> String {
         match self.events.first() {
             Some(Event::Accepted(accepted)) => accepted.conversation_id.clone(),
             other => panic!("the first event is not `accepted`: {other:?}"),
         }
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -67,7 +67,7 @@ impl Turn {
     }
 }
 
-async fn send(
+pub(super) async fn send(
     app: &TestApp,
     user: &str,
     conversation_id: &str,
@@ -96,7 +96,12 @@ async fn send(
     }
 }
 
-async fn send_ok(app: &TestApp, user: &str, conversation_id: &str, content: &str) -> Turn {
+pub(super) async fn send_ok(
+    app: &TestApp,
+    user: &str,
+    conversation_id: &str,
+    content: &str,
+) -> Turn {
     send(app, user, conversation_id, content)
         .await
         .unwrap_or_else(|e| panic!("refused: {e:?}"))
@@ -861,7 +866,7 @@ async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_co
 }
 
 /// A second replica of the service, on the same database and model as `app`.
-async fn replica_of(app: &TestApp, fake: &FakeLlm) -> TestApp {
+pub(super) async fn replica_of(app: &TestApp, fake: &FakeLlm) -> TestApp {
     let url = app.config.database.url.clone();
     TestApp::with_fake_llm(fake, |config| config.database.url = url).await
 }

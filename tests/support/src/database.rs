@@ -194,6 +194,17 @@ impl TestDatabase {
         }
     }
 
+    /// A database of its own with nothing in it, not even the schema; dropped at the end.
+    pub async fn empty() -> Self {
+        let database = Self::unused();
+        let statement = format!(
+            "CREATE DATABASE {}",
+            quote_identifier(database.url.database_name())
+        );
+        execute(&mut connect(&admin_url()).await, &statement).await;
+        database
+    }
+
     /// A name for a database that does not exist yet; dropped, if it was created, at the end.
     pub fn unused() -> Self {
         let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
