@@ -145,6 +145,28 @@ impl Store {
         operation: Operation,
         work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.run_on_connection(operation, false, work).await
+    }
+
+    /// [`Store::run`] for work that begins and ends a transaction itself, without diesel's
+    /// transaction manager, so that its BEGIN can travel with its first statement. Unless the
+    /// work succeeds, which means it committed, its connection is closed: one given up on
+    /// half-way (an error, a cancelled request, a timeout) may be inside the transaction still,
+    /// and must never serve anyone else.
+    async fn run_transaction_by_hand<T>(
+        &self,
+        operation: Operation,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run_on_connection(operation, true, work).await
+    }
+
+    async fn run_on_connection<T>(
+        &self,
+        operation: Operation,
+        close_unless_successful: bool,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let span = tracing::info_span!(
             "db",
             otel.name = operation.name,
@@ -153,15 +175,24 @@ impl Store {
             db.operation.name = operation.verb,
         );
         async move {
-            let mut conn = self.connection().await?;
+            let mut conn = Borrowed {
+                conn: Some(self.connection().await?),
+                close: close_unless_successful,
+            };
             // PostgreSQL cancels a statement at the query timeout; this is for a server that does
             // not answer at all.
             let limit = self.query_timeout + QUERY_TIMEOUT_MARGIN;
-            let outcome = tokio::time::timeout(limit, work(&mut conn)).await;
-            match outcome {
-                Ok(result) => result,
+            let Some(pooled) = conn.conn.as_mut() else {
+                return Err(StoreError::Unavailable("no connection".to_owned()));
+            };
+            match tokio::time::timeout(limit, work(pooled)).await {
+                Ok(Ok(value)) => {
+                    conn.close = false;
+                    Ok(value)
+                }
+                Ok(Err(error)) => Err(error),
                 Err(_) => {
-                    let _ = Object::take(conn);
+                    conn.close = true;
                     Err(StoreError::Unavailable(format!(
                         "no answer within {limit:?}"
                     )))
@@ -177,5 +208,22 @@ impl Store {
             self.unavailable.notify_one();
             StoreError::from(error)
         })
+    }
+}
+
+/// A pooled connection that goes back to the pool when dropped, or, with `close`, is closed
+/// instead: its state is unknown.
+struct Borrowed {
+    conn: Option<Object<AsyncPgConnection>>,
+    close: bool,
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.close
+        {
+            drop(Object::take(conn));
+        }
     }
 }

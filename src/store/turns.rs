@@ -4,7 +4,8 @@ use diesel::{
     prelude::*,
     sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use tokio::sync::oneshot;
 
 use super::{
     Conn, Operation, Store, StoreError,
@@ -47,59 +48,55 @@ const BEFORE: Operation = Operation::new("SELECT", "SELECT messages");
 const REVISION: Operation = Operation::new("SELECT", "SELECT conversations");
 
 impl Store {
-    /// Creates the conversation together with its first message, in one statement, unless the
-    /// user already has `max_conversations`. Its revision, and the message's sequence, are then
-    /// 1. Whether it was created; [`StoreError::UnknownUser`] if the user is gone.
+    /// Creates the conversation together with its first message, unless the user already has
+    /// `max_conversations`. Returns the message's sequence, 1, or `None` if the user has as many
+    /// as they may; [`StoreError::UnknownUser`] if the user is gone. `placed` hears the answer
+    /// before the commit, as for [`Store::append_user_message`].
     pub async fn start_conversation(
         &self,
         user: UserId,
         conversation: &Conversation,
         first: &Message,
         max_conversations: i64,
-    ) -> Result<bool, StoreError> {
-        self.run(START_CONVERSATION, async |conn| {
-            let created = fixed(
-                "WITH created AS (
-                     INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
-                     SELECT $1, $2, $3, $4, $4, 1
-                     WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
-                     RETURNING id
-                 )
-                 INSERT INTO messages (id, conversation_id, role, content, status, created_at,
-                                       sequence)
-                 SELECT $5, id, $6, $7, $8, $4, 1 FROM created",
-            )
-            .bind::<SqlUuid, _>(conversation.id.as_uuid())
-            .bind::<SqlUuid, _>(user.as_uuid())
-            .bind::<Text, _>(conversation.title.as_str())
-            .bind::<Timestamptz, _>(first.create_time)
-            .bind::<SqlUuid, _>(first.id.as_uuid())
-            .bind::<Text, _>(<&str>::from(first.role))
-            .bind::<Text, _>(&first.content)
-            .bind::<Text, _>(<&str>::from(first.status))
-            .bind::<BigInt, _>(max_conversations)
-            .execute(conn)
-            .await?;
-            Ok(created > 0)
+        placed: oneshot::Sender<Option<Revision>>,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.run_transaction_by_hand(START_CONVERSATION, async |conn| {
+            let conn: &Conn = conn;
+            let written = insert_conversation(conn, user, conversation, first, max_conversations);
+            let created = begin_with(conn, written).await?;
+            let sequence = created.then_some(1);
+            let _ = placed.send(sequence);
+            commit(conn).await?;
+            Ok(sequence)
         })
         .await
     }
 
     /// Adds the user's message to one of their conversations, naming the conversation
     /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision`.
-    /// Returns the new revision, which is the message's sequence; `None` if the user has no
-    /// such conversation or it is full, in which case nothing is written ([`Store::revision`]
-    /// tells which).
+    /// Returns the new revision, which is the message's sequence, once committed; `None` if the
+    /// user has no such conversation or it is full, in which case nothing is written
+    /// ([`Store::revision`] tells which).
+    ///
+    /// `placed` hears the same answer as soon as the message is written, before the commit
+    /// has made it durable: from then until the commit, the conversation's row is locked, so
+    /// nobody else can write to it or delete it, and the answer stays true.
     pub async fn append_user_message(
         &self,
         user: UserId,
         message: &Message,
         title_if_unnamed: &Title,
         max_revision: Revision,
+        placed: oneshot::Sender<Option<Revision>>,
     ) -> Result<Option<Revision>, StoreError> {
-        self.run(APPEND, async |conn| {
-            let title = title_if_unnamed.as_str();
-            append_message(conn, user, message, title, Some(max_revision)).await
+        let title = title_if_unnamed.as_str();
+        self.run_transaction_by_hand(APPEND, async |conn| {
+            let conn: &Conn = conn;
+            let written = append_message(conn, user, message, title, Some(max_revision));
+            let appended = begin_with(conn, written).await?;
+            let _ = placed.send(appended);
+            commit(conn).await?;
+            Ok(appended)
         })
         .await
     }
@@ -169,10 +166,10 @@ impl Store {
         self.run(operation, async |conn| {
             if reply.tool_calls.is_empty() {
                 // The common case in one statement, atomic by itself: one round trip, not four.
-                return append_message(conn, user, reply, "", None).await;
+                return append_message(&*conn, user, reply, "", None).await;
             }
             conn.transaction::<Option<Revision>, StoreError, _>(async |conn| {
-                let Some(revision) = append_message(conn, user, reply, "", None).await? else {
+                let Some(revision) = append_message(&*conn, user, reply, "", None).await? else {
                     return Ok(None);
                 };
                 let calls: Vec<NewToolCallRow<'_>> = reply
@@ -204,7 +201,7 @@ impl Store {
 
 /// [`APPEND_MESSAGE`] for `message`. An empty `title_if_unnamed` leaves the title as it is.
 async fn append_message(
-    conn: &mut Conn,
+    mut conn: &Conn,
     user: UserId,
     message: &Message,
     title_if_unnamed: &str,
@@ -220,8 +217,59 @@ async fn append_message(
         .bind::<Text, _>(&message.content)
         .bind::<Text, _>(<&str>::from(message.status))
         .bind::<Nullable<BigInt>, _>(max_revision)
-        .get_result::<RevisionRow>(conn)
+        .get_result::<RevisionRow>(&mut conn)
         .await
         .optional()?;
     Ok(row.map(|row| row.revision))
+}
+
+/// The conversation with its first message, in one statement, unless the user already has
+/// `max_conversations`. Whether it was created.
+async fn insert_conversation(
+    mut conn: &Conn,
+    user: UserId,
+    conversation: &Conversation,
+    first: &Message,
+    max_conversations: i64,
+) -> Result<bool, StoreError> {
+    let created = fixed(
+        "WITH created AS (
+             INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
+             SELECT $1, $2, $3, $4, $4, 1
+             WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
+             RETURNING id
+         )
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
+         SELECT $5, id, $6, $7, $8, $4, 1 FROM created",
+    )
+    .bind::<SqlUuid, _>(conversation.id.as_uuid())
+    .bind::<SqlUuid, _>(user.as_uuid())
+    .bind::<Text, _>(conversation.title.as_str())
+    .bind::<Timestamptz, _>(first.create_time)
+    .bind::<SqlUuid, _>(first.id.as_uuid())
+    .bind::<Text, _>(<&str>::from(first.role))
+    .bind::<Text, _>(&first.content)
+    .bind::<Text, _>(<&str>::from(first.status))
+    .bind::<BigInt, _>(max_conversations)
+    .execute(&mut conn)
+    .await?;
+    Ok(created > 0)
+}
+
+/// Sends BEGIN and the transaction's first statement together, so that the transaction costs
+/// no round trip of its own: the connection sends requests in the order they are first polled,
+/// and BEGIN is polled first.
+async fn begin_with<T>(
+    conn: &Conn,
+    first: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut shared = conn;
+    let begin = async { Ok::<_, StoreError>(shared.batch_execute("BEGIN").await?) };
+    let ((), value) = futures_util::try_join!(begin, first)?;
+    Ok(value)
+}
+
+async fn commit(mut conn: &Conn) -> Result<(), StoreError> {
+    conn.batch_execute("COMMIT").await?;
+    Ok(())
 }

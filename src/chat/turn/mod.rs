@@ -1,9 +1,11 @@
 //! One turn of `SendMessage`, in the order the service does it:
-//! 1. the user's message is parsed and committed, which decides its place in the conversation
+//! 1. the user's message is parsed and written, which decides its place in the conversation
 //!    (this module); a conversation that is gone, or full, stops the turn here;
-//! 2. the model's context is built ([`context`]) from the messages before it, as this replica
-//!    remembers them or as the database has them, and the model request starts;
-//! 3. the reply is relayed as it is generated ([`relay`]), by a task of its own ([`reply`]);
+//! 2. while the write commits, the model's context is built ([`context`]) from the messages
+//!    before it, as this replica remembers them or as the database has them, and the model
+//!    request starts;
+//! 3. once the message is committed, the reply is relayed as it is generated ([`relay`]), by a
+//!    task of its own ([`reply`]);
 //! 4. what became of it is stored and the client told ([`outcome`]);
 //! 5. the turn is reported in spans, metrics and one log line ([`telemetry`]).
 
@@ -96,8 +98,10 @@ pub struct StartedTurn {
     pub last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
 }
 
-/// A reply task just started, and the means to hear from it.
+/// A reply task just started, and the means to release it and to hear from it.
 struct SpawnedReply {
+    /// Fired once the user message is committed; dropped, it aborts the model request.
+    commit: oneshot::Sender<()>,
     events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
     last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
 }
@@ -194,13 +198,28 @@ impl Turns {
         let conversation_id = target.id();
         let user_message = user_message(conversation_id, content, time);
 
-        // The message is committed before anything is sent to the model: its sequence decides
-        // which messages come before it, and a conversation deleted meanwhile, by any replica,
-        // ends the turn here.
-        let sequence = match self
-            .store_user_message(request.user, &target, &user_message)
-            .await?
-        {
+        // The message is written first: its sequence decides which messages come before it,
+        // and a conversation deleted by any replica ends the turn before the model hears of
+        // it. The write holds the conversation's row until its commit, which waits for the
+        // disk; meanwhile the context is gathered and the model request goes out, but nothing
+        // of the reply reaches anyone before the commit is done.
+        let (placed_tx, placed) = oneshot::channel();
+        let commit = self.store_user_message(request.user, &target, &user_message, placed_tx);
+        let ask_model = async {
+            let Ok(Some(sequence)) = placed.await else {
+                return Ok(None);
+            };
+            let mut context = self.history_before(request.user, &target, sequence).await?;
+            context.push((Role::User, user_message.content.clone()));
+            Ok::<_, ChatError>(Some(self.spawn_reply(
+                &request,
+                &user_message,
+                context,
+                permit,
+            )))
+        };
+        let (committed, reply) = tokio::join!(commit, ask_model);
+        let sequence = match committed? {
             Appended::Committed(sequence) => sequence,
             Appended::Missing => {
                 self.recent.forget(conversation_id);
@@ -208,15 +227,16 @@ impl Turns {
             }
             Appended::Full(limit) => return Err(self.runtime.admission.storage_refusal(limit)),
         };
-        let mut context = self.history_before(request.user, &target, sequence).await?;
+        let reply = reply?.ok_or_else(|| {
+            ChatError::Internal("a committed message was never placed".to_owned())
+        })?;
         self.recent.record(
             request.user,
             conversation_id,
             sequence,
             recent_message(&user_message),
         );
-        context.push((Role::User, user_message.content.clone()));
-        let reply = self.spawn_reply(&request, &user_message, context, permit);
+        let _ = reply.commit.send(());
         tracing::info!(
             request_id = %request.request_id,
             conversation_id = %conversation_id,
@@ -232,8 +252,10 @@ impl Turns {
         })
     }
 
-    /// Starts the task that sends the model request, relays the reply and stores it. The task
-    /// carries the request's span, so that its log lines carry the request id.
+    /// Starts the task that relays and stores the reply. It sends the model request at once but
+    /// relays nothing until the returned sender fires, once the user message is committed;
+    /// dropping the sender instead aborts the model request. The task carries the request's
+    /// span, so that its log lines carry the request id.
     fn spawn_reply(
         &self,
         request: &TurnRequest,
@@ -242,6 +264,7 @@ impl Turns {
         permit: StreamPermit,
     ) -> SpawnedReply {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
+        let (commit_tx, committed) = oneshot::channel();
         let (last_word_tx, last_word) = oneshot::channel();
         let conversation_id = user_message.conversation_id;
         let task = ReplyTask {
@@ -271,10 +294,14 @@ impl Turns {
         );
         let model = self.model.stream(build_context(&self.settings, context));
         let task = task
-            .run(model, sender, telemetry)
+            .run(model, committed, sender, telemetry)
             .instrument(tracing::Span::current());
         self.runtime.tasks.spawn(task);
-        SpawnedReply { events, last_word }
+        SpawnedReply {
+            commit: commit_tx,
+            events,
+            last_word,
+        }
     }
 
     /// The newest messages before the user's message at `sequence`, oldest first: from memory
@@ -325,30 +352,33 @@ impl Turns {
         Ok(context)
     }
 
+    /// Writes the user's message and, once committed, says what became of it. `placed` hears
+    /// the message's sequence before the commit, or `None` if nothing was written.
     async fn store_user_message(
         &self,
         user: UserId,
         target: &Target,
         message: &Message,
+        placed: oneshot::Sender<Option<Revision>>,
     ) -> Result<Appended, ChatError> {
         let limits = self.runtime.admission.storage();
         let appended = match target {
             Target::New(conversation) => {
+                let max = limits.conversations_per_user;
                 let created = self
                     .store
-                    .start_conversation(user, conversation, message, limits.conversations_per_user)
+                    .start_conversation(user, conversation, message, max, placed)
                     .await
                     .map_err(|e| self.runtime.identities.unless_gone(user, e))?;
-                return Ok(if created {
-                    Appended::Committed(1)
-                } else {
-                    Appended::Full(Limit::UserConversations)
-                });
+                return Ok(created.map_or(
+                    Appended::Full(Limit::UserConversations),
+                    Appended::Committed,
+                ));
             }
             Target::Existing { title, .. } => {
                 let max = limits.messages_per_conversation;
                 self.store
-                    .append_user_message(user, message, title, max)
+                    .append_user_message(user, message, title, max, placed)
                     .await?
             }
         };

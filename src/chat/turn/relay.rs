@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures_util::stream;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -72,6 +73,43 @@ pub(super) fn storable(text: String) -> String {
     }
 }
 
+/// Holds back what the model sends until the user message is committed, so that nothing of the
+/// reply reaches anyone before the message it answers is stored. `None` if the commit failed:
+/// the stream is dropped, which aborts the model request.
+pub(super) async fn after_commit(
+    mut model: ModelStream,
+    mut committed: oneshot::Receiver<()>,
+    telemetry: &mut TurnTelemetry,
+) -> Option<ModelStream> {
+    let mut early = Vec::new();
+    let mut ended_early = false;
+    let span = telemetry.model_span().clone();
+    loop {
+        tokio::select! {
+            biased;
+            outcome = &mut committed => match outcome {
+                Ok(()) => break,
+                Err(_) => return None,
+            },
+            event = model.next().instrument(span.clone()), if !ended_early => match event {
+                None => ended_early = true,
+                Some(event) => {
+                    if matches!(event, Ok(ModelEvent::Delta(_))) {
+                        telemetry.text_received();
+                    }
+                    early.push(event);
+                }
+            },
+        }
+    }
+    let rest: ModelStream = if ended_early {
+        Box::pin(stream::empty())
+    } else {
+        model
+    };
+    Some(Box::pin(stream::iter(early).chain(rest)))
+}
+
 /// Sends each delta to the client as it arrives, until the model finishes or fails, the client
 /// goes away or stops reading, or shutdown cuts the turn short. Every wait is raced against
 /// shutdown. Dropping the model's stream on return closes the upstream request if it is still
@@ -132,8 +170,6 @@ pub(super) async fn relay(
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
-
-    use futures_util::stream;
 
     use super::*;
     use crate::{
@@ -299,5 +335,39 @@ mod tests {
             Ending::Failed(LlmError::Malformed(_))
         ));
         assert_eq!(relayed.text, "a");
+    }
+
+    #[tokio::test]
+    async fn once_committed_the_whole_reply_is_released_in_order() {
+        let (commit, committed) = oneshot::channel();
+        let mut telemetry = telemetry();
+        let holding = after_commit(
+            finished(vec![delta("early"), delta(" bird")]),
+            committed,
+            &mut telemetry,
+        );
+        commit
+            .send(())
+            .unwrap_or_else(|()| panic!("the relay stopped waiting"));
+        let released = holding
+            .await
+            .unwrap_or_else(|| panic!("the commit was lost"));
+        let texts: Vec<String> = released
+            .filter_map(|event| match event {
+                Ok(ModelEvent::Delta(text)) => Some(text),
+                _ => None,
+            })
+            .collect()
+            .await;
+        assert_eq!(texts, ["early", " bird"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_releases_nothing() {
+        let (commit, committed) = oneshot::channel::<()>();
+        drop(commit);
+        let released =
+            after_commit(model(vec![delta("secret")]), committed, &mut telemetry()).await;
+        assert!(released.is_none());
     }
 }

@@ -38,13 +38,18 @@ pub(super) struct ReplyTask {
 }
 
 impl ReplyTask {
-    /// Relays the reply, stores what became of it, and reports the turn.
+    /// Waits for the user message's commit, relays the reply, stores what became of it, and
+    /// reports the turn. Dropping `committed`'s sender instead aborts the model request.
     pub async fn run(
         mut self,
         model: ModelStream,
+        committed: oneshot::Receiver<()>,
         sender: EventSender,
         mut telemetry: TurnTelemetry,
     ) {
+        let Some(model) = relay::after_commit(model, committed, &mut telemetry).await else {
+            return;
+        };
         let relayed = relay::relay(
             model,
             &sender,

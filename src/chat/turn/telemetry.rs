@@ -32,6 +32,8 @@ pub(super) struct TurnTelemetry {
     received_at: Instant,
     /// When the model request started: the model's own time to first token is measured from here.
     model_started: Instant,
+    /// When the first text arrived from the model, which can be before it could be relayed.
+    first_received: Option<Instant>,
     /// Time to first token as the client saw it, and the part of it spent waiting for the model.
     first_token: Option<(Duration, Duration)>,
     _active: ActiveStream,
@@ -66,6 +68,7 @@ impl TurnTelemetry {
             model_span,
             received_at,
             model_started: Instant::now(),
+            first_received: None,
             first_token: None,
         }
     }
@@ -74,14 +77,19 @@ impl TurnTelemetry {
         &self.model_span
     }
 
+    /// Text arrived from the model.
+    pub fn text_received(&mut self) {
+        self.first_received.get_or_insert_with(Instant::now);
+    }
+
     /// Text was handed to the client.
     pub fn text_relayed(&mut self) {
         if self.first_token.is_some() {
             return;
         }
         let total = self.received_at.elapsed();
-        // Text is relayed as it arrives, so this is when the model's first text came too.
-        let waited = self.model_started.elapsed();
+        let received = *self.first_received.get_or_insert_with(Instant::now);
+        let waited = received.duration_since(self.model_started);
         self.metrics
             .record_first_token(total.as_secs_f64(), waited.as_secs_f64());
         self.first_token = Some((total, waited));
