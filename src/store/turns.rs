@@ -63,7 +63,7 @@ impl Store {
         self.run_transaction_by_hand(START_CONVERSATION, async |conn| {
             let conn: &Conn = conn;
             let written = insert_conversation(conn, user, conversation, first, max_conversations);
-            let created = begin_with(conn, written).await?;
+            let ((), created) = futures_util::try_join!(begin(conn), written)?;
             let sequence = created.then_some(1);
             let _ = placed.send(sequence);
             commit(conn).await?;
@@ -78,9 +78,9 @@ impl Store {
     /// user has no such conversation or it is full, in which case nothing is written
     /// ([`Store::revision`] tells which).
     ///
-    /// `placed` hears the same answer as soon as the message is written, before the commit
-    /// has made it durable: from then until the commit, the conversation's row is locked, so
-    /// nobody else can write to it or delete it, and the answer stays true.
+    /// `placed` hears the same answer as soon as the conversation's row is locked, before the
+    /// message is written and committed: from then on nobody else can write to the
+    /// conversation or delete it, so the answer stays true.
     pub async fn append_user_message(
         &self,
         user: UserId,
@@ -92,9 +92,21 @@ impl Store {
         let title = title_if_unnamed.as_str();
         self.run_transaction_by_hand(APPEND, async |conn| {
             let conn: &Conn = conn;
-            let written = append_message(conn, user, message, title, Some(max_revision));
-            let appended = begin_with(conn, written).await?;
-            let _ = placed.send(appended);
+            // Sent together, in this order: BEGIN, the lock, the write.
+            let lock = async {
+                let revision = lock_conversation(conn, user, message.conversation_id).await?;
+                let next = revision.filter(|r| *r < max_revision).map(|r| r + 1);
+                let _ = placed.send(next);
+                Ok(next)
+            };
+            let write = append_message(conn, user, message, title, Some(max_revision));
+            let begin = begin(conn);
+            let ((), expected, appended) = futures_util::try_join!(begin, lock, write)?;
+            if appended != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "the message was written at {appended:?}, not at {expected:?} as its lock said"
+                )));
+            }
             commit(conn).await?;
             Ok(appended)
         })
@@ -256,17 +268,29 @@ async fn insert_conversation(
     Ok(created > 0)
 }
 
-/// Sends BEGIN and the transaction's first statement together, so that the transaction costs
-/// no round trip of its own: the connection sends requests in the order they are first polled,
-/// and BEGIN is polled first.
-async fn begin_with<T>(
-    conn: &Conn,
-    first: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let mut shared = conn;
-    let begin = async { Ok::<_, StoreError>(shared.batch_execute("BEGIN").await?) };
-    let ((), value) = futures_util::try_join!(begin, first)?;
-    Ok(value)
+/// BEGIN. Polled together with the transaction's first statements, it travels with them, so
+/// that the transaction costs no round trip of its own: a connection sends requests in the
+/// order they are first polled, and `try_join!` polls in the order it is given.
+async fn begin(mut conn: &Conn) -> Result<(), StoreError> {
+    conn.batch_execute("BEGIN").await?;
+    Ok(())
+}
+
+/// Locks the user's conversation's row until the transaction ends, and returns its revision;
+/// `None` if the user has no such conversation.
+async fn lock_conversation(
+    mut conn: &Conn,
+    user: UserId,
+    conversation: ConversationId,
+) -> Result<Option<Revision>, StoreError> {
+    Ok(conversations::table
+        .filter(conversations::id.eq(conversation.as_uuid()))
+        .filter(conversations::user_id.eq(user.as_uuid()))
+        .select(conversations::revision)
+        .for_update()
+        .first::<Revision>(&mut conn)
+        .await
+        .optional()?)
 }
 
 async fn commit(mut conn: &Conn) -> Result<(), StoreError> {
