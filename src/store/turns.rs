@@ -276,7 +276,8 @@ async fn begin(mut conn: &Conn) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Locks the user's conversation's row until the transaction ends, and returns its revision;
+/// Locks the user's conversation's row until the transaction ends (the lock its UPDATE would
+/// take, which a DELETE waits for), and returns its revision;
 /// `None` if the user has no such conversation.
 async fn lock_conversation(
     mut conn: &Conn,
@@ -287,7 +288,7 @@ async fn lock_conversation(
         .filter(conversations::id.eq(conversation.as_uuid()))
         .filter(conversations::user_id.eq(user.as_uuid()))
         .select(conversations::revision)
-        .for_update()
+        .for_no_key_update()
         .first::<Revision>(&mut conn)
         .await
         .optional()?)

@@ -262,3 +262,96 @@ async fn a_user_deleted_behind_the_services_back_starts_afresh_on_retry() {
         "only the new message went to the model"
     );
 }
+
+#[tokio::test]
+async fn a_tool_call_is_announced_only_once_stored() {
+    use super::support::{database::execute, wait::eventually};
+    let fake = FakeLlm::start().await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    fake.script([Script::Gated {
+        gate: gate.clone(),
+        then: Box::new(Script::ToolCalls {
+            deltas: vec!["Let me look.".into()],
+            fragments: vec![(
+                0,
+                Some("call_1".into()),
+                Some("lookup".into()),
+                r#"{"q":"x"}"#.into(),
+            )],
+        }),
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let conversation = app.create_conversation("alice", "tools").await;
+    // The test holds the conversation's row, so the reply's write waits...
+    let mut blocker = app.db.connect().await;
+    execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    let turn = tokio::spawn({
+        let app_addr = app.addr;
+        let request = app.request(
+            "alice",
+            chat_service::api::proto::SendMessageRequest {
+                conversation_id: conversation.clone(),
+                content: "look it up".into(),
+            },
+        );
+        async move {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{app_addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client =
+                chat_service::api::proto::chat_service_client::ChatServiceClient::new(channel);
+            let mut stream = client.send_message(request).await?.into_inner();
+            let mut events = Vec::new();
+            loop {
+                match stream.message().await {
+                    Ok(Some(response)) => events.extend(response.event),
+                    Ok(None) => return Ok::<_, tonic::Status>((events, None)),
+                    Err(status) => return Ok((events, Some(status))),
+                }
+            }
+        }
+    });
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    // ...first the user message's, which the test lets through; the model answers only then...
+    eventually("the user message's write waits for the row", || async {
+        app.db.count(waiting).await == 1
+    })
+    .await;
+    execute(&mut blocker, "COMMIT").await;
+    eventually("the user message is stored", || async {
+        app.db.messages(&conversation).await.len() == 1
+    })
+    .await;
+    execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    gate.notify_one();
+    eventually("the reply's write waits for the row", || async {
+        app.db.count(waiting).await == 1
+    })
+    .await;
+    // ...and the conversation is deleted before the reply could be stored.
+    execute(
+        &mut blocker,
+        &format!("DELETE FROM conversations WHERE id = '{conversation}'; COMMIT"),
+    )
+    .await;
+
+    let (events, error) = turn.await.unwrap().unwrap();
+    let error = error.expect("the reply could not be stored");
+    assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::ToolCall(_))),
+        "a tool call that was never stored was announced: {events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Delta(_))));
+}

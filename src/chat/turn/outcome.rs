@@ -97,18 +97,19 @@ impl ReplyTask {
         }
     }
 
-    /// Sends the tool calls, stores the complete reply, then sends `completed`.
+    /// Stores the complete reply, then sends its tool calls and `completed`: a client hears of
+    /// a tool call only once it is stored.
     async fn finish(&mut self, relayed: Relayed, sender: &EventSender) -> Result<(), StoreError> {
         let calls = relayed.calls.into_iter().map(tool_call).collect();
         let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
-        for call in &reply.tool_calls {
-            self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
-                .await;
-        }
         if !self.store_reply(&reply).await? {
             self.tell(sender, Err(ChatError::NotFound("conversation")))
                 .await;
             return Ok(());
+        }
+        for call in &reply.tool_calls {
+            self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
+                .await;
         }
         let completion = Completion {
             message: reply,

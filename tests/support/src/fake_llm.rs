@@ -47,6 +47,11 @@ pub enum Script {
         deltas: Vec<String>,
         message: String,
     },
+    /// Answers as `then` once the test releases the gate, and not before.
+    Gated {
+        gate: Arc<tokio::sync::Notify>,
+        then: Box<Script>,
+    },
 }
 
 impl Script {
@@ -226,6 +231,13 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         .unwrap_or_else(|e| e.into_inner())
         .pop_front()
         .unwrap_or_else(|| echo(&body));
+    let script = match script {
+        Script::Gated { gate, then } => {
+            gate.notified().await;
+            *then
+        }
+        other => other,
+    };
 
     let guard = CloseGuard(state.closed.clone());
     let frames: stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match script {
@@ -297,6 +309,7 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             frames.push(format!("data: {error}\n\n"));
             paced(frames, Duration::ZERO).boxed()
         }
+        Script::Gated { .. } => unreachable!("a gate is opened before the script is read"),
         Script::Malformed => {
             let frames = vec![
                 chunk(json!({"content": "fine"}), None),
