@@ -2,6 +2,7 @@
 
 use std::{
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -10,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 
+use super::jwks::{JwksKeys, JwksSettings, VerifyingKey};
 use crate::domain::Subject;
 
 /// Which tokens the service accepts.
@@ -30,11 +32,13 @@ pub enum JwtKey {
     /// A fixed, publicly known secret, for trying the service out. Refused in production.
     Development,
     Hs256Secret(SecretSlice<u8>),
-    /// An RS256 or ES256 public key in PEM, as read from the file at start-up.
+    /// An RS256, ES256 or EdDSA (Ed25519) public key in PEM, as read from the file at start-up.
     PublicKeyPem {
         path: PathBuf,
         pem: Vec<u8>,
     },
+    /// The keys an identity provider publishes as a JSON Web Key Set.
+    Jwks(JwksSettings),
 }
 
 /// The publicly known key of development mode. Anyone can mint tokens with it, which is why
@@ -52,11 +56,14 @@ pub enum AuthError {
     Malformed,
     #[error("unsigned tokens (alg: none) are not accepted")]
     Unsigned,
-    #[error("the access token is signed with {found}, but this service accepts only {expected}")]
-    WrongAlgorithm {
-        found: String,
-        expected: &'static str,
-    },
+    #[error("the access token is signed with {found}, but its key is for {expected}")]
+    WrongAlgorithm { found: String, expected: String },
+    #[error(
+        "the access token's signing key (kid) is not one the identity provider publishes; obtain a new token"
+    )]
+    UnknownKey,
+    #[error("the identity provider's signing keys cannot be fetched; try again later")]
+    KeysUnavailable,
     #[error("the access token's signature is not valid")]
     BadSignature,
     #[error("the access token has expired; obtain a new one")]
@@ -75,11 +82,13 @@ pub enum AuthError {
 
 /// A key that cannot verify tokens. Names the setting that holds it.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid setting CHAT_JWT_PUBLIC_KEY_FILE: {path} holds neither an RSA nor an EC (P-256) public key in PEM"
-)]
-pub struct InvalidKey {
-    path: String,
+pub enum InvalidKey {
+    #[error(
+        "invalid setting CHAT_JWT_PUBLIC_KEY_FILE: {0} holds no RSA, EC (P-256) or Ed25519 public key in PEM"
+    )]
+    Pem(String),
+    #[error("CHAT_JWT_JWKS_URL: cannot make an HTTP client: {0}")]
+    Client(String),
 }
 
 /// What the service reads of a verified token. The library checks `exp`, `nbf`, `iss` and `aud`
@@ -103,16 +112,57 @@ struct Claims {
     aud: Option<String>,
 }
 
-/// Verifies access tokens against the configured key and claims.
+/// What every token must say besides being signed: its issuer, its audience, and times that
+/// hold within the leeway.
+#[derive(Debug, Clone)]
+pub struct ClaimRules {
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+}
+
+impl ClaimRules {
+    /// The library's checks for tokens signed with `algorithm`: `exp`, `nbf`, `iss` and `aud`
+    /// (a string or an array, as RFC 7519 allows) from the token itself.
+    pub fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway.as_secs();
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        validation
+    }
+}
+
+/// Verifies access tokens against the configured key or key set and claims.
 #[derive(Clone)]
 pub struct Authenticator {
-    key: DecodingKey,
-    algorithm: Algorithm,
-    validation: Validation,
+    keys: Keys,
+}
+
+#[derive(Clone)]
+enum Keys {
+    Fixed(Arc<VerifyingKey>),
+    Published(Arc<JwksKeys>),
 }
 
 impl Authenticator {
     pub fn new(config: &AuthSettings) -> Result<Self, InvalidKey> {
+        let rules = ClaimRules {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway,
+        };
         let (key, algorithm) = match &config.key {
             JwtKey::Development => (
                 DecodingKey::from_secret(DEVELOPMENT_SECRET),
@@ -127,68 +177,94 @@ impl Authenticator {
                     (key, Algorithm::RS256)
                 } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
                     (key, Algorithm::ES256)
+                } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+                    (key, Algorithm::EdDSA)
                 } else {
-                    return Err(InvalidKey {
-                        path: path.display().to_string(),
-                    });
+                    return Err(InvalidKey::Pem(path.display().to_string()));
                 }
             }
-        };
-        let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = config.leeway.as_secs();
-        if let Some(issuer) = &config.issuer {
-            validation.set_issuer(&[issuer]);
-            validation.required_spec_claims.insert("iss".to_owned());
-        }
-        match &config.audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                validation.required_spec_claims.insert("aud".to_owned());
+            JwtKey::Jwks(settings) => {
+                let keys = JwksKeys::new(settings.clone(), rules)
+                    .map_err(|e| InvalidKey::Client(e.to_string()))?;
+                return Ok(Self {
+                    keys: Keys::Published(Arc::new(keys)),
+                });
             }
-            None => validation.validate_aud = false,
-        }
+        };
+        let validation = rules.validation(algorithm);
         Ok(Self {
-            key,
-            algorithm,
-            validation,
+            keys: Keys::Fixed(Arc::new(VerifyingKey {
+                key,
+                algorithm,
+                validation,
+            })),
         })
     }
 
+    /// Fetches the identity provider's keys, when there are any to fetch, so that the first
+    /// requests need not wait for them. A failure is logged; requests fetch again.
+    pub async fn prefetch(&self) {
+        if let Keys::Published(keys) = &self.keys {
+            keys.prefetch().await;
+        }
+    }
+
     /// The subject of the bearer token in a request's HTTP headers, before its body is read.
-    pub fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Subject, AuthError> {
+    pub async fn authenticate_headers(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Subject, AuthError> {
         let value = headers
             .get(http::header::AUTHORIZATION)
             .ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let token = bearer_token(value).ok_or(AuthError::NotBearer)?;
-        self.verify(token)
+        self.verify(token).await
     }
 
-    fn verify(&self, token: &str) -> Result<Subject, AuthError> {
-        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
-            .map_err(|e| self.explain(token, e.kind()))?;
+    async fn verify(&self, token: &str) -> Result<Subject, AuthError> {
+        let key = match &self.keys {
+            Keys::Fixed(key) => key.clone(),
+            Keys::Published(keys) => {
+                let header =
+                    jsonwebtoken::decode_header(token).map_err(|_| {
+                        match header_algorithm(token) {
+                            Some(alg) if alg.eq_ignore_ascii_case("none") => AuthError::Unsigned,
+                            _ => AuthError::Malformed,
+                        }
+                    })?;
+                let key = keys.key_for(header.kid.as_deref()).await?;
+                if header.alg != key.algorithm {
+                    return Err(AuthError::WrongAlgorithm {
+                        found: format!("{:?}", header.alg),
+                        expected: format!("{:?}", key.algorithm),
+                    });
+                }
+                key
+            }
+        };
+        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &key.validation)
+            .map_err(|e| explain(token, key.algorithm, e.kind()))?;
         Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)
     }
+}
 
-    fn explain(&self, token: &str, kind: &ErrorKind) -> AuthError {
-        match kind {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-            ErrorKind::InvalidAudience => AuthError::WrongAudience,
-            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
-            _ => match header_algorithm(token) {
-                Some(alg) if alg.eq_ignore_ascii_case("none") => AuthError::Unsigned,
-                Some(alg) if alg != algorithm_name(self.algorithm) => AuthError::WrongAlgorithm {
-                    found: alg,
-                    expected: algorithm_name(self.algorithm),
-                },
-                _ => AuthError::Malformed,
+fn explain(token: &str, algorithm: Algorithm, kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+        _ => match header_algorithm(token) {
+            Some(alg) if alg.eq_ignore_ascii_case("none") => AuthError::Unsigned,
+            Some(alg) if alg != format!("{algorithm:?}") => AuthError::WrongAlgorithm {
+                found: alg,
+                expected: format!("{algorithm:?}"),
             },
-        }
+            _ => AuthError::Malformed,
+        },
     }
 }
 
@@ -205,20 +281,13 @@ fn header_algorithm(token: &str) -> Option<String> {
     header.get("alg")?.as_str().map(str::to_owned)
 }
 
-fn algorithm_name(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::RS256 => "RS256",
-        Algorithm::ES256 => "ES256",
-        _ => "HS256",
-    }
-}
-
 /// Why a token could not be minted.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
     #[error(
         "tokens can only be minted with a shared secret (development mode or CHAT_JWT_SECRET); \
-         with CHAT_JWT_PUBLIC_KEY_FILE, ask the identity provider that holds the private key"
+         with CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL, ask the identity provider that holds \
+         the private key"
     )]
     NoSecret,
     #[error("--user must be 1 to 255 printable characters")]
@@ -236,7 +305,7 @@ pub fn mint_token(
     let secret = match &config.key {
         JwtKey::Development => DEVELOPMENT_SECRET,
         JwtKey::Hs256Secret(secret) => secret.expose_secret(),
-        JwtKey::PublicKeyPem { .. } => return Err(MintError::NoSecret),
+        JwtKey::PublicKeyPem { .. } | JwtKey::Jwks(_) => return Err(MintError::NoSecret),
     };
     let subject = Subject::parse(subject).ok_or(MintError::BadSubject)?;
     let now = SystemTime::now()
@@ -279,12 +348,14 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn minted_tokens_are_accepted() {
+    #[tokio::test]
+    async fn minted_tokens_are_accepted() {
         let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
         let token = mint_token(&config(), "alice", Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e}"));
-        let subject = auth.authenticate_headers(&headers(&format!("Bearer {token}")));
+        let subject = auth
+            .authenticate_headers(&headers(&format!("Bearer {token}")))
+            .await;
         assert_eq!(
             subject.map(|s| s.as_str().to_owned()),
             Ok("alice".to_owned())
@@ -297,29 +368,29 @@ mod tests {
         assert!(!format!("{key:?}").contains("do-not-print"));
     }
 
-    #[test]
-    fn the_scheme_must_be_bearer() {
+    #[tokio::test]
+    async fn the_scheme_must_be_bearer() {
         let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            auth.authenticate_headers(&http::HeaderMap::new()),
+            auth.authenticate_headers(&http::HeaderMap::new()).await,
             Err(AuthError::Missing)
         );
         assert_eq!(
-            auth.authenticate_headers(&headers("Basic abc")),
+            auth.authenticate_headers(&headers("Basic abc")).await,
             Err(AuthError::NotBearer)
         );
         assert_eq!(
-            auth.authenticate_headers(&headers("Bearer ")),
+            auth.authenticate_headers(&headers("Bearer ")).await,
             Err(AuthError::NotBearer)
         );
         assert_eq!(
-            auth.authenticate_headers(&headers("Bearer a.b.c")),
+            auth.authenticate_headers(&headers("Bearer a.b.c")).await,
             Err(AuthError::Malformed)
         );
     }
 
-    #[test]
-    fn issuer_and_audience_are_enforced_when_configured() {
+    #[tokio::test]
+    async fn issuer_and_audience_are_enforced_when_configured() {
         let strict = AuthSettings {
             issuer: Some("idp".into()),
             audience: Some("chat".into()),
@@ -330,12 +401,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             auth.authenticate_headers(&headers(&format!("Bearer {plain}")))
+                .await
                 .is_err()
         );
         let good =
             mint_token(&strict, "alice", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             auth.authenticate_headers(&headers(&format!("Bearer {good}")))
+                .await
                 .is_ok()
         );
     }

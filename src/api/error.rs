@@ -24,6 +24,9 @@ impl ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
+            ApiError::Unauthenticated(e @ AuthError::KeysUnavailable) => {
+                Status::unavailable(e.to_string())
+            }
             ApiError::Unauthenticated(e) => Status::unauthenticated(e.to_string()),
             ApiError::Chat(ChatError::InvalidArgument(violations)) => bad_request(&violations),
             ApiError::Chat(ChatError::NotFound(what)) => {

@@ -5,6 +5,7 @@ mod chat_service;
 mod conversation_service;
 mod convert;
 mod error;
+pub mod jwks;
 pub mod proto;
 
 use tonic::Request;

@@ -1,4 +1,5 @@
-//! CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE, CHAT_JWT_ISSUER, CHAT_JWT_AUDIENCE, CHAT_JWT_LEEWAY
+//! CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE, CHAT_JWT_JWKS_URL, CHAT_JWT_JWKS_MIN_REFRESH_INTERVAL,
+//! CHAT_JWT_ISSUER, CHAT_JWT_AUDIENCE, CHAT_JWT_LEEWAY
 
 use std::{path::PathBuf, time::Duration};
 
@@ -6,7 +7,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use super::{ConfigError, Environment, invalid, non_empty, secret};
-use crate::api::{AuthSettings, JwtKey};
+use crate::api::{AuthSettings, JwtKey, jwks::JwksSettings};
 
 /// HS256 secrets shorter than this are brute-forceable.
 const MIN_SECRET_BYTES: usize = 32;
@@ -17,9 +18,18 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_JWT_SECRET", value_parser = secret, hide_env_values = true, global = true)]
     pub jwt_secret: Option<SecretString>,
 
-    /// PEM file with the RS256 or ES256 public key that verifies access tokens.
+    /// PEM file with the RS256, ES256 or EdDSA (Ed25519) public key that verifies access tokens.
     #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE", global = true)]
     pub jwt_public_key_file: Option<PathBuf>,
+
+    /// The identity provider's JSON Web Key Set (HTTPS; HTTP only to a loopback address), whose
+    /// keys verify access tokens by their `kid`.
+    #[arg(long, env = "CHAT_JWT_JWKS_URL", global = true)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The key set is fetched again at most this often, however many tokens name unknown keys.
+    #[arg(long, env = "CHAT_JWT_JWKS_MIN_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_min_refresh_interval: Duration,
 
     /// Required `iss` claim, when set.
     #[arg(long, env = "CHAT_JWT_ISSUER", global = true)]
@@ -41,13 +51,28 @@ impl AuthArgs {
         env: Environment,
         development_key_allowed: bool,
     ) -> Result<AuthSettings, ConfigError> {
+        let chosen = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key_file.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        if chosen.iter().filter(|set| **set).count() > 1 {
+            return Err(several_keys());
+        }
+        if let Some(url) = self.jwt_jwks_url {
+            let settings = JwksSettings {
+                url: jwks_url(&url)?,
+                min_refresh_interval: self.jwt_jwks_min_refresh_interval,
+            };
+            return Ok(AuthSettings {
+                key: JwtKey::Jwks(settings),
+                issuer: non_empty(self.jwt_issuer),
+                audience: non_empty(self.jwt_audience),
+                leeway: self.jwt_leeway,
+            });
+        }
         let key = match (self.jwt_secret, self.jwt_public_key_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "CHAT_JWT_SECRET",
-                    "set either CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE, not both",
-                ));
-            }
+            (Some(_), Some(_)) => return Err(several_keys()),
             (Some(secret), None) if secret.expose_secret().len() < MIN_SECRET_BYTES => {
                 return Err(invalid(
                     "CHAT_JWT_SECRET",
@@ -69,15 +94,16 @@ impl AuthArgs {
             (None, None) if env == Environment::Production => {
                 return Err(invalid(
                     "CHAT_ENV",
-                    "production needs CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE; the development key is refused",
+                    "production needs CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL; the development key is refused",
                 ));
             }
             (None, None) if !development_key_allowed => {
                 return Err(invalid(
                     "CHAT_JWT_SECRET",
                     "a real model is configured (CHAT_LLM_BASE_URL) but no signing key: set \
-                     CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE, or set CHAT_ENV=development to \
-                     accept tokens signed with the publicly known development key",
+                     CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL, or set \
+                     CHAT_ENV=development to accept tokens signed with the publicly known \
+                     development key",
                 ));
             }
             (None, None) => JwtKey::Development,
@@ -89,4 +115,32 @@ impl AuthArgs {
             leeway: self.jwt_leeway,
         })
     }
+}
+
+/// The key set's address: HTTPS, since whoever can change the keys can sign any token, or HTTP to
+/// this machine (a sidecar, a test).
+fn jwks_url(text: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text)
+        .map_err(|e| invalid("CHAT_JWT_JWKS_URL", format!("not a URL: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(invalid(
+            "CHAT_JWT_JWKS_URL",
+            "must be an https:// URL (http:// only to a loopback address)",
+        )),
+    }
+}
+
+fn several_keys() -> ConfigError {
+    invalid(
+        "CHAT_JWT_SECRET",
+        "set one of CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE and CHAT_JWT_JWKS_URL, not several",
+    )
 }

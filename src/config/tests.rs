@@ -113,6 +113,41 @@ fn short_secrets_and_bad_urls_name_their_setting() {
 }
 
 #[test]
+fn a_key_set_is_fetched_over_https_or_from_this_machine() {
+    for refused in [
+        "http://idp.example/jwks.json",
+        "ftp://127.0.0.1/jwks.json",
+        "not a url",
+    ] {
+        assert_eq!(
+            refused_setting(&["--jwt-jwks-url", refused]),
+            Some("CHAT_JWT_JWKS_URL"),
+            "{refused}"
+        );
+    }
+    for accepted in [
+        "https://idp.example/.well-known/jwks.json",
+        "http://127.0.0.1:8080/jwks.json",
+        "http://[::1]/jwks.json",
+        "http://localhost/jwks.json",
+    ] {
+        assert_eq!(
+            refused_setting(&["--jwt-jwks-url", accepted]),
+            None,
+            "{accepted}"
+        );
+    }
+    let secret = "s".repeat(32);
+    let both = [
+        "--jwt-jwks-url",
+        "https://idp.example/jwks",
+        "--jwt-secret",
+        &secret,
+    ];
+    assert_eq!(refused_setting(&both), Some("CHAT_JWT_SECRET"));
+}
+
+#[test]
 fn secrets_never_show_in_debug_output() {
     let password = "database-password-1234";
     let secret = "jwt-secret-that-is-long-enough-1234";

@@ -45,9 +45,13 @@ pub struct Authenticate<S> {
 
 impl<S, B> Service<http::Request<B>> for Authenticate<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -58,18 +62,23 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if request.uri().path().starts_with(PROTECTED) {
-            match self.authenticator.authenticate_headers(request.headers()) {
+        if !request.uri().path().starts_with(PROTECTED) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The inner service was made ready for this call; the clone takes its place for the
+        // next one (tower's usual dance for services called from a future).
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            match authenticator.authenticate_headers(request.headers()).await {
                 Ok(subject) => {
                     request.extensions_mut().insert(subject);
+                    inner.call(request).await
                 }
-                Err(error) => {
-                    // Answered without touching the body, which is dropped unread.
-                    let status = tonic::Status::from(ApiError::from(error));
-                    return Box::pin(std::future::ready(Ok(status.into_http())));
-                }
+                // Answered without touching the body, which is dropped unread.
+                Err(error) => Ok(tonic::Status::from(ApiError::from(error)).into_http()),
             }
-        }
-        Box::pin(self.inner.call(request))
+        })
     }
 }

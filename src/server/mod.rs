@@ -152,6 +152,12 @@ async fn bind(
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let authenticator = Authenticator::new(&config.auth)?;
+        // The identity provider's keys, if any, are fetched meanwhile; a provider that is down
+        // does not keep the service from starting.
+        tokio::spawn({
+            let authenticator = authenticator.clone();
+            async move { authenticator.prefetch().await }
+        });
         if matches!(config.auth.key, JwtKey::Development) {
             tracing::warn!(
                 "DEVELOPMENT MODE: tokens are verified with a publicly known key. Anyone can \

@@ -9,6 +9,7 @@ mod auth;
 mod conversations;
 mod integrity;
 mod isolation;
+mod jwks;
 mod limits;
 mod migrations;
 mod operability;
