@@ -345,3 +345,52 @@ async fn not_before_and_expiry_are_checked_with_a_small_leeway() {
         .expect_err("an expired token was accepted");
     assert!(late.message().contains("expired"), "{late:?}");
 }
+
+#[tokio::test]
+async fn an_ed25519_public_key_file_verifies_eddsa_tokens() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let public = fixtures.join("ed25519-public.pem");
+    let pem = std::fs::read(&public).unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::spawn_with(|config| {
+        config.auth.key = JwtKey::PublicKeyPem { path: public, pem };
+    })
+    .await;
+    let private =
+        std::fs::read(fixtures.join("ed25519-private.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let key = EncodingKey::from_ed_pem(&private).unwrap_or_else(|e| panic!("{e}"));
+    let token = |sub: &str| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &json!({"sub": sub, "exp": now() + 3600}),
+            &key,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let list = |token: String| {
+        let mut client = app.conversations();
+        async move {
+            client
+                .list_conversations(with_token(ListConversationsRequest::default(), &token))
+                .await
+        }
+    };
+    assert!(list(token("dora")).await.is_ok());
+    // Signed by another Ed25519 key.
+    let other = EncodingKey::from_ed_pem(
+        b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBQwbzOaxLBmjQqrRNn1SfJgRfW4v0SlfHtobHBxXvDy\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &json!({"sub": "dora", "exp": now() + 3600}),
+        &other,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = list(forged).await.expect_err("accepted");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("signature"),
+        "{}",
+        status.message()
+    );
+}
