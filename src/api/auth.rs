@@ -214,39 +214,87 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Subject, AuthError> {
-        let value = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?;
-        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
-        let token = bearer_token(value).ok_or(AuthError::NotBearer)?;
-        self.verify(token).await
+        if let Some(verdict) = self.authenticate_at_once(headers) {
+            return verdict;
+        }
+        // Only a token whose key must be fetched first gets here.
+        let token = bearer_token(headers)?;
+        match &self.keys {
+            Keys::Fixed(key) => verify(token, key),
+            Keys::Published(keys) => {
+                let header = token_header(token)?;
+                let key = keys.key_for(header.kid.as_deref()).await?;
+                verify_with_header(token, &header, &key)
+            }
+        }
     }
 
-    async fn verify(&self, token: &str) -> Result<Subject, AuthError> {
-        let key = match &self.keys {
-            Keys::Fixed(key) => key.clone(),
-            Keys::Published(keys) => {
-                let header =
-                    jsonwebtoken::decode_header(token).map_err(|_| {
-                        match header_algorithm(token) {
-                            Some(alg) if alg.eq_ignore_ascii_case("none") => AuthError::Unsigned,
-                            _ => AuthError::Malformed,
-                        }
-                    })?;
-                let key = keys.key_for(header.kid.as_deref()).await?;
-                if header.alg != key.algorithm {
-                    return Err(AuthError::WrongAlgorithm {
-                        found: format!("{:?}", header.alg),
-                        expected: format!("{:?}", key.algorithm),
-                    });
-                }
-                key
-            }
+    /// [`Authenticator::authenticate_headers`] when it needs to wait for nothing, which is
+    /// always, except for a token whose key the identity provider's set must be fetched for.
+    pub fn authenticate_at_once(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<Result<Subject, AuthError>> {
+        let token = match bearer_token(headers) {
+            Ok(token) => token,
+            Err(error) => return Some(Err(error)),
         };
-        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &key.validation)
-            .map_err(|e| explain(token, key.algorithm, e.kind()))?;
-        Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)
+        match &self.keys {
+            Keys::Fixed(key) => Some(verify(token, key)),
+            Keys::Published(keys) => {
+                let header = match token_header(token) {
+                    Ok(header) => header,
+                    Err(error) => return Some(Err(error)),
+                };
+                let key = keys.known_key(header.kid.as_deref())?;
+                Some(verify_with_header(token, &header, &key))
+            }
+        }
     }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::NotBearer)?;
+    let token = token.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+        Ok(token)
+    } else {
+        Err(AuthError::NotBearer)
+    }
+}
+
+/// A token's header, which names its key and algorithm.
+fn token_header(token: &str) -> Result<Header, AuthError> {
+    jsonwebtoken::decode_header(token).map_err(|_| match header_algorithm(token) {
+        Some(alg) if alg.eq_ignore_ascii_case("none") => AuthError::Unsigned,
+        _ => AuthError::Malformed,
+    })
+}
+
+/// Checks a token that names `key` against it: the algorithm must be the key's.
+fn verify_with_header(
+    token: &str,
+    header: &Header,
+    key: &VerifyingKey,
+) -> Result<Subject, AuthError> {
+    if header.alg != key.algorithm {
+        return Err(AuthError::WrongAlgorithm {
+            found: format!("{:?}", header.alg),
+            expected: format!("{:?}", key.algorithm),
+        });
+    }
+    verify(token, key)
+}
+
+fn verify(token: &str, key: &VerifyingKey) -> Result<Subject, AuthError> {
+    let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &key.validation)
+        .map_err(|e| explain(token, key.algorithm, e.kind()))?;
+    Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)
 }
 
 fn explain(token: &str, algorithm: Algorithm, kind: &ErrorKind) -> AuthError {
@@ -266,12 +314,6 @@ fn explain(token: &str, algorithm: Algorithm, kind: &ErrorKind) -> AuthError {
             _ => AuthError::Malformed,
         },
     }
-}
-
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The `alg` a token's header claims, read without trusting anything else in it.

@@ -96,15 +96,7 @@ impl JwksKeys {
         self: &Arc<Self>,
         kid: Option<&str>,
     ) -> Result<Arc<VerifyingKey>, AuthError> {
-        if let Some((key, stale)) = self.lookup(kid) {
-            if stale {
-                let keys = self.clone();
-                tokio::spawn(async move {
-                    if let Ok(_fetching) = keys.fetching.try_lock() {
-                        keys.fetch_if_due().await;
-                    }
-                });
-            }
+        if let Some(key) = self.known_key(kid) {
             return Ok(key);
         }
         {
@@ -120,6 +112,21 @@ impl JwksKeys {
             None if self.read().fresh_until.is_none() => Err(AuthError::KeysUnavailable),
             None => Err(AuthError::UnknownKey),
         }
+    }
+
+    /// The key, if the set holds it, without waiting for anything. A set past its lifetime is
+    /// fetched again in the background.
+    pub fn known_key(self: &Arc<Self>, kid: Option<&str>) -> Option<Arc<VerifyingKey>> {
+        let (key, stale) = self.lookup(kid)?;
+        if stale {
+            let keys = self.clone();
+            tokio::spawn(async move {
+                if let Ok(_fetching) = keys.fetching.try_lock() {
+                    keys.fetch_if_due().await;
+                }
+            });
+        }
+        Some(key)
     }
 
     /// Fetches the set now, as at start-up, so that the first requests need not wait for it,

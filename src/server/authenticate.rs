@@ -65,6 +65,19 @@ where
         if !request.uri().path().starts_with(PROTECTED) {
             return Box::pin(self.inner.call(request));
         }
+        match self.authenticator.authenticate_at_once(request.headers()) {
+            Some(Ok(subject)) => {
+                request.extensions_mut().insert(subject);
+                return Box::pin(self.inner.call(request));
+            }
+            // Answered without touching the body, which is dropped unread.
+            Some(Err(error)) => {
+                let status = tonic::Status::from(ApiError::from(error));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+            // The identity provider's keys must be fetched first.
+            None => {}
+        }
         // The inner service was made ready for this call; the clone takes its place for the
         // next one (tower's usual dance for services called from a future).
         let fresh = self.inner.clone();
