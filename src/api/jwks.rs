@@ -118,7 +118,7 @@ impl JwksKeys {
     /// fetched again in the background.
     pub fn known_key(self: &Arc<Self>, kid: Option<&str>) -> Option<Arc<VerifyingKey>> {
         let (key, stale) = self.lookup(kid)?;
-        if stale {
+        if stale && self.fetch_due() {
             let keys = self.clone();
             tokio::spawn(async move {
                 if let Ok(_fetching) = keys.fetching.try_lock() {
@@ -151,19 +151,20 @@ impl JwksKeys {
         Some((key, stale))
     }
 
+    /// Whether no fetch started in the last minimum interval.
+    fn fetch_due(&self) -> bool {
+        self.read()
+            .last_attempt
+            .is_none_or(|last| last.elapsed() >= self.settings.min_refresh_interval)
+    }
+
     /// Fetches the set unless a fetch started less than the minimum interval ago. The caller
     /// holds `fetching`. On failure the keys known so far stay.
     async fn fetch_if_due(&self) {
-        {
-            let mut keys = self.write();
-            if keys
-                .last_attempt
-                .is_some_and(|last| last.elapsed() < self.settings.min_refresh_interval)
-            {
-                return;
-            }
-            keys.last_attempt = Some(Instant::now());
+        if !self.fetch_due() {
+            return;
         }
+        self.write().last_attempt = Some(Instant::now());
         match self.fetch().await {
             Ok((set, lifetime)) => {
                 let (by_kid, unnamed) = self.usable_keys(set);
