@@ -2,40 +2,71 @@
 //! a turn's model sees exactly the messages committed before its own, and every listing shows
 //! them in that order.
 
-use chat_service::api::proto::GetConversationRequest;
+use std::sync::Arc;
+
+use chat_service::api::proto::{
+    GetConversationRequest, SendMessageRequest, send_message_response::Event,
+};
 use tokio::task::JoinSet;
 
-use super::{
-    send_message::{send, send_ok},
-    support::{FakeLlm, TestApp, app::without_user_limits},
-};
+use super::support::{FakeLlm, TestDatabase, process::ServiceProcess};
 
 /// Each replica's model context holds up to this many messages: more than any test here writes,
 /// so a context is the whole conversation before its message.
-const HISTORY: usize = 64;
+const HISTORY: &str = "64";
 const CONCURRENT_TURNS: usize = 12;
 
-/// `count` replicas of the service on one database, each with its own memory of conversations.
-async fn replicas(fake: &FakeLlm, count: usize) -> Vec<TestApp> {
-    let first = TestApp::with_fake_llm(fake, |config| {
-        without_user_limits(config);
-        config.turns.history_messages = HISTORY;
-    })
-    .await;
-    let url = first.config.database.url.clone();
-    let mut all = vec![first];
-    for _ in 1..count {
-        let url = url.clone();
+/// `count` replicas of the service, each a process of its own with its own memory of
+/// conversations, on one database and one model.
+async fn replicas(database: &TestDatabase, fake: &FakeLlm, count: usize) -> Vec<ServiceProcess> {
+    let model = fake.base_url();
+    let settings = [
+        ("CHAT_LLM_BASE_URL", model.as_str()),
+        ("CHAT_LLM_MODEL", "fake-model"),
+        ("CHAT_HISTORY_MESSAGES", HISTORY),
+        // One user takes many turns at once here, more than a real client may.
+        ("CHAT_MAX_STREAMS_PER_USER", "1000"),
+        ("CHAT_USER_REQUESTS_PER_SECOND", "1000"),
+        ("CHAT_USER_REQUEST_BURST", "1000"),
+    ];
+    let mut all = Vec::new();
+    for _ in 0..count {
         all.push(
-            TestApp::with_fake_llm(fake, move |config| {
-                without_user_limits(config);
-                config.turns.history_messages = HISTORY;
-                config.database.url = url;
-            })
-            .await,
+            ServiceProcess::start(env!("CARGO_BIN_EXE_chat-service"), database, &settings).await,
         );
     }
     all
+}
+
+/// One turn of alice's, to its end; the conversation's id.
+async fn turn(replica: &ServiceProcess, conversation: &str, content: &str) -> String {
+    let request = replica.request(
+        "alice",
+        SendMessageRequest {
+            conversation_id: conversation.to_owned(),
+            content: content.to_owned(),
+        },
+    );
+    let mut stream = replica
+        .chat()
+        .send_message(request)
+        .await
+        .unwrap_or_else(|e| panic!("refused: {e:?}"))
+        .into_inner();
+    let (mut id, mut completed) = (String::new(), false);
+    while let Some(response) = stream
+        .message()
+        .await
+        .unwrap_or_else(|e| panic!("{content:?} failed: {e:?}"))
+    {
+        match response.event {
+            Some(Event::Accepted(accepted)) => id = accepted.conversation_id,
+            Some(Event::Completed(_)) => completed = true,
+            _ => {}
+        }
+    }
+    assert!(completed, "{content:?} did not complete");
+    id
 }
 
 /// Alice talks on every replica, one turn after another (so that each replica remembers the
@@ -43,37 +74,27 @@ async fn replicas(fake: &FakeLlm, count: usize) -> Vec<TestApp> {
 /// Afterwards every model request must hold exactly the stored messages before its own.
 async fn concurrent_turns_see_exactly_what_was_committed_before(replica_count: usize) {
     let fake = FakeLlm::start().await;
-    let replicas = replicas(&fake, replica_count).await;
-    let conversation = send_ok(&replicas[0], "alice", "", "opening")
-        .await
-        .conversation_id();
+    let database = TestDatabase::new().await;
+    let replicas = replicas(&database, &fake, replica_count).await;
+    let conversation = turn(&replicas[0], "", "opening").await;
     for (index, replica) in replicas.iter().enumerate() {
-        send_ok(replica, "alice", &conversation, &format!("warm-up {index}")).await;
+        turn(replica, &conversation, &format!("warm-up {index}")).await;
     }
 
-    let replicas = std::sync::Arc::new(replicas);
+    let replicas = Arc::new(replicas);
     let mut turns = JoinSet::new();
-    for turn in 0..CONCURRENT_TURNS {
+    for index in 0..CONCURRENT_TURNS {
         let (replicas, conversation) = (replicas.clone(), conversation.clone());
         turns.spawn(async move {
-            let replica = &replicas[turn % replicas.len()];
-            send(
-                replica,
-                "alice",
-                &conversation,
-                &format!("concurrent {turn}"),
-            )
-            .await
+            let replica = &replicas[index % replicas.len()];
+            turn(replica, &conversation, &format!("concurrent {index}")).await
         });
     }
-    while let Some(turn) = turns.join_next().await {
-        let turn = turn
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|status| panic!("refused: {status:?}"));
-        assert!(turn.error.is_none(), "{:?}", turn.error);
+    while let Some(finished) = turns.join_next().await {
+        finished.unwrap_or_else(|e| panic!("{e}"));
     }
 
-    let stored = replicas[0].db.messages(&conversation).await;
+    let stored = database.messages(&conversation).await;
     let turn_count = 1 + replica_count + CONCURRENT_TURNS;
     assert_eq!(
         stored.len(),
@@ -141,13 +162,12 @@ async fn concurrent_turns_see_exactly_what_was_committed_before(replica_count: u
     }
 }
 
-// Several threads, so that the turns really run at the same time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn concurrent_turns_on_one_replica_see_exactly_what_came_before() {
     concurrent_turns_see_exactly_what_was_committed_before(1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn concurrent_turns_across_three_replicas_see_exactly_what_came_before() {
     concurrent_turns_see_exactly_what_was_committed_before(3).await;
 }

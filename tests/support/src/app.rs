@@ -144,22 +144,7 @@ impl TestApp {
 
     /// The Prometheus text the metrics endpoint serves.
     pub async fn scrape_metrics(&self) -> String {
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics_addr
-        );
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut response = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
+        scrape_metrics(self.metrics_addr).await
     }
 
     /// A server whose model is `fake`, with settings adjusted by `customize`.
@@ -231,6 +216,23 @@ impl TestApp {
     pub fn request<T>(&self, user: &str, message: T) -> Request<T> {
         with_token(message, &self.token(user))
     }
+}
+
+/// The Prometheus text a metrics endpoint at `addr` serves.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 /// `message` with `authorization: Bearer <token>`.

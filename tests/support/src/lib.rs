@@ -8,6 +8,7 @@ pub mod database;
 pub mod fake_llm;
 pub mod logs;
 pub mod otlp;
+pub mod process;
 pub mod tcp_proxy;
 pub mod wait;
 
