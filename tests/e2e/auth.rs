@@ -176,20 +176,38 @@ async fn a_valid_token_creates_its_user_once() {
     );
 }
 
+fn fixture_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A server that verifies tokens with the public key in the fixture `name`.
+async fn with_public_key_file(
+    name: &str,
+    customize: impl FnOnce(&mut chat_service::Config),
+) -> TestApp {
+    let (path, pem) = (fixture_path(name), fixture(name));
+    TestApp::spawn_with(|config| {
+        config.auth.key = JwtKey::PublicKeyPem { path, pem };
+        customize(config);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn es256_public_keys_verify_tokens_and_check_issuer_and_audience() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let public = fixtures.join("es256-public.pem");
-    let pem = std::fs::read(&public).unwrap_or_else(|e| panic!("{e}"));
-    let app = TestApp::spawn_with(|config| {
-        config.auth.key = JwtKey::PublicKeyPem { path: public, pem };
+    let app = with_public_key_file("es256-public.pem", |config| {
         config.auth.issuer = Some("https://idp.example".to_owned());
         config.auth.audience = Some("chat".to_owned());
     })
     .await;
-    let private =
-        std::fs::read(fixtures.join("es256-private.pem")).unwrap_or_else(|e| panic!("{e}"));
-    let key = EncodingKey::from_ec_pem(&private).unwrap_or_else(|e| panic!("{e}"));
+    let key =
+        EncodingKey::from_ec_pem(&fixture("es256-private.pem")).unwrap_or_else(|e| panic!("{e}"));
     let sign = |claims: serde_json::Value| {
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -204,7 +222,7 @@ async fn es256_public_keys_verify_tokens_and_check_issuer_and_audience() {
     // An HS256 token "signed" with the public key as secret: the classic key-confusion attack.
     let confused = hs256(
         &json!({"sub": "carol", "exp": exp, "iss": "https://idp.example", "aud": "chat"}),
-        &std::fs::read(fixtures.join("es256-public.pem")).unwrap_or_default(),
+        &fixture("es256-public.pem"),
     );
 
     let list = |token: String| {
@@ -348,16 +366,9 @@ async fn not_before_and_expiry_are_checked_with_a_small_leeway() {
 
 #[tokio::test]
 async fn an_ed25519_public_key_file_verifies_eddsa_tokens() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let public = fixtures.join("ed25519-public.pem");
-    let pem = std::fs::read(&public).unwrap_or_else(|e| panic!("{e}"));
-    let app = TestApp::spawn_with(|config| {
-        config.auth.key = JwtKey::PublicKeyPem { path: public, pem };
-    })
-    .await;
-    let private =
-        std::fs::read(fixtures.join("ed25519-private.pem")).unwrap_or_else(|e| panic!("{e}"));
-    let key = EncodingKey::from_ed_pem(&private).unwrap_or_else(|e| panic!("{e}"));
+    let app = with_public_key_file("ed25519-public.pem", |_| {}).await;
+    let key =
+        EncodingKey::from_ed_pem(&fixture("ed25519-private.pem")).unwrap_or_else(|e| panic!("{e}"));
     let token = |sub: &str| {
         jsonwebtoken::encode(
             &Header::new(Algorithm::EdDSA),
