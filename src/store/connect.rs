@@ -110,6 +110,9 @@ fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnecti
             conn.batch_execute(&statement_timeout)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            super::turns::prepare_turn_statements(&conn)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         })
     });
@@ -135,11 +138,22 @@ async fn load_page_token_key(
     pool: &Pool<AsyncPgConnection>,
     url: &DatabaseUrl,
 ) -> Result<Vec<u8>, ConnectError> {
-    let mut conn = pool.get().await.map_err(|e| ConnectError::Unreachable {
-        url: url.clone(),
-        reason: match e {
-            PoolError::Timeout(_) => "timed out".to_owned(),
-            other => other.to_string(),
+    let mut conn = pool.get().await.map_err(|e| match e {
+        // A connection prepares the turn's statements as it opens, which fails on a schema
+        // that lacks their tables.
+        PoolError::Backend(diesel_async::pooled_connection::PoolError::ConnectionError(
+            diesel::ConnectionError::CouldntSetupConfiguration(reason),
+        )) => ConnectError::NotMigrated {
+            url: url.clone(),
+            reason: reason.to_string(),
+        },
+        PoolError::Timeout(_) => ConnectError::Unreachable {
+            url: url.clone(),
+            reason: "timed out".to_owned(),
+        },
+        other => ConnectError::Unreachable {
+            url: url.clone(),
+            reason: other.to_string(),
         },
     })?;
     service_secrets::table

@@ -62,11 +62,15 @@ impl Store {
     ) -> Result<Option<Revision>, StoreError> {
         self.run_transaction_by_hand(START_CONVERSATION, async |conn| {
             let conn: &Conn = conn;
-            let written = insert_conversation(conn, user, conversation, first, max_conversations);
-            let ((), created) = futures_util::try_join!(begin(conn), written)?;
-            let sequence = created.then_some(1);
-            let _ = placed.send(sequence);
-            commit(conn).await?;
+            // Sent together, in this order: BEGIN, the write, COMMIT (see `begin`).
+            let write = async {
+                let created =
+                    insert_conversation(conn, user, conversation, first, max_conversations).await?;
+                let sequence = created.then_some(1);
+                let _ = placed.send(sequence);
+                Ok::<_, diesel::result::Error>(sequence)
+            };
+            let ((), sequence, ()) = futures_util::try_join!(begin(conn), write, commit(conn))?;
             Ok(sequence)
         })
         .await
@@ -92,22 +96,22 @@ impl Store {
         let title = title_if_unnamed.as_str();
         self.run_transaction_by_hand(APPEND, async |conn| {
             let conn: &Conn = conn;
-            // Sent together, in this order: BEGIN, the lock, the write.
+            // Sent together, in this order: BEGIN, the lock, the write, COMMIT (see `begin`).
             let lock = async {
                 let revision = lock_conversation(conn, user, message.conversation_id).await?;
                 let next = revision.filter(|r| *r < max_revision).map(|r| r + 1);
                 let _ = placed.send(next);
-                Ok(next)
+                Ok::<_, diesel::result::Error>(next)
             };
             let write = append_message(conn, user, message, title, Some(max_revision));
-            let begin = begin(conn);
-            let ((), expected, appended) = futures_util::try_join!(begin, lock, write)?;
+            let ((), expected, appended, ()) =
+                futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
             if appended != expected {
+                // Only if the statements ran out of order, which `begin` rules out.
                 return Err(StoreError::Corrupt(format!(
                     "the message was written at {appended:?}, not at {expected:?} as its lock said"
                 )));
             }
-            commit(conn).await?;
             Ok(appended)
         })
         .await
@@ -178,7 +182,7 @@ impl Store {
         self.run(operation, async |conn| {
             if reply.tool_calls.is_empty() {
                 // The common case in one statement, atomic by itself: one round trip, not four.
-                return append_message(&*conn, user, reply, "", None).await;
+                return Ok(append_message(&*conn, user, reply, "", None).await?);
             }
             conn.transaction::<Option<Revision>, StoreError, _>(async |conn| {
                 let Some(revision) = append_message(&*conn, user, reply, "", None).await? else {
@@ -218,7 +222,7 @@ async fn append_message(
     message: &Message,
     title_if_unnamed: &str,
     max_revision: Option<Revision>,
-) -> Result<Option<Revision>, StoreError> {
+) -> QueryResult<Option<Revision>> {
     let row = fixed(APPEND_MESSAGE)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
         .bind::<SqlUuid, _>(user.as_uuid())
@@ -243,7 +247,7 @@ async fn insert_conversation(
     conversation: &Conversation,
     first: &Message,
     max_conversations: i64,
-) -> Result<bool, StoreError> {
+) -> QueryResult<bool> {
     let created = fixed(
         "WITH created AS (
              INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
@@ -268,12 +272,14 @@ async fn insert_conversation(
     Ok(created > 0)
 }
 
-/// BEGIN. Polled together with the transaction's first statements, it travels with them, so
-/// that the transaction costs no round trip of its own: a connection sends requests in the
-/// order they are first polled, and `try_join!` polls in the order it is given.
-async fn begin(mut conn: &Conn) -> Result<(), StoreError> {
-    conn.batch_execute("BEGIN").await?;
-    Ok(())
+/// BEGIN. Polled together with the transaction's statements and its COMMIT, it travels with
+/// them, so that the transaction costs no round trip of its own: a connection sends requests in
+/// the order they are first polled, and `try_join!` polls in the order it is given. That holds
+/// for a statement only once it is prepared on the connection; before, its first poll sends
+/// only the preparation, and a COMMIT behind it would overtake it. So every connection prepares
+/// these statements when it opens ([`prepare_turn_statements`]).
+async fn begin(mut conn: &Conn) -> QueryResult<()> {
+    conn.batch_execute("BEGIN").await
 }
 
 /// Locks the user's conversation's row until the transaction ends (the lock its UPDATE would
@@ -283,18 +289,44 @@ async fn lock_conversation(
     mut conn: &Conn,
     user: UserId,
     conversation: ConversationId,
-) -> Result<Option<Revision>, StoreError> {
-    Ok(conversations::table
+) -> QueryResult<Option<Revision>> {
+    conversations::table
         .filter(conversations::id.eq(conversation.as_uuid()))
         .filter(conversations::user_id.eq(user.as_uuid()))
         .select(conversations::revision)
         .for_no_key_update()
         .first::<Revision>(&mut conn)
         .await
-        .optional()?)
+        .optional()
 }
 
-async fn commit(mut conn: &Conn) -> Result<(), StoreError> {
-    conn.batch_execute("COMMIT").await?;
+async fn commit(mut conn: &Conn) -> QueryResult<()> {
+    conn.batch_execute("COMMIT").await
+}
+
+/// Prepares the statements that travel in one flight with their transaction (see [`begin`]),
+/// by running each once where it can find nothing to change.
+pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
+    let nobody = UserId::from_uuid(uuid::Uuid::nil());
+    let nowhere = ConversationId::from_uuid(uuid::Uuid::nil());
+    let message = Message {
+        id: MessageId::from_uuid(uuid::Uuid::nil()),
+        conversation_id: nowhere,
+        role: Role::User,
+        content: String::new(),
+        status: crate::domain::MessageStatus::Complete,
+        create_time: crate::domain::now(),
+        tool_calls: Vec::new(),
+    };
+    let conversation = Conversation {
+        id: nowhere,
+        title: Title::from_stored(String::new()),
+        create_time: message.create_time,
+        update_time: message.create_time,
+    };
+    lock_conversation(conn, nobody, nowhere).await?;
+    append_message(conn, nobody, &message, "", Some(0)).await?;
+    // No user may have fewer than 0 conversations: nothing is inserted.
+    insert_conversation(conn, nobody, &conversation, &message, 0).await?;
     Ok(())
 }
