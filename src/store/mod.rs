@@ -149,7 +149,7 @@ impl Store {
     }
 
     /// [`Store::run`] for work that begins and ends a transaction itself, without diesel's
-    /// transaction manager, so that its BEGIN can travel with its first statement. Unless the
+    /// transaction manager, so that its BEGIN and COMMIT can travel with its statements. Unless the
     /// work succeeds, which means it committed, its connection is closed: one given up on
     /// half-way (an error, a cancelled request, a timeout) may be inside the transaction still,
     /// and must never serve anyone else.
@@ -220,10 +220,13 @@ struct Borrowed {
 
 impl Drop for Borrowed {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && self.close
-        {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.close {
+            // Detached from the pool, the connection closes as it drops.
             drop(Object::take(conn));
         }
+        // Otherwise dropping it hands it back to the pool.
     }
 }
