@@ -41,9 +41,11 @@ pub struct VerifyingKey {
     pub validation: Validation,
 }
 
+type KeysByKid = HashMap<String, Arc<VerifyingKey>>;
+
 #[derive(Default)]
 struct KeySet {
-    by_kid: HashMap<String, Arc<VerifyingKey>>,
+    by_kid: KeysByKid,
     /// Keys published without a `kid`: usable only by tokens without one, when alone.
     unnamed: Vec<Arc<VerifyingKey>>,
     /// Until when the set is fresh; `None` before the first successful fetch.
@@ -209,13 +211,9 @@ impl JwksKeys {
         Ok((set, lifetime))
     }
 
-    /// The keys this service can verify with. Symmetric keys are never taken from a set: the
-    /// set is public, so anyone could sign with them.
-    #[allow(clippy::type_complexity)]
-    fn usable_keys(
-        &self,
-        set: JwkSet,
-    ) -> (HashMap<String, Arc<VerifyingKey>>, Vec<Arc<VerifyingKey>>) {
+    /// The keys this service can verify with, by `kid` and without one. Symmetric keys are
+    /// never taken from a set: the set is public, so anyone could sign with them.
+    fn usable_keys(&self, set: JwkSet) -> (KeysByKid, Vec<Arc<VerifyingKey>>) {
         let mut by_kid = HashMap::new();
         let mut unnamed = Vec::new();
         for jwk in set.keys {
