@@ -225,14 +225,7 @@ async fn es256_public_keys_verify_tokens_and_check_issuer_and_audience() {
         &fixture("es256-public.pem"),
     );
 
-    let list = |token: String| {
-        let mut client = app.conversations();
-        async move {
-            client
-                .list_conversations(with_token(ListConversationsRequest::default(), &token))
-                .await
-        }
-    };
+    let list = |token: String| list_with_token(&app, token);
     assert!(list(good).await.is_ok());
     for (token, expected) in [
         (wrong_issuer, "issuer"),
@@ -299,19 +292,16 @@ async fn health_and_reflection_need_no_token() {
 }
 
 /// Whether a ListConversations with `claims` signed by the test secret is served.
-async fn accepted(app: &TestApp, claims: serde_json::Value) -> Result<(), Status> {
-    let token = hs256(&claims, SECRET.as_bytes());
-    let request = with_token(
-        ListConversationsRequest {
-            page_size: 1,
-            page_token: String::new(),
-        },
-        &token,
-    );
+/// ListConversations with `token`: whether the server accepted it.
+async fn list_with_token(app: &TestApp, token: String) -> Result<(), Status> {
     app.conversations()
-        .list_conversations(request)
+        .list_conversations(with_token(ListConversationsRequest::default(), &token))
         .await
         .map(|_| ())
+}
+
+async fn accepted(app: &TestApp, claims: serde_json::Value) -> Result<(), Status> {
+    list_with_token(app, hs256(&claims, SECRET.as_bytes())).await
 }
 
 #[tokio::test]
@@ -377,14 +367,7 @@ async fn an_ed25519_public_key_file_verifies_eddsa_tokens() {
         )
         .unwrap_or_else(|e| panic!("{e}"))
     };
-    let list = |token: String| {
-        let mut client = app.conversations();
-        async move {
-            client
-                .list_conversations(with_token(ListConversationsRequest::default(), &token))
-                .await
-        }
-    };
+    let list = |token: String| list_with_token(&app, token);
     assert!(list(token("dora")).await.is_ok());
     // Signed by another Ed25519 key.
     let other = EncodingKey::from_ed_pem(
