@@ -5,7 +5,8 @@
 //!   assembles the layers, serves gRPC, grpc-web, health and metrics, and shuts down;
 //! - [`api`] is the gRPC edge: authentication, protobuf ↔ domain, statuses;
 //! - [`chat`] holds the use cases: a turn, and reading and deleting conversations;
-//! - [`store`] (PostgreSQL) and [`llm`] (the model) are the ports the use cases drive;
+//! - [`store`] (PostgreSQL), [`llm`] (the model) and [`tools`] (MCP servers) are the ports the
+//!   use cases drive;
 //! - [`domain`] is the shared vocabulary and depends on nothing else in the crate.
 //!
 //! [`telemetry`] (logs, traces, metrics) is used by every layer and depends on none of them.
@@ -18,6 +19,7 @@ pub mod llm;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 
 pub use server::{Application, Config, StartupError};
 

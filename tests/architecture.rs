@@ -12,7 +12,7 @@ use std::{
 
 /// Each top-level module and the modules it may use. `config` is the outermost: it builds every
 /// layer's settings, so nothing may use it (but the binary, which is not part of the library).
-const ALLOWED: [(&str, &[&str]); 8] = [
+const ALLOWED: [(&str, &[&str]); 9] = [
     (
         "config",
         &[
@@ -21,18 +21,28 @@ const ALLOWED: [(&str, &[&str]); 8] = [
             "chat",
             "store",
             "llm",
+            "tools",
             "telemetry",
             "domain",
         ],
     ),
     (
         "server",
-        &["api", "chat", "store", "llm", "telemetry", "domain"],
+        &[
+            "api",
+            "chat",
+            "store",
+            "llm",
+            "tools",
+            "telemetry",
+            "domain",
+        ],
     ),
     ("api", &["chat", "telemetry", "domain"]),
-    ("chat", &["store", "llm", "telemetry", "domain"]),
+    ("chat", &["store", "llm", "tools", "telemetry", "domain"]),
     ("store", &["telemetry", "domain"]),
     ("llm", &["telemetry", "domain"]),
+    ("tools", &["telemetry", "domain"]),
     ("telemetry", &[]),
     ("domain", &[]),
 ];

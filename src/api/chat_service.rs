@@ -1,5 +1,6 @@
 use std::pin::Pin;
 
+use secrecy::SecretString;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
@@ -38,6 +39,7 @@ fn encode(turn_event: TurnEvent) -> SendMessageResponse {
     match turn_event {
         TurnEvent::Delta(text) => event(Event::Delta(MessageDelta { text })),
         TurnEvent::ToolCall(call) => event(Event::ToolCall(convert::tool_call(call))),
+        TurnEvent::ToolResult(result) => event(Event::ToolResult(convert::tool_result(result))),
         TurnEvent::Completed(completion) => event(Event::Completed(MessageCompleted {
             message: Some(convert::message(completion.message)),
             finish_reason: completion.finish_reason,
@@ -48,6 +50,15 @@ fn encode(turn_event: TurnEvent) -> SendMessageResponse {
             }),
         })),
     }
+}
+
+/// The caller's bearer token, already verified, for tool servers that act on its behalf.
+fn bearer_token<T>(request: &Request<T>) -> Option<SecretString> {
+    let header = request.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| SecretString::from(token.trim()))
 }
 
 #[tonic::async_trait]
@@ -61,6 +72,7 @@ impl ChatService for ChatApi {
         let received_at = std::time::Instant::now();
         let user = self.caller.user(&request).await?;
         let request_id = request_id(&request);
+        let bearer = bearer_token(&request);
         let message = request.into_inner();
         let conversation = match message.conversation_id.as_str() {
             "" => None,
@@ -74,6 +86,7 @@ impl ChatService for ChatApi {
             conversation,
             content: message.content,
             request_id,
+            bearer,
         };
         let started = self.turns.start(turn).await.map_err(ApiError::from)?;
 

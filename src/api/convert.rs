@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 
 use super::proto;
-use crate::domain::{Conversation, Message, MessageStatus, Role, ToolCall};
+use crate::{
+    chat::ToolResult,
+    domain::{Conversation, Message, MessageStatus, Role, ToolCall, ToolCallStatus},
+};
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -39,6 +42,24 @@ pub fn tool_call(call: ToolCall) -> proto::ToolCall {
         id: call.provider_call_id,
         name: call.name,
         arguments_json: call.arguments.to_string(),
+        status: tool_call_status(call.status).into(),
+        result_json: call.result.map(|r| r.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn tool_result(result: ToolResult) -> proto::ToolResult {
+    proto::ToolResult {
+        tool_call_id: result.provider_call_id,
+        status: tool_call_status(result.status).into(),
+        result_json: result.result.to_string(),
+    }
+}
+
+fn tool_call_status(status: ToolCallStatus) -> proto::ToolCallStatus {
+    match status {
+        ToolCallStatus::Requested => proto::ToolCallStatus::Requested,
+        ToolCallStatus::Succeeded => proto::ToolCallStatus::Succeeded,
+        ToolCallStatus::Failed => proto::ToolCallStatus::Failed,
     }
 }
 

@@ -12,4 +12,6 @@ pub use conversations::{ConversationView, Conversations, Page, PageRequest, RESP
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
 pub use recent::RecentContexts;
-pub use turn::{Completion, StartedTurn, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns};
+pub use turn::{
+    Completion, StartedTurn, ToolResult, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns,
+};

@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::domain::{ConversationId, RecentHistory, RecentMessage, Revision, Role, UserId};
+use crate::domain::{ConversationId, RecentHistory, RecentMessage, Revision, UserId};
 
 /// Beyond this many bytes of remembered text, entries are let go.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -41,16 +41,28 @@ impl Entry {
             + self
                 .messages
                 .iter()
-                .map(|m| MESSAGE_OVERHEAD + m.content.len())
+                .map(|m| MESSAGE_OVERHEAD + m.content.len() + calls_bytes(m))
                 .sum::<usize>()
     }
+}
+
+/// What a message's tool calls cost, roughly: their arguments and results as text.
+fn calls_bytes(message: &RecentMessage) -> usize {
+    message
+        .tool_calls
+        .iter()
+        .map(|call| {
+            let result = call.result.as_ref().map_or(0, |r| r.to_string().len());
+            MESSAGE_OVERHEAD + call.arguments.to_string().len() + result
+        })
+        .sum()
 }
 
 /// A conversation's history as remembered, and the revision it was at.
 pub struct Remembered {
     pub revision: Revision,
     /// Oldest first.
-    pub messages: Vec<(Role, String)>,
+    pub messages: Vec<RecentMessage>,
 }
 
 impl RecentContexts {
@@ -67,11 +79,7 @@ impl RecentContexts {
         let entry = entries.by_conversation.get(&conversation)?;
         (entry.owner == user).then(|| Remembered {
             revision: entry.revision,
-            messages: entry
-                .messages
-                .iter()
-                .map(|m| (m.role, m.content.clone()))
-                .collect(),
+            messages: entry.messages.clone(),
         })
     }
 
@@ -167,13 +175,14 @@ impl Entries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::MessageId;
+    use crate::domain::{MessageId, Role};
 
     fn message(text: &str) -> RecentMessage {
         RecentMessage {
             id: MessageId::generate(),
             role: Role::User,
             content: text.to_owned(),
+            tool_calls: Vec::new(),
         }
     }
 
@@ -181,7 +190,7 @@ mod tests {
         remembered
             .messages
             .iter()
-            .map(|(_, t)| t.as_str())
+            .map(|m| m.content.as_str())
             .collect()
     }
 

@@ -9,6 +9,7 @@ mod limits;
 mod model;
 mod server;
 mod telemetry;
+mod tools;
 mod turns;
 
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use secrecy::SecretString;
 
 pub use self::{
     auth::AuthArgs, database::DatabaseArgs, limits::LimitArgs, model::ModelArgs,
-    server::ServerArgs, telemetry::TelemetryArgs, turns::TurnArgs,
+    server::ServerArgs, telemetry::TelemetryArgs, tools::ToolArgs, turns::TurnArgs,
 };
 use crate::server::Config;
 
@@ -46,6 +47,8 @@ pub struct Settings {
     pub model: ModelArgs,
     #[command(flatten)]
     pub turns: TurnArgs,
+    #[command(flatten)]
+    pub tools: ToolArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -85,6 +88,7 @@ impl Settings {
             auth: self.auth.into_settings(env, development_key_allowed)?,
             model: self.model.into_settings(env)?,
             turns: self.turns.into_settings()?,
+            tools: self.tools.into_settings()?,
             limits: self.limits.into_settings()?,
             log,
             otel,

@@ -1,5 +1,5 @@
 //! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS,
-//! CHAT_STREAM_STALL_TIMEOUT
+//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS
 
 use std::time::Duration;
 
@@ -45,6 +45,10 @@ pub struct TurnArgs {
     /// stored as cancelled.
     #[arg(long, env = "CHAT_STREAM_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub stream_stall_timeout: Duration,
+
+    /// How many rounds of tool calls one reply may make; the model then answers without tools.
+    #[arg(long, env = "CHAT_MAX_TOOL_ROUNDS", default_value_t = 8, global = true)]
+    pub max_tool_rounds: u32,
 }
 
 impl TurnArgs {
@@ -67,6 +71,7 @@ impl TurnArgs {
             history_chars: self.history_max_chars,
             system_prompt: self.system_prompt.filter(|p| !p.trim().is_empty()),
             stream_stall_timeout: self.stream_stall_timeout,
+            max_tool_rounds: self.max_tool_rounds,
         })
     }
 }

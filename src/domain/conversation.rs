@@ -124,14 +124,18 @@ pub struct ToolCall {
     pub name: String,
     pub arguments: serde_json::Value,
     pub status: ToolCallStatus,
+    /// The tool's result once it has one; for a failed call, `{"error": …}`.
+    pub result: Option<serde_json::Value>,
 }
 
-/// Where a tool call stands. The service records calls; executing them is the client's business.
+/// Where a tool call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case")]
 pub enum ToolCallStatus {
+    /// Asked for; no result yet.
     Requested,
     Succeeded,
+    /// Failed, timed out, or could not be reached: the result says why.
     Failed,
 }
 

@@ -1,4 +1,7 @@
-use super::{conversation::Role, ids::MessageId};
+use super::{
+    conversation::{Role, ToolCall},
+    ids::MessageId,
+};
 
 /// A conversation's revision: how many writes have added messages to it. Each write takes it
 /// one further, under the conversation's row lock, and gives the message it stores that number
@@ -20,4 +23,6 @@ pub struct RecentMessage {
     pub id: MessageId,
     pub role: Role,
     pub content: String,
+    /// The tools an assistant message called, with their results.
+    pub tool_calls: Vec<ToolCall>,
 }

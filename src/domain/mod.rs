@@ -7,6 +7,7 @@ mod history;
 mod ids;
 mod page;
 mod time;
+mod tool;
 
 pub use content::{InvalidContent, MessageContent};
 pub use conversation::{
@@ -18,3 +19,4 @@ pub use page::{
     ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,
 };
 pub use time::now;
+pub use tool::ToolSpec;

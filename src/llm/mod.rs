@@ -14,19 +14,49 @@ pub use dev::DevModel;
 pub use error::{LlmError, TimeoutKind};
 pub use openai::{OpenAiModel, OpenAiSettings};
 
-use crate::domain::Role;
+use crate::domain::{Role, ToolSpec};
 
 /// One message of the context sent to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextMessage {
     pub role: Role,
     pub content: String,
+    /// On an assistant message: the tools it called.
+    pub tool_calls: Vec<ModelToolCall>,
+    /// On a tool message: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl ContextMessage {
+    /// A message that is only text.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The result of the call `call_id`, as the model reads it.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+        }
+    }
 }
 
 /// What the model is asked to continue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelRequest {
     pub messages: Vec<ContextMessage>,
+    /// The tools the model may call; none, and it is offered none.
+    pub tools: Arc<[ToolSpec]>,
+    /// Whether the model may call them now; if not, it is shown them but must answer in text.
+    pub may_call_tools: bool,
 }
 
 /// A whole tool call, assembled from the fragments the model streamed.

@@ -101,6 +101,11 @@ impl ChatModel for OpenAiModel {
 struct RequestBody<'a> {
     model: &'a str,
     messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    /// `"none"` when the model must answer in text although tools are listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u32>,
     stream: bool,
@@ -111,6 +116,37 @@ struct RequestBody<'a> {
 struct WireMessage<'a> {
     role: &'static str,
     content: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: Vec<WireToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    r#type: &'static str,
+    function: WireFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunctionCall<'a> {
+    name: &'a str,
+    /// JSON text, as the model wrote it.
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    r#type: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -201,8 +237,34 @@ impl CompletionStream {
                 .map(|m| WireMessage {
                     role: m.role.into(),
                     content: &m.content,
+                    tool_calls: m
+                        .tool_calls
+                        .iter()
+                        .map(|call| WireToolCall {
+                            id: &call.id,
+                            r#type: "function",
+                            function: WireFunctionCall {
+                                name: &call.name,
+                                arguments: &call.arguments,
+                            },
+                        })
+                        .collect(),
+                    tool_call_id: m.tool_call_id.as_deref(),
                 })
                 .collect(),
+            tools: request
+                .tools
+                .iter()
+                .map(|tool| WireTool {
+                    r#type: "function",
+                    function: WireFunction {
+                        name: &tool.name,
+                        description: &tool.description,
+                        parameters: &tool.parameters,
+                    },
+                })
+                .collect(),
+            tool_choice: (!request.may_call_tools && !request.tools.is_empty()).then_some("none"),
             max_completion_tokens: inner.settings.max_output_tokens,
             stream: true,
             stream_options: StreamOptions {

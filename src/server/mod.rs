@@ -35,6 +35,7 @@ use crate::{
     llm::{self, ChatModel, LlmError, ModelSettings},
     store::{ConnectError, DatabaseSettings, Store},
     telemetry::{LogSettings, OtelSettings, metrics::Metrics},
+    tools::{ToolSettings, Toolbox},
 };
 
 /// Everything the service runs with, one part per layer.
@@ -45,6 +46,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub model: ModelSettings,
     pub turns: TurnSettings,
+    pub tools: ToolSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
     /// Where traces go; `None` exports none.
@@ -214,12 +216,18 @@ impl Application {
         let conversation_window = config.limits.conversation_window;
         let admission = Admission::new(config.limits, metrics.clone());
         let identities = Identities::new(store.clone());
+        // Tool servers are reached in the background: one that is down delays nothing.
+        let toolbox = match config.tools.servers.is_empty() {
+            true => Toolbox::empty(),
+            false => Toolbox::start(config.tools.clone(), metrics.clone(), &stopping),
+        };
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission: admission.clone(),
             identities: identities.clone(),
+            toolbox,
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();

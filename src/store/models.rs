@@ -127,6 +127,7 @@ pub struct ToolCallRow {
     pub name: String,
     pub arguments: serde_json::Value,
     pub status: String,
+    pub result: Option<serde_json::Value>,
 }
 
 impl TryFrom<ToolCallRow> for ToolCall {
@@ -142,6 +143,7 @@ impl TryFrom<ToolCallRow> for ToolCall {
             name: row.name,
             arguments: row.arguments,
             status,
+            result: row.result,
         })
     }
 }
@@ -156,6 +158,7 @@ pub struct NewToolCallRow<'a> {
     pub name: &'a str,
     pub arguments: &'a serde_json::Value,
     pub status: &'static str,
+    pub result: Option<&'a serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -2,7 +2,7 @@
 
 use diesel::{
     prelude::*,
-    sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+    sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use tokio::sync::oneshot;
@@ -10,11 +10,12 @@ use tokio::sync::oneshot;
 use super::{
     Conn, Operation, Store, StoreError,
     models::{NewToolCallRow, Stored},
-    schema::{conversations, messages, tool_calls},
+    schema::{conversations, tool_calls},
     statement::fixed,
 };
 use crate::domain::{
-    Conversation, ConversationId, Message, MessageId, RecentMessage, Revision, Role, Title, UserId,
+    Conversation, ConversationId, Message, MessageId, RecentMessage, Revision, Role, Title,
+    ToolCall, ToolCallId, ToolCallStatus, UserId,
 };
 
 #[derive(QueryableByName)]
@@ -42,10 +43,85 @@ const APPEND_MESSAGE: &str = "WITH touched AS (
      )
      SELECT revision FROM touched";
 
+/// A conversation's newest messages before a sequence, newest first, each assistant message
+/// with its tool calls in the order the model made them.
+const MESSAGES_BEFORE: &str = "SELECT m.id, m.role, m.content,
+         CASE WHEN m.role = 'assistant' THEN (
+             SELECT jsonb_agg(jsonb_build_object(
+                 'id', t.id, 'provider_call_id', t.provider_call_id, 'name', t.name,
+                 'arguments', t.arguments, 'status', t.status, 'result', t.result
+             ) ORDER BY t.position)
+             FROM tool_calls t WHERE t.message_id = m.id
+         ) END AS tool_calls
+     FROM messages m JOIN conversations c ON c.id = m.conversation_id
+     WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence < $3
+     ORDER BY m.sequence DESC
+     LIMIT $4";
+
+#[derive(QueryableByName)]
+struct ContextRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    role: Stored<Role>,
+    #[diesel(sql_type = Text)]
+    content: String,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    tool_calls: Option<serde_json::Value>,
+}
+
+/// A tool call as [`MESSAGES_BEFORE`] gives it.
+#[derive(serde::Deserialize)]
+struct ContextToolCall {
+    id: uuid::Uuid,
+    provider_call_id: String,
+    name: String,
+    arguments: serde_json::Value,
+    status: String,
+    result: Option<serde_json::Value>,
+}
+
+impl ContextRow {
+    fn into_recent(self) -> Result<RecentMessage, StoreError> {
+        let calls: Vec<ContextToolCall> = match self.tool_calls {
+            None => Vec::new(),
+            Some(json) => serde_json::from_value(json).map_err(|e| {
+                StoreError::Corrupt(format!("the tool calls of message {}: {e}", self.id))
+            })?,
+        };
+        let tool_calls = calls
+            .into_iter()
+            .map(|call| {
+                let status = call.status.parse::<ToolCallStatus>().map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "tool call {} has status {:?}",
+                        call.id, call.status
+                    ))
+                })?;
+                Ok(ToolCall {
+                    id: ToolCallId::from_uuid(call.id),
+                    provider_call_id: call.provider_call_id,
+                    name: call.name,
+                    arguments: call.arguments,
+                    status,
+                    result: call.result,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(RecentMessage {
+            id: MessageId::from_uuid(self.id),
+            role: self.role.0,
+            content: self.content,
+            tool_calls,
+        })
+    }
+}
+
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
 const APPEND: Operation = Operation::new("UPDATE", "UPDATE conversations INSERT messages");
 const BEFORE: Operation = Operation::new("SELECT", "SELECT messages");
 const REVISION: Operation = Operation::new("SELECT", "SELECT conversations");
+const TOOL_RESULT: Operation = Operation::new("UPDATE", "UPDATE tool_calls");
 
 impl Store {
     /// Creates the conversation together with its first message, unless the user already has
@@ -136,9 +212,9 @@ impl Store {
     }
 
     /// The newest `limit` of the messages before `sequence` in the user's conversation, oldest
-    /// first: the model's context for the message at `sequence`. Every message before it was
-    /// committed before it was (see [`APPEND_MESSAGE`]), so nothing is missing and nothing
-    /// later is included.
+    /// first, with their tool calls and results: the model's context for the message at
+    /// `sequence`. Every message before it was committed before it was (see
+    /// [`APPEND_MESSAGE`]), so nothing is missing and nothing later is included.
     pub async fn messages_before(
         &self,
         user: UserId,
@@ -147,25 +223,44 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RecentMessage>, StoreError> {
         self.run(BEFORE, async |conn| {
-            let rows = messages::table
-                .inner_join(conversations::table)
-                .filter(conversations::user_id.eq(user.as_uuid()))
-                .filter(messages::conversation_id.eq(conversation.as_uuid()))
-                .filter(messages::sequence.lt(sequence))
-                .select((messages::id, messages::role, messages::content))
-                .order(messages::sequence.desc())
-                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-                .load::<(uuid::Uuid, Stored<Role>, String)>(conn)
+            let rows = fixed(MESSAGES_BEFORE)
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<SqlUuid, _>(conversation.as_uuid())
+                .bind::<BigInt, _>(sequence)
+                .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+                .load::<ContextRow>(conn)
                 .await?;
-            Ok(rows
-                .into_iter()
+            rows.into_iter()
                 .rev()
-                .map(|(id, role, content)| RecentMessage {
-                    id: MessageId::from_uuid(id),
-                    role: role.0,
-                    content,
-                })
-                .collect())
+                .map(ContextRow::into_recent)
+                .collect()
+        })
+        .await
+    }
+
+    /// Records what became of a tool call of one of the user's messages. `false` if there is
+    /// no such call any more (its conversation was deleted).
+    pub async fn store_tool_result(
+        &self,
+        user: UserId,
+        call: ToolCallId,
+        status: ToolCallStatus,
+        result: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        self.run(TOOL_RESULT, async |conn| {
+            let updated = fixed(
+                "UPDATE tool_calls SET status = $3, result = $4
+                 FROM messages, conversations
+                 WHERE tool_calls.id = $1 AND messages.id = tool_calls.message_id
+                   AND conversations.id = messages.conversation_id AND conversations.user_id = $2",
+            )
+            .bind::<SqlUuid, _>(call.as_uuid())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Text, _>(<&str>::from(status))
+            .bind::<Jsonb, _>(result)
+            .execute(conn)
+            .await?;
+            Ok(updated > 0)
         })
         .await
     }
@@ -200,6 +295,7 @@ impl Store {
                         name: &call.name,
                         arguments: &call.arguments,
                         status: call.status.into(),
+                        result: call.result.as_ref(),
                         created_at: reply.create_time,
                     })
                     .collect();

@@ -40,6 +40,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabels {
+    tool: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -67,6 +73,9 @@ pub struct Metrics {
     refusals: Family<LimitLabels, Counter>,
     health_checks: Family<ResultLabels, Counter>,
     db_connections: Family<StateLabels, Gauge>,
+    tool_calls: Family<ToolLabels, Counter>,
+    tool_duration: HistogramFamily<ToolLabels>,
+    tools_offered: Gauge,
 }
 
 /// Where a turn in an existing conversation found the messages the model sees.
@@ -161,6 +170,25 @@ impl Metrics {
             "Database pool connections, by state (in_use or idle)",
             db_connections.clone(),
         );
+        let tool_calls = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "tool_calls",
+            "Tool calls run for the model, by tool and outcome (succeeded, or the kind of failure)",
+            tool_calls.clone(),
+        );
+        let tool_duration: HistogramFamily<ToolLabels> = Family::new_with_constructor(latency);
+        registry.register_with_unit(
+            "tool_call_duration",
+            "How long tool calls took, by tool and outcome",
+            Unit::Seconds,
+            tool_duration.clone(),
+        );
+        let tools_offered = Gauge::default();
+        registry.register(
+            "tools_offered",
+            "Tools from MCP servers offered to the model now",
+            tools_offered.clone(),
+        );
         Arc::new(Self {
             registry,
             rpc_requests,
@@ -174,7 +202,24 @@ impl Metrics {
             refusals,
             health_checks,
             db_connections,
+            tool_calls,
+            tool_duration,
+            tools_offered,
         })
+    }
+
+    pub fn record_tool_call(&self, tool: &str, outcome: &'static str, seconds: f64) {
+        let labels = ToolLabels {
+            tool: tool.to_owned(),
+            outcome,
+        };
+        self.tool_calls.get_or_create(&labels).inc();
+        self.tool_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn set_tools_offered(&self, count: usize) {
+        self.tools_offered
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn record_rpc(&self, method: &str, code: &str, seconds: f64) {

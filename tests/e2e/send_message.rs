@@ -57,6 +57,7 @@ impl Turn {
                 Event::Accepted(_) => "accepted",
                 Event::Delta(_) => "delta",
                 Event::ToolCall(_) => "tool_call",
+                Event::ToolResult(_) => "tool_result",
                 Event::Completed(_) => "completed",
             };
             if shape.last() != Some(&kind) || kind != "delta" {

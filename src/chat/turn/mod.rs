@@ -14,12 +14,14 @@ mod outcome;
 mod relay;
 mod reply;
 mod telemetry;
+mod tools;
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -28,16 +30,18 @@ use self::{
     context::build_context,
     reply::ReplyTask,
     telemetry::{TurnLabels, TurnTelemetry},
+    tools::ToolRounds,
 };
 use super::{Admission, ChatError, Identities, Limit, StreamPermit, recent::RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus,
-        RecentHistory, RecentMessage, Revision, Role, Title, ToolCall, UserId, now,
+        RecentHistory, RecentMessage, Revision, Role, Title, ToolCall, ToolCallStatus, UserId, now,
     },
     llm::{ChatModel, TokenUsage},
     store::Store,
     telemetry::metrics::{HistorySource, Metrics},
+    tools::Toolbox,
 };
 
 /// Limits on what a turn accepts and sends to the model.
@@ -54,6 +58,8 @@ pub struct TurnSettings {
     /// A client that takes no event for this long is cut off: its partial reply is stored as
     /// cancelled and the upstream request closed.
     pub stream_stall_timeout: Duration,
+    /// How many rounds of tool calls one reply may make before the model must answer without.
+    pub max_tool_rounds: u32,
 }
 
 /// A request to hold one turn.
@@ -67,14 +73,28 @@ pub struct TurnRequest {
     pub request_id: String,
     /// When the request arrived: time to first token is measured from here.
     pub received_at: Instant,
+    /// The caller's bearer token, for tool servers that act on the caller's behalf.
+    pub bearer: Option<SecretString>,
 }
 
 /// What the client learns while the reply is generated, in this order.
 #[derive(Debug)]
 pub enum TurnEvent {
     Delta(String),
+    /// A call the model asked for, stored.
     ToolCall(ToolCall),
+    /// A call's result, stored.
+    ToolResult(ToolResult),
     Completed(Completion),
+}
+
+/// What became of a tool call.
+#[derive(Debug)]
+pub struct ToolResult {
+    /// The provider's id for the call, as its `ToolCall` event gave it.
+    pub provider_call_id: String,
+    pub status: ToolCallStatus,
+    pub result: serde_json::Value,
 }
 
 #[derive(Debug)]
@@ -150,6 +170,8 @@ pub struct TurnRuntime {
     pub admission: Arc<Admission>,
     /// Told when a user turns out to be deleted, so that the next request starts afresh.
     pub identities: Identities,
+    /// The tools the model is offered, and the means to call them.
+    pub toolbox: Arc<Toolbox>,
 }
 
 #[derive(Clone)]
@@ -210,7 +232,7 @@ impl Turns {
                 return Ok(None);
             };
             let mut context = self.history_before(request.user, &target, sequence).await?;
-            context.push((Role::User, user_message.content.clone()));
+            context.push(recent_message(&user_message));
             Ok::<_, ChatError>(Some(self.spawn_reply(
                 &request,
                 &user_message,
@@ -260,13 +282,25 @@ impl Turns {
         &self,
         request: &TurnRequest,
         user_message: &Message,
-        context: Vec<(Role, String)>,
+        context: Vec<RecentMessage>,
         permit: StreamPermit,
     ) -> SpawnedReply {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
         let (commit_tx, committed) = oneshot::channel();
         let (last_word_tx, last_word) = oneshot::channel();
         let conversation_id = user_message.conversation_id;
+        let catalog = self.runtime.toolbox.offered();
+        let model_request = build_context(&self.settings, context, catalog.specs().clone());
+        // Only a reply that may call tools needs its request again, for the next round.
+        let tools = self.runtime.toolbox.is_configured().then(|| ToolRounds {
+            toolbox: self.runtime.toolbox.clone(),
+            catalog,
+            caller: request.bearer.clone(),
+            model: self.model.clone(),
+            request: model_request.clone(),
+            rounds: 0,
+            max_rounds: self.settings.max_tool_rounds,
+        });
         let task = ReplyTask {
             store: self.store.clone(),
             recent: self.recent.clone(),
@@ -279,6 +313,8 @@ impl Turns {
             _permit: permit,
             last_word: Some(last_word_tx),
             stalled: false,
+            tools,
+            metrics: self.runtime.metrics.clone(),
         };
         let labels = TurnLabels {
             request_id: request.request_id.clone(),
@@ -292,7 +328,7 @@ impl Turns {
             self.model.provider(),
             request.received_at,
         );
-        let model = self.model.stream(build_context(&self.settings, context));
+        let model = self.model.stream(model_request);
         let task = task
             .run(model, committed, sender, telemetry)
             .instrument(tracing::Span::current());
@@ -312,7 +348,7 @@ impl Turns {
         user: UserId,
         target: &Target,
         sequence: Revision,
-    ) -> Result<Vec<(Role, String)>, ChatError> {
+    ) -> Result<Vec<RecentMessage>, ChatError> {
         let id = match target {
             Target::New(_) => {
                 let empty = RecentHistory {
@@ -340,10 +376,7 @@ impl Turns {
             .store
             .messages_before(user, id, sequence, self.settings.history_messages)
             .await?;
-        let context = messages
-            .iter()
-            .map(|m| (m.role, m.content.clone()))
-            .collect();
+        let context = messages.clone();
         let history = RecentHistory {
             revision: before,
             messages,
@@ -398,6 +431,7 @@ fn recent_message(message: &Message) -> RecentMessage {
         id: message.id,
         role: message.role,
         content: message.content.clone(),
+        tool_calls: message.tool_calls.clone(),
     }
 }
 

@@ -8,9 +8,13 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{Message, MessageId, MessageStatus, Role, ToolCall, ToolCallId, ToolCallStatus, now},
+    domain::{
+        Message, MessageId, MessageStatus, Revision, Role, ToolCall, ToolCallId, ToolCallStatus,
+        now,
+    },
     llm::ModelToolCall,
     store::StoreError,
+    tools::{ToolFailure, ToolOutcome},
 };
 
 impl ReplyTask {
@@ -31,7 +35,7 @@ impl ReplyTask {
                 };
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
-                let stored = self.store_reply(&reply).await.map(|_| ());
+                let stored = self.store_and_remember(&reply).await.map(|_| ());
                 if stored.is_ok() {
                     match label {
                         "interrupted" => self.tell(sender, Err(ChatError::ShuttingDown)).await,
@@ -46,24 +50,31 @@ impl ReplyTask {
         };
         match result {
             Ok(()) => label,
-            Err(error) => {
-                tracing::error!(error = %error, "storing the reply failed");
-                let told = match error {
-                    StoreError::Unavailable(reason) => ChatError::ReplyNotSaved(reason),
-                    other => ChatError::from(other),
-                };
-                self.tell(sender, Err(told)).await;
-                "storage_failed"
-            }
+            Err(error) => self.storage_failed(error, sender).await,
         }
+    }
+
+    /// Tells the client that what the turn made could not be stored. Returns the outcome's label.
+    pub(super) async fn storage_failed(
+        &mut self,
+        error: StoreError,
+        sender: &EventSender,
+    ) -> &'static str {
+        tracing::error!(error = %error, "storing the reply failed");
+        let told = match error {
+            StoreError::Unavailable(reason) => ChatError::ReplyNotSaved(reason),
+            other => ChatError::from(other),
+        };
+        self.tell(sender, Err(told)).await;
+        "storage_failed"
     }
 
     /// Tells the client, waiting for room in its stream for no longer than the stall timeout,
     /// and not at all once the client has stalled or the shutdown grace period is over. The last
     /// event of a reply that finds no room is left for the end of the stream, where the client
-    /// finds it when it reads again; a tool call that finds none is dropped (the stored reply
-    /// has it).
-    async fn tell(&mut self, sender: &EventSender, event: Result<TurnEvent, ChatError>) {
+    /// finds it when it reads again; a tool call or result that finds none is dropped (the
+    /// stored conversation has it).
+    pub(super) async fn tell(&mut self, sender: &EventSender, event: Result<TurnEvent, ChatError>) {
         let room = if self.stalled || self.shutdown.is_cancelled() {
             sender.try_reserve().ok()
         } else {
@@ -85,7 +96,9 @@ impl ReplyTask {
         };
         match room {
             Some(permit) => permit.send(event),
-            None if !matches!(event, Ok(TurnEvent::ToolCall(_))) => self.leave(event),
+            None if !matches!(event, Ok(TurnEvent::ToolCall(_) | TurnEvent::ToolResult(_))) => {
+                self.leave(event);
+            }
             None => {}
         }
     }
@@ -100,9 +113,18 @@ impl ReplyTask {
     /// Stores the complete reply, then sends its tool calls and `completed`: a client hears of
     /// a tool call only once it is stored.
     async fn finish(&mut self, relayed: Relayed, sender: &EventSender) -> Result<(), StoreError> {
-        let calls = relayed.calls.into_iter().map(tool_call).collect();
+        let mut calls: Vec<ToolCall> = relayed.calls.into_iter().map(tool_call).collect();
+        if let Some(tools) = &self.tools {
+            // The service runs this reply's tools, and it has run as many rounds as it may:
+            // the calls are kept, and say why they were not run.
+            let unrun = ToolOutcome::Failed(ToolFailure::RoundLimit(tools.max_rounds));
+            for call in &mut calls {
+                call.status = ToolCallStatus::Failed;
+                call.result = Some(unrun.clone().into_result());
+            }
+        }
         let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
-        if !self.store_reply(&reply).await? {
+        if !self.store_and_remember(&reply).await? {
             self.tell(sender, Err(ChatError::NotFound("conversation")))
                 .await;
             return Ok(());
@@ -122,34 +144,44 @@ impl ReplyTask {
         Ok(())
     }
 
-    /// Stores the reply and adds it to what this replica remembers of the conversation. A
+    /// Stores the reply and adds it to what this replica remembers of the conversation. `false`
+    /// if the conversation is gone.
+    async fn store_and_remember(&self, reply: &Message) -> Result<bool, StoreError> {
+        let Some(revision) = self.store_reply(reply).await? else {
+            return Ok(false);
+        };
+        self.recent.record(
+            self.user,
+            self.conversation_id,
+            revision,
+            recent_message(reply),
+        );
+        Ok(true)
+    }
+
+    /// Stores the reply and returns the conversation's new revision, the reply's sequence. A
     /// store that fails for the database's sake (a lost connection, a failover, a timeout) is
     /// tried again on a fresh connection, a few times within a couple of seconds: the reply has
-    /// been streamed and paid for. `false` if the conversation is gone.
-    async fn store_reply(&self, reply: &Message) -> Result<bool, StoreError> {
+    /// been streamed and paid for. `None` if the conversation is gone.
+    pub(super) async fn store_reply(
+        &self,
+        reply: &Message,
+    ) -> Result<Option<Revision>, StoreError> {
         // Made on the first failure: the common case needs none.
         let mut delays = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let error = match self.store.store_reply(self.user, reply).await {
-                Ok(Some(revision)) => {
-                    self.recent.record(
-                        self.user,
-                        self.conversation_id,
-                        revision,
-                        recent_message(reply),
-                    );
-                    return Ok(true);
-                }
-                Ok(None) => return Ok(false),
+                Ok(stored) => return Ok(stored),
                 Err(error) => error,
             };
             // Whether it was written is unknown, so what is remembered may be wrong.
             self.recent.forget(self.conversation_id);
             match error {
-                // An earlier attempt did commit, though its answer was lost.
-                StoreError::Duplicate(_) if attempt > 1 => return Ok(true),
+                // An earlier attempt did commit, though its answer was lost; which revision it
+                // took is unknown, so nothing is remembered.
+                StoreError::Duplicate(_) if attempt > 1 => return Ok(Some(0)),
                 StoreError::Unavailable(_) => {}
                 other => return Err(other),
             }
@@ -161,7 +193,12 @@ impl ReplyTask {
         }
     }
 
-    fn reply(&self, content: String, calls: Vec<ToolCall>, status: MessageStatus) -> Message {
+    pub(super) fn reply(
+        &self,
+        content: String,
+        calls: Vec<ToolCall>,
+        status: MessageStatus,
+    ) -> Message {
         // Strictly after the user's message, even if the clock stepped back meanwhile.
         let create_time = now().max(self.after + chrono::Duration::microseconds(1));
         Message {
@@ -187,7 +224,7 @@ fn reply_store_backoff() -> impl Iterator<Item = std::time::Duration> {
         .build()
 }
 
-fn tool_call(call: ModelToolCall) -> ToolCall {
+pub(super) fn tool_call(call: ModelToolCall) -> ToolCall {
     // Arguments are stored as JSON; text the model got wrong is kept as a JSON string. NUL is
     // replaced first: PostgreSQL refuses it in text and JSON alike.
     // Both a raw NUL and JSON's escape for it, which would decode to one.
@@ -199,5 +236,6 @@ fn tool_call(call: ModelToolCall) -> ToolCall {
         name: storable(call.name),
         arguments,
         status: ToolCallStatus::Requested,
+        result: None,
     }
 }

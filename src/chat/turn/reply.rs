@@ -9,12 +9,14 @@ use super::{
     TurnEvent,
     relay::{self, EventSender},
     telemetry::TurnTelemetry,
+    tools::{Round, ToolRounds},
 };
 use crate::{
     chat::{ChatError, RecentContexts, StreamPermit},
     domain::{ConversationId, UserId},
-    llm::ModelStream,
+    llm::{ModelStream, TokenUsage},
     store::Store,
+    telemetry::metrics::Metrics,
 };
 
 pub(super) struct ReplyTask {
@@ -22,7 +24,7 @@ pub(super) struct ReplyTask {
     pub recent: Arc<RecentContexts>,
     pub user: UserId,
     pub conversation_id: ConversationId,
-    /// The user message's time: the reply is stored after it.
+    /// The time of the newest message stored by the turn: the next is stored after it.
     pub after: chrono::DateTime<chrono::Utc>,
     pub model_name: String,
     /// Cancelled when the shutdown grace period is over.
@@ -35,6 +37,9 @@ pub(super) struct ReplyTask {
     pub last_word: Option<oneshot::Sender<Result<TurnEvent, ChatError>>>,
     /// Whether the client has stopped reading: nothing waits for it any more.
     pub stalled: bool,
+    /// When the service runs the tools the model calls: what it needs for that.
+    pub tools: Option<ToolRounds>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl ReplyTask {
@@ -47,21 +52,44 @@ impl ReplyTask {
         sender: EventSender,
         mut telemetry: TurnTelemetry,
     ) {
-        let Some(model) = relay::after_commit(model, committed, &mut telemetry).await else {
+        let Some(mut model) = relay::after_commit(model, committed, &mut telemetry).await else {
             return;
         };
-        let relayed = relay::relay(
-            model,
-            &sender,
-            &self.shutdown,
-            self.stall_timeout,
-            &mut telemetry,
-        )
-        .await;
-        telemetry.model_ended(&relayed);
-        self.stalled = matches!(relayed.ending, relay::Ending::Stalled);
-        let usage = relayed.usage;
-        let outcome = self.settle(relayed, &sender).await;
-        telemetry.turn_ended(usage, outcome);
+        // Summed over the rounds of the reply.
+        let mut usage: Option<TokenUsage> = None;
+        loop {
+            let mut relayed = relay::relay(
+                model,
+                &sender,
+                &self.shutdown,
+                self.stall_timeout,
+                &mut telemetry,
+            )
+            .await;
+            telemetry.model_ended(&relayed);
+            usage = add(usage, relayed.usage);
+            relayed.usage = usage;
+            self.stalled = matches!(relayed.ending, relay::Ending::Stalled);
+            let outcome = match self.tool_round(&mut relayed, &sender, &mut telemetry).await {
+                Some(Round::Next(next)) => {
+                    model = next;
+                    continue;
+                }
+                Some(Round::Ended(outcome)) => outcome,
+                None => self.settle(relayed, &sender).await,
+            };
+            telemetry.turn_ended(usage, outcome);
+            return;
+        }
+    }
+}
+
+fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage> {
+    match (total, more) {
+        (Some(total), Some(more)) => Some(TokenUsage {
+            input_tokens: total.input_tokens.saturating_add(more.input_tokens),
+            output_tokens: total.output_tokens.saturating_add(more.output_tokens),
+        }),
+        (total, more) => total.or(more),
     }
 }

@@ -36,7 +36,28 @@ pub(super) struct TurnTelemetry {
     first_received: Option<Instant>,
     /// Time to first token as the client saw it, and the part of it spent waiting for the model.
     first_token: Option<(Duration, Duration)>,
+    /// The model's name and provider, for the spans of later rounds.
+    model: String,
+    provider: &'static str,
     _active: ActiveStream,
+}
+
+/// The span of one call to the model, as the GenAI semantic conventions describe it.
+fn model_span(model: &str, provider: &'static str) -> Span {
+    tracing::info_span!(
+        "gen_ai",
+        otel.name = %format!("chat {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.system = provider,
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = %model,
+        gen_ai.usage.input_tokens = field::Empty,
+        gen_ai.usage.output_tokens = field::Empty,
+        gen_ai.response.finish_reasons = field::Empty,
+        error.type = field::Empty,
+        otel.status_code = field::Empty,
+    )
 }
 
 impl TurnTelemetry {
@@ -47,30 +68,23 @@ impl TurnTelemetry {
         provider: &'static str,
         received_at: Instant,
     ) -> Self {
-        let model_span = tracing::info_span!(
-            "gen_ai",
-            otel.name = %format!("chat {model}"),
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.system = provider,
-            gen_ai.provider.name = provider,
-            gen_ai.request.model = %model,
-            gen_ai.usage.input_tokens = field::Empty,
-            gen_ai.usage.output_tokens = field::Empty,
-            gen_ai.response.finish_reasons = field::Empty,
-            error.type = field::Empty,
-            otel.status_code = field::Empty,
-        );
         Self {
             _active: metrics.stream_started(),
             metrics,
             labels,
-            model_span,
+            model_span: model_span(model, provider),
+            model: model.to_owned(),
+            provider,
             received_at,
             model_started: Instant::now(),
             first_received: None,
             first_token: None,
         }
+    }
+
+    /// Another call to the model begins, for the next round of a reply that called tools.
+    pub fn next_model_call(&mut self) {
+        self.model_span = model_span(&self.model, self.provider);
     }
 
     pub fn model_span(&self) -> &Span {

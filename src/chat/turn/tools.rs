@@ -1,0 +1,237 @@
+//! A round of tool calls: the model asked for tools; the calls are stored, run in parallel,
+//! their results stored and sent as they come, and the model is asked to go on.
+
+use std::{sync::Arc, time::Instant};
+
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use secrecy::SecretString;
+use tracing::Instrument;
+
+use super::{
+    ToolResult, TurnEvent,
+    context::replay,
+    outcome::tool_call,
+    recent_message,
+    relay::{Ending, EventSender, Relayed},
+    reply::ReplyTask,
+    telemetry::TurnTelemetry,
+};
+use crate::{
+    chat::ChatError,
+    domain::{Message, MessageStatus, ToolCallStatus},
+    llm::{ChatModel, ModelRequest, ModelStream},
+    tools::{Catalog, ToolFailure, ToolOutcome, Toolbox},
+};
+
+/// What a reply needs to run the tools its model calls.
+pub(super) struct ToolRounds {
+    pub toolbox: Arc<Toolbox>,
+    /// The tools offered when the turn began; the rounds of one reply keep them.
+    pub catalog: Arc<Catalog>,
+    /// The caller's bearer token, for servers that act on the caller's behalf.
+    pub caller: Option<SecretString>,
+    pub model: Arc<dyn ChatModel>,
+    /// The context so far: the next round's request.
+    pub request: ModelRequest,
+    /// Rounds of tool calls run so far.
+    pub rounds: u32,
+    pub max_rounds: u32,
+}
+
+/// What comes after a round of tool calls.
+pub(super) enum Round {
+    /// The model's next answer.
+    Next(ModelStream),
+    /// The turn is over: the client has been told why. The outcome's label.
+    Ended(&'static str),
+}
+
+/// Why a round's calls did not all get their results.
+#[derive(Clone, Copy)]
+enum CutShort {
+    /// The client cancelled or went away.
+    Cancelled,
+    /// The server's shutdown grace period ran out.
+    Interrupted,
+}
+
+impl ReplyTask {
+    /// Runs the tools the model just called, if this reply runs tools and has rounds left; `None`
+    /// leaves the reply to be settled as it is.
+    pub(super) async fn tool_round(
+        &mut self,
+        relayed: &mut Relayed,
+        sender: &EventSender,
+        telemetry: &mut TurnTelemetry,
+    ) -> Option<Round> {
+        let tools = self.tools.as_ref()?;
+        if !matches!(relayed.ending, Ending::Finished)
+            || relayed.calls.is_empty()
+            || tools.rounds >= tools.max_rounds
+        {
+            return None;
+        }
+        let calls = std::mem::take(&mut relayed.calls)
+            .into_iter()
+            .map(tool_call)
+            .collect();
+        let text = std::mem::take(&mut relayed.text);
+        let mut message = self.reply(text, calls, MessageStatus::Complete);
+        // The calls are stored before anyone hears of them.
+        let revision = match self.store_reply(&message).await {
+            Ok(Some(revision)) => revision,
+            Ok(None) => {
+                self.tell(sender, Err(ChatError::NotFound("conversation")))
+                    .await;
+                return Some(Round::Ended("completed"));
+            }
+            Err(error) => return Some(Round::Ended(self.storage_failed(error, sender).await)),
+        };
+        self.after = message.create_time;
+        for call in &message.tool_calls {
+            self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
+                .await;
+        }
+        let ended = self.run_calls(&mut message, sender).await;
+        self.recent.record(
+            self.user,
+            self.conversation_id,
+            revision,
+            recent_message(&message),
+        );
+        if let Some(outcome) = ended {
+            return Some(Round::Ended(outcome));
+        }
+        let tools = self.tools.as_mut()?;
+        tools.rounds += 1;
+        replay(recent_message(&message), &mut tools.request.messages);
+        tools.request.may_call_tools = tools.rounds < tools.max_rounds;
+        telemetry.next_model_call();
+        let span = telemetry.model_span().clone();
+        let next = span.in_scope(|| tools.model.stream(tools.request.clone()));
+        Some(Round::Next(next))
+    }
+
+    /// Runs the message's calls in parallel, storing each result as it comes and then telling
+    /// the client. Cut short by the client or by shutdown, the calls still running are
+    /// cancelled (on the tool server too) and stored as failed. `Some` with the outcome's label
+    /// if the turn ends here.
+    async fn run_calls(
+        &mut self,
+        message: &mut Message,
+        sender: &EventSender,
+    ) -> Option<&'static str> {
+        let tools = self.tools.as_ref()?;
+        let (toolbox, catalog, caller) = (
+            tools.toolbox.clone(),
+            tools.catalog.clone(),
+            tools.caller.clone(),
+        );
+        let mut running: FuturesUnordered<_> = message
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(index, call)| {
+                let (toolbox, catalog, caller) = (toolbox.clone(), catalog.clone(), caller.clone());
+                let (name, arguments) = (call.name.clone(), call.arguments.clone());
+                async move {
+                    let started = Instant::now();
+                    let outcome = toolbox
+                        .call(&catalog, &name, &arguments, caller.as_ref())
+                        .await;
+                    (index, outcome, started.elapsed())
+                }
+                .in_current_span()
+            })
+            .collect();
+        let mut answered = vec![false; message.tool_calls.len()];
+        let cut_short = loop {
+            let next = tokio::select! {
+                biased;
+                () = sender.closed() => break Some(CutShort::Cancelled),
+                () = self.shutdown.cancelled() => break Some(CutShort::Interrupted),
+                next = running.next() => next,
+            };
+            let Some((index, outcome, took)) = next else {
+                break None;
+            };
+            if let Some(flag) = answered.get_mut(index) {
+                *flag = true;
+            }
+            if let Some(call) = message.tool_calls.get(index) {
+                self.metrics
+                    .record_tool_call(&call.name, outcome.label(), took.as_secs_f64());
+            }
+            if let Err(outcome) = self.keep_result(message, index, outcome, sender).await {
+                return Some(outcome);
+            }
+        };
+        // Dropping a call cancels it on its server.
+        drop(running);
+        let cut_short = cut_short?;
+        let reason = match cut_short {
+            CutShort::Cancelled => "the client cancelled the turn",
+            CutShort::Interrupted => "the server is shutting down",
+        };
+        for index in (0..answered.len()).filter(|i| !answered[*i]) {
+            let outcome = ToolOutcome::Failed(ToolFailure::Cancelled(reason));
+            if let Some(call) = message.tool_calls.get(index) {
+                self.metrics
+                    .record_tool_call(&call.name, outcome.label(), 0.0);
+            }
+            if let Err(outcome) = self.keep_result(message, index, outcome, sender).await {
+                return Some(outcome);
+            }
+        }
+        Some(match cut_short {
+            CutShort::Cancelled => "cancelled",
+            CutShort::Interrupted => {
+                self.tell(sender, Err(ChatError::ShuttingDown)).await;
+                "interrupted"
+            }
+        })
+    }
+
+    /// Stores what became of call `index` of `message`, then tells the client. `Err` with the
+    /// outcome's label if the turn ends because it could not be stored.
+    async fn keep_result(
+        &mut self,
+        message: &mut Message,
+        index: usize,
+        outcome: ToolOutcome,
+        sender: &EventSender,
+    ) -> Result<(), &'static str> {
+        let Some(call) = message.tool_calls.get_mut(index) else {
+            return Ok(());
+        };
+        let status = if outcome.succeeded() {
+            ToolCallStatus::Succeeded
+        } else {
+            ToolCallStatus::Failed
+        };
+        let result = outcome.into_result();
+        let stored = self
+            .store
+            .store_tool_result(self.user, call.id, status, &result)
+            .instrument(tracing::Span::current())
+            .await;
+        match stored {
+            Ok(true) => {}
+            Ok(false) => {
+                self.tell(sender, Err(ChatError::NotFound("conversation")))
+                    .await;
+                return Err("completed");
+            }
+            Err(error) => return Err(self.storage_failed(error, sender).await),
+        }
+        call.status = status;
+        call.result = Some(result.clone());
+        let event = ToolResult {
+            provider_call_id: call.provider_call_id.clone(),
+            status,
+            result,
+        };
+        self.tell(sender, Ok(TurnEvent::ToolResult(event))).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! One MCP server over Streamable HTTP, through the official Rust SDK (rmcp): a connection kept
+//! open to follow its tool list, and the calls.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, PoisonError, RwLock, Weak},
+    time::Duration,
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use http::{HeaderName, HeaderValue};
+use rmcp::{
+    ClientHandler, Peer, RoleClient, ServiceError, ServiceExt,
+    model::{
+        CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+        ProtocolVersion,
+    },
+    service::{NotificationContext, RunningService},
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ToolFailure, ToolOutcome,
+    catalog::{ListedTool, Shared},
+};
+
+/// One server, as configured.
+#[derive(Clone)]
+pub struct McpServerSettings {
+    /// Letters, digits, `_` and `-`: it prefixes tool names that two servers share.
+    pub name: String,
+    /// The Streamable HTTP endpoint, e.g. `http://tasks:8000/mcp`.
+    pub url: String,
+    /// Sent with every request. May hold credentials: never printed.
+    pub headers: HashMap<HeaderName, HeaderValue>,
+    /// Whether each call carries the caller's own bearer token, so that the server can tell
+    /// whose call it is from a token it can verify.
+    pub forward_bearer_token: bool,
+}
+
+impl fmt::Debug for McpServerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpServerSettings")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("forward_bearer_token", &self.forward_bearer_token)
+            .finish()
+    }
+}
+
+/// The protocol version the client asks for: the last one with sessions, which every server
+/// in use speaks and on which servers announce list changes without being subscribed.
+const PROTOCOL: ProtocolVersion = ProtocolVersion::V_2025_11_25;
+
+/// Room for the JSON-RPC envelope around a result of the largest size allowed.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+pub(super) struct McpServer {
+    index: usize,
+    settings: McpServerSettings,
+    max_result_bytes: usize,
+    catalog: Arc<Shared>,
+    /// The open connection, while there is one.
+    peer: RwLock<Option<Peer<RoleClient>>>,
+}
+
+impl McpServer {
+    pub fn new(
+        index: usize,
+        settings: McpServerSettings,
+        max_result_bytes: usize,
+        catalog: Arc<Shared>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            index,
+            settings,
+            max_result_bytes,
+            catalog,
+            peer: RwLock::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Keeps a connection open and the server's tools listed, reconnecting after a pause that
+    /// grows while the server does not answer, until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let mut pauses = reconnect_backoff();
+        loop {
+            let connected = tokio::select! {
+                () = stop.cancelled() => return,
+                connected = self.connect(None, Some(Arc::downgrade(&self))) => connected,
+            };
+            match connected {
+                Ok(running) => {
+                    tracing::info!(server = %self.name(), "connected to the MCP server");
+                    pauses = reconnect_backoff();
+                    let peer = running.peer().clone();
+                    *self.peer.write().unwrap_or_else(PoisonError::into_inner) = Some(peer.clone());
+                    self.relist(&peer).await;
+                    let closing = running.cancellation_token();
+                    tokio::select! {
+                        () = stop.cancelled() => {
+                            closing.cancel();
+                            return;
+                        }
+                        _ = running.waiting() => {
+                            tracing::warn!(server = %self.name(), "the MCP server closed the connection");
+                        }
+                    }
+                    *self.peer.write().unwrap_or_else(PoisonError::into_inner) = None;
+                    self.catalog.update(self.index, self.name(), None);
+                }
+                Err(error) => {
+                    tracing::warn!(server = %self.name(), error = %error, "the MCP server does not answer; its tools are not offered");
+                }
+            }
+            let pause = pauses.next().unwrap_or(MAX_RECONNECT_PAUSE);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Lists the server's tools and offers them.
+    async fn relist(&self, peer: &Peer<RoleClient>) {
+        match peer.list_all_tools().await {
+            Ok(tools) => {
+                let tools = tools
+                    .into_iter()
+                    .map(|tool| ListedTool {
+                        name: tool.name.into_owned(),
+                        description: tool.description.map(|d| d.into_owned()).unwrap_or_default(),
+                        parameters: serde_json::Value::Object((*tool.input_schema).clone()),
+                    })
+                    .collect::<Vec<_>>();
+                tracing::info!(server = %self.name(), tools = tools.len(), "listed the MCP server's tools");
+                self.catalog.update(self.index, self.name(), Some(tools));
+            }
+            Err(error) => {
+                tracing::warn!(server = %self.name(), error = %error, "listing the MCP server's tools failed");
+            }
+        }
+    }
+
+    /// Opens a connection. `bearer` replaces the configured authorization; `watcher` hears of
+    /// list changes.
+    async fn connect(
+        &self,
+        bearer: Option<&SecretString>,
+        watcher: Option<Weak<Self>>,
+    ) -> Result<RunningService<RoleClient, Watcher>, String> {
+        let mut headers = self.settings.headers.clone();
+        let mut config = StreamableHttpClientTransportConfig::with_uri(self.settings.url.as_str())
+            .max_json_response_size(self.max_result_bytes.saturating_add(ENVELOPE_BYTES));
+        if let Some(token) = bearer {
+            headers.remove(&http::header::AUTHORIZATION);
+            config = config.auth_header(token.expose_secret());
+        }
+        let config = config.custom_headers(headers);
+        let transport = StreamableHttpClientTransport::from_config(config);
+        Watcher { server: watcher }
+            .serve(transport)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Calls `tool`. A server that forwards the caller's token gets a connection of the
+    /// caller's own for the call; the others share the watching one.
+    pub async fn call(
+        &self,
+        tool: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        caller: Option<&SecretString>,
+    ) -> ToolOutcome {
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let result = if self.settings.forward_bearer_token {
+            let Some(token) = caller else {
+                return ToolOutcome::Failed(ToolFailure::Unreachable(
+                    "the server needs the caller's token, and the call has none".to_owned(),
+                ));
+            };
+            let running = match self.connect(Some(token), None).await {
+                Ok(running) => running,
+                Err(error) => return ToolOutcome::Failed(ToolFailure::Unreachable(error)),
+            };
+            let result = running.peer().call_tool(params).await;
+            // Closes the caller's session; a call cut short never gets here, and its
+            // connection is dropped, which closes it too.
+            let _ = running.cancel().await;
+            result
+        } else {
+            let peer = self
+                .peer
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let Some(peer) = peer else {
+                return ToolOutcome::Failed(ToolFailure::Unreachable("not connected".to_owned()));
+            };
+            peer.call_tool(params).await
+        };
+        match result {
+            Ok(result) => self.outcome(result),
+            Err(ServiceError::McpError(error)) => {
+                ToolOutcome::Failed(ToolFailure::ToolError(error.message.into_owned()))
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if text.contains("too large") || text.contains("exceeds") {
+                    ToolOutcome::Failed(ToolFailure::TooLarge(self.max_result_bytes))
+                } else {
+                    ToolOutcome::Failed(ToolFailure::Unreachable(text))
+                }
+            }
+        }
+    }
+
+    /// A tool's result as the conversation keeps it: its structured content if it has some,
+    /// else its text; an error result is a failed call whose message is the tool's text.
+    fn outcome(&self, result: CallToolResult) -> ToolOutcome {
+        let text = result
+            .content
+            .iter()
+            .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if result.is_error == Some(true) {
+            return ToolOutcome::Failed(ToolFailure::ToolError(truncate(text, 4096)));
+        }
+        let value = match result.structured_content {
+            Some(value) => value,
+            None => serde_json::Value::String(text),
+        };
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |bytes| bytes.len());
+        if size > self.max_result_bytes {
+            return ToolOutcome::Failed(ToolFailure::TooLarge(self.max_result_bytes));
+        }
+        ToolOutcome::Succeeded(value)
+    }
+}
+
+/// The longest pause between two attempts to reach a server.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(30);
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(MAX_RECONNECT_PAUSE)
+        .without_max_times()
+        .with_jitter()
+        .build()
+}
+
+fn truncate(mut text: String, max_bytes: usize) -> String {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The client side of a connection: says who we are, and relists the tools when the server
+/// says they changed.
+#[derive(Clone)]
+pub(super) struct Watcher {
+    server: Option<Weak<McpServer>>,
+}
+
+impl ClientHandler for Watcher {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = Implementation::new("chat-service", env!("CARGO_PKG_VERSION"));
+        info.title = Some("chat-service".to_owned());
+        ClientConfig::new(ClientCapabilities::default(), info).with_protocol_version(PROTOCOL)
+    }
+
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        let Some(server) = self.server.as_ref().and_then(Weak::upgrade) else {
+            return;
+        };
+        // Not in the handler: the list request's answer comes through the same connection.
+        let peer = context.peer.clone();
+        tokio::spawn(async move { server.relist(&peer).await });
+    }
+}
