@@ -58,8 +58,12 @@ impl fmt::Debug for McpServerSettings {
 /// in use speaks and on which servers announce list changes without being subscribed.
 const PROTOCOL: ProtocolVersion = ProtocolVersion::V_2025_11_25;
 
-/// Room for the JSON-RPC envelope around a result of the largest size allowed.
-const ENVELOPE_BYTES: usize = 64 * 1024;
+/// The largest answer read from a server: a result up to a few times too large still arrives
+/// whole, so that the model can be told it was too large; anything larger is cut off by the
+/// transport, and memory stays bounded either way.
+fn max_answer_bytes(max_result_bytes: usize) -> usize {
+    max_result_bytes.saturating_mul(4).saturating_add(64 * 1024)
+}
 
 pub(super) struct McpServer {
     index: usize,
@@ -160,8 +164,10 @@ impl McpServer {
         watcher: Option<Weak<Self>>,
     ) -> Result<RunningService<RoleClient, Watcher>, String> {
         let mut headers = self.settings.headers.clone();
+        let limit = max_answer_bytes(self.max_result_bytes);
         let mut config = StreamableHttpClientTransportConfig::with_uri(self.settings.url.as_str())
-            .max_json_response_size(self.max_result_bytes.saturating_add(ENVELOPE_BYTES));
+            .max_json_response_size(limit)
+            .max_sse_event_size(limit);
         if let Some(token) = bearer {
             headers.remove(&http::header::AUTHORIZATION);
             config = config.auth_header(token.expose_secret());
@@ -216,7 +222,7 @@ impl McpServer {
             }
             Err(error) => {
                 let text = error.to_string();
-                if text.contains("too large") || text.contains("exceeds") {
+                if text.contains("exceeded the maximum size") {
                     ToolOutcome::Failed(ToolFailure::TooLarge(self.max_result_bytes))
                 } else {
                     ToolOutcome::Failed(ToolFailure::Unreachable(text))

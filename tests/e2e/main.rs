@@ -17,6 +17,7 @@ mod ordering;
 mod schema;
 mod send_message;
 mod startup;
+mod tools;
 mod transport;
 
 use tonic::{Code, Status};

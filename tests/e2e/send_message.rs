@@ -50,7 +50,7 @@ impl Turn {
     }
 
     /// The kinds of the events in order, with runs of deltas folded into one.
-    fn shape(&self) -> Vec<&'static str> {
+    pub(super) fn shape(&self) -> Vec<&'static str> {
         let mut shape: Vec<&'static str> = Vec::new();
         for event in &self.events {
             let kind = match event {

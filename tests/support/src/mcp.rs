@@ -64,8 +64,8 @@ impl Drop for FakeToolServer {
     }
 }
 
-/// Large enough to exceed any cap a test sets.
-pub const BIG_RESULT_BYTES: usize = 200_000;
+/// Larger than the result cap the tests set, and small enough to arrive whole.
+pub const BIG_RESULT_BYTES: usize = 20_000;
 
 impl FakeToolServer {
     pub async fn start() -> Self {
