@@ -1,0 +1,145 @@
+// DOM for conversations and messages. Text always goes in as text, never as HTML.
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+
+import type { MessageCompleted, ToolResult } from "./gen/chat/v1/chat_service_pb";
+import {
+  MessageStatus,
+  Role,
+  ToolCallStatus,
+  type Conversation,
+  type Message,
+  type ToolCall,
+} from "./gen/chat/v1/resources_pb";
+
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className?: string,
+  text?: string,
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+export function conversationItem(conversation: Conversation): HTMLLIElement {
+  const item = element("li");
+  item.dataset.id = conversation.id;
+  const link = element("a", "", conversation.title || "Untitled");
+  link.href = `#/c/${conversation.id}`;
+  item.append(link);
+  if (conversation.updateTime) {
+    const time = element("time", "", timestampDate(conversation.updateTime).toLocaleString());
+    item.append(time);
+  }
+  return item;
+}
+
+/**
+ * One message. Its body holds text segments and tool calls in the order they came: a reply may
+ * write, call tools, and write again.
+ */
+export class MessageView {
+  readonly root = element("li", "message");
+  private readonly badge = element("span", "badge");
+  private readonly info = element("span", "info");
+  private readonly body = element("div", "body");
+  private text: HTMLElement | null = null;
+
+  constructor(role: Role, state: "stored" | "sending" | "streaming") {
+    const name = enumName(Role, role);
+    this.root.classList.add(name);
+    this.root.dataset.role = name;
+    this.root.dataset.state = state;
+    this.badge.hidden = true;
+    const head = element("div", "head");
+    head.append(element("span", "role", name), this.badge, this.info);
+    this.root.append(head, this.body);
+  }
+
+  static stored(message: Message): MessageView {
+    const view = new MessageView(message.role, "stored");
+    view.root.dataset.id = message.id;
+    view.appendText(message.content);
+    for (const call of message.toolCalls) view.addToolCall(call);
+    if (message.status === MessageStatus.CANCELLED) view.mark("cancelled", "cancelled");
+    if (message.createTime) view.info.textContent = timestampDate(message.createTime).toLocaleTimeString();
+    return view;
+  }
+
+  appendText(text: string): void {
+    if (!text) return;
+    if (!this.text) {
+      this.text = element("div", "text");
+      this.body.append(this.text);
+    }
+    this.text.textContent += text;
+  }
+
+  addToolCall(call: ToolCall): void {
+    const view = element("div", "tool-call");
+    view.dataset.toolCallId = call.id;
+    const head = element("div", "tool-head");
+    head.append(element("span", "tool-label", "tool call"), element("code", "tool-name", call.name));
+    head.append(element("span", "tool-status"));
+    view.append(head, element("pre", "tool-arguments", prettyJson(call.argumentsJson)));
+    this.body.append(view);
+    // Text after a tool call is a new segment, below it.
+    this.text = null;
+    this.setToolResult(view, call.status, call.resultJson);
+  }
+
+  applyToolResult(result: ToolResult): void {
+    const view = [...this.body.querySelectorAll<HTMLElement>(".tool-call")].find(
+      (node) => node.dataset.toolCallId === result.toolCallId,
+    );
+    if (view) this.setToolResult(view, result.status, result.resultJson);
+  }
+
+  private setToolResult(view: HTMLElement, status: ToolCallStatus, resultJson: string): void {
+    const name = enumName(ToolCallStatus, status);
+    view.dataset.status = name;
+    const label = view.querySelector<HTMLElement>(".tool-status");
+    if (label) {
+      label.textContent = name === "unspecified" ? "" : name;
+      label.className = `tool-status ${name}`;
+    }
+    view.querySelector(".tool-result")?.remove();
+    if (resultJson) view.append(element("pre", "tool-result", prettyJson(resultJson)));
+  }
+
+  accepted(message: Message): void {
+    this.root.dataset.id = message.id;
+    this.root.dataset.state = "stored";
+  }
+
+  completed(done: MessageCompleted): void {
+    this.root.dataset.state = "complete";
+    if (done.message) this.root.dataset.id = done.message.id;
+    const parts = [done.model];
+    if (done.finishReason && done.finishReason !== "stop") parts.push(done.finishReason);
+    if (done.usage) parts.push(`${done.usage.inputTokens} → ${done.usage.outputTokens} tokens`);
+    this.info.textContent = parts.filter(Boolean).join(" · ");
+  }
+
+  /** Sets the message's state and a badge that says it. */
+  mark(state: string, badge: string): void {
+    this.root.dataset.state = state;
+    this.badge.textContent = badge;
+    this.badge.className = `badge ${state}`;
+    this.badge.hidden = false;
+  }
+}
+
+/** An enum value's name in lower case (`ToolCallStatus.SUCCEEDED` is "succeeded"). */
+function enumName(values: Record<number, string>, value: number): string {
+  return values[value]?.toLowerCase() ?? "unspecified";
+}
+
+function prettyJson(text: string): string {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
+}

@@ -1,0 +1,456 @@
+// The chat page in a real browser: Debian's Chromium, driven by Playwright, loads the built page
+// from Vite's preview server and calls the real service binary over grpc-web, with a real
+// PostgreSQL behind it and a fake OpenAI-compatible model that holds its reply back until the page
+// has shown the first token. Run `npm run build` first.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { createServer } from "node:http";
+import { once, EventEmitter } from "node:events";
+import { randomUUID } from "node:crypto";
+import { mkdirSync, createWriteStream, copyFileSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { createInterface } from "node:readline";
+
+import { createFileRegistry, fromBinary } from "@bufbuild/protobuf";
+import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
+import { createClient, ConnectError } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { chromium } from "playwright-core";
+import { preview } from "vite";
+
+const web = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const root = path.resolve(web, "../..");
+const binary = process.env.CHAT_BIN ?? path.join(root, "target/debug/chat-service");
+const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const results = path.join(web, "test-results");
+const databaseBase = process.env.DATABASE_URL ?? "postgres://postgres@localhost:5432/chat";
+const databaseUrl = databaseBase.replace(/\/[^/?]*(\?|$)/, `/chat_browser_${randomUUID().replaceAll("-", "")}$1`);
+const MAX_CONVERSATIONS = 30;
+// Only so that a broken page fails rather than hangs: nothing here is timed.
+const limit = { timeout: 60_000 };
+
+// ---- the fake model ----
+
+function deferred() {
+  let resolve;
+  const promise = new Promise((r) => (resolve = r));
+  return { promise, resolve };
+}
+/** Opened by the test once the page shows the first token; the rest of the reply waits for it. */
+const firstTokenShown = deferred();
+/** Resolved when the request for the story is closed by the service. */
+const storyClosed = deferred();
+
+const chunk = (delta, finish = null) =>
+  `data: ${JSON.stringify({ id: "c", object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+const toolCall = (fields) => ({ tool_calls: [{ index: 0, ...fields }] });
+
+const model = createServer(async (request, response) => {
+  let body = "";
+  for await (const part of request) body += part;
+  const { messages } = JSON.parse(body);
+  const asked = messages.findLast((m) => m.role === "user")?.content ?? "";
+  if (asked.includes("fail")) {
+    response.writeHead(500, { "content-type": "application/json" });
+    response.end(JSON.stringify({ error: { message: "the fake model's own words" } }));
+    return;
+  }
+  response.writeHead(200, { "content-type": "text/event-stream" });
+  response.write(chunk({ role: "assistant", content: "" }));
+  if (asked.includes("weather")) {
+    if (messages.at(-1).role === "tool") {
+      response.write(chunk({ content: "It is sunny in Lisbon." }));
+      response.write(chunk({}, "stop"));
+    } else {
+      response.write(chunk({ content: "Let me look that up." }));
+      response.write(chunk(toolCall({ id: "call_weather", type: "function", function: { name: "get_weather", arguments: '{"city":' } })));
+      response.write(chunk(toolCall({ function: { arguments: ' "Lisbon", "unit": "celsius"}' } })));
+      response.write(chunk({}, "tool_calls"));
+    }
+  } else if (asked.includes("story")) {
+    // Never finishes: the page stops it.
+    response.on("close", storyClosed.resolve);
+    response.write(chunk({ content: "Once upon a time" }));
+    return;
+  } else {
+    response.write(chunk({ content: "Hello" }));
+    await firstTokenShown.promise;
+    response.write(chunk({ content: " from the model" }));
+    response.write(chunk({}, "stop"));
+  }
+  response.end("data: [DONE]\n\n");
+});
+
+// ---- the service, its clients, the pages and the browser ----
+
+let service;
+let serviceUrl;
+const logs = [];
+const logged = new EventEmitter();
+let registry;
+let allowed; // the preview server whose origin the service allows
+let foreign; // the same page from another origin
+let browser;
+let page;
+const consoleLines = [];
+
+function env(allowedOrigin) {
+  return {
+    ...process.env,
+    DATABASE_URL: databaseUrl,
+    CHAT_JWT_SECRET: "browser-test-secret-of-at-least-32-bytes",
+    CHAT_LLM_BASE_URL: `http://127.0.0.1:${model.address().port}/v1`,
+    CHAT_LLM_MODEL: "fake-model",
+    CHAT_LLM_MAX_RETRIES: "0",
+    CHAT_LISTEN_ADDR: "127.0.0.1:0",
+    CHAT_METRICS_ADDR: "127.0.0.1:0",
+    CHAT_LOG_FORMAT: "json",
+    CHAT_CORS_ALLOWED_ORIGINS: allowedOrigin,
+    CHAT_MAX_CONVERSATIONS_PER_USER: String(MAX_CONVERSATIONS),
+    // The test makes many calls in a row; the rate limits are not what it is about.
+    CHAT_USER_REQUESTS_PER_SECOND: "1000",
+    CHAT_USER_REQUEST_BURST: "1000",
+    RUST_LOG: "info",
+  };
+}
+
+/** The first log line of the service that matches, now or later. */
+function waitForLog(matches) {
+  const found = logs.find(matches);
+  if (found) return Promise.resolve(found);
+  return new Promise((resolve) => {
+    const listener = (entry) => {
+      if (matches(entry)) {
+        logged.off("line", listener);
+        resolve(entry);
+      }
+    };
+    logged.on("line", listener);
+  });
+}
+
+async function startPreview() {
+  const server = await preview({ root: web, logLevel: "warn", preview: { host: "127.0.0.1", port: 0, strictPort: true } });
+  return { server, origin: `http://127.0.0.1:${server.httpServer.address().port}` };
+}
+
+const token = (user) => execFileSync(binary, ["token", "--user", user], { env: env(allowed.origin) }).toString().trim();
+
+function clients(bearer) {
+  const transport = createGrpcWebTransport({
+    baseUrl: serviceUrl,
+    useBinaryFormat: true,
+    interceptors: [(next) => (request) => (request.header.set("authorization", `Bearer ${bearer}`), next(request))],
+  });
+  return {
+    chat: createClient(registry.getService("chat.v1.ChatService"), transport),
+    conversations: createClient(registry.getService("chat.v1.ConversationService"), transport),
+  };
+}
+
+/** The number of an enum value, by its name in the contract. */
+const enumValue = (type, name) => registry.getEnum(type).values.find((v) => v.name === name).number;
+
+/** The service's own words for a call that fails: what the page must show. */
+async function refusal(call) {
+  try {
+    await call();
+  } catch (error) {
+    assert.ok(error instanceof ConnectError);
+    return error.rawMessage;
+  }
+  assert.fail("the call was expected to fail");
+}
+
+before(async () => {
+  mkdirSync(results, { recursive: true });
+  model.listen(0, "127.0.0.1");
+  await once(model, "listening");
+  allowed = await startPreview();
+  foreign = await startPreview();
+
+  const serviceLog = createWriteStream(path.join(results, "service.log"));
+  service = spawn(binary, [], { env: env(allowed.origin), stdio: ["ignore", "inherit", "pipe"] });
+  createInterface({ input: service.stderr }).on("line", (line) => {
+    serviceLog.write(`${line}\n`);
+    let entry;
+    try {
+      entry = JSON.parse(line);
+    } catch {
+      return;
+    }
+    logs.push(entry);
+    logged.emit("line", entry);
+  });
+  serviceUrl = await new Promise((resolve, reject) => {
+    service.once("exit", (code) => reject(new Error(`the service exited with ${code}`)));
+    waitForLog((e) => e.message === "serving gRPC and grpc-web").then((e) => resolve(`http://${e.addr}`));
+  });
+
+  const descriptors = execFileSync(path.join(web, "node_modules/.bin/buf"), ["build", path.join(root, "proto"), "-o", "-"]);
+  registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, descriptors));
+
+  browser = await chromium.launch({
+    executablePath: browserPath,
+    headless: true,
+    // Playwright gives every launch a fresh, empty profile of its own.
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  page = await newPage();
+}, limit);
+
+after(async () => {
+  await browser?.close();
+  writeFileSync(path.join(results, "console.log"), consoleLines.map((line) => `${line}\n`).join(""));
+  await Promise.all([allowed?.server.close(), foreign?.server.close()]);
+  if (service && service.exitCode === null) {
+    service.kill("SIGTERM");
+    await once(service, "exit");
+  }
+  model.closeAllConnections();
+  model.close();
+  try {
+    const admin = databaseBase.replace(/\/[^/?]*(\?|$)/, "/postgres$1");
+    const name = new URL(databaseUrl).pathname.slice(1);
+    execFileSync("psql", [admin, "-qc", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`]);
+  } catch {
+    // psql is optional: the database is left behind.
+  }
+});
+
+async function newPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const opened = await context.newPage();
+  opened.on("console", (message) => consoleLines.push(message.text()));
+  opened.on("pageerror", (error) => consoleLines.push(`page error: ${error.message}`));
+  return opened;
+}
+
+/** Opens the page from `origin`, pastes the token and connects, as the README says. */
+async function connect(target, origin, bearer) {
+  await target.goto(`${origin}/?server=${encodeURIComponent(serviceUrl)}`);
+  await target.fill("#token", bearer);
+  await target.click("#connect button[type=submit]");
+}
+
+/** Waits until the page's DOM satisfies `condition`, which runs in the page. */
+const until = (condition) => page.waitForFunction(condition);
+
+const lastReply = () => page.locator("#messages li[data-role=assistant]").last();
+const openId = () => page.evaluate(() => decodeURIComponent(location.hash.replace("#/c/", "")));
+
+async function sendFromPage(text) {
+  await page.fill("#input", text);
+  await page.click("#send");
+}
+
+async function newConversation() {
+  await page.click("#new-conversation");
+  await until(() => document.querySelector("#title").textContent === "New conversation" && !document.querySelector("#messages").children.length);
+}
+
+/** The error the page shows, once it shows one. */
+async function shownError(target = page) {
+  await target.waitForSelector("#error:not([hidden])");
+  return { code: await target.getAttribute("#error", "data-code"), text: await target.textContent("#error") };
+}
+
+// ---- the tests ----
+
+test("the conversation list comes a page at a time", limit, async () => {
+  const alice = clients(token("alice"));
+  for (let i = 1; i <= 22; i++) await alice.conversations.createConversation({ title: `Conversation ${i}` });
+  await connect(page, allowed.origin, token("alice"));
+
+  const listed = () => page.$$eval("#conversations li", (items) => items.map((item) => item.dataset.id));
+  await page.waitForSelector("#more-conversations:not([hidden])");
+  const first = await alice.conversations.listConversations({ pageSize: 20 });
+  assert.deepEqual(await listed(), first.conversations.map((c) => c.id));
+
+  await page.click("#more-conversations");
+  await page.waitForSelector("#more-conversations[hidden]", { state: "attached" });
+  const second = await alice.conversations.listConversations({ pageSize: 20, pageToken: first.nextPageToken });
+  assert.equal(second.nextPageToken, "");
+  assert.deepEqual(await listed(), [...first.conversations, ...second.conversations].map((c) => c.id));
+});
+
+test("a reply arrives token by token, and the page ends with what is stored", limit, async () => {
+  await newConversation();
+  await sendFromPage("Hi there");
+
+  // The model sends "Hello" and holds the rest back until the page shows it.
+  await until(() => {
+    const reply = [...document.querySelectorAll("#messages li[data-role=assistant]")].at(-1);
+    return reply?.dataset.state === "streaming" && reply.querySelector(".text")?.textContent === "Hello";
+  });
+  assert.equal(await lastReply().getAttribute("data-state"), "streaming", "the first token is shown before the reply is complete");
+  firstTokenShown.resolve();
+
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=complete]");
+  const shown = (await lastReply().locator(".text").allTextContents()).join("");
+  const id = await openId();
+  const stored = await clients(token("alice")).conversations.getConversation({ conversationId: id });
+  assert.deepEqual(stored.messages.map((m) => m.content), ["Hi there", "Hello from the model"]);
+  assert.equal(shown, stored.messages[1].content);
+  assert.equal(stored.messages[1].status, enumValue("chat.v1.MessageStatus", "MESSAGE_STATUS_COMPLETE"));
+});
+
+test("the page shows the x-request-id of the last call", limit, async () => {
+  const id = await openId();
+  await page.click(`#conversations li[data-id="${id}"] a`);
+  await page.waitForSelector("#status[data-method=GetConversation][data-code=OK]");
+  const requestId = await page.getAttribute("#status", "data-request-id");
+  assert.ok(requestId, "the page read x-request-id from the response");
+  assert.match(await page.textContent("#status"), new RegExp(`request id ${requestId}$`));
+  // It is the id the service gave that call.
+  const line = await waitForLog((e) => e.message === "rpc finished" && e.span?.request_id === requestId);
+  assert.equal(line.method, "/chat.v1.ConversationService/GetConversation");
+});
+
+test("tool calls are shown with their status and result, as streamed and as stored", limit, async () => {
+  await newConversation();
+  await sendFromPage("What's the weather in Lisbon?");
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=complete]");
+  const id = await openId();
+  const stored = await clients(token("alice")).conversations.getConversation({ conversationId: id });
+  const calls = stored.messages.flatMap((m) => m.toolCalls);
+  assert.deepEqual(calls.map((c) => [c.id, c.name, JSON.parse(c.argumentsJson)]), [
+    ["call_weather", "get_weather", { city: "Lisbon", unit: "celsius" }],
+  ]);
+
+  const shownCalls = () =>
+    page.$$eval("#messages .tool-call", (nodes) =>
+      nodes.map((node) => ({
+        id: node.dataset.toolCallId,
+        name: node.querySelector(".tool-name").textContent,
+        arguments: JSON.parse(node.querySelector(".tool-arguments").textContent),
+        status: node.dataset.status,
+        result: node.querySelector(".tool-result") ? JSON.parse(node.querySelector(".tool-result").textContent) : null,
+      })),
+    );
+  const statusName = (status) =>
+    registry.getEnum("chat.v1.ToolCallStatus").values.find((v) => v.number === status).name.replace("TOOL_CALL_STATUS_", "").toLowerCase();
+  const expected = calls.map((c) => ({
+    id: c.id,
+    name: c.name,
+    arguments: JSON.parse(c.argumentsJson),
+    status: statusName(c.status),
+    result: c.resultJson ? JSON.parse(c.resultJson) : null,
+  }));
+  assert.deepEqual(await shownCalls(), expected, "as streamed");
+
+  await page.click(`#conversations li[data-id="${id}"] a`);
+  await page.waitForSelector("#status[data-method=GetConversation]");
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored]");
+  assert.deepEqual(await shownCalls(), expected, "as stored");
+});
+
+test("stop cancels the reply, and the service stores it as cancelled", limit, async () => {
+  await newConversation();
+  await sendFromPage("Tell me a long story");
+  await until(() => [...document.querySelectorAll("#messages li[data-role=assistant]")].at(-1)?.querySelector(".text")?.textContent === "Once upon a time");
+  await page.click("#stop");
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=stopped]");
+  const id = await openId();
+
+  // The service aborts the model's request and stores what it had.
+  await storyClosed.promise;
+  await waitForLog((e) => e.message === "turn ended" && e.conversation_id === id);
+  const stored = await clients(token("alice")).conversations.getConversation({ conversationId: id });
+  assert.deepEqual(stored.messages.map((m) => m.content), ["Tell me a long story", "Once upon a time"]);
+  assert.equal(stored.messages[1].status, enumValue("chat.v1.MessageStatus", "MESSAGE_STATUS_CANCELLED"));
+
+  await page.click(`#conversations li[data-id="${id}"] a`);
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=cancelled]");
+  assert.equal(await lastReply().locator(".badge").textContent(), "cancelled");
+});
+
+test("deleting a conversation; one that is gone is NOT_FOUND, in the service's words", limit, async () => {
+  const id = await openId();
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("#delete");
+  await page.waitForSelector(`#conversations li[data-id="${id}"]`, { state: "detached" });
+  const alice = clients(token("alice"));
+  const words = await refusal(() => alice.conversations.getConversation({ conversationId: id }));
+
+  await page.evaluate((gone) => (location.hash = `#/c/${gone}`), id);
+  assert.deepEqual(await shownError(), { code: "NOT_FOUND", text: `NOT_FOUND: ${words}` });
+});
+
+test("a model that fails is UNAVAILABLE, in the service's words", limit, async () => {
+  await newConversation();
+  await sendFromPage("please fail");
+  const shown = await shownError();
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=failed]");
+  const words = await refusal(async () => {
+    for await (const _ of clients(token("alice")).chat.sendMessage({ content: "please fail" }));
+  });
+  assert.deepEqual(shown, { code: "UNAVAILABLE", text: `UNAVAILABLE: ${words}` });
+  assert.doesNotMatch(shown.text, /own words/, "the upstream's own words are not passed on");
+});
+
+test("a limit is RESOURCE_EXHAUSTED, in the service's words", limit, async () => {
+  const bob = clients(token("bob"));
+  for (let i = 0; i < MAX_CONVERSATIONS; i++) await bob.conversations.createConversation({ title: `Bob's ${i}` });
+  const words = await refusal(async () => {
+    for await (const _ of bob.chat.sendMessage({ content: "One more" }));
+  });
+
+  const bobs = await newPage();
+  try {
+    await connect(bobs, allowed.origin, token("bob"));
+    await bobs.waitForSelector("#status[data-method=ListConversations][data-code=OK]");
+    await bobs.fill("#input", "One more");
+    await bobs.click("#send");
+    assert.deepEqual(await shownError(bobs), { code: "RESOURCE_EXHAUSTED", text: `RESOURCE_EXHAUSTED: ${words}` });
+  } finally {
+    await bobs.context().close();
+  }
+});
+
+test("a bad token is UNAUTHENTICATED, in the service's words", limit, async () => {
+  const words = await refusal(() => clients("not-a-token").conversations.listConversations({}));
+  const other = await newPage();
+  try {
+    await connect(other, allowed.origin, "not-a-token");
+    assert.deepEqual(await shownError(other), { code: "UNAUTHENTICATED", text: `UNAUTHENTICATED: ${words}` });
+  } finally {
+    await other.context().close();
+  }
+});
+
+test("the same page from an origin the service does not allow is refused by CORS", limit, async () => {
+  const other = await newPage();
+  try {
+    const refused = other.waitForEvent("console", (message) => /blocked by CORS policy/.test(message.text()));
+    await connect(other, foreign.origin, token("alice"));
+    const shown = await shownError(other);
+    assert.equal(shown.code, "UNREACHABLE");
+    assert.match(shown.text, new RegExp(`allow this page's origin, ${foreign.origin}\\?`));
+    assert.match((await refused).text(), new RegExp(`from origin '${foreign.origin}' has been blocked by CORS policy`));
+    assert.equal(await other.getAttribute("#status", "data-code"), "NO_RESPONSE");
+    assert.equal(await other.getAttribute("#status", "data-request-id"), "");
+    assert.equal(await other.locator("#conversations li").count(), 0);
+  } finally {
+    await other.context().close();
+  }
+});
+
+test("a screenshot of the page", limit, async () => {
+  const link = page.locator("#conversations li a", { hasText: "What's the weather in Lisbon?" });
+  await link.click();
+  await page.waitForSelector("#messages .tool-call");
+  const file = path.join(results, "chat-page.png");
+  await page.screenshot({ path: file });
+  if (process.env.UPDATE_SCREENSHOT) copyFileSync(file, path.join(web, "screenshot.png"));
+});
