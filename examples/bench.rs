@@ -393,6 +393,7 @@ async fn user_loop(
             SendMessageRequest {
                 conversation_id: conversation.clone(),
                 content: "How fast is this service?".into(),
+                ..Default::default()
             },
             &token,
         );
@@ -612,6 +613,7 @@ async fn slow_streams(
                     SendMessageRequest {
                         conversation_id: String::new(),
                         content: "Take your time".into(),
+                        ..Default::default()
                     },
                     &token,
                 );

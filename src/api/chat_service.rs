@@ -8,13 +8,18 @@ use super::{
     ApiError, Caller, convert,
     proto::{
         MessageAccepted, MessageCompleted, MessageDelta, SendMessageRequest, SendMessageResponse,
-        Usage, chat_service_server::ChatService, send_message_response::Event,
+        SubmitToolResultsRequest, SubmitToolResultsResponse, ToolDefinition, Usage,
+        chat_service_server::ChatService, send_message_response::Event,
+        submit_tool_results_response::Event as ContinuationEvent,
     },
     request_id,
 };
 use crate::{
-    chat::{TurnEvent, TurnRequest, Turns},
-    domain::ConversationId,
+    chat::{
+        ChatError, ClientTool, Completion, GivenToolResult, ToolResultsRequest, TurnEvent,
+        TurnRequest, Turns,
+    },
+    domain::{ConversationId, MessageId},
 };
 
 /// `chat.v1.ChatService`.
@@ -29,27 +34,74 @@ impl ChatApi {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<SendMessageResponse, Status>> + Send>>;
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn event(event: Event) -> SendMessageResponse {
     SendMessageResponse { event: Some(event) }
 }
 
 fn encode(turn_event: TurnEvent) -> SendMessageResponse {
-    match turn_event {
-        TurnEvent::Delta(text) => event(Event::Delta(MessageDelta { text })),
-        TurnEvent::ToolCall(call) => event(Event::ToolCall(convert::tool_call(call))),
-        TurnEvent::ToolResult(result) => event(Event::ToolResult(convert::tool_result(result))),
-        TurnEvent::Completed(completion) => event(Event::Completed(MessageCompleted {
-            message: Some(convert::message(completion.message)),
-            finish_reason: completion.finish_reason,
-            model: completion.model,
-            usage: completion.usage.map(|usage| Usage {
-                input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
-                output_tokens: i32::try_from(usage.output_tokens).unwrap_or(i32::MAX),
-            }),
-        })),
+    let event = match turn_event {
+        TurnEvent::Delta(text) => Event::Delta(MessageDelta { text }),
+        TurnEvent::ToolCall(call) => Event::ToolCall(convert::tool_call(call)),
+        TurnEvent::ToolResult(result) => Event::ToolResult(convert::tool_result(result)),
+        TurnEvent::Completed(completion) => Event::Completed(completed(completion)),
+    };
+    SendMessageResponse { event: Some(event) }
+}
+
+fn encode_continuation(turn_event: TurnEvent) -> SubmitToolResultsResponse {
+    let event = match turn_event {
+        TurnEvent::Delta(text) => ContinuationEvent::Delta(MessageDelta { text }),
+        TurnEvent::ToolCall(call) => ContinuationEvent::ToolCall(convert::tool_call(call)),
+        TurnEvent::ToolResult(result) => {
+            ContinuationEvent::ToolResult(convert::tool_result(result))
+        }
+        TurnEvent::Completed(completion) => ContinuationEvent::Completed(completed(completion)),
+    };
+    SubmitToolResultsResponse { event: Some(event) }
+}
+
+fn completed(completion: Completion) -> MessageCompleted {
+    MessageCompleted {
+        message: Some(convert::message(completion.message)),
+        finish_reason: completion.finish_reason,
+        model: completion.model,
+        usage: completion.usage.map(|usage| Usage {
+            input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
+            output_tokens: i32::try_from(usage.output_tokens).unwrap_or(i32::MAX),
+        }),
     }
+}
+
+/// The reply's events as the client reads them: the last one, when the stream had no room for
+/// it, after everything else.
+fn reply_stream<T>(
+    events: tokio::sync::mpsc::Receiver<Result<TurnEvent, ChatError>>,
+    last_word: tokio::sync::oneshot::Receiver<Result<TurnEvent, ChatError>>,
+    encode: fn(TurnEvent) -> T,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    T: Send + 'static,
+{
+    let last_word = futures_util::stream::once(last_word).filter_map(Result::ok);
+    ReceiverStream::new(events)
+        .chain(last_word)
+        .map(move |item| {
+            item.map(encode)
+                .map_err(|error| Status::from(ApiError::from(error)))
+        })
+}
+
+fn client_tools(tools: Vec<ToolDefinition>) -> Vec<ClientTool> {
+    tools
+        .into_iter()
+        .map(|tool| ClientTool {
+            name: tool.name,
+            description: tool.description,
+            parameters_json: tool.parameters_json,
+        })
+        .collect()
 }
 
 /// The caller's bearer token, already verified, for tool servers that act on its behalf.
@@ -63,7 +115,7 @@ fn bearer_token<T>(request: &Request<T>) -> Option<SecretString> {
 
 #[tonic::async_trait]
 impl ChatService for ChatApi {
-    type SendMessageStream = EventStream;
+    type SendMessageStream = EventStream<SendMessageResponse>;
 
     async fn send_message(
         &self,
@@ -87,6 +139,7 @@ impl ChatService for ChatApi {
             content: message.content,
             request_id,
             bearer,
+            tools: client_tools(message.tools),
         };
         let started = self.turns.start(turn).await.map_err(ApiError::from)?;
 
@@ -94,15 +147,69 @@ impl ChatService for ChatApi {
             conversation_id: started.conversation_id.to_string(),
             user_message: Some(convert::message(started.user_message)),
         }));
-        let reply = ReceiverStream::new(started.events);
-        // The last event, when the stream had no room for it, comes after everything else.
-        let last_word = futures_util::stream::once(started.last_word).filter_map(Result::ok);
-        let reply = reply.chain(last_word).map(|item| {
-            item.map(encode)
-                .map_err(|error| Status::from(ApiError::from(error)))
-        });
+        let reply = reply_stream(started.events, started.last_word, encode);
         Ok(Response::new(Box::pin(
             tokio_stream::once(Ok(accepted)).chain(reply),
+        )))
+    }
+
+    type SubmitToolResultsStream = EventStream<SubmitToolResultsResponse>;
+
+    async fn submit_tool_results(
+        &self,
+        request: Request<SubmitToolResultsRequest>,
+    ) -> Result<Response<Self::SubmitToolResultsStream>, Status> {
+        let received_at = std::time::Instant::now();
+        let user = self.caller.user(&request).await?;
+        let request_id = request_id(&request);
+        let bearer = bearer_token(&request);
+        let message = request.into_inner();
+        let conversation = ConversationId::parse(&message.conversation_id)
+            .map_err(|e| ApiError::invalid("conversation_id", e))?;
+        let message_id = MessageId::parse(&message.message_id)
+            .map_err(|e| ApiError::invalid("message_id", e))?;
+        if message.results.is_empty() {
+            return Err(ApiError::from(ChatError::invalid(
+                "results",
+                "give one result for each call that awaits one",
+            ))
+            .into());
+        }
+        let results = message
+            .results
+            .into_iter()
+            .map(|result| GivenToolResult {
+                tool_call_id: result.tool_call_id,
+                result_json: result.result_json,
+                failed: result.failed,
+            })
+            .collect();
+        let continuation = self
+            .turns
+            .submit_tool_results(ToolResultsRequest {
+                user,
+                conversation,
+                message: message_id,
+                results,
+                tools: client_tools(message.tools),
+                request_id,
+                received_at,
+                bearer,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let stored = continuation
+            .results
+            .into_iter()
+            .map(|result| Ok(encode_continuation(TurnEvent::ToolResult(result))))
+            .collect::<Vec<_>>();
+        let reply = reply_stream(
+            continuation.events,
+            continuation.last_word,
+            encode_continuation,
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(stored).chain(reply),
         )))
     }
 }

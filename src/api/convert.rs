@@ -76,5 +76,6 @@ fn status(status: MessageStatus) -> proto::MessageStatus {
     match status {
         MessageStatus::Complete => proto::MessageStatus::Complete,
         MessageStatus::Cancelled => proto::MessageStatus::Cancelled,
+        MessageStatus::AwaitingToolResults => proto::MessageStatus::AwaitingToolResults,
     }
 }

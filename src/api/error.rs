@@ -72,6 +72,14 @@ impl From<ApiError> for Status {
                      message was saved: send it again for a new reply",
                 )
             }
+            ApiError::Chat(ChatError::FailedPrecondition(reason)) => {
+                let details = ErrorDetails::with_precondition_failure_violation(
+                    "STATE",
+                    "conversation",
+                    reason.as_str(),
+                );
+                Status::with_error_details(Code::FailedPrecondition, reason, details)
+            }
             ApiError::Chat(ChatError::NotRead) => Status::deadline_exceeded(
                 "the reply was cut off because the client read none of it for the stall timeout \
                  (CHAT_STREAM_STALL_TIMEOUT); what was sent before is saved as cancelled",

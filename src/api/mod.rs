@@ -18,15 +18,21 @@ pub use error::ApiError;
 use std::sync::Arc;
 
 use crate::{
-    chat::{Admission, Identities},
-    domain::{Subject, UserId},
+    chat::{Admission, Identities, MAX_TOOL_RESULTS_BYTES},
+    domain::{Subject, ToolSpec, UserId},
 };
 
-/// The largest encoded `SendMessageRequest` a valid request can be: its content at the longest
-/// allowed, four bytes a character, plus a conversation id and the encoding's framing. Anything
-/// larger is refused from its length prefix, before it is buffered.
+/// The largest encoded `ChatService` request a valid one can be: a `SendMessageRequest` with its
+/// content at the longest allowed (four bytes a character) and tool definitions at the most they
+/// may take together, or a `SubmitToolResultsRequest` with results at the most they may take, plus
+/// ids and the encoding's framing. Anything larger is refused from its length prefix, before it
+/// is buffered.
 pub fn max_send_message_bytes(max_message_chars: usize) -> usize {
-    max_message_chars.saturating_mul(4).saturating_add(256)
+    max_message_chars
+        .saturating_mul(4)
+        .saturating_add(ToolSpec::MAX_CLIENT_TOOLS_BYTES)
+        .saturating_add(MAX_TOOL_RESULTS_BYTES)
+        .saturating_add(4096)
 }
 
 /// Every `ConversationService` request is small: ids, a title of at most 200 characters, a page

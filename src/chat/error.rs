@@ -46,6 +46,9 @@ pub enum ChatError {
     /// The reply was streamed but could not be stored, even after a few tries.
     #[error("the reply could not be stored: {0}")]
     ReplyNotSaved(String),
+    /// The request does not fit the conversation's state now: the text says why and what to do.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// The client read nothing of its reply for too long; what it was sent is stored.
     #[error("the reply was not read")]
     NotRead,

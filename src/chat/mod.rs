@@ -13,5 +13,6 @@ pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
 pub use recent::RecentContexts;
 pub use turn::{
-    Completion, StartedTurn, ToolResult, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns,
+    ClientTool, Completion, Continuation, GivenToolResult, MAX_TOOL_RESULTS_BYTES, StartedTurn,
+    ToolResult, ToolResultsRequest, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns,
 };

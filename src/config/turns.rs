@@ -1,5 +1,5 @@
 //! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS,
-//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS
+//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS, CHAT_TOOL_RESULTS_TIMEOUT
 
 use std::time::Duration;
 
@@ -49,6 +49,11 @@ pub struct TurnArgs {
     /// How many rounds of tool calls one reply may make; the model then answers without tools.
     #[arg(long, env = "CHAT_MAX_TOOL_ROUNDS", default_value_t = 8, global = true)]
     pub max_tool_rounds: u32,
+
+    /// How long a reply that called the client's own tools waits for their results; meanwhile
+    /// its conversation takes no new message.
+    #[arg(long, env = "CHAT_TOOL_RESULTS_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub tool_results_timeout: Duration,
 }
 
 impl TurnArgs {
@@ -62,6 +67,12 @@ impl TurnArgs {
                 "must be longer than zero",
             ));
         }
+        if self.tool_results_timeout.is_zero() {
+            return Err(invalid(
+                "CHAT_TOOL_RESULTS_TIMEOUT",
+                "must be longer than zero",
+            ));
+        }
         if self.max_message_chars == 0 {
             return Err(invalid("CHAT_MAX_MESSAGE_CHARS", "must be at least 1"));
         }
@@ -72,6 +83,7 @@ impl TurnArgs {
             system_prompt: self.system_prompt.filter(|p| !p.trim().is_empty()),
             stream_stall_timeout: self.stream_stall_timeout,
             max_tool_rounds: self.max_tool_rounds,
+            tool_results_timeout: self.tool_results_timeout,
         })
     }
 }

@@ -19,4 +19,4 @@ pub use page::{
     ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,
 };
 pub use time::now;
-pub use tool::ToolSpec;
+pub use tool::{InvalidToolDefinition, ToolSpec};

@@ -217,10 +217,7 @@ impl Application {
         let admission = Admission::new(config.limits, metrics.clone());
         let identities = Identities::new(store.clone());
         // Tool servers are reached in the background: one that is down delays nothing.
-        let toolbox = match config.tools.servers.is_empty() {
-            true => Toolbox::empty(),
-            false => Toolbox::start(config.tools.clone(), metrics.clone(), &stopping),
-        };
+        let toolbox = Toolbox::start(config.tools.clone(), metrics.clone(), &stopping);
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),

@@ -9,6 +9,7 @@ mod migrations;
 mod models;
 mod schema;
 mod statement;
+mod tool_results;
 mod turns;
 mod url;
 mod users;
@@ -25,6 +26,8 @@ use tracing::Instrument;
 pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier};
 pub use error::StoreError;
 pub use migrations::{MigrationError, run_migrations};
+pub use tool_results::{GivenResult, Submitted};
+pub use turns::ConversationState;
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// The server the service and its tools use when `DATABASE_URL` is not set.

@@ -9,6 +9,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         revision -> Int8,
+        awaiting_message -> Nullable<Uuid>,
+        awaiting_until -> Nullable<Timestamptz>,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Writes of a chat turn: the user's message when the turn starts, the reply when it ends.
 
+use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
-    sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+    sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use tokio::sync::oneshot;
@@ -19,23 +20,28 @@ use crate::domain::{
 };
 
 #[derive(QueryableByName)]
-struct RevisionRow {
+pub(super) struct RevisionRow {
     #[diesel(sql_type = BigInt)]
-    revision: Revision,
+    pub revision: Revision,
 }
 
 /// Adds one message to a conversation and moves the conversation forward: its update time, its
 /// title if it has none yet, and its revision, which becomes the message's sequence. The UPDATE
 /// locks the conversation's row until the transaction ends, so concurrent writes to one
 /// conversation take their sequences one after the other, in the order they commit. With `$9`,
-/// only while the revision is below that. Returns the new revision, or no row if the user has
-/// no such conversation (or it is full); then nothing is written.
+/// only while the revision is below that. With `$10`, a user's message: refused while the
+/// conversation awaits tool results the client runs (until they are overdue at `$3`), and ending
+/// the wait otherwise. Returns the new revision, or no row if the user has no such conversation
+/// (or it is full, or waits); then nothing is written.
 const APPEND_MESSAGE: &str = "WITH touched AS (
          UPDATE conversations
          SET updated_at = GREATEST(updated_at, $3),
              title = CASE WHEN title = '' THEN $4 ELSE title END,
-             revision = revision + 1
+             revision = revision + 1,
+             awaiting_message = CASE WHEN $10 THEN NULL ELSE awaiting_message END,
+             awaiting_until = CASE WHEN $10 THEN NULL ELSE awaiting_until END
          WHERE id = $1 AND user_id = $2 AND ($9::int8 IS NULL OR revision < $9)
+           AND (NOT $10 OR awaiting_until IS NULL OR awaiting_until <= $3)
          RETURNING id, revision
      ), inserted AS (
          INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
@@ -153,10 +159,10 @@ impl Store {
     }
 
     /// Adds the user's message to one of their conversations, naming the conversation
-    /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision`.
-    /// Returns the new revision, which is the message's sequence, once committed; `None` if the
-    /// user has no such conversation or it is full, in which case nothing is written
-    /// ([`Store::revision`] tells which).
+    /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision` and
+    /// it awaits no tool results. Returns the new revision, which is the message's sequence, once
+    /// committed; `None` if the user has no such conversation, or it is full, or it waits, in
+    /// which case nothing is written ([`Store::conversation_state`] tells which).
     ///
     /// `placed` hears the same answer as soon as the conversation's row is locked, before the
     /// message is written and committed: from then on nobody else can write to the
@@ -174,12 +180,15 @@ impl Store {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the lock, the write, COMMIT (see `begin`).
             let lock = async {
-                let revision = lock_conversation(conn, user, message.conversation_id).await?;
-                let next = revision.filter(|r| *r < max_revision).map(|r| r + 1);
+                let state = lock_conversation(conn, user, message.conversation_id).await?;
+                let next = state
+                    .filter(|state| state.revision < max_revision)
+                    .filter(|state| !state.awaits_tool_results(message.create_time))
+                    .map(|state| state.revision + 1);
                 let _ = placed.send(next);
                 Ok::<_, diesel::result::Error>(next)
             };
-            let write = append_message(conn, user, message, title, Some(max_revision));
+            let write = append_message(conn, user, message, title, Some(max_revision), true);
             let ((), expected, appended, ()) =
                 futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
             if appended != expected {
@@ -193,20 +202,25 @@ impl Store {
         .await
     }
 
-    /// The revision of the user's conversation, or `None` if there is no such conversation.
-    pub async fn revision(
+    /// The revision of the user's conversation and whether it awaits tool results, or `None` if
+    /// there is no such conversation.
+    pub async fn conversation_state(
         &self,
         user: UserId,
         conversation: ConversationId,
-    ) -> Result<Option<Revision>, StoreError> {
+    ) -> Result<Option<ConversationState>, StoreError> {
         self.run(REVISION, async |conn| {
             Ok(conversations::table
                 .filter(conversations::id.eq(conversation.as_uuid()))
                 .filter(conversations::user_id.eq(user.as_uuid()))
-                .select(conversations::revision)
-                .first::<Revision>(conn)
+                .select((conversations::revision, conversations::awaiting_until))
+                .first::<(Revision, Option<DateTime<Utc>>)>(conn)
                 .await
-                .optional()?)
+                .optional()?
+                .map(|(revision, awaiting_until)| ConversationState {
+                    revision,
+                    awaiting_until,
+                }))
         })
         .await
     }
@@ -266,23 +280,37 @@ impl Store {
     }
 
     /// Stores the assistant's reply with its tool calls and moves the conversation's update
-    /// time forward, atomically, and returns the new revision. `None` if the conversation was
-    /// deleted meanwhile, in which case nothing is written.
+    /// time forward, atomically, and returns the new revision. With `awaiting_until`, the reply
+    /// awaits results of tools the client runs, until then, and the conversation takes no user
+    /// message meanwhile. `None` if the conversation was deleted meanwhile, in which case
+    /// nothing is written.
     pub async fn store_reply(
         &self,
         user: UserId,
         reply: &Message,
+        awaiting_until: Option<DateTime<Utc>>,
     ) -> Result<Option<Revision>, StoreError> {
         let operation = Operation::new("INSERT", "INSERT messages tool_calls");
         self.run(operation, async |conn| {
             if reply.tool_calls.is_empty() {
                 // The common case in one statement, atomic by itself: one round trip, not four.
-                return Ok(append_message(&*conn, user, reply, "", None).await?);
+                return Ok(append_message(&*conn, user, reply, "", None, false).await?);
             }
             conn.transaction::<Option<Revision>, StoreError, _>(async |conn| {
-                let Some(revision) = append_message(&*conn, user, reply, "", None).await? else {
+                let Some(revision) = append_message(&*conn, user, reply, "", None, false).await?
+                else {
                     return Ok(None);
                 };
+                if let Some(until) = awaiting_until {
+                    diesel::update(conversations::table)
+                        .filter(conversations::id.eq(reply.conversation_id.as_uuid()))
+                        .set((
+                            conversations::awaiting_message.eq(Some(reply.id.as_uuid())),
+                            conversations::awaiting_until.eq(Some(until)),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
                 let calls: Vec<NewToolCallRow<'_>> = reply
                     .tool_calls
                     .iter()
@@ -318,6 +346,7 @@ async fn append_message(
     message: &Message,
     title_if_unnamed: &str,
     max_revision: Option<Revision>,
+    from_user: bool,
 ) -> QueryResult<Option<Revision>> {
     let row = fixed(APPEND_MESSAGE)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
@@ -329,6 +358,7 @@ async fn append_message(
         .bind::<Text, _>(&message.content)
         .bind::<Text, _>(<&str>::from(message.status))
         .bind::<Nullable<BigInt>, _>(max_revision)
+        .bind::<Bool, _>(from_user)
         .get_result::<RevisionRow>(&mut conn)
         .await
         .optional()?;
@@ -379,21 +409,40 @@ async fn begin(mut conn: &Conn) -> QueryResult<()> {
 }
 
 /// Locks the user's conversation's row until the transaction ends (the lock its UPDATE would
-/// take, which a DELETE waits for), and returns its revision;
-/// `None` if the user has no such conversation.
-async fn lock_conversation(
+/// take, which a DELETE waits for), and returns its state; `None` if the user has no such
+/// conversation.
+pub(super) async fn lock_conversation(
     mut conn: &Conn,
     user: UserId,
     conversation: ConversationId,
-) -> QueryResult<Option<Revision>> {
-    conversations::table
+) -> QueryResult<Option<ConversationState>> {
+    let state = conversations::table
         .filter(conversations::id.eq(conversation.as_uuid()))
         .filter(conversations::user_id.eq(user.as_uuid()))
-        .select(conversations::revision)
+        .select((conversations::revision, conversations::awaiting_until))
         .for_no_key_update()
-        .first::<Revision>(&mut conn)
+        .first::<(Revision, Option<DateTime<Utc>>)>(&mut conn)
         .await
-        .optional()
+        .optional()?;
+    Ok(state.map(|(revision, awaiting_until)| ConversationState {
+        revision,
+        awaiting_until,
+    }))
+}
+
+/// Where a conversation stands, as a write to it needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationState {
+    pub revision: Revision,
+    /// Until when a reply in it awaits results of tools the client runs, if one does.
+    pub awaiting_until: Option<DateTime<Utc>>,
+}
+
+impl ConversationState {
+    /// Whether a user's message sent at `at` must wait for tool results first.
+    pub fn awaits_tool_results(&self, at: DateTime<Utc>) -> bool {
+        self.awaiting_until.is_some_and(|until| until > at)
+    }
 }
 
 async fn commit(mut conn: &Conn) -> QueryResult<()> {
@@ -421,7 +470,7 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         update_time: message.create_time,
     };
     lock_conversation(conn, nobody, nowhere).await?;
-    append_message(conn, nobody, &message, "", Some(0)).await?;
+    append_message(conn, nobody, &message, "", Some(0), true).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
     insert_conversation(conn, nobody, &conversation, &message, 0).await?;
     Ok(())

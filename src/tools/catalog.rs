@@ -109,8 +109,10 @@ impl Shared {
             *entry = (server.to_owned(), tools);
         }
         let catalog = Arc::new(Catalog::build(&lists));
-        self.metrics.set_tools_offered(catalog.specs.len());
+        let offered = catalog.specs.len();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+        // Only once the tools are on offer, so that the gauge can be trusted to say they are.
+        self.metrics.set_tools_offered(offered);
     }
 }
 

@@ -147,8 +147,9 @@ impl McpServer {
                         parameters: serde_json::Value::Object((*tool.input_schema).clone()),
                     })
                     .collect::<Vec<_>>();
-                tracing::info!(server = %self.name(), tools = tools.len(), "listed the MCP server's tools");
+                let count = tools.len();
                 self.catalog.update(self.index, self.name(), Some(tools));
+                tracing::info!(server = %self.name(), tools = count, "listed the MCP server's tools");
             }
             Err(error) => {
                 tracing::warn!(server = %self.name(), error = %error, "listing the MCP server's tools failed");

@@ -75,23 +75,15 @@ impl Toolbox {
         })
     }
 
-    /// A toolbox with no tools.
-    pub fn empty() -> Arc<Self> {
-        Arc::new(Self {
-            servers: Vec::new(),
-            catalog: Arc::new(catalog::Shared::new(0, Metrics::new())),
-            settings: ToolSettings {
-                servers: Vec::new(),
-                call_timeout: Duration::from_secs(30),
-                max_result_bytes: 0,
-            },
-        })
-    }
-
     /// Whether any tool server is configured: then the service runs the tools the model calls,
     /// even when none is on offer just now.
     pub fn is_configured(&self) -> bool {
         !self.servers.is_empty()
+    }
+
+    /// The largest tool result kept, in bytes of JSON.
+    pub fn max_result_bytes(&self) -> usize {
+        self.settings.max_result_bytes
     }
 
     /// The tools on offer now. Cheap: the list is shared until it changes.

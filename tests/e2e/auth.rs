@@ -88,6 +88,7 @@ async fn call_every_rpc(
             SendMessageRequest {
                 conversation_id: id,
                 content: "hi".to_owned(),
+                ..Default::default()
             },
             &authorize,
         ))

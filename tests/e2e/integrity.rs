@@ -296,6 +296,7 @@ async fn a_tool_call_is_announced_only_once_stored() {
             chat_service::api::proto::SendMessageRequest {
                 conversation_id: conversation.clone(),
                 content: "look it up".into(),
+                ..Default::default()
             },
         );
         async move {

@@ -45,6 +45,7 @@ async fn open_and_stop_reading(
         SendMessageRequest {
             conversation_id: String::new(),
             content: "Tell me everything.".into(),
+            ..Default::default()
         },
     );
     let mut stream = client
@@ -217,6 +218,7 @@ fn message(conversation_id: &str, content: &str) -> SendMessageRequest {
     SendMessageRequest {
         conversation_id: conversation_id.to_owned(),
         content: content.to_owned(),
+        ..Default::default()
     }
 }
 

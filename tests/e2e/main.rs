@@ -6,6 +6,7 @@
 use chat_service_test_support as support;
 
 mod auth;
+mod client_tools;
 mod conversations;
 mod integrity;
 mod isolation;

@@ -45,6 +45,7 @@ async fn turn(replica: &ServiceProcess, conversation: &str, content: &str) -> St
         SendMessageRequest {
             conversation_id: conversation.to_owned(),
             content: content.to_owned(),
+            ..Default::default()
         },
     );
     let mut stream = replica

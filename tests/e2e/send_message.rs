@@ -79,6 +79,7 @@ pub(super) async fn send(
         SendMessageRequest {
             conversation_id: conversation_id.to_owned(),
             content: content.to_owned(),
+            ..Default::default()
         },
     );
     let mut stream = app.chat().send_message(request).await?.into_inner();
@@ -798,6 +799,7 @@ async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_co
         SendMessageRequest {
             conversation_id: String::new(),
             content: content.clone(),
+            ..Default::default()
         },
     );
     request.metadata_mut().insert(

@@ -72,14 +72,17 @@ async fn wait_for_tools(app: &TestApp, count: usize) {
     .await;
 }
 
-/// A URL where no server listens.
-async fn nowhere() -> String {
+/// An address where no server listens.
+async fn free_address() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    drop(listener);
-    format!("http://{addr}/mcp")
+    listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A URL where no server listens.
+async fn nowhere() -> String {
+    format!("http://{}/mcp", free_address().await)
 }
 
 fn tool_calls(turn: &Turn) -> Vec<chat_service::api::proto::ToolCall> {
@@ -466,6 +469,7 @@ async fn cancelling_during_a_tool_call_cancels_it_on_the_server_and_stores_it_fa
         chat_service::api::proto::SendMessageRequest {
             conversation_id: String::new(),
             content: "wait for it".to_owned(),
+            ..Default::default()
         },
     );
     let mut stream = app
@@ -537,6 +541,29 @@ async fn tools_a_server_adds_or_removes_are_offered_or_withdrawn() {
     wait_for_tools(&app, 7).await;
     send_ok(&app, "alice", "", "and now?").await;
     assert!(!offered(1).contains(&"weather".to_owned()));
+}
+
+#[tokio::test]
+async fn a_server_that_was_down_at_start_up_is_offered_once_it_answers() {
+    let fake = FakeLlm::start().await;
+    let addr = free_address().await;
+    let servers = vec![server("tasks", format!("http://{addr}/mcp"), false)];
+    let app = app_with_tools(&fake, servers, 0, |_| {}).await;
+    let turn = send_ok(&app, "alice", "", "anything?").await;
+    assert!(
+        turn.error.is_none(),
+        "the service works without its tools: {:?}",
+        turn.error
+    );
+    assert_eq!(fake.received()[0].body.get("tools"), None);
+
+    let _tools = FakeToolServer::start_at(addr).await;
+    wait_for_tools(&app, 7).await;
+    send_ok(&app, "alice", "", "now?").await;
+    let offered = fake.received()[1].body["tools"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(offered, 7);
 }
 
 #[tokio::test]

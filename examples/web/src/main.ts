@@ -123,7 +123,7 @@ async function openConversation(id: string): Promise<void> {
     });
   showConversation(id, conversation?.title || "Untitled");
   ui.notice.hidden = !hasOlderMessages;
-  ui.messages.append(...messages.map((message) => MessageView.stored(message).root));
+  ui.messages.append(...MessageView.storedAll(messages).map((view) => view.root));
   scrollToEnd();
 }
 

@@ -57,6 +57,28 @@ export class MessageView {
     this.root.append(head, this.body);
   }
 
+  /**
+   * Stored messages as the page shows them: an assistant message that follows one with tool
+   * calls is the next round of the same reply, and goes in the same view.
+   */
+  static storedAll(messages: Message[]): MessageView[] {
+    const views: MessageView[] = [];
+    // The reply whose last round called tools, if the previous message was one.
+    let calling: MessageView | null = null;
+    for (const message of messages) {
+      let view: MessageView;
+      if (calling && message.role === Role.ASSISTANT) {
+        view = calling;
+        view.continueWith(message);
+      } else {
+        view = MessageView.stored(message);
+        views.push(view);
+      }
+      calling = message.role === Role.ASSISTANT && message.toolCalls.length > 0 ? view : null;
+    }
+    return views;
+  }
+
   static stored(message: Message): MessageView {
     const view = new MessageView(message.role, "stored");
     view.root.dataset.id = message.id;
@@ -82,7 +104,8 @@ export class MessageView {
     const head = element("div", "tool-head");
     head.append(element("span", "tool-label", "tool call"), element("code", "tool-name", call.name));
     head.append(element("span", "tool-status"));
-    view.append(head, element("pre", "tool-arguments", prettyJson(call.argumentsJson)));
+    view.append(head, element("div", "tool-caption", "arguments"));
+    view.append(element("pre", "tool-arguments", prettyJson(call.argumentsJson)));
     this.body.append(view);
     // Text after a tool call is a new segment, below it.
     this.text = null;
@@ -96,6 +119,7 @@ export class MessageView {
     if (view) this.setToolResult(view, result.status, result.resultJson);
   }
 
+  /** Shows a call's status, and its result: the JSON of a success, the error of a failure. */
   private setToolResult(view: HTMLElement, status: ToolCallStatus, resultJson: string): void {
     const name = enumName(ToolCallStatus, status);
     view.dataset.status = name;
@@ -104,8 +128,30 @@ export class MessageView {
       label.textContent = name === "unspecified" ? "" : name;
       label.className = `tool-status ${name}`;
     }
-    view.querySelector(".tool-result")?.remove();
-    if (resultJson) view.append(element("pre", "tool-result", prettyJson(resultJson)));
+    view.querySelector(".tool-outcome")?.remove();
+    if (!resultJson) return;
+    const outcome = element("div", "tool-outcome");
+    const error = status === ToolCallStatus.FAILED ? toolError(resultJson) : null;
+    if (error) {
+      const line = element("p", "tool-error");
+      line.append(element("code", "tool-error-kind", error.kind), element("span", "tool-error-message", error.message));
+      outcome.append(element("div", "tool-caption", "error"), line);
+    } else {
+      outcome.append(element("div", "tool-caption", "result"), element("pre", "tool-result", prettyJson(resultJson)));
+    }
+    view.append(outcome);
+  }
+
+  /**
+   * Adds a stored message that continues this reply: the service stores each round of a reply
+   * that calls tools as a message of its own, and the page shows them as one reply, as it
+   * streamed them.
+   */
+  continueWith(message: Message): void {
+    this.root.dataset.id = message.id;
+    this.appendText(message.content);
+    for (const call of message.toolCalls) this.addToolCall(call);
+    if (message.status === MessageStatus.CANCELLED) this.mark("cancelled", "cancelled");
   }
 
   accepted(message: Message): void {
@@ -134,6 +180,19 @@ export class MessageView {
 /** An enum value's name in lower case (`ToolCallStatus.SUCCEEDED` is "succeeded"). */
 function enumName(values: Record<number, string>, value: number): string {
   return values[value]?.toLowerCase() ?? "unspecified";
+}
+
+/** The `{"error": {"kind", "message"}}` of a failed call's result, if it has that shape. */
+function toolError(resultJson: string): { kind: string; message: string } | null {
+  try {
+    const { error } = JSON.parse(resultJson) as { error?: { kind?: unknown; message?: unknown } };
+    if (typeof error?.kind === "string" && typeof error.message === "string") {
+      return { kind: error.kind, message: error.message };
+    }
+  } catch {
+    // Not JSON: shown as it is.
+  }
+  return null;
 }
 
 function prettyJson(text: string): string {

@@ -1,14 +1,16 @@
 // The chat page in a real browser: Debian's Chromium, driven by Playwright, loads the built page
 // from Vite's preview server and calls the real service binary over grpc-web, with a real
-// PostgreSQL behind it and a fake OpenAI-compatible model that holds its reply back until the page
-// has shown the first token. Run `npm run build` first.
+// PostgreSQL behind it, a fake OpenAI-compatible model that holds its reply back until the page
+// has shown the first token, and a real MCP server (the official TypeScript SDK) whose tool the
+// model calls. Run `npm run build` first.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { once, EventEmitter } from "node:events";
 import { randomUUID } from "node:crypto";
-import { mkdirSync, createWriteStream, copyFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, createWriteStream, copyFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -17,6 +19,9 @@ import { createFileRegistry, fromBinary } from "@bufbuild/protobuf";
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
 import { createClient, ConnectError } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { CallToolRequestSchema, ListToolsRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import { chromium } from "playwright-core";
 import { preview } from "vite";
 
@@ -31,7 +36,7 @@ const MAX_CONVERSATIONS = 30;
 // Only so that a broken page fails rather than hangs: nothing here is timed.
 const limit = { timeout: 60_000 };
 
-// ---- the fake model ----
+// ---- the gates ----
 
 function deferred() {
   let resolve;
@@ -42,6 +47,65 @@ function deferred() {
 const firstTokenShown = deferred();
 /** Resolved when the request for the story is closed by the service. */
 const storyClosed = deferred();
+/** Opened by the test once the page shows the call for Lisbon's weather; the tool answers then. */
+const toolCallShown = deferred();
+/** Opened by the test once the page shows that call's result; the model's final answer waits. */
+const toolResultShown = deferred();
+
+// ---- the MCP server: one tool, get_weather, over Streamable HTTP with sessions ----
+
+const forecasts = { Lisbon: { forecast: "sunny", celsius: 21 } };
+
+/** One MCP server per session, as the SDK wants it. */
+function weatherServer() {
+  const server = new Server({ name: "weather", version: "1.0.0" }, { capabilities: { tools: {} } });
+  server.setRequestHandler(ListToolsRequestSchema, () => ({
+    tools: [
+      {
+        name: "get_weather",
+        description: "Today's weather in a city",
+        inputSchema: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+      },
+    ],
+  }));
+  server.setRequestHandler(CallToolRequestSchema, async ({ params }) => {
+    const city = params.arguments?.city;
+    if (!Object.hasOwn(forecasts, city)) {
+      return { isError: true, content: [{ type: "text", text: `No weather station in ${city}` }] };
+    }
+    await toolCallShown.promise;
+    const weather = { city, ...forecasts[city] };
+    return { structuredContent: weather, content: [{ type: "text", text: JSON.stringify(weather) }] };
+  });
+  return server;
+}
+
+const mcpSessions = new Map();
+const mcp = createServer(async (request, response) => {
+  const session = request.headers["mcp-session-id"];
+  let transport = mcpSessions.get(session);
+  if (session && !transport) {
+    // The spec's answer to a session that is gone: the client starts a new one.
+    response.writeHead(404, { "content-type": "application/json" });
+    response.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32001, message: "no such session" }, id: null }));
+    return;
+  }
+  if (!transport) {
+    // No session yet: the transport accepts only an initialize request, which opens one.
+    transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: randomUUID,
+      onsessioninitialized: (id) => mcpSessions.set(id, transport),
+    });
+    transport.onclose = () => mcpSessions.delete(transport.sessionId);
+    await weatherServer().connect(transport);
+  }
+  await transport.handleRequest(request, response);
+});
+
+// ---- the fake model ----
+
+/** Every request the model was sent, as parsed JSON. */
+const modelRequests = [];
 
 const chunk = (delta, finish = null) =>
   `data: ${JSON.stringify({ id: "c", object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
@@ -50,7 +114,9 @@ const toolCall = (fields) => ({ tool_calls: [{ index: 0, ...fields }] });
 const model = createServer(async (request, response) => {
   let body = "";
   for await (const part of request) body += part;
-  const { messages } = JSON.parse(body);
+  const parsed = JSON.parse(body);
+  modelRequests.push(parsed);
+  const { messages } = parsed;
   const asked = messages.findLast((m) => m.role === "user")?.content ?? "";
   if (asked.includes("fail")) {
     response.writeHead(500, { "content-type": "application/json" });
@@ -59,14 +125,30 @@ const model = createServer(async (request, response) => {
   }
   response.writeHead(200, { "content-type": "text/event-stream" });
   response.write(chunk({ role: "assistant", content: "" }));
-  if (asked.includes("weather")) {
-    if (messages.at(-1).role === "tool") {
-      response.write(chunk({ content: "It is sunny in Lisbon." }));
+  const city = /weather in (\w+)/.exec(asked)?.[1];
+  if (city) {
+    const last = messages.at(-1);
+    if (last.role !== "user") {
+      // The second round: the model has the tool's result, and answers with it.
+      if (city === "Lisbon") await toolResultShown.promise;
+      if (last.role !== "tool") {
+        response.write(chunk({ content: `The model was not given the tool's result: the last message is the ${last.role}'s.` }));
+      } else {
+        const result = JSON.parse(last.content);
+        if (result.error) {
+          response.write(chunk({ content: `Sorry, I could not get the weather: ${result.error.message}.` }));
+        } else {
+          response.write(chunk({ content: `It is ${result.forecast} in ${result.city}` }));
+          response.write(chunk({ content: `, ${result.celsius} °C.` }));
+        }
+      }
       response.write(chunk({}, "stop"));
     } else {
+      // The first round: a little text, then a call whose arguments come in two pieces.
+      const id = `call_weather_${city.toLowerCase()}`;
       response.write(chunk({ content: "Let me look that up." }));
-      response.write(chunk(toolCall({ id: "call_weather", type: "function", function: { name: "get_weather", arguments: '{"city":' } })));
-      response.write(chunk(toolCall({ function: { arguments: ' "Lisbon", "unit": "celsius"}' } })));
+      response.write(chunk(toolCall({ id, type: "function", function: { name: "get_weather", arguments: '{"city":' } })));
+      response.write(chunk(toolCall({ function: { arguments: ` "${city}"}` } })));
       response.write(chunk({}, "tool_calls"));
     }
   } else if (asked.includes("story")) {
@@ -95,6 +177,8 @@ let foreign; // the same page from another origin
 let browser;
 let page;
 const consoleLines = [];
+const scratch = mkdtempSync(path.join(tmpdir(), "chat-page-test-"));
+const mcpConfig = path.join(scratch, "mcp.json");
 
 function env(allowedOrigin) {
   return {
@@ -109,6 +193,7 @@ function env(allowedOrigin) {
     CHAT_LOG_FORMAT: "json",
     CHAT_CORS_ALLOWED_ORIGINS: allowedOrigin,
     CHAT_MAX_CONVERSATIONS_PER_USER: String(MAX_CONVERSATIONS),
+    CHAT_MCP_CONFIG: mcpConfig,
     // The test makes many calls in a row; the rate limits are not what it is about.
     CHAT_USER_REQUESTS_PER_SECOND: "1000",
     CHAT_USER_REQUEST_BURST: "1000",
@@ -152,6 +237,8 @@ function clients(bearer) {
 
 /** The number of an enum value, by its name in the contract. */
 const enumValue = (type, name) => registry.getEnum(type).values.find((v) => v.name === name).number;
+/** The name in the contract of an enum value. */
+const enumName = (type, number) => registry.getEnum(type).values.find((v) => v.number === number).name;
 
 /** The service's own words for a call that fails: what the page must show. */
 async function refusal(call) {
@@ -167,7 +254,10 @@ async function refusal(call) {
 before(async () => {
   mkdirSync(results, { recursive: true });
   model.listen(0, "127.0.0.1");
-  await once(model, "listening");
+  mcp.listen(0, "127.0.0.1");
+  await Promise.all([once(model, "listening"), once(mcp, "listening")]);
+  const mcpUrl = `http://127.0.0.1:${mcp.address().port}/mcp`;
+  writeFileSync(mcpConfig, JSON.stringify({ mcpServers: { weather: { url: mcpUrl } } }));
   allowed = await startPreview();
   foreign = await startPreview();
 
@@ -188,6 +278,8 @@ before(async () => {
     service.once("exit", (code) => reject(new Error(`the service exited with ${code}`)));
     waitForLog((e) => e.message === "serving gRPC and grpc-web").then((e) => resolve(`http://${e.addr}`));
   });
+  // The model is offered the MCP server's tool from here on.
+  await waitForLog((e) => e.message === "listed the MCP server's tools" && e.server === "weather" && e.tools === 1);
 
   const descriptors = execFileSync(path.join(web, "node_modules/.bin/buf"), ["build", path.join(root, "proto"), "-o", "-"]);
   registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, descriptors));
@@ -212,6 +304,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   writeFileSync(path.join(results, "console.log"), consoleLines.map((line) => `${line}\n`).join(""));
+  writeFileSync(path.join(results, "model-requests.json"), JSON.stringify(modelRequests, null, 2));
   await Promise.all([allowed?.server.close(), foreign?.server.close()]);
   if (service && service.exitCode === null) {
     service.kill("SIGTERM");
@@ -219,6 +312,10 @@ after(async () => {
   }
   model.closeAllConnections();
   model.close();
+  await Promise.all([...mcpSessions.values()].map((transport) => transport.close()));
+  mcp.closeAllConnections();
+  mcp.close();
+  rmSync(scratch, { recursive: true, force: true });
   try {
     const admin = databaseBase.replace(/\/[^/?]*(\?|$)/, "/postgres$1");
     const name = new URL(databaseUrl).pathname.slice(1);
@@ -317,42 +414,125 @@ test("the page shows the x-request-id of the last call", limit, async () => {
   assert.equal(line.method, "/chat.v1.ConversationService/GetConversation");
 });
 
-test("tool calls are shown with their status and result, as streamed and as stored", limit, async () => {
+/** The last reply as the page shows it: its text segments and tool calls, in order. */
+const shownReply = () =>
+  lastReply()
+    .locator(".body")
+    .evaluate((body) =>
+      [...body.children].map((node) => {
+        if (node.matches(".text")) return { text: node.textContent };
+        const part = (selector) => node.querySelector(selector)?.textContent;
+        return {
+          call: {
+            id: node.dataset.toolCallId,
+            name: part(".tool-name"),
+            arguments: JSON.parse(part(".tool-arguments")),
+            status: part(".tool-status"),
+            result: node.querySelector(".tool-result") ? JSON.parse(part(".tool-result")) : null,
+            error: node.querySelector(".tool-error") ? { kind: part(".tool-error-kind"), message: part(".tool-error-message") } : null,
+          },
+        };
+      }),
+    );
+
+/** What the page should show of a reply stored as `messages` (its rounds, then its last message). */
+function expectedReply(messages) {
+  return messages.flatMap((message) => [
+    ...(message.content ? [{ text: message.content }] : []),
+    ...message.toolCalls.map((call) => {
+      const status = enumName("chat.v1.ToolCallStatus", call.status).replace("TOOL_CALL_STATUS_", "").toLowerCase();
+      const result = call.resultJson ? JSON.parse(call.resultJson) : null;
+      return {
+        call: {
+          id: call.id,
+          name: call.name,
+          arguments: JSON.parse(call.argumentsJson),
+          status,
+          result: status === "failed" ? null : result,
+          error: status === "failed" ? result.error : null,
+        },
+      };
+    }),
+  ]);
+}
+
+/** Opens the conversation again, from the list: the page shows it as GetConversation returns it. */
+async function reopen(id) {
+  await page.click(`#conversations li[data-id="${id}"] a`);
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored]");
+}
+
+test("a tool call runs on the MCP server; the page shows it, then its result, live and as stored", limit, async () => {
   await newConversation();
   await sendFromPage("What's the weather in Lisbon?");
+
+  // The call is shown, with its name and arguments, while it runs: the tool answers only then.
+  await page.waitForSelector("#messages .tool-call[data-status=requested]");
+  const call = { id: "call_weather_lisbon", name: "get_weather", arguments: { city: "Lisbon" } };
+  assert.deepEqual(await shownReply(), [
+    { text: "Let me look that up." },
+    { call: { ...call, status: "requested", result: null, error: null } },
+  ]);
+  toolCallShown.resolve();
+
+  // Its result is shown before the reply is complete: the model's answer waits for that.
+  await page.waitForSelector("#messages .tool-call[data-status=succeeded]");
+  assert.equal(await lastReply().getAttribute("data-state"), "streaming", "the result is shown before the reply is complete");
+  const weather = { city: "Lisbon", forecast: "sunny", celsius: 21 };
+  assert.deepEqual(await shownReply(), [
+    { text: "Let me look that up." },
+    { call: { ...call, status: "succeeded", result: weather, error: null } },
+  ]);
+  toolResultShown.resolve();
+
   await page.waitForSelector("#messages li[data-role=assistant][data-state=complete]");
+  const streamed = await shownReply();
+  assert.deepEqual(streamed.at(-1), { text: "It is sunny in Lisbon, 21 °C." }, "the model answered with the tool's result");
+
+  // What the page showed is what the service stored: the round with its call, then the answer.
   const id = await openId();
   const stored = await clients(token("alice")).conversations.getConversation({ conversationId: id });
-  const calls = stored.messages.flatMap((m) => m.toolCalls);
-  assert.deepEqual(calls.map((c) => [c.id, c.name, JSON.parse(c.argumentsJson)]), [
-    ["call_weather", "get_weather", { city: "Lisbon", unit: "celsius" }],
+  assert.deepEqual(
+    stored.messages.map((m) => [enumName("chat.v1.Role", m.role), m.content, m.toolCalls.length]),
+    [
+      ["ROLE_USER", "What's the weather in Lisbon?", 0],
+      ["ROLE_ASSISTANT", "Let me look that up.", 1],
+      ["ROLE_ASSISTANT", "It is sunny in Lisbon, 21 °C.", 0],
+    ],
+  );
+  assert.deepEqual(streamed, expectedReply(stored.messages.slice(1)));
+
+  // The model was offered the MCP server's tool, and then given the call and its result.
+  const asked = modelRequests.filter((r) => r.messages.findLast((m) => m.role === "user").content === "What's the weather in Lisbon?");
+  assert.equal(asked.length, 2);
+  assert.ok(asked[0].tools.some((tool) => tool.function.name === "get_weather"), "get_weather is offered");
+  const [round, answer] = asked[1].messages.slice(-2);
+  assert.deepEqual(round.tool_calls.map((c) => [c.id, c.function.name, JSON.parse(c.function.arguments)]), [[call.id, call.name, call.arguments]]);
+  assert.equal(answer.role, "tool");
+  assert.equal(answer.tool_call_id, call.id);
+  assert.deepEqual(JSON.parse(answer.content), JSON.parse(stored.messages[1].toolCalls[0].resultJson));
+
+  await reopen(id);
+  assert.deepEqual(await shownReply(), streamed, "as stored, the reply is shown as it streamed");
+});
+
+test("a tool call that fails is shown as failed, in the tool's own words, as streamed and as stored", limit, async () => {
+  await newConversation();
+  await sendFromPage("What's the weather in Atlantis?");
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=complete]");
+  const streamed = await shownReply();
+  const error = { kind: "tool_error", message: "No weather station in Atlantis" };
+  assert.deepEqual(streamed, [
+    { text: "Let me look that up." },
+    { call: { id: "call_weather_atlantis", name: "get_weather", arguments: { city: "Atlantis" }, status: "failed", result: null, error } },
+    { text: "Sorry, I could not get the weather: No weather station in Atlantis." },
   ]);
 
-  const shownCalls = () =>
-    page.$$eval("#messages .tool-call", (nodes) =>
-      nodes.map((node) => ({
-        id: node.dataset.toolCallId,
-        name: node.querySelector(".tool-name").textContent,
-        arguments: JSON.parse(node.querySelector(".tool-arguments").textContent),
-        status: node.dataset.status,
-        result: node.querySelector(".tool-result") ? JSON.parse(node.querySelector(".tool-result").textContent) : null,
-      })),
-    );
-  const statusName = (status) =>
-    registry.getEnum("chat.v1.ToolCallStatus").values.find((v) => v.number === status).name.replace("TOOL_CALL_STATUS_", "").toLowerCase();
-  const expected = calls.map((c) => ({
-    id: c.id,
-    name: c.name,
-    arguments: JSON.parse(c.argumentsJson),
-    status: statusName(c.status),
-    result: c.resultJson ? JSON.parse(c.resultJson) : null,
-  }));
-  assert.deepEqual(await shownCalls(), expected, "as streamed");
-
-  await page.click(`#conversations li[data-id="${id}"] a`);
-  await page.waitForSelector("#status[data-method=GetConversation]");
-  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored]");
-  assert.deepEqual(await shownCalls(), expected, "as stored");
+  const id = await openId();
+  const stored = await clients(token("alice")).conversations.getConversation({ conversationId: id });
+  assert.deepEqual(streamed, expectedReply(stored.messages.slice(1)));
+  await reopen(id);
+  assert.deepEqual(await shownReply(), streamed, "as stored, the reply is shown as it streamed");
 });
 
 test("stop cancels the reply, and the service stores it as cancelled", limit, async () => {
@@ -449,7 +629,7 @@ test("the same page from an origin the service does not allow is refused by CORS
 test("a screenshot of the page", limit, async () => {
   const link = page.locator("#conversations li a", { hasText: "What's the weather in Lisbon?" });
   await link.click();
-  await page.waitForSelector("#messages .tool-call");
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored] .tool-call[data-status=succeeded]");
   const file = path.join(results, "chat-page.png");
   await page.screenshot({ path: file });
   if (process.env.UPDATE_SCREENSHOT) copyFileSync(file, path.join(web, "screenshot.png"));

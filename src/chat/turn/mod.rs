@@ -9,6 +9,7 @@
 //! 4. what became of it is stored and the client told ([`outcome`]);
 //! 5. the turn is reported in spans, metrics and one log line ([`telemetry`]).
 
+mod client_tools;
 mod context;
 mod outcome;
 mod relay;
@@ -26,6 +27,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
+pub use self::client_tools::{
+    ClientTool, Continuation, GivenToolResult, MAX_RESULTS_BYTES as MAX_TOOL_RESULTS_BYTES,
+    ToolResultsRequest,
+};
+use self::client_tools::{Offer, awaiting_tool_results};
 use self::{
     context::build_context,
     reply::ReplyTask,
@@ -60,6 +66,9 @@ pub struct TurnSettings {
     pub stream_stall_timeout: Duration,
     /// How many rounds of tool calls one reply may make before the model must answer without.
     pub max_tool_rounds: u32,
+    /// How long a reply waits for the results of tools the client runs; meanwhile its
+    /// conversation takes no new message.
+    pub tool_results_timeout: Duration,
 }
 
 /// A request to hold one turn.
@@ -75,6 +84,8 @@ pub struct TurnRequest {
     pub received_at: Instant,
     /// The caller's bearer token, for tool servers that act on the caller's behalf.
     pub bearer: Option<SecretString>,
+    /// Tools the client runs itself, as it defined them.
+    pub tools: Vec<ClientTool>,
 }
 
 /// What the client learns while the reply is generated, in this order.
@@ -134,6 +145,8 @@ enum Appended {
     Missing,
     /// Not stored: the user, or the conversation, holds as much as it may.
     Full(Limit),
+    /// Not stored: a reply in the conversation awaits the client's tool results, until then.
+    AwaitingToolResults(chrono::DateTime<chrono::Utc>),
 }
 
 /// Where the user's message goes.
@@ -153,6 +166,18 @@ impl Target {
             Self::Existing { id, .. } => *id,
         }
     }
+}
+
+/// Who a reply is for, where it goes, and the request it answers.
+struct ReplyOrigin<'a> {
+    user: UserId,
+    conversation_id: ConversationId,
+    /// The newest message's time: the reply is stored after it.
+    after: chrono::DateTime<chrono::Utc>,
+    request_id: &'a str,
+    /// When the request arrived: time to first token is measured from here.
+    received_at: Instant,
+    bearer: Option<&'a SecretString>,
 }
 
 /// How many events may wait for a slow client before the model is made to wait too.
@@ -204,6 +229,7 @@ impl Turns {
         let text = std::mem::take(&mut request.content);
         let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
+        let offer = self.offer(std::mem::take(&mut request.tools))?;
         // Held by the reply task until the reply ends.
         let permit = self.runtime.admission.open_stream(request.user)?;
         let time = now();
@@ -233,12 +259,15 @@ impl Turns {
             };
             let mut context = self.history_before(request.user, &target, sequence).await?;
             context.push(recent_message(&user_message));
-            Ok::<_, ChatError>(Some(self.spawn_reply(
-                &request,
-                &user_message,
-                context,
-                permit,
-            )))
+            let origin = ReplyOrigin {
+                user: request.user,
+                conversation_id,
+                after: user_message.create_time,
+                request_id: &request.request_id,
+                received_at: request.received_at,
+                bearer: request.bearer.as_ref(),
+            };
+            Ok::<_, ChatError>(Some(self.spawn_reply(&origin, context, offer, permit)))
         };
         let (committed, reply) = tokio::join!(commit, ask_model);
         let sequence = match committed? {
@@ -248,6 +277,7 @@ impl Turns {
                 return Err(ChatError::NotFound("conversation"));
             }
             Appended::Full(limit) => return Err(self.runtime.admission.storage_refusal(limit)),
+            Appended::AwaitingToolResults(until) => return Err(awaiting_tool_results(until)),
         };
         let reply = reply?.ok_or_else(|| {
             ChatError::Internal("a committed message was never placed".to_owned())
@@ -280,22 +310,24 @@ impl Turns {
     /// span, so that its log lines carry the request id.
     fn spawn_reply(
         &self,
-        request: &TurnRequest,
-        user_message: &Message,
+        request: &ReplyOrigin<'_>,
         context: Vec<RecentMessage>,
+        offer: Offer,
         permit: StreamPermit,
     ) -> SpawnedReply {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
         let (commit_tx, committed) = oneshot::channel();
         let (last_word_tx, last_word) = oneshot::channel();
-        let conversation_id = user_message.conversation_id;
-        let catalog = self.runtime.toolbox.offered();
-        let model_request = build_context(&self.settings, context, catalog.specs().clone());
+        let conversation_id = request.conversation_id;
+        let model_request = build_context(&self.settings, context, offer.specs());
         // Only a reply that may call tools needs its request again, for the next round.
-        let tools = self.runtime.toolbox.is_configured().then(|| ToolRounds {
+        let runs_tools = self.runtime.toolbox.is_configured() || !offer.client.is_empty();
+        let tools = runs_tools.then(|| ToolRounds {
             toolbox: self.runtime.toolbox.clone(),
-            catalog,
-            caller: request.bearer.clone(),
+            catalog: offer.catalog,
+            client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
+            results_wait: self.settings.tool_results_timeout,
+            caller: request.bearer.cloned(),
             model: self.model.clone(),
             request: model_request.clone(),
             rounds: 0,
@@ -306,7 +338,7 @@ impl Turns {
             recent: self.recent.clone(),
             user: request.user,
             conversation_id,
-            after: user_message.create_time,
+            after: request.after,
             model_name: self.model.name().to_owned(),
             shutdown: self.runtime.shutdown.clone(),
             stall_timeout: self.settings.stream_stall_timeout,
@@ -317,7 +349,7 @@ impl Turns {
             metrics: self.runtime.metrics.clone(),
         };
         let labels = TurnLabels {
-            request_id: request.request_id.clone(),
+            request_id: request.request_id.to_owned(),
             conversation_id,
             user: request.user,
         };
@@ -418,11 +450,18 @@ impl Turns {
         if let Some(sequence) = appended {
             return Ok(Appended::Committed(sequence));
         }
-        // Nothing was written; the conversation's revision tells why.
-        Ok(match self.store.revision(user, target.id()).await? {
-            None => Appended::Missing,
-            Some(_) => Appended::Full(Limit::ConversationMessages),
-        })
+        // Nothing was written; the conversation's state tells why.
+        Ok(
+            match self.store.conversation_state(user, target.id()).await? {
+                None => Appended::Missing,
+                Some(state) => match state.awaiting_until {
+                    Some(until) if state.awaits_tool_results(message.create_time) => {
+                        Appended::AwaitingToolResults(until)
+                    }
+                    _ => Appended::Full(Limit::ConversationMessages),
+                },
+            },
+        )
     }
 }
 

@@ -147,41 +147,48 @@ impl ReplyTask {
     /// Stores the reply and adds it to what this replica remembers of the conversation. `false`
     /// if the conversation is gone.
     async fn store_and_remember(&self, reply: &Message) -> Result<bool, StoreError> {
-        let Some(revision) = self.store_reply(reply).await? else {
-            return Ok(false);
-        };
-        self.recent.record(
-            self.user,
-            self.conversation_id,
-            revision,
-            recent_message(reply),
-        );
-        Ok(true)
+        match self.store_reply(reply, None).await? {
+            Stored::At(revision) => {
+                self.recent.record(
+                    self.user,
+                    self.conversation_id,
+                    revision,
+                    recent_message(reply),
+                );
+                Ok(true)
+            }
+            Stored::AtUnknownPlace => Ok(true),
+            Stored::ConversationGone => Ok(false),
+        }
     }
 
-    /// Stores the reply and returns the conversation's new revision, the reply's sequence. A
-    /// store that fails for the database's sake (a lost connection, a failover, a timeout) is
-    /// tried again on a fresh connection, a few times within a couple of seconds: the reply has
-    /// been streamed and paid for. `None` if the conversation is gone.
+    /// Stores the reply. A store that fails for the database's sake (a lost connection, a
+    /// failover, a timeout) is tried again on a fresh connection, a few times within a couple of
+    /// seconds: the reply has been streamed and paid for.
     pub(super) async fn store_reply(
         &self,
         reply: &Message,
-    ) -> Result<Option<Revision>, StoreError> {
+        awaiting_until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Stored, StoreError> {
         // Made on the first failure: the common case needs none.
         let mut delays = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.store.store_reply(self.user, reply).await {
-                Ok(stored) => return Ok(stored),
+            let error = match self
+                .store
+                .store_reply(self.user, reply, awaiting_until)
+                .await
+            {
+                Ok(Some(revision)) => return Ok(Stored::At(revision)),
+                Ok(None) => return Ok(Stored::ConversationGone),
                 Err(error) => error,
             };
             // Whether it was written is unknown, so what is remembered may be wrong.
             self.recent.forget(self.conversation_id);
             match error {
-                // An earlier attempt did commit, though its answer was lost; which revision it
-                // took is unknown, so nothing is remembered.
-                StoreError::Duplicate(_) if attempt > 1 => return Ok(Some(0)),
+                // An earlier attempt did commit, though its answer was lost.
+                StoreError::Duplicate(_) if attempt > 1 => return Ok(Stored::AtUnknownPlace),
                 StoreError::Unavailable(_) => {}
                 other => return Err(other),
             }
@@ -211,6 +218,16 @@ impl ReplyTask {
             tool_calls: calls,
         }
     }
+}
+
+/// What became of a write of the reply.
+pub(super) enum Stored {
+    /// Stored, taking the conversation to this revision: the reply's sequence.
+    At(Revision),
+    /// Stored by an attempt whose answer was lost, so its place is not known here.
+    AtUnknownPlace,
+    /// Not stored: the conversation was deleted meanwhile.
+    ConversationGone,
 }
 
 /// The pauses between tries to store a reply: three more tries within about two seconds.

@@ -1,16 +1,20 @@
 //! A round of tool calls: the model asked for tools; the calls are stored, run in parallel,
 //! their results stored and sent as they come, and the model is asked to go on.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use secrecy::SecretString;
 use tracing::Instrument;
 
 use super::{
-    ToolResult, TurnEvent,
+    Completion, ToolResult, TurnEvent,
     context::replay,
-    outcome::tool_call,
+    outcome::{Stored, tool_call},
     recent_message,
     relay::{Ending, EventSender, Relayed},
     reply::ReplyTask,
@@ -18,7 +22,7 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{Message, MessageStatus, ToolCallStatus},
+    domain::{Message, MessageStatus, ToolCall, ToolCallStatus, now},
     llm::{ChatModel, ModelRequest, ModelStream},
     tools::{Catalog, ToolFailure, ToolOutcome, Toolbox},
 };
@@ -28,6 +32,10 @@ pub(super) struct ToolRounds {
     pub toolbox: Arc<Toolbox>,
     /// The tools offered when the turn began; the rounds of one reply keep them.
     pub catalog: Arc<Catalog>,
+    /// The names of the tools the client runs: a call of one ends the reply, awaiting its result.
+    pub client_tools: HashSet<String>,
+    /// How long a reply waits for the client's results.
+    pub results_wait: Duration,
     /// The caller's bearer token, for servers that act on the caller's behalf.
     pub caller: Option<SecretString>,
     pub model: Arc<dyn ChatModel>,
@@ -36,6 +44,13 @@ pub(super) struct ToolRounds {
     /// Rounds of tool calls run so far.
     pub rounds: u32,
     pub max_rounds: u32,
+}
+
+impl ToolRounds {
+    /// When the wait for the client's results, beginning now, is over.
+    fn results_deadline(&self) -> chrono::DateTime<chrono::Utc> {
+        now() + chrono::Duration::from_std(self.results_wait).unwrap_or(chrono::Duration::MAX)
+    }
 }
 
 /// What comes after a round of tool calls.
@@ -71,16 +86,28 @@ impl ReplyTask {
         {
             return None;
         }
-        let calls = std::mem::take(&mut relayed.calls)
+        let calls: Vec<ToolCall> = std::mem::take(&mut relayed.calls)
             .into_iter()
             .map(tool_call)
             .collect();
+        // The service runs its own tools; the client's end the reply, which awaits their results.
+        let runs: Vec<bool> = calls
+            .iter()
+            .map(|call| !tools.client_tools.contains(&call.name))
+            .collect();
+        let awaiting = runs.contains(&false);
+        let until = awaiting.then(|| tools.results_deadline());
         let text = std::mem::take(&mut relayed.text);
-        let mut message = self.reply(text, calls, MessageStatus::Complete);
+        let status = match awaiting {
+            true => MessageStatus::AwaitingToolResults,
+            false => MessageStatus::Complete,
+        };
+        let mut message = self.reply(text, calls, status);
         // The calls are stored before anyone hears of them.
-        let revision = match self.store_reply(&message).await {
-            Ok(Some(revision)) => revision,
-            Ok(None) => {
+        let revision = match self.store_reply(&message, until).await {
+            Ok(Stored::At(revision)) => Some(revision),
+            Ok(Stored::AtUnknownPlace) => None,
+            Ok(Stored::ConversationGone) => {
                 self.tell(sender, Err(ChatError::NotFound("conversation")))
                     .await;
                 return Some(Round::Ended("completed"));
@@ -92,15 +119,28 @@ impl ReplyTask {
             self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
                 .await;
         }
-        let ended = self.run_calls(&mut message, sender).await;
-        self.recent.record(
-            self.user,
-            self.conversation_id,
-            revision,
-            recent_message(&message),
-        );
+        let ended = self.run_calls(&mut message, &runs, sender).await;
+        if let Some(revision) = revision {
+            self.recent.record(
+                self.user,
+                self.conversation_id,
+                revision,
+                recent_message(&message),
+            );
+        }
         if let Some(outcome) = ended {
             return Some(Round::Ended(outcome));
+        }
+        if awaiting {
+            let completion = Completion {
+                message,
+                finish_reason: "tool_calls".to_owned(),
+                model: self.model_name.clone(),
+                usage: relayed.usage,
+            };
+            self.tell(sender, Ok(TurnEvent::Completed(completion)))
+                .await;
+            return Some(Round::Ended("awaiting_tool_results"));
         }
         let tools = self.tools.as_mut()?;
         tools.rounds += 1;
@@ -112,13 +152,14 @@ impl ReplyTask {
         Some(Round::Next(next))
     }
 
-    /// Runs the message's calls in parallel, storing each result as it comes and then telling
-    /// the client. Cut short by the client or by shutdown, the calls still running are
-    /// cancelled (on the tool server too) and stored as failed. `Some` with the outcome's label
-    /// if the turn ends here.
+    /// Runs the message's calls that `runs` marks, in parallel, storing each result as it comes
+    /// and then telling the client. Cut short by the client or by shutdown, the calls still
+    /// running are cancelled (on the tool server too) and stored as failed. `Some` with the
+    /// outcome's label if the turn ends here.
     async fn run_calls(
         &mut self,
         message: &mut Message,
+        runs: &[bool],
         sender: &EventSender,
     ) -> Option<&'static str> {
         let tools = self.tools.as_ref()?;
@@ -131,6 +172,7 @@ impl ReplyTask {
             .tool_calls
             .iter()
             .enumerate()
+            .filter(|(index, _)| runs.get(*index).copied().unwrap_or(false))
             .map(|(index, call)| {
                 let (toolbox, catalog, caller) = (toolbox.clone(), catalog.clone(), caller.clone());
                 let (name, arguments) = (call.name.clone(), call.arguments.clone());
@@ -144,7 +186,8 @@ impl ReplyTask {
                 .in_current_span()
             })
             .collect();
-        let mut answered = vec![false; message.tool_calls.len()];
+        // Calls that are not run here count as answered.
+        let mut answered: Vec<bool> = runs.iter().map(|runs| !runs).collect();
         let cut_short = loop {
             let next = tokio::select! {
                 biased;

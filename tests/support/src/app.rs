@@ -205,6 +205,7 @@ impl TestApp {
         let message = chat_service::api::proto::SendMessageRequest {
             conversation_id: conversation_id.to_owned(),
             content: content.to_owned(),
+            ..Default::default()
         };
         let response = self.chat().send_message(self.request(user, message)).await;
         response

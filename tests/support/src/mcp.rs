@@ -69,6 +69,21 @@ pub const BIG_RESULT_BYTES: usize = 20_000;
 
 impl FakeToolServer {
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self::serve(listener).await
+    }
+
+    /// Serves at `addr`, which nothing else listens on.
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        Self::serve(listener).await
+    }
+
+    async fn serve(listener: tokio::net::TcpListener) -> Self {
         let (hung, _) = watch::channel(0);
         let (cancelled, _) = watch::channel(0);
         let state = Arc::new(State {
@@ -93,9 +108,6 @@ impl FakeToolServer {
                     .with_cancellation_token(stop.child_token()),
             );
         let router = axum::Router::new().nest_service("/mcp", service);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let shutdown = stop.clone();
         tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! one SendMessage produces one well-formed trace.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -12,6 +13,7 @@ use chat_service::{
     api::proto::SendMessageRequest,
     telemetry::Telemetry,
     telemetry::{LogFormat, LogSettings, OtelSettings, OtlpProtocol},
+    tools::McpServerSettings,
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -23,7 +25,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 
-use super::{FakeLlm, TestApp};
+use super::{FakeLlm, FakeToolServer, Script, TestApp};
 
 type Spans = Arc<Mutex<Vec<Span>>>;
 
@@ -137,13 +139,32 @@ pub async fn assert_one_trace_per_turn(protocol: OtlpProtocol) {
         chat_service::telemetry::init(&log, Some(&otel)).unwrap_or_else(|e| panic!("{e}")),
     );
 
+    // A turn of two rounds: the model calls a tool, then answers.
     let fake = FakeLlm::start().await;
-    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    fake.script([Script::ToolCalls {
+        deltas: Vec::new(),
+        fragments: vec![(0, Some("call_1".into()), Some("echo".into()), "{}".into())],
+    }]);
+    let tools = FakeToolServer::start().await;
+    let server = McpServerSettings {
+        name: "tasks".to_owned(),
+        url: tools.url(),
+        headers: HashMap::new(),
+        forward_bearer_token: false,
+    };
+    let app = TestApp::with_fake_llm(&fake, |config| config.tools.servers = vec![server]).await;
+    crate::wait::eventually("the tools are offered", || async {
+        app.scrape_metrics()
+            .await
+            .contains("chat_tools_offered 7\n")
+    })
+    .await;
     let mut request = app.request(
         "alice",
         SendMessageRequest {
             conversation_id: String::new(),
             content: "trace me".into(),
+            ..Default::default()
         },
     );
     let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
@@ -218,10 +239,26 @@ pub async fn assert_one_trace_per_turn(protocol: OtlpProtocol) {
             .all(|s| s.kind == SpanKind::Client as i32 && hex(&s.trace_id) == TRACE_ID)
     );
 
-    let model = children
+    // One span per call to the model, and one for the tool call between them.
+    let models: Vec<&&Span> = children
         .iter()
-        .find(|s| s.name == "chat fake-model")
-        .unwrap_or_else(|| panic!("no model span under the RPC: {children:?}"));
+        .filter(|s| s.name == "chat fake-model")
+        .collect();
+    assert_eq!(models.len(), 2, "model spans under the RPC: {children:?}");
+    let tool = children
+        .iter()
+        .find(|s| s.name == "execute_tool echo")
+        .unwrap_or_else(|| panic!("no tool span under the RPC: {children:?}"));
+    assert_eq!(tool.kind, SpanKind::Client as i32);
+    assert_eq!(
+        string(tool, "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
+    assert_eq!(string(tool, "gen_ai.tool.name").as_deref(), Some("echo"));
+    assert_eq!(string(tool, "mcp.server").as_deref(), Some("tasks"));
+    assert!(models[0].end_time_unix_nano <= tool.start_time_unix_nano);
+    assert!(tool.end_time_unix_nano <= models[1].start_time_unix_nano);
+    let model = models[1];
     assert_eq!(model.kind, SpanKind::Client as i32);
     assert_eq!(
         string(model, "gen_ai.operation.name").as_deref(),
@@ -241,7 +278,7 @@ pub async fn assert_one_trace_per_turn(protocol: OtlpProtocol) {
     assert_eq!(int(model, "gen_ai.usage.output_tokens"), Some(3));
 
     // The upstream request carried the model span as its parent.
-    let sent = fake.received()[0].traceparent.clone();
+    let sent = fake.received()[1].traceparent.clone();
     assert_eq!(
         sent,
         Some(format!("00-{TRACE_ID}-{}-01", hex(&model.span_id)))

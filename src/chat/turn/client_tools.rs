@@ -1,0 +1,288 @@
+//! Tools the client runs itself: their definitions, checked and offered beside the service's
+//! own, and their results, which continue the reply that awaited them.
+
+use std::{collections::HashSet, sync::Arc, time::Instant};
+
+use secrecy::SecretString;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ReplyOrigin, ToolResult, TurnEvent, Turns};
+use crate::{
+    chat::ChatError,
+    domain::{ConversationId, MessageId, ToolCallStatus, ToolSpec, UserId, now},
+    store::{GivenResult, Submitted},
+    tools::Catalog,
+};
+
+/// The results of one submission, all together.
+pub const MAX_RESULTS_BYTES: usize = 512 * 1024;
+
+/// A tool the client runs, as the client defined it.
+#[derive(Debug, Clone)]
+pub struct ClientTool {
+    pub name: String,
+    pub description: String,
+    /// A JSON Schema object as text; empty for no arguments.
+    pub parameters_json: String,
+}
+
+/// A result the client gives for a call of one of its tools.
+#[derive(Debug, Clone)]
+pub struct GivenToolResult {
+    pub tool_call_id: String,
+    /// JSON as text; text that is not JSON is kept as a JSON string.
+    pub result_json: String,
+    pub failed: bool,
+}
+
+/// Results for the calls a reply awaits.
+#[derive(Debug)]
+pub struct ToolResultsRequest {
+    pub user: UserId,
+    pub conversation: ConversationId,
+    /// The message whose calls await the results.
+    pub message: MessageId,
+    pub results: Vec<GivenToolResult>,
+    /// The client's tools for the rest of the reply.
+    pub tools: Vec<ClientTool>,
+    pub request_id: String,
+    pub received_at: Instant,
+    pub bearer: Option<SecretString>,
+}
+
+/// A reply that goes on once the client's results are stored.
+pub struct Continuation {
+    /// The results as stored, in the order of the message's calls.
+    pub results: Vec<ToolResult>,
+    /// The rest of the reply, as for [`super::StartedTurn`].
+    pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
+    pub last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
+}
+
+/// The tools a reply may call: the service's, and the client's.
+pub(super) struct Offer {
+    pub catalog: Arc<Catalog>,
+    pub client: Vec<ToolSpec>,
+}
+
+impl Offer {
+    /// Every tool offered, the service's first.
+    pub fn specs(&self) -> Arc<[ToolSpec]> {
+        if self.client.is_empty() {
+            return self.catalog.specs().clone();
+        }
+        self.catalog
+            .specs()
+            .iter()
+            .chain(&self.client)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The refusal of a user's message while a reply awaits the client's tool results.
+pub(super) fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
+    ChatError::FailedPrecondition(format!(
+        "a reply in this conversation awaits the results of your tools: give them with \
+         SubmitToolResults, or send this message after {}",
+        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
+}
+
+impl Turns {
+    /// The tools on offer now with the client's own, which must be valid, at most
+    /// [`ToolSpec::MAX_CLIENT_TOOLS`], and named unlike each other and the service's.
+    pub(super) fn offer(&self, tools: Vec<ClientTool>) -> Result<Offer, ChatError> {
+        let catalog = self.runtime.toolbox.offered();
+        if tools.len() > ToolSpec::MAX_CLIENT_TOOLS {
+            return Err(ChatError::invalid(
+                "tools",
+                format!("at most {} tools may be given", ToolSpec::MAX_CLIENT_TOOLS),
+            ));
+        }
+        let bytes: usize = tools
+            .iter()
+            .map(|t| t.name.len() + t.description.len() + t.parameters_json.len())
+            .sum();
+        if bytes > ToolSpec::MAX_CLIENT_TOOLS_BYTES {
+            return Err(ChatError::invalid(
+                "tools",
+                format!(
+                    "the tools take {bytes} bytes together; at most {} are allowed",
+                    ToolSpec::MAX_CLIENT_TOOLS_BYTES
+                ),
+            ));
+        }
+        let taken: HashSet<&str> = catalog.specs().iter().map(|s| s.name.as_str()).collect();
+        let mut names = HashSet::new();
+        let mut client = Vec::with_capacity(tools.len());
+        for (index, tool) in tools.into_iter().enumerate() {
+            let spec = ToolSpec::parse_client(tool.name, tool.description, &tool.parameters_json)
+                .map_err(|e| ChatError::invalid("tools", format!("tools[{index}]: {e}")))?;
+            if taken.contains(spec.name.as_str()) {
+                return Err(ChatError::invalid(
+                    "tools",
+                    format!(
+                        "tools[{index}]: the service offers a tool named {:?} itself",
+                        spec.name
+                    ),
+                ));
+            }
+            if !names.insert(spec.name.clone()) {
+                return Err(ChatError::invalid(
+                    "tools",
+                    format!("tools[{index}]: {:?} is defined twice", spec.name),
+                ));
+            }
+            client.push(spec);
+        }
+        Ok(Offer { catalog, client })
+    }
+
+    /// Stores the client's results for the calls a reply awaits and goes on with the reply.
+    pub async fn submit_tool_results(
+        &self,
+        mut request: ToolResultsRequest,
+    ) -> Result<Continuation, ChatError> {
+        let given = self.given_results(std::mem::take(&mut request.results))?;
+        let offer = self.offer(std::mem::take(&mut request.tools))?;
+        let permit = self.runtime.admission.open_stream(request.user)?;
+        let submitted = self
+            .store
+            .submit_tool_results(
+                request.user,
+                request.conversation,
+                request.message,
+                &given,
+                now(),
+            )
+            .await?;
+        let (revision, calls) = match submitted {
+            Submitted::Stored { revision, calls } => (revision, calls),
+            Submitted::NoConversation => return Err(ChatError::NotFound("conversation")),
+            Submitted::NotAwaited => {
+                return Err(ChatError::FailedPrecondition(
+                    "the message awaits no tool results: they were given already, or it called \
+                     none of your tools"
+                        .to_owned(),
+                ));
+            }
+            Submitted::Overdue => {
+                return Err(ChatError::FailedPrecondition(
+                    "the wait for these tool results is over (CHAT_TOOL_RESULTS_TIMEOUT): send a \
+                     new message instead"
+                        .to_owned(),
+                ));
+            }
+            Submitted::Mismatch {
+                unexpected,
+                missing,
+            } => {
+                let mut problems = Vec::new();
+                if !unexpected.is_empty() {
+                    problems.push(format!(
+                        "no awaiting call has the id {}, or it was given twice",
+                        unexpected.join(", ")
+                    ));
+                }
+                if !missing.is_empty() {
+                    problems.push(format!("no result for {}", missing.join(", ")));
+                }
+                return Err(ChatError::invalid("results", problems.join("; ")));
+            }
+        };
+        // What this replica remembers of the conversation lacks the results.
+        self.recent.forget(request.conversation);
+        let results = calls
+            .iter()
+            .filter(|call| {
+                given
+                    .iter()
+                    .any(|g| g.provider_call_id == call.provider_call_id)
+            })
+            .map(|call| ToolResult {
+                provider_call_id: call.provider_call_id.clone(),
+                status: call.status,
+                result: call.result.clone().unwrap_or(serde_json::Value::Null),
+            })
+            .collect();
+        let context = self
+            .store
+            .messages_before(
+                request.user,
+                request.conversation,
+                revision + 1,
+                self.settings.history_messages,
+            )
+            .await?;
+        let origin = ReplyOrigin {
+            user: request.user,
+            conversation_id: request.conversation,
+            after: now(),
+            request_id: &request.request_id,
+            received_at: request.received_at,
+            bearer: request.bearer.as_ref(),
+        };
+        let reply = self.spawn_reply(&origin, context, offer, permit);
+        // Everything it answers is stored already.
+        let _ = reply.commit.send(());
+        tracing::info!(
+            request_id = %request.request_id,
+            conversation_id = %request.conversation,
+            user_id = %request.user,
+            "turn continued with the client's tool results"
+        );
+        Ok(Continuation {
+            results,
+            events: reply.events,
+            last_word: reply.last_word,
+        })
+    }
+
+    /// The client's results as they are stored: JSON, within the size allowed for a result.
+    fn given_results(&self, results: Vec<GivenToolResult>) -> Result<Vec<GivenResult>, ChatError> {
+        let max_bytes = self.runtime.toolbox.max_result_bytes();
+        let total: usize = results.iter().map(|r| r.result_json.len()).sum();
+        if total > MAX_RESULTS_BYTES {
+            return Err(ChatError::invalid(
+                "results",
+                format!(
+                    "the results take {total} bytes together; at most {MAX_RESULTS_BYTES} are allowed"
+                ),
+            ));
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(index, given)| {
+                if given.result_json.len() > max_bytes {
+                    return Err(ChatError::invalid(
+                        "results",
+                        format!("results[{index}].result_json is larger than {max_bytes} bytes"),
+                    ));
+                }
+                // PostgreSQL stores no NUL, raw or escaped in JSON.
+                let text = given
+                    .result_json
+                    .replace('\0', "\u{FFFD}")
+                    .replace("\\u0000", "\\ufffd");
+                let result = serde_json::from_str(&text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+                let result = if given.failed && !result.is_object() {
+                    serde_json::json!({"error": {"kind": "client_tool_error", "message": result}})
+                } else {
+                    result
+                };
+                Ok(GivenResult {
+                    provider_call_id: given.tool_call_id,
+                    status: if given.failed {
+                        ToolCallStatus::Failed
+                    } else {
+                        ToolCallStatus::Succeeded
+                    },
+                    result,
+                })
+            })
+            .collect()
+    }
+}
