@@ -1,15 +1,12 @@
 //! Tools the client runs itself: defined with SendMessage, called by the model, awaited by the
 //! reply, and given back with SubmitToolResults, which streams the rest of the reply.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use chat_service::{
-    api::proto::{
-        GetConversationRequest, Message, MessageStatus, SendMessageRequest,
-        SubmitToolResultsRequest, SubmitToolResultsResponse, ToolCallResult, ToolCallStatus,
-        ToolDefinition, send_message_response::Event,
-    },
-    tools::McpServerSettings,
+use chat_service::api::proto::{
+    Message, MessageStatus, SendMessageRequest, SubmitToolResultsRequest,
+    SubmitToolResultsResponse, ToolCallResult, ToolCallStatus, ToolDefinition,
+    send_message_response::Event,
 };
 use serde_json::{Value, json};
 use tonic::{Code, Status};
@@ -18,9 +15,9 @@ use super::{
     assert_bad_field,
     send_message::Turn,
     support::{
-        FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, process::ServiceProcess,
-        wait::eventually,
+        FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp, process::ServiceProcess,
     },
+    tools::stored_messages,
 };
 
 fn location_tool() -> ToolDefinition {
@@ -28,24 +25,6 @@ fn location_tool() -> ToolDefinition {
         name: "get_location".to_owned(),
         description: "Where the user is, from the device".to_owned(),
         parameters_json: String::new(),
-    }
-}
-
-fn calls(calls: &[(&str, &str, &str)]) -> Script {
-    Script::ToolCalls {
-        deltas: Vec::new(),
-        fragments: calls
-            .iter()
-            .enumerate()
-            .map(|(index, (id, name, arguments))| {
-                (
-                    index,
-                    Some((*id).to_owned()),
-                    Some((*name).to_owned()),
-                    (*arguments).to_owned(),
-                )
-            })
-            .collect(),
     }
 }
 
@@ -141,6 +120,20 @@ async fn submit(
     read(app.chat().submit_tool_results(request).await).await
 }
 
+/// A submission that must be refused: its status.
+async fn refused_submit(
+    app: &TestApp,
+    user: &str,
+    conversation_id: &str,
+    message_id: &str,
+    given: Vec<ToolCallResult>,
+) -> Status {
+    match submit(app, user, conversation_id, message_id, given).await {
+        Err(status) => status,
+        Ok(turn) => panic!("accepted: {:?}", turn.events),
+    }
+}
+
 fn completed_message(turn: &Turn) -> (Message, String) {
     match turn.events.last() {
         Some(Event::Completed(completed)) => (
@@ -154,24 +147,10 @@ fn completed_message(turn: &Turn) -> (Message, String) {
     }
 }
 
-async fn stored(app: &TestApp, user: &str, conversation_id: &str) -> Vec<Message> {
-    app.conversations()
-        .get_conversation(app.request(
-            user,
-            GetConversationRequest {
-                conversation_id: conversation_id.to_owned(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner()
-        .messages
-}
-
 /// A turn whose model calls the client's `get_location`: the awaiting message and its
 /// conversation's id.
 async fn awaiting_turn(app: &TestApp, fake: &FakeLlm) -> (String, String) {
-    fake.script([calls(&[("call_1", "get_location", "{}")])]);
+    fake.script([Script::tool_calls(&[("call_1", "get_location", "{}")])]);
     let turn = send(app, "alice", "", vec![location_tool()])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -184,7 +163,7 @@ async fn awaiting_turn(app: &TestApp, fake: &FakeLlm) -> (String, String) {
 async fn a_client_tool_call_ends_the_reply_and_its_result_continues_it() {
     let fake = FakeLlm::start().await;
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
-    fake.script([calls(&[("call_1", "get_location", "{}")])]);
+    fake.script([Script::tool_calls(&[("call_1", "get_location", "{}")])]);
 
     let turn = send(&app, "alice", "", vec![location_tool()])
         .await
@@ -211,7 +190,7 @@ async fn a_client_tool_call_ends_the_reply_and_its_result_continues_it() {
         refused.message().contains("SubmitToolResults"),
         "{refused:?}"
     );
-    assert_eq!(stored(&app, "alice", &id).await.len(), 2);
+    assert_eq!(stored_messages(&app, "alice", &id).await.len(), 2);
 
     // The result continues the reply.
     fake.script([Script::reply(&["You are in ", "Lisbon."])]);
@@ -251,7 +230,7 @@ async fn a_client_tool_call_ends_the_reply_and_its_result_continues_it() {
         "get_location"
     );
 
-    let messages = stored(&app, "alice", &id).await;
+    let messages = stored_messages(&app, "alice", &id).await;
     let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(contents, ["Where am I?", "", "You are in Lisbon."]);
     assert_eq!(messages[1].status(), MessageStatus::Complete);
@@ -261,16 +240,14 @@ async fn a_client_tool_call_ends_the_reply_and_its_result_continues_it() {
     );
 
     // The same results again: the message awaits nothing any more.
-    let again = submit(
+    let again = refused_submit(
         &app,
         "alice",
         &id,
         &message.id,
         results(&[("call_1", "{}")]),
     )
-    .await
-    .err()
-    .unwrap_or_else(|| panic!("accepted twice"));
+    .await;
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
     // And the conversation takes messages again.
     let next = send(&app, "alice", &id, Vec::new())
@@ -283,7 +260,7 @@ async fn a_client_tool_call_ends_the_reply_and_its_result_continues_it() {
 async fn results_that_do_not_answer_exactly_the_awaiting_calls_are_refused_and_change_nothing() {
     let fake = FakeLlm::start().await;
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
-    fake.script([calls(&[
+    fake.script([Script::tool_calls(&[
         ("call_1", "get_location", "{}"),
         ("call_2", "get_location", "{}"),
     ])]);
@@ -294,70 +271,57 @@ async fn results_that_do_not_answer_exactly_the_awaiting_calls_are_refused_and_c
     let id = turn.conversation_id();
     let unchanged = "SELECT count(*) AS n FROM tool_calls WHERE status = 'requested'";
 
-    let missing = submit(
+    let missing = refused_submit(
         &app,
         "alice",
         &id,
         &message.id,
         results(&[("call_1", "{}")]),
     )
-    .await
-    .err()
-    .unwrap_or_else(|| panic!("accepted"));
+    .await;
     assert_bad_field(&missing, "results");
     assert!(missing.message().contains("call_2"), "{missing:?}");
-    let unknown = submit(
+    let unknown = refused_submit(
         &app,
         "alice",
         &id,
         &message.id,
         results(&[("call_1", "{}"), ("call_2", "{}"), ("call_9", "{}")]),
     )
-    .await
-    .err()
-    .unwrap_or_else(|| panic!("accepted"));
+    .await;
     assert_bad_field(&unknown, "results");
     assert!(unknown.message().contains("call_9"), "{unknown:?}");
-    let twice = submit(
+    let twice = refused_submit(
         &app,
         "alice",
         &id,
         &message.id,
         results(&[("call_1", "{}"), ("call_1", "{}")]),
     )
-    .await
-    .err()
-    .unwrap_or_else(|| panic!("accepted"));
+    .await;
     assert_bad_field(&twice, "results");
-    let none = submit(&app, "alice", &id, &message.id, Vec::new())
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted"));
+    let none = refused_submit(&app, "alice", &id, &message.id, Vec::new()).await;
     assert_bad_field(&none, "results");
-    let malformed = submit(
+    let malformed = refused_submit(
         &app,
         "alice",
         &id,
         "not-an-id",
         results(&[("call_1", "{}")]),
     )
-    .await
-    .err()
-    .unwrap_or_else(|| panic!("accepted"));
+    .await;
     assert_bad_field(&malformed, "message_id");
     assert_eq!(app.db.count(unchanged).await, 2);
 
     // Another user's message is not theirs to answer, and looks like no message at all.
-    let foreign = submit(
+    let foreign = refused_submit(
         &app,
         "bob",
         &id,
         &message.id,
         results(&[("call_1", "{}"), ("call_2", "{}")]),
     )
-    .await
-    .err()
-    .unwrap_or_else(|| panic!("accepted"));
+    .await;
     assert_eq!(foreign.code(), Code::NotFound, "{foreign:?}");
     assert_eq!(app.db.count(unchanged).await, 2);
     assert_eq!(fake.received().len(), 1, "the model was not asked again");
@@ -367,19 +331,9 @@ async fn results_that_do_not_answer_exactly_the_awaiting_calls_are_refused_and_c
 async fn tool_definitions_are_checked_before_anything_is_written() {
     let tools = FakeToolServer::start().await;
     let fake = FakeLlm::start().await;
-    let server = McpServerSettings {
-        name: "tasks".to_owned(),
-        url: tools.url(),
-        headers: HashMap::new(),
-        forward_bearer_token: false,
-    };
+    let server = tools.settings("tasks", false);
     let app = TestApp::with_fake_llm(&fake, |config| config.tools.servers = vec![server]).await;
-    eventually("the service's tools are offered", || async {
-        app.scrape_metrics()
-            .await
-            .contains("chat_tools_offered 7\n")
-    })
-    .await;
+    app.wait_for_tools(mcp::TOOLS).await;
     let definition = |name: &str, parameters: &str| ToolDefinition {
         name: name.to_owned(),
         description: String::new(),
@@ -410,20 +364,10 @@ async fn tool_definitions_are_checked_before_anything_is_written() {
 async fn service_and_client_tools_mix_in_one_round() {
     let tools = FakeToolServer::start().await;
     let fake = FakeLlm::start().await;
-    let server = McpServerSettings {
-        name: "tasks".to_owned(),
-        url: tools.url(),
-        headers: HashMap::new(),
-        forward_bearer_token: false,
-    };
+    let server = tools.settings("tasks", false);
     let app = TestApp::with_fake_llm(&fake, |config| config.tools.servers = vec![server]).await;
-    eventually("the service's tools are offered", || async {
-        app.scrape_metrics()
-            .await
-            .contains("chat_tools_offered 7\n")
-    })
-    .await;
-    fake.script([calls(&[
+    app.wait_for_tools(mcp::TOOLS).await;
+    fake.script([Script::tool_calls(&[
         ("call_s", "echo", r#"{"text":"hi"}"#),
         ("call_c", "get_location", "{}"),
     ])]);
@@ -486,10 +430,7 @@ async fn a_wait_that_is_over_lets_the_conversation_go_on_and_refuses_late_result
     .await;
     let (id, message) = awaiting_turn(&app, &fake).await;
 
-    let late = submit(&app, "alice", &id, &message, results(&[("call_1", "{}")]))
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("accepted late"));
+    let late = refused_submit(&app, "alice", &id, &message, results(&[("call_1", "{}")])).await;
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
     assert!(late.message().contains("over"), "{late:?}");
 
@@ -523,7 +464,7 @@ async fn results_given_to_another_replica_after_a_restart_continue_the_reply() {
     ];
     let binary = env!("CARGO_BIN_EXE_chat-service");
 
-    fake.script([calls(&[("call_1", "get_location", "{}")])]);
+    fake.script([Script::tool_calls(&[("call_1", "get_location", "{}")])]);
     let first = ServiceProcess::start(binary, &database, &settings).await;
     let request = first.request(
         "alice",

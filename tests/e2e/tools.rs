@@ -2,12 +2,11 @@
 //! and the service between them, checked by what the client is sent, what the model is asked
 //! and what is stored.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use chat_service::{
     Config,
     api::proto::{GetConversationRequest, Message, ToolCallStatus, send_message_response::Event},
-    tools::McpServerSettings,
 };
 use serde_json::{Value, json};
 use tonic_health::pb::{
@@ -16,41 +15,17 @@ use tonic_health::pb::{
 
 use super::{
     send_message::{Turn, send_ok},
-    support::{FakeLlm, FakeToolServer, Script, TestApp, wait::eventually},
+    support::{
+        FakeLlm, FakeToolServer, Script, TestApp,
+        mcp::{TOOLS, server_settings},
+        wait::eventually,
+    },
 };
-
-/// A model answer that calls tools: (id, name, arguments) per call.
-fn calls(calls: &[(&str, &str, &str)]) -> Script {
-    Script::ToolCalls {
-        deltas: Vec::new(),
-        fragments: calls
-            .iter()
-            .enumerate()
-            .map(|(index, (id, name, arguments))| {
-                (
-                    index,
-                    Some((*id).to_owned()),
-                    Some((*name).to_owned()),
-                    (*arguments).to_owned(),
-                )
-            })
-            .collect(),
-    }
-}
-
-fn server(name: &str, url: String, forward_bearer_token: bool) -> McpServerSettings {
-    McpServerSettings {
-        name: name.to_owned(),
-        url,
-        headers: HashMap::new(),
-        forward_bearer_token,
-    }
-}
 
 /// The service with `fake` as its model and `servers` for tools, once it offers `tools` of them.
 async fn app_with_tools(
     fake: &FakeLlm,
-    servers: Vec<McpServerSettings>,
+    servers: Vec<chat_service::tools::McpServerSettings>,
     tools: usize,
     customize: impl FnOnce(&mut Config),
 ) -> TestApp {
@@ -59,17 +34,8 @@ async fn app_with_tools(
         customize(config);
     })
     .await;
-    wait_for_tools(&app, tools).await;
+    app.wait_for_tools(tools).await;
     app
-}
-
-/// Waits until the service offers `count` tools, as its metrics say.
-async fn wait_for_tools(app: &TestApp, count: usize) {
-    let expected = format!("chat_tools_offered {count}\n");
-    eventually(&format!("{count} tools are offered"), || async {
-        app.scrape_metrics().await.contains(&expected)
-    })
-    .await;
 }
 
 /// An address where no server listens.
@@ -117,7 +83,11 @@ fn error_kind(result_json: &str) -> String {
         .to_owned()
 }
 
-async fn stored_messages(app: &TestApp, user: &str, conversation_id: &str) -> Vec<Message> {
+pub(super) async fn stored_messages(
+    app: &TestApp,
+    user: &str,
+    conversation_id: &str,
+) -> Vec<Message> {
     app.conversations()
         .get_conversation(app.request(
             user,
@@ -138,10 +108,10 @@ async fn a_tool_runs_the_model_answers_with_its_result_and_later_turns_replay_bo
     let fake = FakeLlm::start().await;
     let marker = "milk-7f3a9c";
     fake.script([
-        calls(&[("call_1", "add_task", &format!(r#"{{"title":"{marker}"}}"#))]),
+        Script::tool_calls(&[("call_1", "add_task", &format!(r#"{{"title":"{marker}"}}"#))]),
         Script::reply(&["Added ", "it."]),
     ]);
-    let app = app_with_tools(&fake, vec![server("tasks", tools.url(), false)], 7, |_| {}).await;
+    let app = app_with_tools(&fake, vec![tools.settings("tasks", false)], TOOLS, |_| {}).await;
 
     let turn = send_ok(&app, "alice", "", "remember the milk").await;
     assert!(turn.error.is_none(), "{:?}", turn.error);
@@ -261,10 +231,10 @@ async fn the_calls_of_one_round_run_at_the_same_time() {
     let fake = FakeLlm::start().await;
     // Each `together` call answers only once the other one is running too.
     fake.script([
-        calls(&[("call_a", "together", "{}"), ("call_b", "together", "{}")]),
+        Script::tool_calls(&[("call_a", "together", "{}"), ("call_b", "together", "{}")]),
         Script::reply(&["Both done."]),
     ]);
-    let app = app_with_tools(&fake, vec![server("tasks", tools.url(), false)], 7, |_| {}).await;
+    let app = app_with_tools(&fake, vec![tools.settings("tasks", false)], TOOLS, |_| {}).await;
 
     let turn = send_ok(&app, "alice", "", "do both").await;
     assert!(turn.error.is_none(), "{:?}", turn.error);
@@ -302,7 +272,7 @@ async fn failing_slow_unknown_and_oversized_tools_become_failed_results_the_mode
     let tools = FakeToolServer::start().await;
     let fake = FakeLlm::start().await;
     fake.script([
-        calls(&[
+        Script::tool_calls(&[
             ("call_fail", "fail", "{}"),
             ("call_slow", "hang", "{}"),
             ("call_big", "big", "{}"),
@@ -313,10 +283,10 @@ async fn failing_slow_unknown_and_oversized_tools_become_failed_results_the_mode
     ]);
     // A second server that is down: the service starts anyway and offers the first one's tools.
     let servers = vec![
-        server("tasks", tools.url(), false),
-        server("weather", nowhere().await, false),
+        tools.settings("tasks", false),
+        server_settings("weather", nowhere().await, false),
     ];
-    let app = app_with_tools(&fake, servers, 7, |config| {
+    let app = app_with_tools(&fake, servers, TOOLS, |config| {
         config.tools.call_timeout = Duration::from_millis(300);
         config.tools.max_result_bytes = 1000;
     })
@@ -408,14 +378,14 @@ async fn after_the_last_round_the_model_must_answer_and_further_calls_are_not_ru
     let fake = FakeLlm::start().await;
     // A model that never stops calling tools.
     fake.script([
-        calls(&[("call_1", "echo", r#"{"text":"one"}"#)]),
-        calls(&[("call_2", "echo", r#"{"text":"two"}"#)]),
-        calls(&[("call_3", "echo", r#"{"text":"three"}"#)]),
+        Script::tool_calls(&[("call_1", "echo", r#"{"text":"one"}"#)]),
+        Script::tool_calls(&[("call_2", "echo", r#"{"text":"two"}"#)]),
+        Script::tool_calls(&[("call_3", "echo", r#"{"text":"three"}"#)]),
     ]);
     let app = app_with_tools(
         &fake,
-        vec![server("tasks", tools.url(), false)],
-        7,
+        vec![tools.settings("tasks", false)],
+        TOOLS,
         |config| {
             config.turns.max_tool_rounds = 2;
         },
@@ -461,8 +431,8 @@ async fn after_the_last_round_the_model_must_answer_and_further_calls_are_not_ru
 async fn cancelling_during_a_tool_call_cancels_it_on_the_server_and_stores_it_failed() {
     let tools = FakeToolServer::start().await;
     let fake = FakeLlm::start().await;
-    fake.script([calls(&[("call_1", "hang", "{}")])]);
-    let app = app_with_tools(&fake, vec![server("tasks", tools.url(), false)], 7, |_| {}).await;
+    fake.script([Script::tool_calls(&[("call_1", "hang", "{}")])]);
+    let app = app_with_tools(&fake, vec![tools.settings("tasks", false)], TOOLS, |_| {}).await;
 
     let request = app.request(
         "alice",
@@ -515,10 +485,10 @@ async fn cancelling_during_a_tool_call_cancels_it_on_the_server_and_stores_it_fa
 async fn tools_a_server_adds_or_removes_are_offered_or_withdrawn() {
     let tools = FakeToolServer::start().await;
     let fake = FakeLlm::start().await;
-    let app = app_with_tools(&fake, vec![server("tasks", tools.url(), false)], 7, |_| {}).await;
+    let app = app_with_tools(&fake, vec![tools.settings("tasks", false)], TOOLS, |_| {}).await;
 
     tools.offer_weather(true).await;
-    wait_for_tools(&app, 8).await;
+    app.wait_for_tools(TOOLS + 1).await;
     let turn = send_ok(&app, "alice", "", "weather?").await;
     assert!(turn.error.is_none(), "{:?}", turn.error);
     let offered = |index: usize| -> Vec<String> {
@@ -538,7 +508,7 @@ async fn tools_a_server_adds_or_removes_are_offered_or_withdrawn() {
     assert!(offered(0).contains(&"weather".to_owned()));
 
     tools.offer_weather(false).await;
-    wait_for_tools(&app, 7).await;
+    app.wait_for_tools(TOOLS).await;
     send_ok(&app, "alice", "", "and now?").await;
     assert!(!offered(1).contains(&"weather".to_owned()));
 }
@@ -547,7 +517,11 @@ async fn tools_a_server_adds_or_removes_are_offered_or_withdrawn() {
 async fn a_server_that_was_down_at_start_up_is_offered_once_it_answers() {
     let fake = FakeLlm::start().await;
     let addr = free_address().await;
-    let servers = vec![server("tasks", format!("http://{addr}/mcp"), false)];
+    let servers = vec![server_settings(
+        "tasks",
+        format!("http://{addr}/mcp"),
+        false,
+    )];
     let app = app_with_tools(&fake, servers, 0, |_| {}).await;
     let turn = send_ok(&app, "alice", "", "anything?").await;
     assert!(
@@ -558,7 +532,7 @@ async fn a_server_that_was_down_at_start_up_is_offered_once_it_answers() {
     assert_eq!(fake.received()[0].body.get("tools"), None);
 
     let _tools = FakeToolServer::start_at(addr).await;
-    wait_for_tools(&app, 7).await;
+    app.wait_for_tools(TOOLS).await;
     send_ok(&app, "alice", "", "now?").await;
     let offered = fake.received()[1].body["tools"]
         .as_array()
@@ -571,12 +545,12 @@ async fn a_server_that_is_told_who_calls_keeps_each_users_tasks_apart() {
     let tools = FakeToolServer::start().await;
     let fake = FakeLlm::start().await;
     fake.script([
-        calls(&[("call_1", "add_task", r#"{"title":"alice's secret"}"#)]),
+        Script::tool_calls(&[("call_1", "add_task", r#"{"title":"alice's secret"}"#)]),
         Script::reply(&["Added."]),
-        calls(&[("call_2", "list_tasks", "{}")]),
+        Script::tool_calls(&[("call_2", "list_tasks", "{}")]),
         Script::reply(&["Listed."]),
     ]);
-    let app = app_with_tools(&fake, vec![server("tasks", tools.url(), true)], 7, |_| {}).await;
+    let app = app_with_tools(&fake, vec![tools.settings("tasks", true)], TOOLS, |_| {}).await;
 
     let alice = send_ok(&app, "alice", "", "add my secret").await;
     assert!(alice.error.is_none(), "{:?}", alice.error);
@@ -602,9 +576,9 @@ async fn a_server_that_is_told_who_calls_keeps_each_users_tasks_apart() {
 #[tokio::test]
 async fn the_development_model_calls_a_tool_on_request_and_reports_its_result() {
     let tools = FakeToolServer::start().await;
-    let servers = vec![server("tasks", tools.url(), false)];
+    let servers = vec![tools.settings("tasks", false)];
     let app = TestApp::spawn_with(|config| config.tools.servers = servers).await;
-    wait_for_tools(&app, 7).await;
+    app.wait_for_tools(TOOLS).await;
 
     let turn = send_ok(&app, "alice", "", r#"/tool add_task {"title":"buy milk"}"#).await;
     assert!(turn.error.is_none(), "{:?}", turn.error);

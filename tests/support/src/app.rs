@@ -147,6 +147,15 @@ impl TestApp {
         scrape_metrics(self.metrics_addr).await
     }
 
+    /// Waits until the service offers `count` tools from its MCP servers, as its metrics say.
+    pub async fn wait_for_tools(&self, count: usize) {
+        let expected = format!("chat_tools_offered {count}\n");
+        super::wait::eventually(&format!("{count} tools are offered"), || async {
+            self.scrape_metrics().await.contains(&expected)
+        })
+        .await;
+    }
+
     /// A server whose model is `fake`, with settings adjusted by `customize`.
     pub async fn with_fake_llm(fake: &FakeLlm, customize: impl FnOnce(&mut Config)) -> Self {
         let settings = fake_llm_settings(fake);

@@ -62,6 +62,25 @@ impl Script {
             usage: None,
         }
     }
+
+    /// An answer that only calls tools, each given whole: (id, name, arguments).
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Self {
+        Self::ToolCalls {
+            deltas: Vec::new(),
+            fragments: calls
+                .iter()
+                .enumerate()
+                .map(|(index, (id, name, arguments))| {
+                    (
+                        index,
+                        Some((*id).to_owned()),
+                        Some((*name).to_owned()),
+                        (*arguments).to_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One request as the fake received it.

@@ -12,6 +12,7 @@ use std::{
 };
 
 use axum::http::request::Parts;
+use chat_service::tools::McpServerSettings;
 use rmcp::{
     ErrorData as McpError, Peer, RoleServer, ServerHandler,
     model::{
@@ -63,6 +64,19 @@ impl Drop for FakeToolServer {
         self.stop.cancel();
     }
 }
+
+/// The service's settings for an MCP server at `url`.
+pub fn server_settings(name: &str, url: String, forward_bearer_token: bool) -> McpServerSettings {
+    McpServerSettings {
+        name: name.to_owned(),
+        url,
+        headers: HashMap::new(),
+        forward_bearer_token,
+    }
+}
+
+/// How many tools the server lists, `weather` aside.
+pub const TOOLS: usize = 7;
 
 /// Larger than the result cap the tests set, and small enough to arrive whole.
 pub const BIG_RESULT_BYTES: usize = 20_000;
@@ -120,6 +134,11 @@ impl FakeToolServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
+    }
+
+    /// The service's settings for this server, named `name`.
+    pub fn settings(&self, name: &str, forward_bearer_token: bool) -> McpServerSettings {
+        server_settings(name, self.url(), forward_bearer_token)
     }
 
     pub fn calls(&self) -> Vec<SeenCall> {

@@ -2,7 +2,6 @@
 //! one SendMessage produces one well-formed trace.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -13,7 +12,6 @@ use chat_service::{
     api::proto::SendMessageRequest,
     telemetry::Telemetry,
     telemetry::{LogFormat, LogSettings, OtelSettings, OtlpProtocol},
-    tools::McpServerSettings,
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -141,24 +139,11 @@ pub async fn assert_one_trace_per_turn(protocol: OtlpProtocol) {
 
     // A turn of two rounds: the model calls a tool, then answers.
     let fake = FakeLlm::start().await;
-    fake.script([Script::ToolCalls {
-        deltas: Vec::new(),
-        fragments: vec![(0, Some("call_1".into()), Some("echo".into()), "{}".into())],
-    }]);
+    fake.script([Script::tool_calls(&[("call_1", "echo", "{}")])]);
     let tools = FakeToolServer::start().await;
-    let server = McpServerSettings {
-        name: "tasks".to_owned(),
-        url: tools.url(),
-        headers: HashMap::new(),
-        forward_bearer_token: false,
-    };
+    let server = tools.settings("tasks", false);
     let app = TestApp::with_fake_llm(&fake, |config| config.tools.servers = vec![server]).await;
-    crate::wait::eventually("the tools are offered", || async {
-        app.scrape_metrics()
-            .await
-            .contains("chat_tools_offered 7\n")
-    })
-    .await;
+    app.wait_for_tools(crate::mcp::TOOLS).await;
     let mut request = app.request(
         "alice",
         SendMessageRequest {
