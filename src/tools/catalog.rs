@@ -33,6 +33,11 @@ impl Catalog {
         self.specs.is_empty()
     }
 
+    /// Whether a tool of that name is on offer.
+    pub fn offers(&self, name: &str) -> bool {
+        self.routes.contains_key(name)
+    }
+
     /// The server's index and the server's own name for the tool the model calls `name`.
     pub(super) fn route(&self, name: &str) -> Option<(usize, &str)> {
         self.routes

@@ -327,6 +327,13 @@ async fn failing_slow_unknown_and_oversized_tools_become_failed_results_the_mode
     );
     // The timed-out call was cancelled on the tool server.
     tools.wait_for_cancelled_calls(1).await;
+    // A name the model made up is counted as `unknown`, never as a label of its own.
+    let metrics = app.scrape_metrics().await;
+    assert!(
+        metrics.contains(r#"chat_tool_calls_total{tool="unknown",outcome="unknown_tool"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("forecast"), "{metrics}");
 
     // The model saw every failure, in the order it made the calls, with the tool's own words.
     let received = fake.received();

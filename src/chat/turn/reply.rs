@@ -93,3 +93,23 @@ fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage
         (total, more) => total.or(more),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_summed_over_the_rounds_that_report_it() {
+        let usage = |input, output| {
+            Some(TokenUsage {
+                input_tokens: input,
+                output_tokens: output,
+            })
+        };
+        assert_eq!(add(usage(10, 2), usage(15, 3)), usage(25, 5));
+        assert_eq!(add(None, usage(1, 1)), usage(1, 1));
+        assert_eq!(add(usage(1, 1), None), usage(1, 1));
+        assert_eq!(add(usage(u32::MAX, 0), usage(1, 0)), usage(u32::MAX, 0));
+        assert_eq!(add(None, None), None);
+    }
+}

@@ -46,6 +46,16 @@ pub(super) struct ToolRounds {
     pub max_rounds: u32,
 }
 
+/// A tool's name as a metric's label: a name the model made up becomes `unknown`, so that no
+/// model (or user steering it) can mint labels without end.
+fn metric_label<'a>(catalog: &Catalog, name: &'a str) -> &'a str {
+    if catalog.offers(name) {
+        name
+    } else {
+        "unknown"
+    }
+}
+
 impl ToolRounds {
     /// When the wait for the client's results, beginning now, is over.
     fn results_deadline(&self) -> chrono::DateTime<chrono::Utc> {
@@ -202,8 +212,9 @@ impl ReplyTask {
                 *flag = true;
             }
             if let Some(call) = message.tool_calls.get(index) {
+                let tool = metric_label(&catalog, &call.name);
                 self.metrics
-                    .record_tool_call(&call.name, outcome.label(), took.as_secs_f64());
+                    .record_tool_call(tool, outcome.label(), took.as_secs_f64());
             }
             if let Err(outcome) = self.keep_result(message, index, outcome, sender).await {
                 return Some(outcome);
@@ -219,8 +230,8 @@ impl ReplyTask {
         for index in (0..answered.len()).filter(|i| !answered[*i]) {
             let outcome = ToolOutcome::Failed(ToolFailure::Cancelled(reason));
             if let Some(call) = message.tool_calls.get(index) {
-                self.metrics
-                    .record_tool_call(&call.name, outcome.label(), 0.0);
+                let tool = metric_label(&catalog, &call.name);
+                self.metrics.record_tool_call(tool, outcome.label(), 0.0);
             }
             if let Err(outcome) = self.keep_result(message, index, outcome, sender).await {
                 return Some(outcome);
