@@ -228,13 +228,18 @@ fn fitting(messages: &[Message], budget: usize, at_least_one: bool) -> usize {
     count
 }
 
-/// The bytes a message's text takes in a response: its content and its tool calls.
+/// The bytes a message's text takes in a response: its content and its tool calls, with their
+/// results.
 fn text_bytes(message: &Message) -> usize {
     let calls: usize = message
         .tool_calls
         .iter()
         .map(|call| {
-            call.name.len() + call.provider_call_id.len() + call.arguments.to_string().len()
+            let result = call.result.as_ref().map_or(0, |r| r.to_string().len());
+            call.name.len()
+                + call.provider_call_id.len()
+                + call.arguments.to_string().len()
+                + result
         })
         .sum();
     message.content.len() + calls

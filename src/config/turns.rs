@@ -67,6 +67,15 @@ impl TurnArgs {
                 "must be longer than zero",
             ));
         }
+        if self.max_tool_rounds == 0 {
+            return Err(invalid("CHAT_MAX_TOOL_ROUNDS", "must be at least 1"));
+        }
+        if self.tool_results_timeout > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "CHAT_TOOL_RESULTS_TIMEOUT",
+                "must be at most 7 days",
+            ));
+        }
         if self.tool_results_timeout.is_zero() {
             return Err(invalid(
                 "CHAT_TOOL_RESULTS_TIMEOUT",

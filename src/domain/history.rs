@@ -3,9 +3,11 @@ use super::{
     ids::MessageId,
 };
 
-/// A conversation's revision: how many writes have added messages to it. Each write takes it
-/// one further, under the conversation's row lock, and gives the message it stores that number
-/// as its sequence, so the revision is also the newest message's sequence.
+/// A conversation's revision: it moves one further, under the conversation's row lock, with
+/// every write that adds a message (which takes the new number as its sequence), and when a round
+/// of tool calls ends with no message after it (the client's results given, or the round cut
+/// short), so that what a replica remembers of the round's calls is never taken for current. So
+/// sequences grow, with gaps, in the order the messages were committed.
 pub type Revision = i64;
 
 /// A conversation's newest messages, as a model's context needs them, and the revision they

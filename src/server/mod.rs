@@ -216,8 +216,10 @@ impl Application {
         let conversation_window = config.limits.conversation_window;
         let admission = Admission::new(config.limits, metrics.clone());
         let identities = Identities::new(store.clone());
-        // Tool servers are reached in the background: one that is down delays nothing.
-        let toolbox = Toolbox::start(config.tools.clone(), metrics.clone(), &stopping);
+        // Tool servers are reached in the background: one that is down delays nothing. Their
+        // connections stay up until every reply, and so every tool call, is over.
+        let tools_stop = CancellationToken::new();
+        let toolbox = Toolbox::start(config.tools.clone(), metrics.clone(), &tools_stop);
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
@@ -354,6 +356,7 @@ impl Application {
         // Whatever was cut short still gets its partial reply stored.
         turns_runtime.tasks.close();
         turns_runtime.tasks.wait().await;
+        tools_stop.cancel();
         metrics_stop.cancel();
         let _ = metrics_server.await;
         tracing::info!("server stopped");

@@ -27,7 +27,7 @@ pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier
 pub use error::StoreError;
 pub use migrations::{MigrationError, run_migrations};
 pub use tool_results::{GivenResult, Submitted};
-pub use turns::ConversationState;
+pub use turns::{Awaiting, ConversationState};
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// The server the service and its tools use when `DATABASE_URL` is not set.

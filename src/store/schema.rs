@@ -10,6 +10,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         revision -> Int8,
         awaiting_message -> Nullable<Uuid>,
+        awaiting_calls -> Nullable<Array<Text>>,
         awaiting_until -> Nullable<Timestamptz>,
     }
 }

@@ -44,6 +44,9 @@ pub enum Submitted {
     NotAwaited,
     /// The results came after the wait was over.
     Overdue,
+    /// Calls of the service's own tools in the same round have no result yet: the reply that
+    /// runs them has not ended.
+    StillRunning,
     /// The results do not answer exactly the calls that await them: nothing was stored.
     Mismatch {
         /// Ids given that no awaiting call has, or given twice.
@@ -72,11 +75,15 @@ impl Store {
                 let Some(state) = lock_conversation(&*conn, user, conversation).await? else {
                     return Ok(Submitted::NoConversation);
                 };
-                let awaited = conversations::table
+                let (awaited, client_calls) = conversations::table
                     .filter(conversations::id.eq(conversation.as_uuid()))
-                    .select(conversations::awaiting_message)
-                    .first::<Option<uuid::Uuid>>(conn)
+                    .select((
+                        conversations::awaiting_message,
+                        conversations::awaiting_calls,
+                    ))
+                    .first::<(Option<uuid::Uuid>, Option<Vec<String>>)>(conn)
                     .await?;
+                let client_calls = client_calls.unwrap_or_default();
                 if awaited != Some(*message.as_uuid()) {
                     return Ok(Submitted::NotAwaited);
                 }
@@ -93,8 +100,15 @@ impl Store {
                     .into_iter()
                     .map(ToolCall::try_from)
                     .collect::<Result<Vec<_>, _>>()?;
-                if let Some(mismatch) = mismatch(&calls, results) {
+                if let Some(mismatch) = mismatch(&calls, &client_calls, results) {
                     return Ok(mismatch);
+                }
+                let service_pending = calls.iter().any(|call| {
+                    call.status == ToolCallStatus::Requested
+                        && !client_calls.contains(&call.provider_call_id)
+                });
+                if service_pending {
+                    return Ok(Submitted::StillRunning);
                 }
                 for given in results {
                     let Some(call) = calls
@@ -119,7 +133,7 @@ impl Store {
                     .await?;
                 let revision = fixed(
                     "UPDATE conversations
-                     SET awaiting_message = NULL, awaiting_until = NULL,
+                     SET awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
                          revision = revision + 1, updated_at = GREATEST(updated_at, $2)
                      WHERE id = $1
                      RETURNING revision",
@@ -137,12 +151,18 @@ impl Store {
     }
 }
 
-/// How `results` fail to answer exactly the calls of `calls` that await a result, if they do.
-fn mismatch(calls: &[ToolCall], results: &[GivenResult]) -> Option<Submitted> {
+/// How `results` fail to answer exactly the calls of `calls` that the client is to answer
+/// (`client_calls`) and that await a result, if they do.
+fn mismatch(
+    calls: &[ToolCall],
+    client_calls: &[String],
+    results: &[GivenResult],
+) -> Option<Submitted> {
     let awaiting: HashSet<&str> = calls
         .iter()
         .filter(|c| c.status == ToolCallStatus::Requested)
         .map(|c| c.provider_call_id.as_str())
+        .filter(|id| client_calls.iter().any(|c| c == id))
         .collect();
     let mut seen = HashSet::new();
     let unexpected: Vec<String> = results
@@ -151,10 +171,9 @@ fn mismatch(calls: &[ToolCall], results: &[GivenResult]) -> Option<Submitted> {
         .filter(|id| !awaiting.contains(id) || !seen.insert(*id))
         .map(str::to_owned)
         .collect();
-    let missing: Vec<String> = calls
+    let missing: Vec<String> = awaiting
         .iter()
-        .filter(|c| c.status == ToolCallStatus::Requested)
-        .map(|c| c.provider_call_id.as_str())
+        .copied()
         .filter(|id| !seen.contains(id))
         .map(str::to_owned)
         .collect();

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::{
     Conn, Operation, Store, StoreError,
     models::{NewToolCallRow, Stored},
-    schema::{conversations, tool_calls},
+    schema::{conversations, messages, tool_calls},
     statement::fixed,
 };
 use crate::domain::{
@@ -39,6 +39,7 @@ const APPEND_MESSAGE: &str = "WITH touched AS (
              title = CASE WHEN title = '' THEN $4 ELSE title END,
              revision = revision + 1,
              awaiting_message = CASE WHEN $10 THEN NULL ELSE awaiting_message END,
+             awaiting_calls = CASE WHEN $10 THEN NULL ELSE awaiting_calls END,
              awaiting_until = CASE WHEN $10 THEN NULL ELSE awaiting_until END
          WHERE id = $1 AND user_id = $2 AND ($9::int8 IS NULL OR revision < $9)
            AND (NOT $10 OR awaiting_until IS NULL OR awaiting_until <= $3)
@@ -126,8 +127,8 @@ impl ContextRow {
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
 const APPEND: Operation = Operation::new("UPDATE", "UPDATE conversations INSERT messages");
 const BEFORE: Operation = Operation::new("SELECT", "SELECT messages");
-const REVISION: Operation = Operation::new("SELECT", "SELECT conversations");
 const TOOL_RESULT: Operation = Operation::new("UPDATE", "UPDATE tool_calls");
+const END_ROUND: Operation = Operation::new("UPDATE", "UPDATE conversations messages");
 
 impl Store {
     /// Creates the conversation together with its first message, unless the user already has
@@ -161,8 +162,8 @@ impl Store {
     /// Adds the user's message to one of their conversations, naming the conversation
     /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision` and
     /// it awaits no tool results. Returns the new revision, which is the message's sequence, once
-    /// committed; `None` if the user has no such conversation, or it is full, or it waits, in
-    /// which case nothing is written ([`Store::conversation_state`] tells which).
+    /// committed; else nothing is written, and the conversation's state as it was locked says
+    /// why (`None`: the user has no such conversation).
     ///
     /// `placed` hears the same answer as soon as the conversation's row is locked, before the
     /// message is written and committed: from then on nobody else can write to the
@@ -174,7 +175,7 @@ impl Store {
         title_if_unnamed: &Title,
         max_revision: Revision,
         placed: oneshot::Sender<Option<Revision>>,
-    ) -> Result<Option<Revision>, StoreError> {
+    ) -> Result<Result<Revision, Option<ConversationState>>, StoreError> {
         let title = title_if_unnamed.as_str();
         self.run_transaction_by_hand(APPEND, async |conn| {
             let conn: &Conn = conn;
@@ -186,10 +187,10 @@ impl Store {
                     .filter(|state| !state.awaits_tool_results(message.create_time))
                     .map(|state| state.revision + 1);
                 let _ = placed.send(next);
-                Ok::<_, diesel::result::Error>(next)
+                Ok::<_, diesel::result::Error>((next, state))
             };
             let write = append_message(conn, user, message, title, Some(max_revision), true);
-            let ((), expected, appended, ()) =
+            let ((), (expected, state), appended, ()) =
                 futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
             if appended != expected {
                 // Only if the statements ran out of order, which `begin` rules out.
@@ -197,30 +198,7 @@ impl Store {
                     "the message was written at {appended:?}, not at {expected:?} as its lock said"
                 )));
             }
-            Ok(appended)
-        })
-        .await
-    }
-
-    /// The revision of the user's conversation and whether it awaits tool results, or `None` if
-    /// there is no such conversation.
-    pub async fn conversation_state(
-        &self,
-        user: UserId,
-        conversation: ConversationId,
-    ) -> Result<Option<ConversationState>, StoreError> {
-        self.run(REVISION, async |conn| {
-            Ok(conversations::table
-                .filter(conversations::id.eq(conversation.as_uuid()))
-                .filter(conversations::user_id.eq(user.as_uuid()))
-                .select((conversations::revision, conversations::awaiting_until))
-                .first::<(Revision, Option<DateTime<Utc>>)>(conn)
-                .await
-                .optional()?
-                .map(|(revision, awaiting_until)| ConversationState {
-                    revision,
-                    awaiting_until,
-                }))
+            Ok(appended.ok_or(state))
         })
         .await
     }
@@ -252,8 +230,9 @@ impl Store {
         .await
     }
 
-    /// Records what became of a tool call of one of the user's messages. `false` if there is
-    /// no such call any more (its conversation was deleted).
+    /// Records what became of a tool call of one of the user's messages, unless it has a result
+    /// already. `false` if there is no such call any more (its conversation was deleted), or it
+    /// had a result.
     pub async fn store_tool_result(
         &self,
         user: UserId,
@@ -265,7 +244,8 @@ impl Store {
             let updated = fixed(
                 "UPDATE tool_calls SET status = $3, result = $4
                  FROM messages, conversations
-                 WHERE tool_calls.id = $1 AND messages.id = tool_calls.message_id
+                 WHERE tool_calls.id = $1 AND tool_calls.status = 'requested'
+                   AND messages.id = tool_calls.message_id
                    AND conversations.id = messages.conversation_id AND conversations.user_id = $2",
             )
             .bind::<SqlUuid, _>(call.as_uuid())
@@ -279,16 +259,64 @@ impl Store {
         .await
     }
 
+    /// Ends a round of tool calls that was cut short: the conversation's revision moves on, so
+    /// that no replica takes what it remembers of the round (calls without their results) for
+    /// current; and if the round was `awaiting` the client's results, the wait ends and the
+    /// message is marked cancelled, so that the conversation takes messages again at once.
+    pub async fn end_cut_round(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        awaiting: Option<MessageId>,
+    ) -> Result<(), StoreError> {
+        self.run(END_ROUND, async |conn| {
+            conn.transaction::<(), StoreError, _>(async |conn| {
+                let waited = awaiting.map(|id| *id.as_uuid());
+                let ended = fixed(
+                    "UPDATE conversations
+                     SET revision = revision + 1,
+                         awaiting_message = CASE WHEN awaiting_message = $3 THEN NULL ELSE awaiting_message END,
+                         awaiting_calls = CASE WHEN awaiting_message = $3 THEN NULL ELSE awaiting_calls END,
+                         awaiting_until = CASE WHEN awaiting_message = $3 THEN NULL ELSE awaiting_until END
+                     WHERE id = $1 AND user_id = $2",
+                )
+                .bind::<SqlUuid, _>(conversation.as_uuid())
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<Nullable<SqlUuid>, _>(waited)
+                .execute(conn)
+                .await?;
+                if let (Some(message), 1) = (waited, ended) {
+                    diesel::update(
+                        messages::table
+                            .filter(messages::id.eq(message))
+                            .filter(messages::status.eq(
+                                <&str>::from(crate::domain::MessageStatus::AwaitingToolResults),
+                            )),
+                    )
+                    .set(
+                        messages::status
+                            .eq(<&str>::from(crate::domain::MessageStatus::Cancelled)),
+                    )
+                    .execute(conn)
+                    .await?;
+                }
+                Ok(())
+            })
+            .await
+        })
+        .await
+    }
+
     /// Stores the assistant's reply with its tool calls and moves the conversation's update
-    /// time forward, atomically, and returns the new revision. With `awaiting_until`, the reply
-    /// awaits results of tools the client runs, until then, and the conversation takes no user
-    /// message meanwhile. `None` if the conversation was deleted meanwhile, in which case
+    /// time forward, atomically, and returns the new revision. With `awaiting`, the reply awaits
+    /// the results of those of its calls that the client runs, and the conversation takes no
+    /// user message meanwhile. `None` if the conversation was deleted meanwhile, in which case
     /// nothing is written.
     pub async fn store_reply(
         &self,
         user: UserId,
         reply: &Message,
-        awaiting_until: Option<DateTime<Utc>>,
+        awaiting: Option<&Awaiting>,
     ) -> Result<Option<Revision>, StoreError> {
         let operation = Operation::new("INSERT", "INSERT messages tool_calls");
         self.run(operation, async |conn| {
@@ -301,12 +329,13 @@ impl Store {
                 else {
                     return Ok(None);
                 };
-                if let Some(until) = awaiting_until {
+                if let Some(awaiting) = awaiting {
                     diesel::update(conversations::table)
                         .filter(conversations::id.eq(reply.conversation_id.as_uuid()))
                         .set((
                             conversations::awaiting_message.eq(Some(reply.id.as_uuid())),
-                            conversations::awaiting_until.eq(Some(until)),
+                            conversations::awaiting_calls.eq(Some(&awaiting.calls)),
+                            conversations::awaiting_until.eq(Some(awaiting.until)),
                         ))
                         .execute(conn)
                         .await?;
@@ -428,6 +457,14 @@ pub(super) async fn lock_conversation(
         revision,
         awaiting_until,
     }))
+}
+
+/// What a reply that called the client's tools waits for.
+#[derive(Debug, Clone)]
+pub struct Awaiting {
+    /// The provider's ids of the calls the client is to answer.
+    pub calls: Vec<String>,
+    pub until: DateTime<Utc>,
 }
 
 /// Where a conversation stands, as a write to it needs to know.

@@ -7,6 +7,18 @@ use std::{
 
 use crate::{domain::ToolSpec, telemetry::metrics::Metrics};
 
+/// The most tools of one server that are offered: each goes into every model request.
+pub(super) const MAX_TOOLS_PER_SERVER: usize = 128;
+
+/// Whether models take `name` as a function's name: 1 to 64 ASCII letters, digits, `_`, `-`.
+fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// A tool as one server lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ListedTool {
@@ -45,7 +57,7 @@ impl Catalog {
             .map(|(server, tool)| (*server, tool.as_str()))
     }
 
-    /// Every server's tools under one namespace. A name that two servers both use is given,
+    /// Every server's tools under one namespace (at most [`MAX_TOOLS_PER_SERVER`] of each). A name that two servers both use is given,
     /// on each of them, as `<server>__<tool>`, so that no tool hides another and no name
     /// depends on which server answered first.
     fn build(servers: &[(String, Option<Vec<ListedTool>>)]) -> Self {
@@ -58,12 +70,16 @@ impl Catalog {
         let mut routes = HashMap::new();
         let mut specs = Vec::new();
         for (index, (server, tools)) in servers.iter().enumerate() {
-            for tool in tools.iter().flatten() {
+            for tool in tools.iter().flatten().take(MAX_TOOLS_PER_SERVER) {
                 let name = if uses.get(tool.name.as_str()).copied().unwrap_or(0) > 1 {
                     format!("{server}__{}", tool.name)
                 } else {
                     tool.name.clone()
                 };
+                if !is_model_name(&name) {
+                    tracing::warn!(server = %server, tool = %name, "a tool whose name models refuse is not offered");
+                    continue;
+                }
                 if routes.contains_key(&name) {
                     // One server listing a name twice: the first wins.
                     continue;
@@ -151,6 +167,23 @@ mod tests {
         assert_eq!(catalog.route("tasks__search"), Some((0, "search")));
         assert_eq!(catalog.route("search"), None);
         assert_eq!(catalog.route("add"), Some((0, "add")));
+    }
+
+    #[test]
+    fn names_models_refuse_are_not_offered() {
+        let long = "x".repeat(60);
+        let catalog = Catalog::build(&[
+            (
+                "tasks".into(),
+                Some(vec![tool("a.b"), tool("ok"), tool(&long)]),
+            ),
+            ("web".into(), Some(vec![tool(&long)])),
+        ]);
+        assert_eq!(
+            names(&catalog),
+            ["ok"],
+            "tasks__xxx… and web__xxx… are over 64"
+        );
     }
 
     #[test]

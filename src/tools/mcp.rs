@@ -22,6 +22,7 @@ use rmcp::{
     },
 };
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -72,6 +73,8 @@ pub(super) struct McpServer {
     catalog: Arc<Shared>,
     /// The open connection, while there is one.
     peer: RwLock<Option<Peer<RoleClient>>>,
+    /// Told when the server says its tool list changed.
+    list_changed: Notify,
 }
 
 impl McpServer {
@@ -87,6 +90,7 @@ impl McpServer {
             max_result_bytes,
             catalog,
             peer: RwLock::new(None),
+            list_changed: Notify::new(),
         })
     }
 
@@ -109,17 +113,33 @@ impl McpServer {
                     pauses = reconnect_backoff();
                     let peer = running.peer().clone();
                     *self.peer.write().unwrap_or_else(PoisonError::into_inner) = Some(peer.clone());
-                    self.relist(&peer).await;
                     let closing = running.cancellation_token();
-                    tokio::select! {
-                        () = stop.cancelled() => {
-                            closing.cancel();
-                            return;
+                    let closed = running.waiting();
+                    tokio::pin!(closed);
+                    // Lists now, then once for any number of changes announced meanwhile, one
+                    // list at a time, so that an older list never replaces a newer one.
+                    let mut relist = true;
+                    loop {
+                        if std::mem::take(&mut relist) {
+                            tokio::select! {
+                                () = stop.cancelled() => {
+                                    closing.cancel();
+                                    return;
+                                }
+                                _ = &mut closed => break,
+                                () = self.relist(&peer) => {}
+                            }
                         }
-                        _ = running.waiting() => {
-                            tracing::warn!(server = %self.name(), "the MCP server closed the connection");
+                        tokio::select! {
+                            () = stop.cancelled() => {
+                                closing.cancel();
+                                return;
+                            }
+                            _ = &mut closed => break,
+                            () = self.list_changed.notified() => relist = true,
                         }
                     }
+                    tracing::warn!(server = %self.name(), "the MCP server closed the connection");
                     *self.peer.write().unwrap_or_else(PoisonError::into_inner) = None;
                     self.catalog.update(self.index, self.name(), None);
                 }
@@ -137,7 +157,12 @@ impl McpServer {
 
     /// Lists the server's tools and offers them.
     async fn relist(&self, peer: &Peer<RoleClient>) {
-        match peer.list_all_tools().await {
+        let listed = tokio::time::timeout(LIST_TIMEOUT, peer.list_all_tools()).await;
+        match listed.unwrap_or_else(|_| {
+            Err(ServiceError::Timeout {
+                timeout: LIST_TIMEOUT,
+            })
+        }) {
             Ok(tools) => {
                 let tools = tools
                     .into_iter()
@@ -198,12 +223,20 @@ impl McpServer {
             };
             let running = match self.connect(Some(token), None).await {
                 Ok(running) => running,
-                Err(error) => return ToolOutcome::Failed(ToolFailure::Unreachable(error)),
+                Err(error) => {
+                    tracing::warn!(server = %self.name(), error = %error, "connecting for a call failed");
+                    return ToolOutcome::Failed(ToolFailure::Unreachable(format!(
+                        "the server {:?} did not answer",
+                        self.name()
+                    )));
+                }
             };
             let result = running.peer().call_tool(params).await;
-            // Closes the caller's session; a call cut short never gets here, and its
-            // connection is dropped, which closes it too.
-            let _ = running.cancel().await;
+            // The caller's session is closed in the background: its closing is not the call's
+            // time. A call cut short never gets here; its connection is dropped, which closes it.
+            tokio::spawn(async move {
+                let _ = running.cancel().await;
+            });
             result
         } else {
             let peer = self
@@ -218,15 +251,21 @@ impl McpServer {
         };
         match result {
             Ok(result) => self.outcome(result),
-            Err(ServiceError::McpError(error)) => {
-                ToolOutcome::Failed(ToolFailure::ToolError(error.message.into_owned()))
-            }
+            Err(ServiceError::McpError(error)) => ToolOutcome::Failed(ToolFailure::ToolError(
+                truncate(error.message.into_owned(), MAX_ERROR_BYTES),
+            )),
             Err(error) => {
                 let text = error.to_string();
                 if text.contains("exceeded the maximum size") {
                     ToolOutcome::Failed(ToolFailure::TooLarge(self.max_result_bytes))
                 } else {
-                    ToolOutcome::Failed(ToolFailure::Unreachable(text))
+                    // The detail can name internal addresses: it goes to the log, not to the
+                    // model or the user.
+                    tracing::warn!(server = %self.name(), error = %text, "a tool call failed");
+                    ToolOutcome::Failed(ToolFailure::Unreachable(format!(
+                        "the server {:?} did not answer",
+                        self.name()
+                    )))
                 }
             }
         }
@@ -242,7 +281,7 @@ impl McpServer {
             .collect::<Vec<_>>()
             .join("\n");
         if result.is_error == Some(true) {
-            return ToolOutcome::Failed(ToolFailure::ToolError(truncate(text, 4096)));
+            return ToolOutcome::Failed(ToolFailure::ToolError(truncate(text, MAX_ERROR_BYTES)));
         }
         let value = match result.structured_content {
             Some(value) => value,
@@ -255,6 +294,12 @@ impl McpServer {
         ToolOutcome::Succeeded(value)
     }
 }
+
+/// The most of a tool's own error message that is kept.
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// The longest a server may take to list its tools.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest pause between two attempts to reach a server.
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(30);
@@ -293,12 +338,11 @@ impl ClientHandler for Watcher {
         ClientConfig::new(ClientCapabilities::default(), info).with_protocol_version(PROTOCOL)
     }
 
-    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
-        let Some(server) = self.server.as_ref().and_then(Weak::upgrade) else {
-            return;
-        };
-        // Not in the handler: the list request's answer comes through the same connection.
-        let peer = context.peer.clone();
-        tokio::spawn(async move { server.relist(&peer).await });
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        // The watching task lists again: not here, since the answer comes through the same
+        // connection, and once however many changes are announced.
+        if let Some(server) = self.server.as_ref().and_then(Weak::upgrade) {
+            server.list_changed.notify_one();
+        }
     }
 }

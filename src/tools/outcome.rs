@@ -32,6 +32,8 @@ pub enum ToolFailure {
     Cancelled(&'static str),
     #[error("not run: the reply has used all {0} of its rounds of tool calls")]
     RoundLimit(u32),
+    #[error("not run: one round runs at most {0} calls")]
+    TooManyCalls(usize),
 }
 
 impl ToolFailure {
@@ -46,6 +48,7 @@ impl ToolFailure {
             Self::TooLarge(_) => "too_large",
             Self::Cancelled(_) => "cancelled",
             Self::RoundLimit(_) => "round_limit",
+            Self::TooManyCalls(_) => "too_many_calls",
         }
     }
 }

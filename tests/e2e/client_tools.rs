@@ -16,6 +16,7 @@ use super::{
     send_message::Turn,
     support::{
         FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp, process::ServiceProcess,
+        wait::eventually,
     },
     tools::stored_messages,
 };
@@ -507,4 +508,79 @@ async fn results_given_to_another_replica_after_a_restart_continue_the_reply() {
         count("SELECT count(*) AS n FROM conversations WHERE awaiting_message IS NOT NULL").await,
         0
     );
+}
+
+#[tokio::test]
+async fn results_wait_for_the_services_own_calls_and_a_cut_round_frees_the_conversation() {
+    let tools = FakeToolServer::start().await;
+    let fake = FakeLlm::start().await;
+    let server = tools.settings("tasks", false);
+    let app = TestApp::with_fake_llm(&fake, |config| config.tools.servers = vec![server]).await;
+    app.wait_for_tools(mcp::TOOLS).await;
+    fake.script([Script::tool_calls(&[
+        ("call_s", "hang", "{}"),
+        ("call_c", "get_location", "{}"),
+    ])]);
+    let request = app.request(
+        "alice",
+        SendMessageRequest {
+            conversation_id: String::new(),
+            content: "Where am I?".to_owned(),
+            tools: vec![location_tool()],
+        },
+    );
+    let mut stream = app
+        .chat()
+        .send_message(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let mut id = String::new();
+    let mut calls = 0;
+    while calls < 2 {
+        match stream
+            .message()
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .and_then(|r| r.event)
+        {
+            Some(Event::Accepted(accepted)) => id = accepted.conversation_id,
+            Some(Event::ToolCall(_)) => calls += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    tools.wait_for_hung_calls(1).await;
+    let message = stored_messages(&app, "alice", &id).await[1].id.clone();
+
+    // The service's own call is not the client's to answer...
+    let theirs = refused_submit(
+        &app,
+        "alice",
+        &id,
+        &message,
+        results(&[("call_s", "{}"), ("call_c", "{}")]),
+    )
+    .await;
+    assert_bad_field(&theirs, "results");
+    assert!(theirs.message().contains("call_s"), "{theirs:?}");
+    // ...and the client's own waits until the service's are done.
+    let early = refused_submit(&app, "alice", &id, &message, results(&[("call_c", "{}")])).await;
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    assert!(early.message().contains("still running"), "{early:?}");
+
+    // Cut short before `completed`, the round waits for nothing: the client never got the
+    // message to answer.
+    drop(stream);
+    tools.wait_for_cancelled_calls(1).await;
+    let waiting = "SELECT count(*) AS n FROM conversations WHERE awaiting_message IS NOT NULL";
+    eventually("the wait ends with the round", || async {
+        app.db.count(waiting).await == 0
+    })
+    .await;
+    let stored = stored_messages(&app, "alice", &id).await;
+    assert_eq!(stored[1].status(), MessageStatus::Cancelled);
+    let next = send(&app, "alice", &id, Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(next.error.is_none(), "{:?}", next.error);
 }

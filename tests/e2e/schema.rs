@@ -74,6 +74,7 @@ fn diesel_type(postgres: &str) -> &'static str {
         "jsonb" => "Jsonb",
         "bytea" => "Bytea",
         "bool" => "Bool",
+        "_text" => "Array<Text>",
         other => panic!("no diesel type is mapped for the PostgreSQL type {other}: add it here"),
     }
 }

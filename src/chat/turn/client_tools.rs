@@ -80,6 +80,24 @@ impl Offer {
     }
 }
 
+/// A few of `ids`, each cut short, for an error message that stays small whatever a client
+/// sends.
+fn some_ids(ids: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut shown: Vec<String> = ids
+        .iter()
+        .take(SHOWN)
+        .map(|id| {
+            let cut: String = id.chars().take(64).collect();
+            format!("{cut:?}")
+        })
+        .collect();
+    if ids.len() > SHOWN {
+        shown.push(format!("and {} more", ids.len() - SHOWN));
+    }
+    shown.join(", ")
+}
+
 /// The refusal of a user's message while a reply awaits the client's tool results.
 pub(super) fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
     ChatError::FailedPrecondition(format!(
@@ -167,6 +185,13 @@ impl Turns {
                         .to_owned(),
                 ));
             }
+            Submitted::StillRunning => {
+                return Err(ChatError::FailedPrecondition(
+                    "the reply is still running the service's own tools of that round: give the \
+                     results once its stream has ended with completed"
+                        .to_owned(),
+                ));
+            }
             Submitted::Overdue => {
                 return Err(ChatError::FailedPrecondition(
                     "the wait for these tool results is over (CHAT_TOOL_RESULTS_TIMEOUT): send a \
@@ -181,12 +206,12 @@ impl Turns {
                 let mut problems = Vec::new();
                 if !unexpected.is_empty() {
                     problems.push(format!(
-                        "no awaiting call has the id {}, or it was given twice",
-                        unexpected.join(", ")
+                        "no call that awaits your result has the id {}, or it was given twice",
+                        some_ids(&unexpected)
                     ));
                 }
                 if !missing.is_empty() {
-                    problems.push(format!("no result for {}", missing.join(", ")));
+                    problems.push(format!("no result for {}", some_ids(&missing)));
                 }
                 return Err(ChatError::invalid("results", problems.join("; ")));
             }

@@ -447,21 +447,17 @@ impl Turns {
                     .await?
             }
         };
-        if let Some(sequence) = appended {
-            return Ok(Appended::Committed(sequence));
-        }
-        // Nothing was written; the conversation's state tells why.
-        Ok(
-            match self.store.conversation_state(user, target.id()).await? {
-                None => Appended::Missing,
-                Some(state) => match state.awaiting_until {
-                    Some(until) if state.awaits_tool_results(message.create_time) => {
-                        Appended::AwaitingToolResults(until)
-                    }
-                    _ => Appended::Full(Limit::ConversationMessages),
-                },
+        // Nothing written: the conversation's state, as it was locked, says why.
+        Ok(match appended {
+            Ok(sequence) => Appended::Committed(sequence),
+            Err(None) => Appended::Missing,
+            Err(Some(state)) => match state.awaiting_until {
+                Some(until) if state.awaits_tool_results(message.create_time) => {
+                    Appended::AwaitingToolResults(until)
+                }
+                _ => Appended::Full(Limit::ConversationMessages),
             },
-        )
+        })
     }
 }
 

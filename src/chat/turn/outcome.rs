@@ -168,18 +168,14 @@ impl ReplyTask {
     pub(super) async fn store_reply(
         &self,
         reply: &Message,
-        awaiting_until: Option<chrono::DateTime<chrono::Utc>>,
+        awaiting: Option<&crate::store::Awaiting>,
     ) -> Result<Stored, StoreError> {
         // Made on the first failure: the common case needs none.
         let mut delays = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self
-                .store
-                .store_reply(self.user, reply, awaiting_until)
-                .await
-            {
+            let error = match self.store.store_reply(self.user, reply, awaiting).await {
                 Ok(Some(revision)) => return Ok(Stored::At(revision)),
                 Ok(None) => return Ok(Stored::ConversationGone),
                 Err(error) => error,

@@ -24,6 +24,7 @@ use crate::{
     chat::ChatError,
     domain::{Message, MessageStatus, ToolCall, ToolCallStatus, now},
     llm::{ChatModel, ModelRequest, ModelStream},
+    store::Awaiting,
     tools::{Catalog, ToolFailure, ToolOutcome, Toolbox},
 };
 
@@ -56,10 +57,30 @@ fn metric_label<'a>(catalog: &Catalog, name: &'a str) -> &'a str {
     }
 }
 
+/// The most calls of one round that are run; more fail as `too_many_calls`. At the largest
+/// result allowed (64 KiB by default), a round's results then fit in a response.
+const MAX_CALLS_PER_ROUND: usize = 32;
+
+/// Gives each call an id unique in its round: a provider that leaves an id out, or repeats one,
+/// would make a call that no result can name.
+fn give_unique_ids(calls: &mut [ToolCall]) {
+    let mut seen = HashSet::new();
+    for (index, call) in calls.iter_mut().enumerate() {
+        if call.provider_call_id.is_empty() || !seen.insert(call.provider_call_id.clone()) {
+            call.provider_call_id = format!("call_{}_{index}", call.id);
+            seen.insert(call.provider_call_id.clone());
+        }
+    }
+}
+
 impl ToolRounds {
     /// When the wait for the client's results, beginning now, is over.
     fn results_deadline(&self) -> chrono::DateTime<chrono::Utc> {
-        now() + chrono::Duration::from_std(self.results_wait).unwrap_or(chrono::Duration::MAX)
+        let now = now();
+        chrono::Duration::from_std(self.results_wait)
+            .ok()
+            .and_then(|wait| now.checked_add_signed(wait))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
     }
 }
 
@@ -96,25 +117,43 @@ impl ReplyTask {
         {
             return None;
         }
-        let calls: Vec<ToolCall> = std::mem::take(&mut relayed.calls)
+        let mut calls: Vec<ToolCall> = std::mem::take(&mut relayed.calls)
             .into_iter()
             .map(tool_call)
             .collect();
+        give_unique_ids(&mut calls);
+        // Beyond a round's share, calls are kept but not run: a round's results must fit in a
+        // response.
+        let too_many = ToolOutcome::Failed(ToolFailure::TooManyCalls(MAX_CALLS_PER_ROUND));
+        for call in calls.iter_mut().skip(MAX_CALLS_PER_ROUND) {
+            call.status = ToolCallStatus::Failed;
+            call.result = Some(too_many.clone().into_result());
+        }
         // The service runs its own tools; the client's end the reply, which awaits their results.
         let runs: Vec<bool> = calls
             .iter()
-            .map(|call| !tools.client_tools.contains(&call.name))
+            .map(|call| {
+                call.status == ToolCallStatus::Requested && !tools.client_tools.contains(&call.name)
+            })
             .collect();
-        let awaiting = runs.contains(&false);
-        let until = awaiting.then(|| tools.results_deadline());
+        let client_calls: Vec<String> = calls
+            .iter()
+            .filter(|call| call.status == ToolCallStatus::Requested)
+            .filter(|call| tools.client_tools.contains(&call.name))
+            .map(|call| call.provider_call_id.clone())
+            .collect();
+        let awaiting = (!client_calls.is_empty()).then(|| Awaiting {
+            calls: client_calls,
+            until: tools.results_deadline(),
+        });
         let text = std::mem::take(&mut relayed.text);
         let status = match awaiting {
-            true => MessageStatus::AwaitingToolResults,
-            false => MessageStatus::Complete,
+            Some(_) => MessageStatus::AwaitingToolResults,
+            None => MessageStatus::Complete,
         };
         let mut message = self.reply(text, calls, status);
         // The calls are stored before anyone hears of them.
-        let revision = match self.store_reply(&message, until).await {
+        let revision = match self.store_reply(&message, awaiting.as_ref()).await {
             Ok(Stored::At(revision)) => Some(revision),
             Ok(Stored::AtUnknownPlace) => None,
             Ok(Stored::ConversationGone) => {
@@ -129,7 +168,20 @@ impl ReplyTask {
             self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
                 .await;
         }
-        let ended = self.run_calls(&mut message, &runs, sender).await;
+        if let Some(outcome) = self.run_calls(&mut message, &runs, sender).await {
+            // What this replica and others remember of the round is not current, and a wait
+            // for results the client never heard of must not hold the conversation.
+            self.recent.forget(self.conversation_id);
+            let waited = awaiting.is_some().then_some(message.id);
+            if let Err(error) = self
+                .store
+                .end_cut_round(self.user, self.conversation_id, waited)
+                .await
+            {
+                tracing::warn!(error = %error, "ending a round that was cut short failed");
+            }
+            return Some(Round::Ended(outcome));
+        }
         if let Some(revision) = revision {
             self.recent.record(
                 self.user,
@@ -138,10 +190,7 @@ impl ReplyTask {
                 recent_message(&message),
             );
         }
-        if let Some(outcome) = ended {
-            return Some(Round::Ended(outcome));
-        }
-        if awaiting {
+        if awaiting.is_some() {
             let completion = Completion {
                 message,
                 finish_reason: "tool_calls".to_owned(),
