@@ -33,6 +33,16 @@ pub struct ToolArgs {
 
 const SETTING: &str = "CHAT_MCP_CONFIG";
 
+/// Headers the Streamable HTTP transport sets on each request: configured, they would break it.
+const RESERVED_HEADERS: [&str; 6] = [
+    "accept",
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "host",
+];
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct McpConfigFile {
@@ -123,6 +133,11 @@ fn server(name: String, entry: McpServerEntry) -> Result<McpServerSettings, Conf
         .map(|(header, value)| {
             let parsed_name = HeaderName::try_from(header.as_str())
                 .map_err(|_| problem(format!("{header:?} is not a header name")))?;
+            if RESERVED_HEADERS.contains(&parsed_name.as_str()) {
+                return Err(problem(format!(
+                    "{header:?} is set by the MCP transport itself and cannot be configured"
+                )));
+            }
             let mut parsed_value = HeaderValue::try_from(value)
                 .map_err(|_| problem(format!("the value of {header:?} is not a header value")))?;
             parsed_value.set_sensitive(true);
@@ -152,7 +167,7 @@ mod tests {
     fn servers_are_read_in_the_shape_mcp_clients_use() {
         let servers = parse_servers(
             r#"{"mcpServers": {
-                "web": {"url": "https://tools.example/mcp", "headers": {"Authorization": "Bearer s3cret"}},
+                "web": {"url": "https://robot:pa55word@tools.example/mcp", "headers": {"Authorization": "Bearer s3cret"}},
                 "tasks": {"type": "http", "url": "http://tasks:8000/mcp", "forwardBearerToken": true}
             }}"#,
         )
@@ -164,6 +179,8 @@ mod tests {
         assert_eq!(servers[1].headers.len(), 1);
         let printed = format!("{servers:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!printed.contains("pa55word"), "{printed}");
+        assert!(printed.contains("https://tools.example/mcp"), "{printed}");
     }
 
     #[test]
@@ -181,6 +198,10 @@ mod tests {
             refused(r#"{"mcpServers": {"a b": {"url": "http://x/mcp"}}}"#).contains("a name is")
         );
         assert!(refused(r#"{"servers": {}}"#).contains("not an MCP configuration"));
+        assert!(
+            refused(r#"{"mcpServers": {"x": {"url": "http://x/mcp", "headers": {"Mcp-Session-Id": "1"}}}}"#)
+                .contains("set by the MCP transport")
+        );
         assert!(refused("{").contains("CHAT_MCP_CONFIG"));
     }
 }

@@ -46,9 +46,22 @@ pub struct McpServerSettings {
 
 impl fmt::Debug for McpServerSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL may carry credentials (`https://user:password@host/`): only where it points is
+        // shown.
+        let url = url::Url::parse(&self.url).map_or_else(
+            |_| "<not a URL>".to_owned(),
+            |url| {
+                format!(
+                    "{}://{}{}",
+                    url.scheme(),
+                    url.host_str().unwrap_or(""),
+                    url.path()
+                )
+            },
+        );
         f.debug_struct("McpServerSettings")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &url)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("forward_bearer_token", &self.forward_bearer_token)
             .finish()
@@ -110,7 +123,7 @@ impl McpServer {
             match connected {
                 Ok(running) => {
                     tracing::info!(server = %self.name(), "connected to the MCP server");
-                    pauses = reconnect_backoff();
+                    let connected_at = tokio::time::Instant::now();
                     let peer = running.peer().clone();
                     *self.peer.write().unwrap_or_else(PoisonError::into_inner) = Some(peer.clone());
                     let closing = running.cancellation_token();
@@ -140,6 +153,10 @@ impl McpServer {
                         }
                     }
                     tracing::warn!(server = %self.name(), "the MCP server closed the connection");
+                    // A server that drops each connection at once is not retried at once forever.
+                    if connected_at.elapsed() >= MAX_RECONNECT_PAUSE {
+                        pauses = reconnect_backoff();
+                    }
                     *self.peer.write().unwrap_or_else(PoisonError::into_inner) = None;
                     self.catalog.update(self.index, self.name(), None);
                 }
