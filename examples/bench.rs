@@ -4,7 +4,9 @@
 //!
 //!     cargo build --release && cargo run --release --example bench -- [OPTION...] [SCENARIO...]
 //!
-//! Scenarios: streams-1, streams-50, streams-500, slow-2000, reads (default: all of them).
+//! Scenarios: streams-1, streams-50, streams-500, streams-50-redis, slow-2000, reads (default: all
+//! of them). streams-50-redis runs a second server that relays turn events through Redis
+//! (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379).
 //! Options shape the upstream's replies in the turn scenarios (streams-*): `--ttft-ms N` (time
 //! to first token, default 20), `--chunks N` (default 20), `--chunk-delay-ms N` (between chunks,
 //! default 5); `--seconds N` measures each of those scenarios for N seconds after its warm-up.
@@ -171,9 +173,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(database: &DatabaseUrl, upstream: SocketAddr) -> Self {
+    fn start(database: &DatabaseUrl, upstream: SocketAddr, redis: Option<&str>) -> Self {
         let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/chat-service");
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(redis) = redis {
+            command.env("CHAT_REDIS_URL", redis);
+        }
+        let mut child = command
             .env("DATABASE_URL", database.expose().expose_secret())
             .env("CHAT_JWT_SECRET", SECRET)
             .env("CHAT_LLM_BASE_URL", format!("http://{upstream}/v1"))
@@ -513,6 +519,7 @@ async fn streams(
     database: &DatabaseUrl,
     concurrency: usize,
     seconds: u64,
+    via: &str,
 ) -> Result<(), String> {
     upstream.set(shape);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
@@ -562,7 +569,7 @@ async fn streams(
     let mut to_model: Vec<f64> = total.overheads.iter().map(|o| ms(o.to_model)).collect();
     let mut back: Vec<f64> = total.overheads.iter().map(|o| ms(o.back)).collect();
     println!(
-        "| {concurrency} streams, {seconds} s | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.1} | {}/{} |",
+        "| {concurrency} streams{via}, {seconds} s | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.1} | {}/{} |",
         summary(&mut overheads),
         median_and_p99(&mut to_model),
         median_and_p99(&mut back),
@@ -574,7 +581,7 @@ async fn streams(
         stored,
         total.message_ids.len(),
     );
-    let scenario = format!("{concurrency} streams");
+    let scenario = format!("{concurrency} streams{via}");
     all_stored(&scenario, stored, total.message_ids.len())?;
     match total.errors {
         0 => Ok(()),
@@ -781,10 +788,11 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
 }
 
 /// The turn scenarios: name, users, and seconds measured unless `--seconds` says otherwise.
-const TURN_SCENARIOS: [(&str, usize, u64); 3] = [
+const TURN_SCENARIOS: [(&str, usize, u64); 4] = [
     ("streams-1", 1, 10),
     ("streams-50", 50, 15),
     ("streams-500", 500, 15),
+    ("streams-50-redis", 50, 15),
 ];
 
 /// Every scenario's name, in the order they run.
@@ -872,7 +880,9 @@ fn main() {
 
         let upstream_shape = Arc::new(UpstreamShape::default());
         let upstream = start_upstream(upstream_shape.clone()).await;
-        let server = Server::start(&database, upstream);
+        let server = Server::start(&database, upstream, None);
+        // Started only when asked for: it needs Redis.
+        let mut with_redis = None;
 
         if TURN_SCENARIOS.iter().any(|(name, ..)| options.wants(name)) {
             let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape();
@@ -886,7 +896,14 @@ fn main() {
         for (name, concurrency, seconds) in TURN_SCENARIOS {
             if options.wants(name) {
                 let seconds = options.seconds.unwrap_or(seconds);
-                failures.extend(streams(&server, &upstream_shape, options.turn_shape(), &database, concurrency, seconds).await.err());
+                let via = if name.ends_with("-redis") { " through Redis" } else { "" };
+                let server = if name.ends_with("-redis") {
+                    let redis = std::env::var("CHAT_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+                    &*with_redis.get_or_insert_with(|| Server::start(&database, upstream, Some(&redis)))
+                } else {
+                    &server
+                };
+                failures.extend(streams(server, &upstream_shape, options.turn_shape(), &database, concurrency, seconds, via).await.err());
             }
         }
         if options.wants("slow-2000") {

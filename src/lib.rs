@@ -5,8 +5,8 @@
 //!   assembles the layers, serves gRPC, grpc-web, health and metrics, and shuts down;
 //! - [`api`] is the gRPC edge: authentication, protobuf ↔ domain, statuses;
 //! - [`chat`] holds the use cases: a turn, and reading and deleting conversations;
-//! - [`store`] (PostgreSQL), [`llm`] (the model) and [`tools`] (MCP servers) are the ports the
-//!   use cases drive;
+//! - [`store`] (PostgreSQL), [`llm`] (the model), [`tools`] (MCP servers) and [`events`] (a
+//!   turn's live events, in process or through Redis Streams) are the ports the use cases drive;
 //! - [`domain`] is the shared vocabulary and depends on nothing else in the crate.
 //!
 //! [`telemetry`] (logs, traces, metrics) is used by every layer and depends on none of them.
@@ -15,6 +15,7 @@ pub mod api;
 pub mod chat;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod llm;
 pub mod server;
 pub mod store;

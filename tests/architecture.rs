@@ -12,7 +12,7 @@ use std::{
 
 /// Each top-level module and the modules it may use. `config` is the outermost: it builds every
 /// layer's settings, so nothing may use it (but the binary, which is not part of the library).
-const ALLOWED: [(&str, &[&str]); 9] = [
+const ALLOWED: [(&str, &[&str]); 10] = [
     (
         "config",
         &[
@@ -22,6 +22,7 @@ const ALLOWED: [(&str, &[&str]); 9] = [
             "store",
             "llm",
             "tools",
+            "events",
             "telemetry",
             "domain",
         ],
@@ -34,15 +35,20 @@ const ALLOWED: [(&str, &[&str]); 9] = [
             "store",
             "llm",
             "tools",
+            "events",
             "telemetry",
             "domain",
         ],
     ),
     ("api", &["chat", "telemetry", "domain"]),
-    ("chat", &["store", "llm", "tools", "telemetry", "domain"]),
+    (
+        "chat",
+        &["store", "llm", "tools", "events", "telemetry", "domain"],
+    ),
     ("store", &["telemetry", "domain"]),
     ("llm", &["telemetry", "domain"]),
     ("tools", &["telemetry", "domain"]),
+    ("events", &["telemetry", "domain"]),
     ("telemetry", &[]),
     ("domain", &[]),
 ];

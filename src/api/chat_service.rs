@@ -7,19 +7,20 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiError, Caller, convert,
     proto::{
-        MessageAccepted, MessageCompleted, MessageDelta, SendMessageRequest, SendMessageResponse,
-        SubmitToolResultsRequest, SubmitToolResultsResponse, ToolDefinition, Usage,
-        chat_service_server::ChatService, send_message_response::Event,
-        submit_tool_results_response::Event as ContinuationEvent,
+        CancelTurnRequest, CancelTurnResponse, Disconnect, MessageAccepted, MessageCompleted,
+        MessageDelta, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
+        SendMessageResponse, SubmitToolResultsRequest, SubmitToolResultsResponse, ToolDefinition,
+        Usage, chat_service_server::ChatService, resume_turn_response::Event as ResumedEvent,
+        send_message_response::Event, submit_tool_results_response::Event as ContinuationEvent,
     },
     request_id,
 };
 use crate::{
     chat::{
-        ChatError, ClientTool, Completion, GivenToolResult, ToolResultsRequest, TurnEvent,
-        TurnRequest, Turns,
+        ChatError, ClientTool, Completion, GivenToolResult, Sequenced, ToolResultsRequest,
+        TurnEvent, TurnRequest, TurnStream, Turns,
     },
-    domain::{ConversationId, MessageId},
+    domain::{ConversationId, MessageId, RequestKey},
 };
 
 /// `chat.v1.ChatService`.
@@ -36,30 +37,49 @@ impl ChatApi {
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn event(event: Event) -> SendMessageResponse {
-    SendMessageResponse { event: Some(event) }
-}
-
-fn encode(turn_event: TurnEvent) -> SendMessageResponse {
-    let event = match turn_event {
+fn encode(sequenced: Sequenced) -> SendMessageResponse {
+    let event = match sequenced.event {
+        TurnEvent::Accepted(accepted) => Event::Accepted(MessageAccepted {
+            conversation_id: accepted.conversation_id.to_string(),
+            user_message: Some(convert::message(accepted.user_message)),
+        }),
         TurnEvent::Delta(text) => Event::Delta(MessageDelta { text }),
         TurnEvent::ToolCall(call) => Event::ToolCall(convert::tool_call(call)),
         TurnEvent::ToolResult(result) => Event::ToolResult(convert::tool_result(result)),
         TurnEvent::Completed(completion) => Event::Completed(completed(completion)),
     };
-    SendMessageResponse { event: Some(event) }
+    SendMessageResponse {
+        event: Some(event),
+        sequence: sequenced.sequence,
+    }
 }
 
-fn encode_continuation(turn_event: TurnEvent) -> SubmitToolResultsResponse {
-    let event = match turn_event {
-        TurnEvent::Delta(text) => ContinuationEvent::Delta(MessageDelta { text }),
-        TurnEvent::ToolCall(call) => ContinuationEvent::ToolCall(convert::tool_call(call)),
+fn encode_resumed(sequenced: Sequenced) -> ResumeTurnResponse {
+    let SendMessageResponse { event, sequence } = encode(sequenced);
+    let event = event.map(|event| match event {
+        Event::Accepted(accepted) => ResumedEvent::Accepted(accepted),
+        Event::Delta(delta) => ResumedEvent::Delta(delta),
+        Event::ToolCall(call) => ResumedEvent::ToolCall(call),
+        Event::ToolResult(result) => ResumedEvent::ToolResult(result),
+        Event::Completed(completed) => ResumedEvent::Completed(completed),
+    });
+    ResumeTurnResponse { event, sequence }
+}
+
+/// A continuation's events: those of SendMessage after accepted, which it has none of.
+fn encode_continuation(sequenced: Sequenced) -> SubmitToolResultsResponse {
+    let event = match sequenced.event {
+        TurnEvent::Accepted(_) => None,
+        TurnEvent::Delta(text) => Some(ContinuationEvent::Delta(MessageDelta { text })),
+        TurnEvent::ToolCall(call) => Some(ContinuationEvent::ToolCall(convert::tool_call(call))),
         TurnEvent::ToolResult(result) => {
-            ContinuationEvent::ToolResult(convert::tool_result(result))
+            Some(ContinuationEvent::ToolResult(convert::tool_result(result)))
         }
-        TurnEvent::Completed(completion) => ContinuationEvent::Completed(completed(completion)),
+        TurnEvent::Completed(completion) => {
+            Some(ContinuationEvent::Completed(completed(completion)))
+        }
     };
-    SubmitToolResultsResponse { event: Some(event) }
+    SubmitToolResultsResponse { event }
 }
 
 fn completed(completion: Completion) -> MessageCompleted {
@@ -74,23 +94,37 @@ fn completed(completion: Completion) -> MessageCompleted {
     }
 }
 
+/// A turn's events as the client reads them, failures as statuses.
+fn responses<T>(
+    turn: TurnStream,
+    encode: fn(Sequenced) -> T,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    T: Send + 'static,
+{
+    turn.map(move |item| {
+        item.map(encode)
+            .map_err(|error| Status::from(ApiError::from(error)))
+    })
+}
+
 /// The reply's events as the client reads them: the last one, when the stream had no room for
 /// it, after everything else.
 fn reply_stream<T>(
-    events: tokio::sync::mpsc::Receiver<Result<TurnEvent, ChatError>>,
-    last_word: tokio::sync::oneshot::Receiver<Result<TurnEvent, ChatError>>,
-    encode: fn(TurnEvent) -> T,
+    events: tokio::sync::mpsc::Receiver<Result<Sequenced, ChatError>>,
+    last_word: tokio::sync::oneshot::Receiver<Result<Sequenced, ChatError>>,
+    encode: fn(Sequenced) -> T,
 ) -> impl Stream<Item = Result<T, Status>> + Send + 'static
 where
     T: Send + 'static,
 {
     let last_word = futures_util::stream::once(last_word).filter_map(Result::ok);
-    ReceiverStream::new(events)
-        .chain(last_word)
-        .map(move |item| {
-            item.map(encode)
-                .map_err(|error| Status::from(ApiError::from(error)))
-        })
+    let turn: TurnStream = Box::pin(ReceiverStream::new(events).chain(last_word));
+    responses(turn, encode)
+}
+
+fn message_id(text: &str) -> Result<MessageId, ApiError> {
+    MessageId::parse(text).map_err(|e| ApiError::invalid("message_id", e))
 }
 
 fn client_tools(tools: Vec<ToolDefinition>) -> Vec<ClientTool> {
@@ -132,6 +166,19 @@ impl ChatService for ChatApi {
                 ConversationId::parse(id).map_err(|e| ApiError::invalid("conversation_id", e))?,
             ),
         };
+        let request_key = RequestKey::parse(message.request_id)
+            .map_err(|e| ApiError::invalid("request_id", e))?;
+        let detached = match Disconnect::try_from(message.on_disconnect) {
+            Ok(Disconnect::Unspecified | Disconnect::Cancel) => false,
+            Ok(Disconnect::Continue) => true,
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "on_disconnect",
+                    "must be DISCONNECT_CANCEL or DISCONNECT_CONTINUE",
+                )
+                .into());
+            }
+        };
         let turn = TurnRequest {
             received_at,
             user,
@@ -140,17 +187,41 @@ impl ChatService for ChatApi {
             request_id,
             bearer,
             tools: client_tools(message.tools),
+            request_key,
+            detached,
         };
-        let started = self.turns.start(turn).await.map_err(ApiError::from)?;
+        let turn = self.turns.start(turn).await.map_err(ApiError::from)?;
+        Ok(Response::new(Box::pin(responses(turn, encode))))
+    }
 
-        let accepted = event(Event::Accepted(MessageAccepted {
-            conversation_id: started.conversation_id.to_string(),
-            user_message: Some(convert::message(started.user_message)),
-        }));
-        let reply = reply_stream(started.events, started.last_word, encode);
-        Ok(Response::new(Box::pin(
-            tokio_stream::once(Ok(accepted)).chain(reply),
-        )))
+    type ResumeTurnStream = EventStream<ResumeTurnResponse>;
+
+    async fn resume_turn(
+        &self,
+        request: Request<ResumeTurnRequest>,
+    ) -> Result<Response<Self::ResumeTurnStream>, Status> {
+        let user = self.caller.user(&request).await?;
+        let message = request.into_inner();
+        let turn = message_id(&message.message_id)?;
+        let events = self
+            .turns
+            .resume(user, turn, message.after_sequence)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(Box::pin(responses(events, encode_resumed))))
+    }
+
+    async fn cancel_turn(
+        &self,
+        request: Request<CancelTurnRequest>,
+    ) -> Result<Response<CancelTurnResponse>, Status> {
+        let user = self.caller.user(&request).await?;
+        let turn = message_id(&request.get_ref().message_id)?;
+        self.turns
+            .cancel(user, turn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(CancelTurnResponse {}))
     }
 
     type SubmitToolResultsStream = EventStream<SubmitToolResultsResponse>;
@@ -166,8 +237,7 @@ impl ChatService for ChatApi {
         let message = request.into_inner();
         let conversation = ConversationId::parse(&message.conversation_id)
             .map_err(|e| ApiError::invalid("conversation_id", e))?;
-        let message_id = MessageId::parse(&message.message_id)
-            .map_err(|e| ApiError::invalid("message_id", e))?;
+        let message_id = message_id(&message.message_id)?;
         if message.results.is_empty() {
             return Err(ApiError::from(ChatError::invalid(
                 "results",
@@ -201,7 +271,12 @@ impl ChatService for ChatApi {
         let stored = continuation
             .results
             .into_iter()
-            .map(|result| Ok(encode_continuation(TurnEvent::ToolResult(result))))
+            .map(|result| {
+                Ok(encode_continuation(Sequenced {
+                    sequence: 0,
+                    event: TurnEvent::ToolResult(result),
+                }))
+            })
             .collect::<Vec<_>>();
         let reply = reply_stream(
             continuation.events,

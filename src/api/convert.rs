@@ -77,5 +77,6 @@ fn status(status: MessageStatus) -> proto::MessageStatus {
         MessageStatus::Complete => proto::MessageStatus::Complete,
         MessageStatus::Cancelled => proto::MessageStatus::Cancelled,
         MessageStatus::AwaitingToolResults => proto::MessageStatus::AwaitingToolResults,
+        MessageStatus::Interrupted => proto::MessageStatus::Interrupted,
     }
 }

@@ -39,16 +39,18 @@ impl From<ApiError> for Status {
             ApiError::Chat(ChatError::Model(error)) => {
                 // The detail stays in the log: upstream text can name internal hosts.
                 tracing::warn!(error = %error, "the model failed");
-                let message = format!(
-                    "the model failed to answer: {}; your message was saved",
-                    error.summary()
-                );
-                if error.is_timeout() {
-                    Status::deadline_exceeded(message)
-                } else {
-                    Status::unavailable(message)
-                }
+                model_failed(&error.summary(), error.is_timeout())
             }
+            ApiError::Chat(ChatError::ModelFailed { summary, timeout }) => {
+                model_failed(&summary, timeout)
+            }
+            ApiError::Chat(ChatError::Cancelled) => {
+                Status::cancelled("the turn was cancelled; the reply so far is saved as CANCELLED")
+            }
+            ApiError::Chat(ChatError::TurnLost) => Status::unavailable(
+                "the replica generating this turn stopped; the reply so far is saved as \
+                 INTERRUPTED: send the message again with the same request_id for a new reply",
+            ),
             ApiError::Chat(ChatError::ShuttingDown) => Status::unavailable(
                 "the server is shutting down; the reply so far was saved as cancelled, retry on another replica",
             ),
@@ -84,11 +86,24 @@ impl From<ApiError> for Status {
                 "the reply was cut off because the client read none of it for the stall timeout \
                  (CHAT_STREAM_STALL_TIMEOUT); what was sent before is saved as cancelled",
             ),
+            ApiError::Chat(ChatError::Duplicate) => {
+                tracing::error!("a duplicate request reached the edge");
+                Status::internal("internal error; the details are in the service's log")
+            }
             ApiError::Chat(ChatError::Internal(reason)) => {
                 tracing::error!(error = %reason, "internal error");
                 Status::internal("internal error; the details are in the service's log")
             }
         }
+    }
+}
+
+fn model_failed(summary: &str, timeout: bool) -> Status {
+    let message = format!("the model failed to answer: {summary}; your message was saved");
+    if timeout {
+        Status::deadline_exceeded(message)
+    } else {
+        Status::unavailable(message)
     }
 }
 

@@ -33,6 +33,16 @@ pub enum ChatError {
     /// The model failed to answer; the message says how, without internal addresses.
     #[error("the model failed: {0}")]
     Model(LlmError),
+    /// The model failed to answer, as told when the turn ended: by category, for a client that
+    /// follows the turn later.
+    #[error("the model failed: {summary}")]
+    ModelFailed { summary: String, timeout: bool },
+    /// The turn was cancelled; what was streamed so far is stored as cancelled.
+    #[error("the turn was cancelled")]
+    Cancelled,
+    /// The replica generating the turn stopped; what it had streamed is stored as interrupted.
+    #[error("the replica generating the turn stopped")]
+    TurnLost,
     /// The server is shutting down; what was generated so far is stored.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -52,6 +62,10 @@ pub enum ChatError {
     /// The client read nothing of its reply for too long; what it was sent is stored.
     #[error("the reply was not read")]
     NotRead,
+    /// The request's id was taken by the same request, let in first elsewhere. Never reaches a
+    /// client: the use case follows the turn that request started instead.
+    #[error("the request was let in first elsewhere")]
+    Duplicate,
     /// A bug or corrupted state. The text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),

@@ -13,6 +13,7 @@ pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
 pub use recent::RecentContexts;
 pub use turn::{
-    ClientTool, Completion, Continuation, GivenToolResult, MAX_TOOL_RESULTS_BYTES, StartedTurn,
-    ToolResult, ToolResultsRequest, TurnEvent, TurnRequest, TurnRuntime, TurnSettings, Turns,
+    ACCEPTED, Accepted, ClientTool, Completion, Continuation, GivenToolResult,
+    MAX_TOOL_RESULTS_BYTES, Sequenced, ToolResult, ToolResultsRequest, TurnEvent, TurnRequest,
+    TurnRuntime, TurnSettings, TurnStream, Turns,
 };

@@ -5,6 +5,7 @@
 
 mod auth;
 mod database;
+mod events;
 mod limits;
 mod model;
 mod server;
@@ -18,7 +19,7 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 pub use self::{
-    auth::AuthArgs, database::DatabaseArgs, limits::LimitArgs, model::ModelArgs,
+    auth::AuthArgs, database::DatabaseArgs, events::EventArgs, limits::LimitArgs, model::ModelArgs,
     server::ServerArgs, telemetry::TelemetryArgs, tools::ToolArgs, turns::TurnArgs,
 };
 use crate::server::Config;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub turns: TurnArgs,
     #[command(flatten)]
     pub tools: ToolArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -82,13 +85,17 @@ impl Settings {
             None => !self.model.names_a_real_model(),
         };
         let (log, otel) = self.telemetry.into_settings(env, stderr_is_terminal)?;
+        let (events, lease) = self.events.into_settings()?;
+        let mut turns = self.turns.into_settings()?;
+        turns.lease = lease;
         Ok(Config {
             server: self.server.into_settings(env)?,
             database: self.database.into_settings()?,
             auth: self.auth.into_settings(env, development_key_allowed)?,
             model: self.model.into_settings(env)?,
-            turns: self.turns.into_settings()?,
+            turns,
             tools: self.tools.into_settings()?,
+            events,
             limits: self.limits.into_settings()?,
             log,
             otel,

@@ -57,6 +57,7 @@ pub struct TurnArgs {
 }
 
 impl TurnArgs {
+    /// The settings, with the lease (CHAT_TURN_LEASE, read with the events) at its default.
     pub fn into_settings(self) -> Result<TurnSettings, ConfigError> {
         if self.history_messages == 0 {
             return Err(invalid("CHAT_HISTORY_MESSAGES", "must be at least 1"));
@@ -93,6 +94,7 @@ impl TurnArgs {
             stream_stall_timeout: self.stream_stall_timeout,
             max_tool_rounds: self.max_tool_rounds,
             tool_results_timeout: self.tool_results_timeout,
+            lease: Duration::from_secs(10),
         })
     }
 }

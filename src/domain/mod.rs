@@ -8,6 +8,7 @@ mod ids;
 mod page;
 mod time;
 mod tool;
+mod turn;
 
 pub use content::{InvalidContent, MessageContent};
 pub use conversation::{
@@ -20,3 +21,4 @@ pub use page::{
 };
 pub use time::now;
 pub use tool::{InvalidToolDefinition, ToolSpec};
+pub use turn::{Attempt, FIRST_ATTEMPT, InvalidRequestKey, RequestKey, TurnState};

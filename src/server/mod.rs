@@ -32,6 +32,7 @@ use crate::{
         Admission, Conversations, Identities, LimitSettings, RecentContexts, TurnRuntime,
         TurnSettings, Turns,
     },
+    events::{EventSettings, EventsError, TurnEvents},
     llm::{self, ChatModel, LlmError, ModelSettings},
     store::{ConnectError, DatabaseSettings, Store},
     telemetry::{LogSettings, OtelSettings, metrics::Metrics},
@@ -47,6 +48,7 @@ pub struct Config {
     pub model: ModelSettings,
     pub turns: TurnSettings,
     pub tools: ToolSettings,
+    pub events: EventSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
     /// Where traces go; `None` exports none.
@@ -113,6 +115,8 @@ pub enum StartupError {
     Model(#[from] LlmError),
     #[error("invalid setting CHAT_CORS_ALLOWED_ORIGINS: {0}")]
     Cors(String),
+    #[error("cannot set up turn events (CHAT_REDIS_URL): {0}")]
+    Events(#[from] EventsError),
     #[error("cannot read the services' descriptors: {0}")]
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
@@ -220,6 +224,10 @@ impl Application {
         // connections stay up until every reply, and so every tool call, is over.
         let tools_stop = CancellationToken::new();
         let toolbox = Toolbox::start(config.tools.clone(), metrics.clone(), &tools_stop);
+        // Redis need not be up: events reach it once it is.
+        let events = TurnEvents::start(&config.events, metrics.clone(), tools_stop.clone())?;
+        let replica = uuid::Uuid::now_v7();
+        let lease = config.turns.lease;
         let turns_runtime = TurnRuntime {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
@@ -227,7 +235,13 @@ impl Application {
             admission: admission.clone(),
             identities: identities.clone(),
             toolbox,
+            events,
+            replica,
         };
+        // The lease is held before the first turn starts, so that no turn looks lost.
+        if let Err(error) = store.renew_lease(replica, lease).await {
+            tracing::warn!(error = %error, "taking this replica's lease failed; trying again");
+        }
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_monitor = health::start(
@@ -275,6 +289,8 @@ impl Application {
             config.turns,
             turns_runtime.clone(),
         );
+        let lease_stop = CancellationToken::new();
+        let leases = tokio::spawn(turns.clone().keep_alive(lease_stop.clone()));
         let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns))
             .max_decoding_message_size(send_message_limit)
             .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
@@ -356,6 +372,9 @@ impl Application {
         // Whatever was cut short still gets its partial reply stored.
         turns_runtime.tasks.close();
         turns_runtime.tasks.wait().await;
+        // Every turn here has ended: none is left for the others to take over.
+        lease_stop.cancel();
+        let _ = leases.await;
         tools_stop.cancel();
         metrics_stop.cancel();
         let _ = metrics_server.await;

@@ -10,6 +10,7 @@ mod models;
 mod schema;
 mod statement;
 mod tool_results;
+mod turn_records;
 mod turns;
 mod url;
 mod users;
@@ -27,7 +28,8 @@ pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier
 pub use error::StoreError;
 pub use migrations::{MigrationError, run_migrations};
 pub use tool_results::{GivenResult, Submitted};
-pub use turns::{Awaiting, ConversationState};
+pub use turn_records::{LapsedTurn, StoredReply, TurnRecord};
+pub use turns::{Awaiting, ConversationState, NewTurn, ReplyOf};
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// The server the service and its tools use when `DATABASE_URL` is not set.

@@ -160,7 +160,13 @@ pub struct NewToolCallRow<'a> {
     pub status: &'static str,
     pub result: Option<&'a serde_json::Value>,
     pub created_at: DateTime<Utc>,
+    /// [`SETTLED_WHEN_STORED`] for a call stored with its outcome, which no result event
+    /// follows; later results number themselves from 0.
+    pub answer_index: Option<i32>,
 }
+
+/// The answer index of a call that was settled (failed without being run) when it was stored.
+pub const SETTLED_WHEN_STORED: i32 = -1;
 
 #[cfg(test)]
 mod tests {

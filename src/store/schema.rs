@@ -24,6 +24,16 @@ diesel::table! {
         status -> Text,
         created_at -> Timestamptz,
         sequence -> Int8,
+        turn_id -> Nullable<Uuid>,
+        turn_attempt -> Nullable<Int4>,
+        deltas -> Nullable<Array<Int4>>,
+    }
+}
+
+diesel::table! {
+    replicas (id) {
+        id -> Uuid,
+        lease_until -> Timestamptz,
     }
 }
 
@@ -46,6 +56,23 @@ diesel::table! {
         result -> Nullable<Jsonb>,
         status -> Text,
         created_at -> Timestamptz,
+        answer_index -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    turns (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        conversation_id -> Uuid,
+        request_key -> Nullable<Text>,
+        request_hash -> Nullable<Bytea>,
+        state -> Text,
+        attempt -> Int4,
+        replica -> Nullable<Uuid>,
+        outcome -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+        ended_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -60,11 +87,14 @@ diesel::table! {
 diesel::joinable!(conversations -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(tool_calls -> messages (message_id));
+diesel::joinable!(turns -> conversations (conversation_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
+    replicas,
     service_secrets,
     tool_calls,
+    turns,
     users,
 );

@@ -46,6 +46,11 @@ struct ToolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -76,6 +81,7 @@ pub struct Metrics {
     tool_calls: Family<ToolLabels, Counter>,
     tool_duration: HistogramFamily<ToolLabels>,
     tools_offered: Gauge,
+    event_engine_errors: Family<OperationLabels, Counter>,
 }
 
 /// Where a turn in an existing conversation found the messages the model sees.
@@ -189,6 +195,12 @@ impl Metrics {
             "Tools from MCP servers offered to the model now",
             tools_offered.clone(),
         );
+        let event_engine_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "event_engine_errors",
+            "Failed operations on the engine that carries turn events between replicas (Redis), by operation (append, read, cancel)",
+            event_engine_errors.clone(),
+        );
         Arc::new(Self {
             registry,
             rpc_requests,
@@ -205,6 +217,7 @@ impl Metrics {
             tool_calls,
             tool_duration,
             tools_offered,
+            event_engine_errors,
         })
     }
 
@@ -215,6 +228,12 @@ impl Metrics {
         };
         self.tool_calls.get_or_create(&labels).inc();
         self.tool_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn record_event_engine_error(&self, operation: &'static str) {
+        self.event_engine_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
     pub fn set_tools_offered(&self, count: usize) {

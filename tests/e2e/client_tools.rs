@@ -86,6 +86,7 @@ async fn send(
             conversation_id: conversation_id.to_owned(),
             content: "Where am I?".to_owned(),
             tools,
+            ..Default::default()
         },
     );
     read(app.chat().send_message(request).await).await
@@ -473,6 +474,7 @@ async fn results_given_to_another_replica_after_a_restart_continue_the_reply() {
             conversation_id: String::new(),
             content: "Where am I?".to_owned(),
             tools: vec![location_tool()],
+            ..Default::default()
         },
     );
     let turn = read(first.chat().send_message(request).await)
@@ -527,6 +529,7 @@ async fn results_wait_for_the_services_own_calls_and_a_cut_round_frees_the_conve
             conversation_id: String::new(),
             content: "Where am I?".to_owned(),
             tools: vec![location_tool()],
+            ..Default::default()
         },
     );
     let mut stream = app

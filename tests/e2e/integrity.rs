@@ -110,6 +110,7 @@ async fn a_reply_whose_connection_was_cut_is_stored_on_another() {
         match stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {
             Some(SendMessageResponse {
                 event: Some(Event::Accepted(accepted)),
+                ..
             }) => conversation = Some(accepted.conversation_id),
             other => panic!("expected `accepted`, got {other:?}"),
         }
@@ -146,6 +147,7 @@ async fn a_reply_whose_write_is_cut_off_is_stored_by_another_try() {
     let conversation = match stream.message().await.unwrap_or_else(|e| panic!("{e:?}")) {
         Some(SendMessageResponse {
             event: Some(Event::Accepted(accepted)),
+            ..
         }) => accepted.conversation_id,
         other => panic!("expected `accepted`, got {other:?}"),
     };

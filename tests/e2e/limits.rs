@@ -73,6 +73,7 @@ async fn read_to_the_end(stream: &mut Streaming<SendMessageResponse>) -> (String
         match stream.message().await {
             Ok(Some(SendMessageResponse {
                 event: Some(Event::Delta(delta)),
+                ..
             })) => text.push_str(&delta.text),
             Ok(Some(other)) => panic!("unexpected event {other:?}"),
             Ok(None) => panic!("the stream ended without saying it was cut off"),
@@ -635,6 +636,7 @@ async fn a_conversation_holds_no_more_messages_than_allowed_and_the_last_reply_i
     let conversation = match first.message().await {
         Ok(Some(SendMessageResponse {
             event: Some(Event::Accepted(accepted)),
+            ..
         })) => accepted.conversation_id,
         other => panic!("expected `accepted`, got {other:?}"),
     };

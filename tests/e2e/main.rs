@@ -8,6 +8,7 @@ use chat_service_test_support as support;
 mod auth;
 mod client_tools;
 mod conversations;
+mod durable_turns;
 mod integrity;
 mod isolation;
 mod jwks;

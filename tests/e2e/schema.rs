@@ -75,6 +75,7 @@ fn diesel_type(postgres: &str) -> &'static str {
         "bytea" => "Bytea",
         "bool" => "Bool",
         "_text" => "Array<Text>",
+        "_int4" => "Array<Int4>",
         other => panic!("no diesel type is mapped for the PostgreSQL type {other}: add it here"),
     }
 }

@@ -23,7 +23,7 @@ use super::{
 };
 
 /// The service with `fake` as its model and `servers` for tools, once it offers `tools` of them.
-async fn app_with_tools(
+pub(super) async fn app_with_tools(
     fake: &FakeLlm,
     servers: Vec<chat_service::tools::McpServerSettings>,
     tools: usize,

@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc, time::Instant};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ReplyOrigin, ToolResult, TurnEvent, Turns};
+use super::{ReplyOrigin, Sequenced, ToolResult, Turns};
 use crate::{
     chat::ChatError,
     domain::{ConversationId, MessageId, ToolCallStatus, ToolSpec, UserId, now},
@@ -55,8 +55,8 @@ pub struct Continuation {
     /// The results as stored, in the order of the message's calls.
     pub results: Vec<ToolResult>,
     /// The rest of the reply, as for [`super::StartedTurn`].
-    pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
-    pub last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
+    pub events: mpsc::Receiver<Result<Sequenced, ChatError>>,
+    pub last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
 }
 
 /// The tools a reply may call: the service's, and the client's.
@@ -247,6 +247,8 @@ impl Turns {
             request_id: &request.request_id,
             received_at: request.received_at,
             bearer: request.bearer.as_ref(),
+            // A continuation is not a turn of its own: it is neither resumed nor retried.
+            turn: None,
         };
         let reply = self.spawn_reply(&origin, context, offer, permit);
         // Everything it answers is stored already.

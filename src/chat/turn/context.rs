@@ -112,6 +112,7 @@ mod tests {
             system_prompt: prompt.map(str::to_owned),
             stream_stall_timeout: std::time::Duration::from_secs(30),
             max_tool_rounds: 8,
+            lease: std::time::Duration::from_secs(10),
             tool_results_timeout: std::time::Duration::from_secs(900),
         }
     }

@@ -8,9 +8,16 @@
 //!    task of its own ([`reply`]);
 //! 4. what became of it is stored and the client told ([`outcome`]);
 //! 5. the turn is reported in spans, metrics and one log line ([`telemetry`]).
+//!
+//! Every event of a turn is numbered and written to the turn's log ([`journal`]), so that a
+//! retry of the same request, or a client whose stream broke, follows the turn from where it is
+//! ([`follow`]), on any replica.
 
 mod client_tools;
 mod context;
+mod follow;
+mod journal;
+mod lapsed;
 mod outcome;
 mod relay;
 mod reply;
@@ -18,9 +25,12 @@ mod telemetry;
 mod tools;
 
 use std::{
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use futures_util::Stream;
 
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
@@ -32,8 +42,10 @@ pub use self::client_tools::{
     ToolResultsRequest,
 };
 use self::client_tools::{Offer, awaiting_tool_results};
+pub use self::journal::{ACCEPTED, Sequenced};
 use self::{
     context::build_context,
+    journal::Outlet,
     reply::ReplyTask,
     telemetry::{TurnLabels, TurnTelemetry},
     tools::ToolRounds,
@@ -41,11 +53,13 @@ use self::{
 use super::{Admission, ChatError, Identities, Limit, StreamPermit, recent::RecentContexts};
 use crate::{
     domain::{
-        Conversation, ConversationId, Message, MessageContent, MessageId, MessageStatus,
-        RecentHistory, RecentMessage, Revision, Role, Title, ToolCall, ToolCallStatus, UserId, now,
+        Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent, MessageId,
+        MessageStatus, RecentHistory, RecentMessage, RequestKey, Revision, Role, Title, ToolCall,
+        ToolCallStatus, UserId, now,
     },
+    events::{TurnEvents, TurnKey},
     llm::{ChatModel, TokenUsage},
-    store::Store,
+    store::{NewTurn, Store, StoreError},
     telemetry::metrics::{HistorySource, Metrics},
     tools::Toolbox,
 };
@@ -69,6 +83,8 @@ pub struct TurnSettings {
     /// How long a reply waits for the results of tools the client runs; meanwhile its
     /// conversation takes no new message.
     pub tool_results_timeout: Duration,
+    /// How long this replica's turns outlive it: it renews its lease while it runs.
+    pub lease: Duration,
 }
 
 /// A request to hold one turn.
@@ -86,11 +102,18 @@ pub struct TurnRequest {
     pub bearer: Option<SecretString>,
     /// Tools the client runs itself, as it defined them.
     pub tools: Vec<ClientTool>,
+    /// The client's id for the request: a retry with the same id is the same turn.
+    pub request_key: Option<RequestKey>,
+    /// Whether the turn goes on when the client goes away.
+    pub detached: bool,
 }
 
 /// What the client learns while the reply is generated, in this order.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TurnEvent {
+    /// The user's message is stored: the turn's first event.
+    Accepted(Accepted),
     Delta(String),
     /// A call the model asked for, stored.
     ToolCall(ToolCall),
@@ -99,8 +122,14 @@ pub enum TurnEvent {
     Completed(Completion),
 }
 
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Accepted {
+    pub conversation_id: ConversationId,
+    pub user_message: Message,
+}
+
 /// What became of a tool call.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ToolResult {
     /// The provider's id for the call, as its `ToolCall` event gave it.
     pub provider_call_id: String,
@@ -108,7 +137,7 @@ pub struct ToolResult {
     pub result: serde_json::Value,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Completion {
     /// The stored reply.
     pub message: Message,
@@ -117,24 +146,39 @@ pub struct Completion {
     pub usage: Option<TokenUsage>,
 }
 
-/// A turn whose user message is stored and whose reply is being generated.
-pub struct StartedTurn {
-    pub conversation_id: ConversationId,
-    pub user_message: Message,
-    /// The reply's events. Dropping the receiver cancels the turn: the model call is aborted and
-    /// what was generated so far is stored as a cancelled message.
-    pub events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
-    /// The reply's last event (`completed` or an error), when `events` had no room for it: it
-    /// comes after everything `events` holds.
-    pub last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
-}
+/// A turn's events as its client reads them, `accepted` first. Dropping the stream of a turn
+/// that ends with its client cancels it: the model call is aborted and what was generated so
+/// far is stored as a cancelled message.
+pub type TurnStream = Pin<Box<dyn Stream<Item = Result<Sequenced, ChatError>> + Send>>;
 
 /// A reply task just started, and the means to release it and to hear from it.
 struct SpawnedReply {
     /// Fired once the user message is committed; dropped, it aborts the model request.
     commit: oneshot::Sender<()>,
-    events: mpsc::Receiver<Result<TurnEvent, ChatError>>,
-    last_word: oneshot::Receiver<Result<TurnEvent, ChatError>>,
+    events: mpsc::Receiver<Result<Sequenced, ChatError>>,
+    /// The reply's last event (`completed` or an error), when `events` had no room for it: it
+    /// comes after everything `events` holds.
+    last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
+}
+
+impl SpawnedReply {
+    /// Lets the reply go (its user message is committed) and returns the events of the turn as
+    /// its client reads them: `accepted`, the reply's, and the last one, when the stream had no
+    /// room for it, after everything else.
+    fn release(self, accepted: Accepted) -> TurnStream {
+        let _ = self.commit.send(());
+        use tokio_stream::StreamExt;
+        let accepted = Sequenced {
+            sequence: ACCEPTED,
+            event: TurnEvent::Accepted(accepted),
+        };
+        let last_word = futures_util::stream::once(self.last_word).filter_map(Result::ok);
+        Box::pin(
+            tokio_stream::once(Ok(accepted))
+                .chain(tokio_stream::wrappers::ReceiverStream::new(self.events))
+                .chain(last_word),
+        )
+    }
 }
 
 /// What became of the user's message.
@@ -178,6 +222,15 @@ struct ReplyOrigin<'a> {
     /// When the request arrived: time to first token is measured from here.
     received_at: Instant,
     bearer: Option<&'a SecretString>,
+    /// The turn the reply is for, if it is one that may be followed.
+    turn: Option<LiveTurn>,
+}
+
+/// A turn being generated: its attempt, and whether it outlives its client.
+#[derive(Debug, Clone, Copy)]
+struct LiveTurn {
+    key: TurnKey,
+    detached: bool,
 }
 
 /// How many events may wait for a slow client before the model is made to wait too.
@@ -197,6 +250,10 @@ pub struct TurnRuntime {
     pub identities: Identities,
     /// The tools the model is offered, and the means to call them.
     pub toolbox: Arc<Toolbox>,
+    /// Turn events, for those who follow a turn, and turn cancellation, on any replica.
+    pub events: TurnEvents,
+    /// This replica, whose lease keeps its turns alive.
+    pub replica: uuid::Uuid,
 }
 
 #[derive(Clone)]
@@ -225,10 +282,23 @@ impl Turns {
         }
     }
 
-    pub async fn start(&self, mut request: TurnRequest) -> Result<StartedTurn, ChatError> {
+    pub async fn start(&self, mut request: TurnRequest) -> Result<TurnStream, ChatError> {
         let text = std::mem::take(&mut request.content);
         let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
+        let hash = request
+            .request_key
+            .as_ref()
+            .map(|_| follow::request_hash(request.conversation, content.as_str(), &request.tools));
+        // A retry of a request this service has seen is the same turn.
+        if let (Some(key), Some(hash)) = (&request.request_key, &hash)
+            && let Some(record) = self
+                .store
+                .find_turn_by_request(request.user, key.as_str())
+                .await?
+        {
+            return self.retried(request, record, hash).await;
+        }
         let offer = self.offer(std::mem::take(&mut request.tools))?;
         // Held by the reply task until the reply ends.
         let permit = self.runtime.admission.open_stream(request.user)?;
@@ -245,6 +315,19 @@ impl Turns {
         };
         let conversation_id = target.id();
         let user_message = user_message(conversation_id, content, time);
+        let turn = NewTurn {
+            request_key: request
+                .request_key
+                .as_ref()
+                .map(|key| key.as_str().to_owned()),
+            request_hash: hash.clone(),
+            replica: self.runtime.replica,
+        };
+        // A request with an id may race its own retry on another replica: the database lets
+        // one of them in. The model is asked only once this one is in, so that the other never
+        // calls the model at all.
+        let keyed = turn.request_key.is_some();
+        let (in_tx, in_rx) = oneshot::channel();
 
         // The message is written first: its sequence decides which messages come before it,
         // and a conversation deleted by any replica ends the turn before the model hears of
@@ -252,11 +335,20 @@ impl Turns {
         // disk; meanwhile the context is gathered and the model request goes out, but nothing
         // of the reply reaches anyone before the commit is done.
         let (placed_tx, placed) = oneshot::channel();
-        let commit = self.store_user_message(request.user, &target, &user_message, placed_tx);
+        let commit = async {
+            let committed = self
+                .store_user_message(request.user, &target, &user_message, &turn, placed_tx)
+                .await;
+            let _ = in_tx.send(matches!(committed, Ok(Appended::Committed(_))));
+            committed
+        };
         let ask_model = async {
             let Ok(Some(sequence)) = placed.await else {
                 return Ok(None);
             };
+            if keyed && in_rx.await != Ok(true) {
+                return Ok(None);
+            }
             let mut context = self.history_before(request.user, &target, sequence).await?;
             context.push(recent_message(&user_message));
             let origin = ReplyOrigin {
@@ -266,18 +358,43 @@ impl Turns {
                 request_id: &request.request_id,
                 received_at: request.received_at,
                 bearer: request.bearer.as_ref(),
+                turn: Some(LiveTurn {
+                    key: TurnKey {
+                        turn: user_message.id,
+                        attempt: FIRST_ATTEMPT,
+                    },
+                    detached: request.detached,
+                }),
             };
             Ok::<_, ChatError>(Some(self.spawn_reply(&origin, context, offer, permit)))
         };
         let (committed, reply) = tokio::join!(commit, ask_model);
-        let sequence = match committed? {
-            Appended::Committed(sequence) => sequence,
-            Appended::Missing => {
+        let sequence = match committed {
+            Ok(Appended::Committed(sequence)) => sequence,
+            Ok(Appended::Missing) => {
                 self.recent.forget(conversation_id);
                 return Err(ChatError::NotFound("conversation"));
             }
-            Appended::Full(limit) => return Err(self.runtime.admission.storage_refusal(limit)),
-            Appended::AwaitingToolResults(until) => return Err(awaiting_tool_results(until)),
+            Ok(Appended::Full(limit)) => {
+                return Err(self.runtime.admission.storage_refusal(limit));
+            }
+            Ok(Appended::AwaitingToolResults(until)) => return Err(awaiting_tool_results(until)),
+            Err(ChatError::Duplicate) => {
+                // The same request, let in first elsewhere: this is a retry of it.
+                drop(reply);
+                let (Some(key), Some(hash)) = (&request.request_key, &hash) else {
+                    return Err(ChatError::Internal(
+                        "a duplicate turn without a request id".into(),
+                    ));
+                };
+                let record = self
+                    .store
+                    .find_turn_by_request(request.user, key.as_str())
+                    .await?
+                    .ok_or_else(|| ChatError::Internal("a duplicate request not found".into()))?;
+                return self.retried(request, record, hash).await;
+            }
+            Err(error) => return Err(error),
         };
         let reply = reply?.ok_or_else(|| {
             ChatError::Internal("a committed message was never placed".to_owned())
@@ -288,7 +405,6 @@ impl Turns {
             sequence,
             recent_message(&user_message),
         );
-        let _ = reply.commit.send(());
         tracing::info!(
             request_id = %request.request_id,
             conversation_id = %conversation_id,
@@ -296,12 +412,10 @@ impl Turns {
             model = self.model.name(),
             "turn started"
         );
-        Ok(StartedTurn {
+        Ok(reply.release(Accepted {
             conversation_id,
             user_message,
-            events: reply.events,
-            last_word: reply.last_word,
-        })
+        }))
     }
 
     /// Starts the task that relays and stores the reply. It sends the model request at once but
@@ -318,6 +432,13 @@ impl Turns {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
         let (commit_tx, committed) = oneshot::channel();
         let (last_word_tx, last_word) = oneshot::channel();
+        let events_port = &self.runtime.events;
+        let log = request.turn.map(|turn| events_port.open(turn.key));
+        let cancel = request
+            .turn
+            .map(|turn| events_port.watch_cancel(turn.key.turn));
+        let detached = request.turn.is_some_and(|turn| turn.detached);
+        let outlet = Outlet::new(sender, last_word_tx, log, detached);
         let conversation_id = request.conversation_id;
         let model_request = build_context(&self.settings, context, offer.specs());
         // Only a reply that may call tools needs its request again, for the next round.
@@ -343,10 +464,12 @@ impl Turns {
             shutdown: self.runtime.shutdown.clone(),
             stall_timeout: self.settings.stream_stall_timeout,
             _permit: permit,
-            last_word: Some(last_word_tx),
-            stalled: false,
+            outlet,
+            turn: request.turn.map(|turn| turn.key),
+            cancel,
             tools,
             metrics: self.runtime.metrics.clone(),
+            answered: 0,
         };
         let labels = TurnLabels {
             request_id: request.request_id.to_owned(),
@@ -362,7 +485,7 @@ impl Turns {
         );
         let model = self.model.stream(model_request);
         let task = task
-            .run(model, committed, sender, telemetry)
+            .run(model, committed, telemetry)
             .instrument(tracing::Span::current());
         self.runtime.tasks.spawn(task);
         SpawnedReply {
@@ -424,6 +547,7 @@ impl Turns {
         user: UserId,
         target: &Target,
         message: &Message,
+        turn: &NewTurn,
         placed: oneshot::Sender<Option<Revision>>,
     ) -> Result<Appended, ChatError> {
         let limits = self.runtime.admission.storage();
@@ -432,9 +556,13 @@ impl Turns {
                 let max = limits.conversations_per_user;
                 let created = self
                     .store
-                    .start_conversation(user, conversation, message, max, placed)
+                    .start_conversation(user, conversation, message, max, turn, placed)
                     .await
-                    .map_err(|e| self.runtime.identities.unless_gone(user, e))?;
+                    .map_err(duplicate_turn)
+                    .map_err(|e| match e {
+                        Ok(e) => self.runtime.identities.unless_gone(user, e),
+                        Err(duplicate) => duplicate,
+                    })?;
                 return Ok(created.map_or(
                     Appended::Full(Limit::UserConversations),
                     Appended::Committed,
@@ -443,8 +571,12 @@ impl Turns {
             Target::Existing { title, .. } => {
                 let max = limits.messages_per_conversation;
                 self.store
-                    .append_user_message(user, message, title, max, placed)
-                    .await?
+                    .append_user_message(user, message, title, max, turn, placed)
+                    .await
+                    .map_err(|e| match duplicate_turn(e) {
+                        Ok(other) => ChatError::from(other),
+                        Err(duplicate) => duplicate,
+                    })?
             }
         };
         // Nothing written: the conversation's state, as it was locked, says why.
@@ -458,6 +590,15 @@ impl Turns {
                 _ => Appended::Full(Limit::ConversationMessages),
             },
         })
+    }
+}
+
+/// A unique violation when a user's message is written means its request id is taken: the
+/// request was let in first elsewhere. `Ok` with any other error.
+fn duplicate_turn(error: StoreError) -> Result<StoreError, ChatError> {
+    match error {
+        StoreError::Duplicate(_) => Err(ChatError::Duplicate),
+        other => Ok(other),
     }
 }
 

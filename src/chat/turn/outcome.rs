@@ -3,7 +3,7 @@
 
 use super::{
     Completion, TurnEvent, recent_message,
-    relay::{Ending, EventSender, Relayed, storable},
+    relay::{Ending, Relayed, storable},
     reply::ReplyTask,
 };
 use crate::{
@@ -20,11 +20,11 @@ use crate::{
 impl ReplyTask {
     /// Stores the reply as its ending calls for and tells the client. Returns the outcome's
     /// label for logs.
-    pub(super) async fn settle(&mut self, relayed: Relayed, sender: &EventSender) -> &'static str {
+    pub(super) async fn settle(&mut self, relayed: Relayed) -> &'static str {
         let (result, label) = match relayed.ending {
             Ending::Failed(error) => {
                 let label = error.kind();
-                self.tell(sender, Err(ChatError::from(error))).await;
+                self.tell(Err(ChatError::from(error))).await;
                 return label;
             }
             Ending::Cancelled | Ending::Interrupted | Ending::Stalled => {
@@ -35,84 +35,51 @@ impl ReplyTask {
                 };
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
-                let stored = self.store_and_remember(&reply).await.map(|_| ());
+                let stored = self
+                    .store_and_remember(&reply, &relayed.deltas)
+                    .await
+                    .map(|_| ());
                 if stored.is_ok() {
                     match label {
-                        "interrupted" => self.tell(sender, Err(ChatError::ShuttingDown)).await,
+                        "interrupted" => self.tell(Err(ChatError::ShuttingDown)).await,
                         // The client is not reading: it learns why when it does.
-                        "stalled" => self.leave(Err(ChatError::NotRead)),
-                        _ => {}
+                        "stalled" => self.outlet.leave_last(ChatError::NotRead),
+                        // Those who follow the turn learn it ended; a client that went away
+                        // hears nothing.
+                        _ => self.tell(Err(ChatError::Cancelled)).await,
                     }
                 }
                 (stored, label)
             }
-            Ending::Finished => (self.finish(relayed, sender).await, "completed"),
+            Ending::Finished => (self.finish(relayed).await, "completed"),
         };
         match result {
             Ok(()) => label,
-            Err(error) => self.storage_failed(error, sender).await,
+            Err(error) => self.storage_failed(error).await,
         }
     }
 
     /// Tells the client that what the turn made could not be stored. Returns the outcome's label.
-    pub(super) async fn storage_failed(
-        &mut self,
-        error: StoreError,
-        sender: &EventSender,
-    ) -> &'static str {
+    pub(super) async fn storage_failed(&mut self, error: StoreError) -> &'static str {
         tracing::error!(error = %error, "storing the reply failed");
         let told = match error {
             StoreError::Unavailable(reason) => ChatError::ReplyNotSaved(reason),
             other => ChatError::from(other),
         };
-        self.tell(sender, Err(told)).await;
+        self.tell(Err(told)).await;
         "storage_failed"
     }
 
-    /// Tells the client, waiting for room in its stream for no longer than the stall timeout,
-    /// and not at all once the client has stalled or the shutdown grace period is over. The last
-    /// event of a reply that finds no room is left for the end of the stream, where the client
-    /// finds it when it reads again; a tool call or result that finds none is dropped (the
-    /// stored conversation has it).
-    pub(super) async fn tell(&mut self, sender: &EventSender, event: Result<TurnEvent, ChatError>) {
-        let room = if self.stalled || self.shutdown.is_cancelled() {
-            sender.try_reserve().ok()
-        } else {
-            tokio::select! {
-                biased;
-                reserved = tokio::time::timeout(self.stall_timeout, sender.reserve()) => {
-                    match reserved {
-                        Ok(Ok(permit)) => Some(permit),
-                        // The client went away: there is no one to tell.
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            self.stalled = true;
-                            None
-                        }
-                    }
-                }
-                () = self.shutdown.cancelled() => sender.try_reserve().ok(),
-            }
-        };
-        match room {
-            Some(permit) => permit.send(event),
-            None if !matches!(event, Ok(TurnEvent::ToolCall(_) | TurnEvent::ToolResult(_))) => {
-                self.leave(event);
-            }
-            None => {}
-        }
-    }
-
-    /// Leaves the reply's last event for the end of the client's stream.
-    fn leave(&mut self, event: Result<TurnEvent, ChatError>) {
-        if let Some(last_word) = self.last_word.take() {
-            let _ = last_word.send(event);
-        }
+    /// Logs the event and tells the client (see [`Outlet::tell`](super::journal::Outlet)).
+    pub(super) async fn tell(&mut self, event: Result<TurnEvent, ChatError>) {
+        self.outlet
+            .tell(event, self.stall_timeout, &self.shutdown)
+            .await;
     }
 
     /// Stores the complete reply, then sends its tool calls and `completed`: a client hears of
     /// a tool call only once it is stored.
-    async fn finish(&mut self, relayed: Relayed, sender: &EventSender) -> Result<(), StoreError> {
+    async fn finish(&mut self, relayed: Relayed) -> Result<(), StoreError> {
         let mut calls: Vec<ToolCall> = relayed.calls.into_iter().map(tool_call).collect();
         if let Some(tools) = &self.tools {
             // The service runs this reply's tools, and it has run as many rounds as it may:
@@ -124,14 +91,12 @@ impl ReplyTask {
             }
         }
         let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
-        if !self.store_and_remember(&reply).await? {
-            self.tell(sender, Err(ChatError::NotFound("conversation")))
-                .await;
+        if !self.store_and_remember(&reply, &relayed.deltas).await? {
+            self.tell(Err(ChatError::NotFound("conversation"))).await;
             return Ok(());
         }
         for call in &reply.tool_calls {
-            self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
-                .await;
+            self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
         }
         let completion = Completion {
             message: reply,
@@ -139,15 +104,18 @@ impl ReplyTask {
             model: self.model_name.clone(),
             usage: relayed.usage,
         };
-        self.tell(sender, Ok(TurnEvent::Completed(completion)))
-            .await;
+        self.tell(Ok(TurnEvent::Completed(completion))).await;
         Ok(())
     }
 
     /// Stores the reply and adds it to what this replica remembers of the conversation. `false`
     /// if the conversation is gone.
-    async fn store_and_remember(&self, reply: &Message) -> Result<bool, StoreError> {
-        match self.store_reply(reply, None).await? {
+    async fn store_and_remember(
+        &self,
+        reply: &Message,
+        deltas: &[i32],
+    ) -> Result<bool, StoreError> {
+        match self.store_reply(reply, None, deltas).await? {
             Stored::At(revision) => {
                 self.recent.record(
                     self.user,
@@ -169,13 +137,23 @@ impl ReplyTask {
         &self,
         reply: &Message,
         awaiting: Option<&crate::store::Awaiting>,
+        deltas: &[i32],
     ) -> Result<Stored, StoreError> {
+        let turn = self.turn.map(|key| crate::store::ReplyOf {
+            turn: key.turn,
+            attempt: key.attempt,
+            deltas,
+        });
         // Made on the first failure: the common case needs none.
         let mut delays = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.store.store_reply(self.user, reply, awaiting).await {
+            let stored = self
+                .store
+                .store_reply(self.user, reply, awaiting, turn.as_ref())
+                .await;
+            let error = match stored {
                 Ok(Some(revision)) => return Ok(Stored::At(revision)),
                 Ok(None) => return Ok(Stored::ConversationGone),
                 Err(error) => error,
@@ -227,7 +205,7 @@ pub(super) enum Stored {
 }
 
 /// The pauses between tries to store a reply: three more tries within about two seconds.
-fn reply_store_backoff() -> impl Iterator<Item = std::time::Duration> {
+pub(super) fn reply_store_backoff() -> impl Iterator<Item = std::time::Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::new()
         .with_min_delay(std::time::Duration::from_millis(100))

@@ -3,23 +3,21 @@
 use std::time::Duration;
 
 use futures_util::stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{TurnEvent, telemetry::TurnTelemetry};
-use crate::{
-    chat::ChatError,
-    llm::{LlmError, ModelEvent, ModelStream, ModelToolCall, TokenUsage},
+use super::{
+    journal::{Delivery, Outlet},
+    telemetry::TurnTelemetry,
 };
-
-pub(super) type EventSender = mpsc::Sender<Result<TurnEvent, ChatError>>;
+use crate::llm::{LlmError, ModelEvent, ModelStream, ModelToolCall, TokenUsage};
 
 /// How the model's stream ended.
 pub(super) enum Ending {
     Finished,
-    /// The client cancelled or went away.
+    /// The client cancelled or went away, or someone cancelled the turn.
     Cancelled,
     /// The server's shutdown grace period ran out.
     Interrupted,
@@ -28,35 +26,13 @@ pub(super) enum Ending {
     Failed(LlmError),
 }
 
-/// Whether an event reached the client's stream.
-pub(super) enum Delivery {
-    Delivered,
-    /// The client cancelled or went away.
-    Gone,
-    /// There was no room for the stall timeout.
-    Stalled,
-}
-
-/// Hands `event` to the client's stream, waiting at most `stall_timeout` for room: a client that
-/// takes nothing for that long is not reading, and must not hold the turn (and its upstream
-/// request) open.
-pub(super) async fn deliver(
-    sender: &EventSender,
-    event: Result<TurnEvent, ChatError>,
-    stall_timeout: Duration,
-) -> Delivery {
-    match tokio::time::timeout(stall_timeout, sender.send(event)).await {
-        Ok(Ok(())) => Delivery::Delivered,
-        Ok(Err(_)) => Delivery::Gone,
-        Err(_) => Delivery::Stalled,
-    }
-}
-
 /// What the model sent that the turn keeps, and how it ended.
 pub(super) struct Relayed {
     pub ending: Ending,
     /// Exactly the text the client was sent.
     pub text: String,
+    /// The length in bytes of each piece of `text`, as it was sent.
+    pub deltas: Vec<i32>,
     /// Complete only when the reply finished.
     pub calls: Vec<ModelToolCall>,
     pub usage: Option<TokenUsage>,
@@ -111,19 +87,20 @@ pub(super) async fn after_commit(
 }
 
 /// Sends each delta to the client as it arrives, until the model finishes or fails, the client
-/// goes away or stops reading, or shutdown cuts the turn short. Every wait is raced against
-/// shutdown. Dropping the model's stream on return closes the upstream request if it is still
-/// open.
+/// goes away (from a turn that ends with it) or stops reading, someone cancels the turn, or
+/// shutdown cuts it short. Every wait is raced against shutdown. Dropping the model's stream on
+/// return closes the upstream request if it is still open.
 pub(super) async fn relay(
     mut model: ModelStream,
-    sender: &EventSender,
-    shutdown: &CancellationToken,
+    outlet: &mut Outlet,
+    stops: &Stops,
     stall_timeout: Duration,
     telemetry: &mut TurnTelemetry,
 ) -> Relayed {
     let mut relayed = Relayed {
         ending: Ending::Finished,
         text: String::new(),
+        deltas: Vec::new(),
         calls: Vec::new(),
         usage: None,
         finish_reason: None,
@@ -132,8 +109,9 @@ pub(super) async fn relay(
     relayed.ending = loop {
         let event = tokio::select! {
             biased;
-            () = sender.closed() => break Ending::Cancelled,
-            () = shutdown.cancelled() => break Ending::Interrupted,
+            () = outlet.abandoned() => break Ending::Cancelled,
+            () = stops.cancel.cancelled() => break Ending::Cancelled,
+            () = stops.shutdown.cancelled() => break Ending::Interrupted,
             event = model.next().instrument(span.clone()) => event,
         };
         match event {
@@ -142,16 +120,20 @@ pub(super) async fn relay(
             Some(Ok(ModelEvent::Delta(delta))) => {
                 let delta = storable(delta);
                 telemetry.text_relayed();
+                let length = i32::try_from(delta.len()).unwrap_or(i32::MAX);
                 // The text keeps exactly what reached the client's stream.
                 let sent_before = relayed.text.len();
                 relayed.text.push_str(&delta);
                 let delivery = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => None,
-                    delivery = deliver(sender, Ok(TurnEvent::Delta(delta)), stall_timeout) => Some(delivery),
+                    () = stops.shutdown.cancelled() => None,
+                    delivery = outlet.deliver(delta, stall_timeout) => Some(delivery),
                 };
                 let ending = match delivery {
-                    Some(Delivery::Delivered) => continue,
+                    Some(Delivery::Delivered) => {
+                        relayed.deltas.push(length);
+                        continue;
+                    }
                     Some(Delivery::Gone) => Ending::Cancelled,
                     Some(Delivery::Stalled) => Ending::Stalled,
                     None => Ending::Interrupted,
@@ -167,13 +149,26 @@ pub(super) async fn relay(
     relayed
 }
 
+/// What stops a turn before its end: someone cancelling it, or the shutdown grace period
+/// running out.
+pub(super) struct Stops {
+    pub cancel: CancellationToken,
+    pub shutdown: CancellationToken,
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
+    use tokio::sync::mpsc;
+
     use super::*;
     use crate::{
-        chat::turn::telemetry::TurnLabels,
+        chat::turn::{
+            TurnEvent,
+            journal::{EventSender, Sequenced},
+            telemetry::TurnLabels,
+        },
         domain::{ConversationId, UserId},
         telemetry::metrics::Metrics,
     };
@@ -187,6 +182,25 @@ mod tests {
             user: UserId::generate(),
         };
         TurnTelemetry::start(Metrics::new(), labels, "m", "test", Instant::now())
+    }
+
+    /// An outlet to a client whose stream holds `capacity` events, without a log.
+    fn outlet(
+        capacity: usize,
+    ) -> (
+        Outlet,
+        mpsc::Receiver<Result<Sequenced, crate::chat::ChatError>>,
+    ) {
+        let (sender, client): (EventSender, _) = mpsc::channel(capacity);
+        let (last_word, _) = oneshot::channel();
+        (Outlet::new(sender, last_word, None, false), client)
+    }
+
+    fn stops(shutdown: &CancellationToken) -> Stops {
+        Stops {
+            cancel: CancellationToken::new(),
+            shutdown: shutdown.clone(),
+        }
     }
 
     fn delta(text: &str) -> Result<ModelEvent, LlmError> {
@@ -222,11 +236,11 @@ mod tests {
                 reason: "tool_calls".into(),
             }),
         ];
-        let (sender, mut client) = mpsc::channel(16);
+        let (mut outlet, mut client) = outlet(16);
         let relayed = relay(
             finished(events),
-            &sender,
-            &CancellationToken::new(),
+            &mut outlet,
+            &stops(&CancellationToken::new()),
             STALL,
             &mut telemetry(),
         )
@@ -236,11 +250,14 @@ mod tests {
         assert_eq!(relayed.calls, [call]);
         assert_eq!(relayed.usage, Some(usage));
         assert_eq!(relayed.finish_reason.as_deref(), Some("tool_calls"));
-        drop(sender);
+        drop(outlet);
         let mut sent = Vec::new();
         while let Some(event) = client.recv().await {
             match event {
-                Ok(TurnEvent::Delta(text)) => sent.push(text),
+                Ok(Sequenced {
+                    event: TurnEvent::Delta(text),
+                    ..
+                }) => sent.push(text),
                 other => panic!("only deltas are relayed, got {other:?}"),
             }
         }
@@ -249,12 +266,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_went_away_cancels_and_keeps_what_it_was_sent() {
-        let (sender, client) = mpsc::channel(1);
+        let (mut outlet, client) = outlet(1);
         drop(client);
         let relayed = relay(
             model(vec![delta("never sent")]),
-            &sender,
-            &CancellationToken::new(),
+            &mut outlet,
+            &stops(&CancellationToken::new()),
             STALL,
             &mut telemetry(),
         )
@@ -265,19 +282,26 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_interrupts_a_reply_that_is_still_coming() {
-        let (sender, mut client) = mpsc::channel(16);
+        let (mut outlet, mut client) = outlet(16);
         let shutdown = CancellationToken::new();
         let mut telemetry = telemetry();
+        let stops = stops(&shutdown);
         let relaying = relay(
             model(vec![delta("partial")]),
-            &sender,
-            &shutdown,
+            &mut outlet,
+            &stops,
             STALL,
             &mut telemetry,
         );
         let (relayed, ()) = tokio::join!(relaying, async {
             // Cut once the first delta has reached the client.
-            assert!(matches!(client.recv().await, Some(Ok(TurnEvent::Delta(_)))));
+            assert!(matches!(
+                client.recv().await,
+                Some(Ok(Sequenced {
+                    event: TurnEvent::Delta(_),
+                    ..
+                }))
+            ));
             shutdown.cancel();
         });
         assert!(matches!(relayed.ending, Ending::Interrupted));
@@ -286,12 +310,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_is_cut_off_and_keeps_only_what_it_was_sent() {
-        let (sender, _reader_that_never_reads) = mpsc::channel(2);
+        let (mut outlet, _reader_that_never_reads) = outlet(2);
         let deltas = (0..10).map(|i| delta(&i.to_string())).collect();
         let relayed = relay(
             model(deltas),
-            &sender,
-            &CancellationToken::new(),
+            &mut outlet,
+            &stops(&CancellationToken::new()),
             STALL,
             &mut telemetry(),
         )
@@ -302,30 +326,36 @@ mod tests {
 
     #[tokio::test]
     async fn nul_characters_are_replaced_before_they_reach_anyone() {
-        let (sender, mut client) = mpsc::channel(16);
+        let (mut outlet, mut client) = outlet(16);
         let relayed = relay(
             finished(vec![delta("a\0b")]),
-            &sender,
-            &CancellationToken::new(),
+            &mut outlet,
+            &stops(&CancellationToken::new()),
             STALL,
             &mut telemetry(),
         )
         .await;
         assert_eq!(relayed.text, "a\u{FFFD}b");
         match client.recv().await {
-            Some(Ok(TurnEvent::Delta(text))) => assert_eq!(text, relayed.text),
+            Some(Ok(Sequenced {
+                event: TurnEvent::Delta(text),
+                sequence,
+            })) => {
+                assert_eq!(text, relayed.text);
+                assert_eq!(sequence, 2, "the first event after accepted");
+            }
             other => panic!("expected a delta, got {other:?}"),
         }
     }
 
     #[tokio::test]
     async fn a_model_failure_ends_the_relay_with_that_failure() {
-        let (sender, _client) = mpsc::channel(16);
+        let (mut outlet, _client) = outlet(16);
         let events = vec![delta("a"), Err(LlmError::Malformed("bad chunk".into()))];
         let relayed = relay(
             finished(events),
-            &sender,
-            &CancellationToken::new(),
+            &mut outlet,
+            &stops(&CancellationToken::new()),
             STALL,
             &mut telemetry(),
         )

@@ -6,14 +6,15 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    TurnEvent,
-    relay::{self, EventSender},
+    journal::{Failure, Outlet, TurnEnd},
+    relay::{self, Stops},
     telemetry::TurnTelemetry,
     tools::{Round, ToolRounds},
 };
 use crate::{
-    chat::{ChatError, RecentContexts, StreamPermit},
+    chat::{RecentContexts, StreamPermit},
     domain::{ConversationId, UserId},
+    events::{CancelWatch, TurnKey},
     llm::{ModelStream, TokenUsage},
     store::Store,
     telemetry::metrics::Metrics,
@@ -33,13 +34,17 @@ pub(super) struct ReplyTask {
     pub stall_timeout: Duration,
     /// Counts the reply against its user's and the replica's stream limits while it runs.
     pub _permit: StreamPermit,
-    /// Where the reply's last event goes when the client's stream has no room for it.
-    pub last_word: Option<oneshot::Sender<Result<TurnEvent, ChatError>>>,
-    /// Whether the client has stopped reading: nothing waits for it any more.
-    pub stalled: bool,
+    /// Where the reply's events go.
+    pub outlet: Outlet,
+    /// The turn the reply is for, when it may be followed, resumed and cancelled.
+    pub turn: Option<TurnKey>,
+    /// Cancelled when anyone cancels the turn.
+    pub cancel: Option<CancelWatch>,
     /// When the service runs the tools the model calls: what it needs for that.
     pub tools: Option<ToolRounds>,
     pub metrics: Arc<Metrics>,
+    /// How many tool results the reply has sent: the next one's place among them.
+    pub answered: i32,
 }
 
 impl ReplyTask {
@@ -49,7 +54,6 @@ impl ReplyTask {
         mut self,
         model: ModelStream,
         committed: oneshot::Receiver<()>,
-        sender: EventSender,
         mut telemetry: TurnTelemetry,
     ) {
         let Some(mut model) = relay::after_commit(model, committed, &mut telemetry).await else {
@@ -58,10 +62,11 @@ impl ReplyTask {
         // Summed over the rounds of the reply.
         let mut usage: Option<TokenUsage> = None;
         loop {
+            let stops = self.stops();
             let mut relayed = relay::relay(
                 model,
-                &sender,
-                &self.shutdown,
+                &mut self.outlet,
+                &stops,
                 self.stall_timeout,
                 &mut telemetry,
             )
@@ -69,18 +74,65 @@ impl ReplyTask {
             telemetry.model_ended(&relayed);
             usage = add(usage, relayed.usage);
             relayed.usage = usage;
-            self.stalled = matches!(relayed.ending, relay::Ending::Stalled);
-            let outcome = match self.tool_round(&mut relayed, &sender, &mut telemetry).await {
+            self.outlet.stalled = matches!(relayed.ending, relay::Ending::Stalled);
+            let outcome = match self.tool_round(&mut relayed, &mut telemetry).await {
                 Some(Round::Next(next)) => {
                     model = next;
                     continue;
                 }
                 Some(Round::Ended(outcome)) => outcome,
-                None => self.settle(relayed, &sender).await,
+                None => self.settle(relayed).await,
             };
+            self.end_turn().await;
             telemetry.turn_ended(usage, outcome);
             return;
         }
+    }
+
+    pub(super) fn stops(&self) -> Stops {
+        Stops {
+            cancel: self
+                .cancel
+                .as_ref()
+                .map_or_else(CancellationToken::new, |watch| watch.token().clone()),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Stores how the turn ended, so that whoever follows it from now on replays it from the
+    /// database; then closes its log. Tried a few times: a turn left generating would be taken
+    /// for lost only once this replica stops.
+    async fn end_turn(&mut self) {
+        let Some(key) = self.turn else {
+            return;
+        };
+        let end = self
+            .outlet
+            .end
+            .clone()
+            .unwrap_or(TurnEnd::Failed(Failure::Internal));
+        let outcome = serde_json::to_value(&end).unwrap_or_default();
+        let mut delays = super::outcome::reply_store_backoff();
+        loop {
+            match self
+                .store
+                .end_turn(key.turn, key.attempt, end.state(), &outcome)
+                .await
+            {
+                Ok(()) => break,
+                Err(error) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(error = %error, "storing the turn's end failed; trying again");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        tracing::error!(error = %error, "storing the turn's end failed");
+                        break;
+                    }
+                },
+            }
+        }
+        self.outlet.close_log();
     }
 }
 

@@ -16,7 +16,7 @@ use super::{
     context::replay,
     outcome::{Stored, tool_call},
     recent_message,
-    relay::{Ending, EventSender, Relayed},
+    relay::{Ending, Relayed},
     reply::ReplyTask,
     telemetry::TurnTelemetry,
 };
@@ -107,7 +107,6 @@ impl ReplyTask {
     pub(super) async fn tool_round(
         &mut self,
         relayed: &mut Relayed,
-        sender: &EventSender,
         telemetry: &mut TurnTelemetry,
     ) -> Option<Round> {
         let tools = self.tools.as_ref()?;
@@ -153,22 +152,21 @@ impl ReplyTask {
         };
         let mut message = self.reply(text, calls, status);
         // The calls are stored before anyone hears of them.
-        let revision = match self.store_reply(&message, awaiting.as_ref()).await {
+        let deltas = std::mem::take(&mut relayed.deltas);
+        let revision = match self.store_reply(&message, awaiting.as_ref(), &deltas).await {
             Ok(Stored::At(revision)) => Some(revision),
             Ok(Stored::AtUnknownPlace) => None,
             Ok(Stored::ConversationGone) => {
-                self.tell(sender, Err(ChatError::NotFound("conversation")))
-                    .await;
+                self.tell(Err(ChatError::NotFound("conversation"))).await;
                 return Some(Round::Ended("completed"));
             }
-            Err(error) => return Some(Round::Ended(self.storage_failed(error, sender).await)),
+            Err(error) => return Some(Round::Ended(self.storage_failed(error).await)),
         };
         self.after = message.create_time;
         for call in &message.tool_calls {
-            self.tell(sender, Ok(TurnEvent::ToolCall(call.clone())))
-                .await;
+            self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
         }
-        if let Some(outcome) = self.run_calls(&mut message, &runs, sender).await {
+        if let Some(outcome) = self.run_calls(&mut message, &runs).await {
             // What this replica and others remember of the round is not current, and a wait
             // for results the client never heard of must not hold the conversation.
             self.recent.forget(self.conversation_id);
@@ -197,8 +195,7 @@ impl ReplyTask {
                 model: self.model_name.clone(),
                 usage: relayed.usage,
             };
-            self.tell(sender, Ok(TurnEvent::Completed(completion)))
-                .await;
+            self.tell(Ok(TurnEvent::Completed(completion))).await;
             return Some(Round::Ended("awaiting_tool_results"));
         }
         let tools = self.tools.as_mut()?;
@@ -215,12 +212,7 @@ impl ReplyTask {
     /// and then telling the client. Cut short by the client or by shutdown, the calls still
     /// running are cancelled (on the tool server too) and stored as failed. `Some` with the
     /// outcome's label if the turn ends here.
-    async fn run_calls(
-        &mut self,
-        message: &mut Message,
-        runs: &[bool],
-        sender: &EventSender,
-    ) -> Option<&'static str> {
+    async fn run_calls(&mut self, message: &mut Message, runs: &[bool]) -> Option<&'static str> {
         let tools = self.tools.as_ref()?;
         let (toolbox, catalog, caller) = (
             tools.toolbox.clone(),
@@ -247,11 +239,13 @@ impl ReplyTask {
             .collect();
         // Calls that are not run here count as answered.
         let mut answered: Vec<bool> = runs.iter().map(|runs| !runs).collect();
+        let stops = self.stops();
         let cut_short = loop {
             let next = tokio::select! {
                 biased;
-                () = sender.closed() => break Some(CutShort::Cancelled),
-                () = self.shutdown.cancelled() => break Some(CutShort::Interrupted),
+                () = self.outlet.abandoned() => break Some(CutShort::Cancelled),
+                () = stops.cancel.cancelled() => break Some(CutShort::Cancelled),
+                () = stops.shutdown.cancelled() => break Some(CutShort::Interrupted),
                 next = running.next() => next,
             };
             let Some((index, outcome, took)) = next else {
@@ -265,7 +259,7 @@ impl ReplyTask {
                 self.metrics
                     .record_tool_call(tool, outcome.label(), took.as_secs_f64());
             }
-            if let Err(outcome) = self.keep_result(message, index, outcome, sender).await {
+            if let Err(outcome) = self.keep_result(message, index, outcome).await {
                 return Some(outcome);
             }
         };
@@ -282,14 +276,17 @@ impl ReplyTask {
                 let tool = metric_label(&catalog, &call.name);
                 self.metrics.record_tool_call(tool, outcome.label(), 0.0);
             }
-            if let Err(outcome) = self.keep_result(message, index, outcome, sender).await {
+            if let Err(outcome) = self.keep_result(message, index, outcome).await {
                 return Some(outcome);
             }
         }
         Some(match cut_short {
-            CutShort::Cancelled => "cancelled",
+            CutShort::Cancelled => {
+                self.tell(Err(ChatError::Cancelled)).await;
+                "cancelled"
+            }
             CutShort::Interrupted => {
-                self.tell(sender, Err(ChatError::ShuttingDown)).await;
+                self.tell(Err(ChatError::ShuttingDown)).await;
                 "interrupted"
             }
         })
@@ -302,7 +299,6 @@ impl ReplyTask {
         message: &mut Message,
         index: usize,
         outcome: ToolOutcome,
-        sender: &EventSender,
     ) -> Result<(), &'static str> {
         let Some(call) = message.tool_calls.get_mut(index) else {
             return Ok(());
@@ -315,18 +311,18 @@ impl ReplyTask {
         let result = outcome.into_result();
         let stored = self
             .store
-            .store_tool_result(self.user, call.id, status, &result)
+            .store_tool_result(self.user, call.id, status, &result, Some(self.answered))
             .instrument(tracing::Span::current())
             .await;
         match stored {
             Ok(true) => {}
             Ok(false) => {
-                self.tell(sender, Err(ChatError::NotFound("conversation")))
-                    .await;
+                self.tell(Err(ChatError::NotFound("conversation"))).await;
                 return Err("completed");
             }
-            Err(error) => return Err(self.storage_failed(error, sender).await),
+            Err(error) => return Err(self.storage_failed(error).await),
         }
+        self.answered += 1;
         call.status = status;
         call.result = Some(result.clone());
         let event = ToolResult {
@@ -334,7 +330,7 @@ impl ReplyTask {
             status,
             result,
         };
-        self.tell(sender, Ok(TurnEvent::ToolResult(event))).await;
+        self.tell(Ok(TurnEvent::ToolResult(event))).await;
         Ok(())
     }
 }

@@ -243,7 +243,7 @@ impl TestDatabase {
     /// A digest of every row of every table, to show that a request changed nothing.
     pub async fn snapshot(&self) -> String {
         let mut digests = String::new();
-        for table in ["users", "conversations", "messages", "tool_calls"] {
+        for table in ["users", "conversations", "messages", "tool_calls", "turns"] {
             let statement = format!(
                 "SELECT coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') AS digest FROM {table} t"
             );

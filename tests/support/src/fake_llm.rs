@@ -47,6 +47,12 @@ pub enum Script {
         deltas: Vec<String>,
         message: String,
     },
+    /// Streams `before`, waits until the test releases the gate, then streams `after` and ends.
+    Paused {
+        before: Vec<String>,
+        gate: Arc<tokio::sync::Notify>,
+        after: Vec<String>,
+    },
     /// Answers as `then` once the test releases the gate, and not before.
     Gated {
         gate: Arc<tokio::sync::Notify>,
@@ -55,6 +61,16 @@ pub enum Script {
 }
 
 impl Script {
+    /// Streams `before`, then the rest once `gate` is released.
+    pub fn paused(before: &[&str], gate: &Arc<tokio::sync::Notify>, after: &[&str]) -> Self {
+        let owned = |deltas: &[&str]| deltas.iter().map(|d| (*d).to_owned()).collect();
+        Self::Paused {
+            before: owned(before),
+            gate: gate.clone(),
+            after: owned(after),
+        }
+    }
+
     pub fn reply(deltas: &[&str]) -> Self {
         Self::Reply {
             deltas: deltas.iter().map(|d| (*d).to_owned()).collect(),
@@ -302,6 +318,24 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             frames.push(chunk(json!({}), Some("tool_calls")));
             frames.push("data: [DONE]\n\n".to_owned());
             paced(frames, Duration::ZERO).boxed()
+        }
+        Script::Paused {
+            before,
+            gate,
+            after,
+        } => {
+            let mut rest: Vec<String> = after
+                .iter()
+                .map(|d| chunk(json!({"content": d}), None))
+                .collect();
+            rest.push(chunk(json!({}), Some("stop")));
+            rest.push("data: [DONE]\n\n".to_owned());
+            let released = stream::once(async move { gate.notified().await })
+                .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
+            paced(text_frames(&before), Duration::ZERO)
+                .chain(released)
+                .chain(paced(rest, Duration::ZERO))
+                .boxed()
         }
         Script::Stall { deltas } => {
             let keep_alive = stream::unfold((), |()| async {

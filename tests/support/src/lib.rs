@@ -10,6 +10,7 @@ pub mod logs;
 pub mod mcp;
 pub mod otlp;
 pub mod process;
+pub mod redis;
 pub mod tcp_proxy;
 pub mod wait;
 

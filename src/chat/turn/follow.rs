@@ -1,0 +1,527 @@
+//! Following a turn from anywhere: a retry of the request that started it, or a client whose
+//! stream broke, gets the turn's events from where it is, live from the turn's log while it is
+//! generated, replayed from the database once it has ended; a turn that failed is generated
+//! again for the same stored message.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{
+    Accepted, ClientTool, Completion, LiveTurn, ReplyOrigin, ToolResult, TurnEvent, TurnRequest,
+    TurnStream, Turns,
+    journal::{ACCEPTED, Failure, Sequenced, TurnEnd, decode},
+    recent_message,
+};
+use crate::{
+    chat::ChatError,
+    domain::{ConversationId, MessageId, ToolCallStatus, TurnState, UserId},
+    events::{EventsError, Read, TurnKey},
+    store::{StoredReply, TurnRecord},
+};
+
+/// How long CancelTurn waits for the turn to end.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How many events may wait for a slow follower.
+const FOLLOW_BUFFER: usize = 16;
+
+/// What a request asked, hashed: a retry must ask the same.
+pub(super) fn request_hash(
+    conversation: Option<ConversationId>,
+    content: &str,
+    tools: &[ClientTool],
+) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    };
+    field(
+        conversation
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    field(content.as_bytes());
+    for tool in tools {
+        field(tool.name.as_bytes());
+        field(tool.description.as_bytes());
+        field(tool.parameters_json.as_bytes());
+    }
+    hash.finalize().to_vec()
+}
+
+fn events_error(error: EventsError) -> ChatError {
+    match error {
+        EventsError::Elsewhere => ChatError::Unavailable(
+            "the turn is generated on another replica, and without CHAT_REDIS_URL its events \
+             stay there"
+                .to_owned(),
+        ),
+        EventsError::Unavailable(reason) => ChatError::Unavailable(reason),
+    }
+}
+
+impl Turns {
+    /// The turn a request with a known id started, as its retry gets it: followed while it
+    /// is generated or once it has ended, generated again if it failed.
+    pub(super) async fn retried(
+        &self,
+        request: TurnRequest,
+        mut record: TurnRecord,
+        hash: &[u8],
+    ) -> Result<TurnStream, ChatError> {
+        if record.request_hash.as_deref() != Some(hash) {
+            return Err(ChatError::invalid(
+                "request_id",
+                "was used for a different request: a retry must send the same conversation_id, \
+                 content and tools",
+            ));
+        }
+        // Two tries: a retry that races another for the failed turn follows the winner's.
+        for _ in 0..2 {
+            if !record.state.may_generate_again() {
+                tracing::info!(
+                    request_id = %request.request_id,
+                    turn = %record.user_message.id,
+                    state = <&str>::from(record.state),
+                    "a retried request follows its turn"
+                );
+                return Ok(self.follow(request.user, record, 0));
+            }
+            let replica = self.runtime.replica;
+            let (user, turn) = (request.user, record.user_message.id);
+            if let Some(attempt) = self
+                .store
+                .retry_turn(user, turn, record.attempt, replica)
+                .await?
+            {
+                return self.generate_again(request, record, attempt).await;
+            }
+            record = self
+                .store
+                .find_turn(user, turn)
+                .await?
+                .ok_or(ChatError::NotFound("turn"))?;
+        }
+        Ok(self.follow(request.user, record, 0))
+    }
+
+    /// Generates the reply to a stored message again, as attempt `attempt`.
+    async fn generate_again(
+        &self,
+        mut request: TurnRequest,
+        record: TurnRecord,
+        attempt: crate::domain::Attempt,
+    ) -> Result<TurnStream, ChatError> {
+        let offer = self.offer(std::mem::take(&mut request.tools))?;
+        let permit = self.runtime.admission.open_stream(request.user)?;
+        let mut context = self
+            .store
+            .messages_before(
+                request.user,
+                record.conversation_id,
+                record.sequence,
+                self.settings.history_messages,
+            )
+            .await?;
+        context.push(recent_message(&record.user_message));
+        let key = TurnKey {
+            turn: record.user_message.id,
+            attempt,
+        };
+        let origin = ReplyOrigin {
+            user: request.user,
+            conversation_id: record.conversation_id,
+            // After everything in the conversation now, the earlier attempt's replies included.
+            after: crate::domain::now(),
+            request_id: &request.request_id,
+            received_at: request.received_at,
+            bearer: request.bearer.as_ref(),
+            turn: Some(LiveTurn {
+                key,
+                detached: request.detached,
+            }),
+        };
+        let reply = self.spawn_reply(&origin, context, offer, permit);
+        tracing::info!(
+            request_id = %request.request_id,
+            turn = %record.user_message.id,
+            attempt = attempt.get(),
+            "a retried request generates its turn again"
+        );
+        Ok(reply.release(Accepted {
+            conversation_id: record.conversation_id,
+            user_message: record.user_message,
+        }))
+    }
+
+    /// The user's turn answering `message`, from after event `after`.
+    pub async fn resume(
+        &self,
+        user: UserId,
+        message: MessageId,
+        after: u64,
+    ) -> Result<TurnStream, ChatError> {
+        let record = self
+            .store
+            .find_turn(user, message)
+            .await?
+            .ok_or(ChatError::NotFound("turn"))?;
+        if record.state == TurnState::Generating {
+            // Refused now, rather than in the stream, if nobody here can follow it.
+            let events = &self.runtime.events;
+            if !events.is_shared() && !events.generates(live_key(&record)) {
+                let fresh = self.store.find_turn(user, message).await?;
+                if fresh
+                    .as_ref()
+                    .is_some_and(|r| r.state == TurnState::Generating)
+                {
+                    return Err(events_error(EventsError::Elsewhere));
+                }
+            }
+        }
+        Ok(self.follow(user, record, after))
+    }
+
+    /// Stops the user's turn answering `message` wherever it is generated, and waits (a while)
+    /// until it has ended. A turn that has ended is left as it is.
+    pub async fn cancel(&self, user: UserId, message: MessageId) -> Result<(), ChatError> {
+        let record = self
+            .store
+            .find_turn(user, message)
+            .await?
+            .ok_or(ChatError::NotFound("turn"))?;
+        if record.state != TurnState::Generating {
+            return Ok(());
+        }
+        let key = live_key(&record);
+        // Read first, so that the end is not missed.
+        let following = self.runtime.events.read(key, ACCEPTED);
+        self.runtime
+            .events
+            .cancel(message)
+            .await
+            .map_err(|error| {
+                match error {
+            EventsError::Elsewhere => ChatError::Unavailable(
+                "the turn is generated on another replica, and without CHAT_REDIS_URL it can be \
+                 cancelled only there"
+                    .to_owned(),
+            ),
+            other => events_error(other),
+        }
+            })?;
+        let ended = async {
+            if let Ok(mut entries) = following {
+                while let Some(read) = entries.next().await {
+                    match read {
+                        Ok(Read::Entry(entry)) if entry.last => return,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            // The log is gone: the turn's end is stored, or is about to be.
+            for _ in 0..100 {
+                match self.store.find_turn(user, message).await {
+                    Ok(Some(record)) if record.state == TurnState::Generating => {}
+                    _ => return,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(CANCEL_WAIT, ended).await.map_err(|_| {
+            ChatError::Unavailable("the turn was told to stop but has not ended yet".to_owned())
+        })
+    }
+
+    /// The turn's events after `after`, by a task of their own.
+    pub(super) fn follow(&self, user: UserId, record: TurnRecord, after: u64) -> TurnStream {
+        let (sender, events) = mpsc::channel(FOLLOW_BUFFER);
+        let turns = self.clone();
+        self.runtime.tasks.spawn(async move {
+            turns.follow_into(user, record, after, &sender).await;
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(events))
+    }
+
+    async fn follow_into(
+        &self,
+        user: UserId,
+        mut record: TurnRecord,
+        after: u64,
+        sender: &mpsc::Sender<Result<Sequenced, ChatError>>,
+    ) {
+        let send = async |item: Result<Sequenced, ChatError>| sender.send(item).await.is_ok();
+        let mut cursor = after;
+        if cursor < ACCEPTED {
+            let accepted = Sequenced {
+                sequence: ACCEPTED,
+                event: TurnEvent::Accepted(Accepted {
+                    conversation_id: record.conversation_id,
+                    user_message: record.user_message.clone(),
+                }),
+            };
+            if !send(Ok(accepted)).await {
+                return;
+            }
+            cursor = ACCEPTED;
+        }
+        if record.state == TurnState::Generating {
+            match self.follow_live(user, &record, &mut cursor, sender).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(error) => {
+                    let _ = send(Err(error)).await;
+                    return;
+                }
+            }
+            record = match self.store.find_turn(user, record.user_message.id).await {
+                Ok(Some(fresh)) if fresh.attempt == record.attempt => fresh,
+                Ok(Some(_)) => {
+                    let _ = send(Err(ChatError::FailedPrecondition(
+                        "the turn is being generated again: resume it from sequence 0".into(),
+                    )))
+                    .await;
+                    return;
+                }
+                Ok(None) => {
+                    let _ = send(Err(ChatError::NotFound("turn"))).await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = send(Err(error.into())).await;
+                    return;
+                }
+            };
+        }
+        let replies = if record.state == TurnState::Generating {
+            Err(ChatError::Unavailable(
+                "the turn is still generating, but its events cannot be read".to_owned(),
+            ))
+        } else {
+            self.store
+                .turn_replies(user, &record)
+                .await
+                .map_err(ChatError::from)
+        };
+        let events = match replies {
+            Ok(replies) => replay(&record, replies),
+            Err(error) => vec![Err(error)],
+        };
+        for event in events {
+            let sequence = match &event {
+                Ok(sequenced) => sequenced.sequence,
+                Err(_) => u64::MAX,
+            };
+            if sequence > cursor && !send(event).await {
+                return;
+            }
+        }
+    }
+
+    /// Follows the turn's log from `cursor`. `Ok(true)` once the turn's last event was sent,
+    /// `Ok(false)` if the turn ended without its log saying so here (it is then replayed from
+    /// the database).
+    async fn follow_live(
+        &self,
+        user: UserId,
+        record: &TurnRecord,
+        cursor: &mut u64,
+        sender: &mpsc::Sender<Result<Sequenced, ChatError>>,
+    ) -> Result<bool, ChatError> {
+        let key = live_key(record);
+        let mut entries = match self.runtime.events.read(key, *cursor) {
+            Ok(entries) => entries,
+            // Not here: it may just have ended.
+            Err(EventsError::Elsewhere) => return Ok(false),
+            Err(error) => return Err(events_error(error)),
+        };
+        while let Some(read) = entries.next().await {
+            let entry = match read.map_err(events_error)? {
+                Read::Entry(entry) => entry,
+                Read::Idle => {
+                    let fresh = self.store.find_turn(user, record.user_message.id).await?;
+                    match fresh {
+                        Some(fresh)
+                            if fresh.state == TurnState::Generating
+                                && fresh.attempt == record.attempt =>
+                        {
+                            continue;
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+            };
+            if entry.sequence != *cursor + 1 {
+                return Err(ChatError::Unavailable(format!(
+                    "events {} to {} of the turn were lost on their way between replicas",
+                    *cursor + 1,
+                    entry.sequence.saturating_sub(1).max(*cursor + 1)
+                )));
+            }
+            *cursor = entry.sequence;
+            let item = match decode(&entry.payload)? {
+                Ok(event) => Ok(Sequenced {
+                    sequence: entry.sequence,
+                    event,
+                }),
+                Err(failure) => Err(failure.into_error()),
+            };
+            if sender.send(item).await.is_err() || entry.last {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn live_key(record: &TurnRecord) -> TurnKey {
+    TurnKey {
+        turn: record.user_message.id,
+        attempt: record.attempt,
+    }
+}
+
+/// A turn that has ended, as its events were sent: `accepted`, then for each reply the pieces
+/// of its text as they were streamed, its tool calls, and the results that were sent, in the
+/// order they were; then how it ended.
+pub(super) fn replay(
+    record: &TurnRecord,
+    replies: Vec<StoredReply>,
+) -> Vec<Result<Sequenced, ChatError>> {
+    let mut events = vec![Ok(Sequenced {
+        sequence: ACCEPTED,
+        event: TurnEvent::Accepted(Accepted {
+            conversation_id: record.conversation_id,
+            user_message: record.user_message.clone(),
+        }),
+    })];
+    let mut push = |event: TurnEvent| {
+        let sequence = ACCEPTED + events.len() as u64;
+        events.push(Ok(Sequenced { sequence, event }));
+    };
+    let mut last_message = None;
+    for reply in replies {
+        for piece in pieces(&reply.message.content, reply.deltas.as_deref()) {
+            push(TurnEvent::Delta(piece.to_owned()));
+        }
+        // A call was sent as it was stored: awaiting its result, unless it was settled then.
+        for (call, order) in reply.message.tool_calls.iter().zip(&reply.answer_order) {
+            let mut sent = call.clone();
+            if !order.is_some_and(|order| order < 0) {
+                sent.status = ToolCallStatus::Requested;
+                sent.result = None;
+            }
+            push(TurnEvent::ToolCall(sent));
+        }
+        let mut answered: Vec<(i32, usize)> = reply
+            .answer_order
+            .iter()
+            .enumerate()
+            .filter_map(|(index, order)| order.filter(|order| *order >= 0).map(|o| (o, index)))
+            .collect();
+        answered.sort_unstable();
+        for (_, index) in answered {
+            if let Some(call) = reply.message.tool_calls.get(index) {
+                push(TurnEvent::ToolResult(ToolResult {
+                    provider_call_id: call.provider_call_id.clone(),
+                    status: call.status,
+                    result: call.result.clone().unwrap_or_default(),
+                }));
+            }
+        }
+        last_message = Some(reply.message);
+    }
+    let end = record
+        .outcome
+        .clone()
+        .and_then(|outcome| serde_json::from_value::<TurnEnd>(outcome).ok());
+    let last = match (end, last_message) {
+        (
+            Some(TurnEnd::Completed {
+                finish_reason,
+                model,
+                usage,
+            }),
+            Some(message),
+        ) => Ok(TurnEvent::Completed(Completion {
+            message,
+            finish_reason,
+            model,
+            usage,
+        })),
+        (Some(TurnEnd::Failed(failure)), _) => Err(failure),
+        (None, _) if record.state == TurnState::Interrupted => Err(Failure::Lost),
+        _ => Err(Failure::Internal),
+    };
+    match last {
+        Ok(event) => push(event),
+        Err(failure) => events.push(Err(failure.into_error())),
+    }
+    events
+}
+
+/// The pieces `content` was streamed in, by their lengths in bytes; the whole text as one piece
+/// when the lengths are unknown or do not fit it.
+fn pieces<'a>(content: &'a str, lengths: Option<&[i32]>) -> Vec<&'a str> {
+    let whole = || {
+        if content.is_empty() {
+            Vec::new()
+        } else {
+            vec![content]
+        }
+    };
+    let Some(lengths) = lengths else {
+        return whole();
+    };
+    let mut pieces = Vec::with_capacity(lengths.len());
+    let mut rest = content;
+    for length in lengths {
+        let Ok(length) = usize::try_from(*length) else {
+            return whole();
+        };
+        if length > rest.len() || !rest.is_char_boundary(length) {
+            return whole();
+        }
+        let (piece, after) = rest.split_at(length);
+        pieces.push(piece);
+        rest = after;
+    }
+    if rest.is_empty() { pieces } else { whole() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_cut_into_the_pieces_it_was_streamed_in() {
+        assert_eq!(pieces("héllo", Some(&[3, 3])), ["hé", "llo"]);
+        assert_eq!(pieces("", Some(&[])), Vec::<&str>::new());
+        assert_eq!(pieces("abc", None), ["abc"]);
+        // Lengths that do not fit the text, or cut a character, give it whole.
+        assert_eq!(pieces("abc", Some(&[1])), ["abc"]);
+        assert_eq!(pieces("héllo", Some(&[2, 4])), ["héllo"]);
+        assert_eq!(pieces("abc", Some(&[-1, 4])), ["abc"]);
+    }
+
+    #[test]
+    fn the_hash_tells_apart_what_a_retry_must_repeat() {
+        let tool = |name: &str| ClientTool {
+            name: name.into(),
+            description: String::new(),
+            parameters_json: String::new(),
+        };
+        let id = ConversationId::generate();
+        let base = request_hash(Some(id), "hello", &[tool("a")]);
+        assert_eq!(base, request_hash(Some(id), "hello", &[tool("a")]));
+        assert_ne!(base, request_hash(None, "hello", &[tool("a")]));
+        assert_ne!(base, request_hash(Some(id), "hello!", &[tool("a")]));
+        assert_ne!(base, request_hash(Some(id), "hello", &[tool("b")]));
+        assert_ne!(base, request_hash(Some(id), "hello", &[]));
+    }
+}

@@ -1,0 +1,374 @@
+//! A turn's events as they are numbered: each is written to the turn's log, which anyone may
+//! follow, and sent to the client that asked, if it is still there.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Completion, TurnEvent};
+use crate::{
+    chat::ChatError,
+    domain::TurnState,
+    events::{Entry, TurnLog},
+    llm::TokenUsage,
+};
+
+/// An event with its place in the turn.
+#[derive(Debug)]
+pub struct Sequenced {
+    pub sequence: u64,
+    pub event: TurnEvent,
+}
+
+/// The sequence of `accepted`, a turn's first event.
+pub const ACCEPTED: u64 = 1;
+
+pub(super) type EventSender = mpsc::Sender<Result<Sequenced, ChatError>>;
+
+/// How a turn ended, as its log and the database keep it: enough to tell a client who asks
+/// later exactly what the client who was there was told.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnEnd {
+    Completed {
+        finish_reason: String,
+        model: String,
+        usage: Option<TokenUsage>,
+    },
+    Failed(Failure),
+}
+
+/// Why a turn ended without completing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Failure {
+    /// The model failed: how, by category.
+    Model {
+        summary: String,
+        timeout: bool,
+    },
+    ShuttingDown,
+    NotRead,
+    ReplyNotSaved,
+    ConversationGone,
+    Cancelled,
+    /// The replica generating it stopped.
+    Lost,
+    Unavailable,
+    Internal,
+}
+
+impl Failure {
+    pub fn of(error: &ChatError) -> Self {
+        match error {
+            ChatError::Model(error) => Self::Model {
+                summary: error.summary(),
+                timeout: error.is_timeout(),
+            },
+            ChatError::ModelFailed { summary, timeout } => Self::Model {
+                summary: summary.clone(),
+                timeout: *timeout,
+            },
+            ChatError::ShuttingDown => Self::ShuttingDown,
+            ChatError::NotRead => Self::NotRead,
+            ChatError::ReplyNotSaved(_) => Self::ReplyNotSaved,
+            ChatError::NotFound(_) => Self::ConversationGone,
+            ChatError::Cancelled => Self::Cancelled,
+            ChatError::TurnLost => Self::Lost,
+            ChatError::Unavailable(_) => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
+
+    pub fn into_error(self) -> ChatError {
+        match self {
+            Self::Model { summary, timeout } => ChatError::ModelFailed { summary, timeout },
+            Self::ShuttingDown => ChatError::ShuttingDown,
+            Self::NotRead => ChatError::NotRead,
+            Self::ReplyNotSaved => ChatError::ReplyNotSaved("told before".to_owned()),
+            Self::ConversationGone => ChatError::NotFound("conversation"),
+            Self::Cancelled => ChatError::Cancelled,
+            Self::Lost => ChatError::TurnLost,
+            Self::Unavailable => ChatError::Unavailable("told before".to_owned()),
+            Self::Internal => {
+                ChatError::Internal("a turn that ended with an internal error".into())
+            }
+        }
+    }
+
+    /// What the turn's record says of a turn that ended so.
+    pub fn state(&self) -> TurnState {
+        match self {
+            Self::Cancelled | Self::NotRead => TurnState::Cancelled,
+            Self::ShuttingDown | Self::Lost => TurnState::Interrupted,
+            _ => TurnState::Failed,
+        }
+    }
+}
+
+impl TurnEnd {
+    pub fn state(&self) -> TurnState {
+        match self {
+            Self::Completed { .. } => TurnState::Completed,
+            Self::Failed(failure) => failure.state(),
+        }
+    }
+}
+
+/// An event as a turn's log keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Logged<E, F> {
+    Event(E),
+    Failed(F),
+}
+
+pub(super) fn encode(event: Result<&TurnEvent, &Failure>) -> Bytes {
+    let logged = match event {
+        Ok(event) => Logged::Event(event),
+        Err(failure) => Logged::Failed(failure),
+    };
+    // Serialising these types cannot fail: no maps with non-string keys, no foreign types.
+    Bytes::from(serde_json::to_vec(&logged).unwrap_or_default())
+}
+
+pub(super) fn decode(payload: &[u8]) -> Result<Result<TurnEvent, Failure>, ChatError> {
+    match serde_json::from_slice::<Logged<TurnEvent, Failure>>(payload) {
+        Ok(Logged::Event(event)) => Ok(Ok(event)),
+        Ok(Logged::Failed(failure)) => Ok(Err(failure)),
+        Err(e) => Err(ChatError::Internal(format!(
+            "an unreadable turn event: {e}"
+        ))),
+    }
+}
+
+/// Whether an event reached the client's stream.
+pub(super) enum Delivery {
+    /// It did, or the turn goes on without the client, which may resume it.
+    Delivered,
+    /// The client cancelled or went away.
+    Gone,
+    /// There was no room for the stall timeout.
+    Stalled,
+}
+
+/// Where a turn's events go: numbered, into its log, and to its client.
+pub(super) struct Outlet {
+    /// `None` once a turn that goes on without its client has lost it.
+    client: Option<EventSender>,
+    /// Whether the turn goes on when its client goes away.
+    pub detached: bool,
+    /// Where the reply's last event goes when the client's stream has no room for it.
+    last_word: Option<oneshot::Sender<Result<Sequenced, ChatError>>>,
+    /// Whether the client has stopped reading: nothing waits for it any more.
+    pub stalled: bool,
+    log: Option<TurnLog>,
+    next: u64,
+    /// How the turn ended, once it has.
+    pub end: Option<TurnEnd>,
+}
+
+impl Outlet {
+    pub fn new(
+        client: EventSender,
+        last_word: oneshot::Sender<Result<Sequenced, ChatError>>,
+        log: Option<TurnLog>,
+        detached: bool,
+    ) -> Self {
+        Self {
+            client: Some(client),
+            detached,
+            last_word: Some(last_word),
+            stalled: false,
+            log,
+            next: ACCEPTED + 1,
+            end: None,
+        }
+    }
+
+    /// Resolves when the client has gone away from a turn that ends with it; never otherwise.
+    pub async fn abandoned(&self) {
+        match &self.client {
+            Some(client) if !self.detached => client.closed().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    fn record(&mut self, sequence: u64, payload: Option<Bytes>, last: bool) {
+        if let (Some(log), Some(payload)) = (&self.log, payload) {
+            log.append(Entry {
+                sequence,
+                payload,
+                last,
+            });
+        }
+    }
+
+    fn payload(&self, event: Result<&TurnEvent, &Failure>) -> Option<Bytes> {
+        self.log.as_ref().map(|_| encode(event))
+    }
+
+    /// Hands a delta to the client's stream, waiting at most `stall_timeout` for room: a client
+    /// that takes nothing for that long is not reading, and must not hold the turn (and its
+    /// upstream request) open. A turn that goes on without its client lets it go instead. Only
+    /// a delivered delta is logged, so that the log, the stored text and what the client read
+    /// agree.
+    pub async fn deliver(&mut self, text: String, stall_timeout: Duration) -> Delivery {
+        let sequence = self.next;
+        let event = TurnEvent::Delta(text);
+        let payload = self.payload(Ok(&event));
+        let delivery = match &self.client {
+            None => Delivery::Delivered,
+            Some(client) => {
+                let sent = client.send(Ok(Sequenced { sequence, event }));
+                match tokio::time::timeout(stall_timeout, sent).await {
+                    Ok(Ok(())) => Delivery::Delivered,
+                    Ok(Err(_)) => Delivery::Gone,
+                    Err(_) => Delivery::Stalled,
+                }
+            }
+        };
+        let delivery = match delivery {
+            Delivery::Gone | Delivery::Stalled if self.detached => {
+                // It may resume the turn from the log.
+                self.client = None;
+                Delivery::Delivered
+            }
+            other => other,
+        };
+        if matches!(delivery, Delivery::Delivered) {
+            self.next += 1;
+            self.record(sequence, payload, false);
+        }
+        delivery
+    }
+
+    /// Logs the event and tells the client, waiting for room in its stream for no longer than
+    /// the stall timeout, and not at all once the client has stalled or `shutdown` is
+    /// cancelled. The last event of a reply that finds no room is left for the end of the
+    /// stream, where the client finds it when it reads again; a tool call or result that finds
+    /// none is dropped (the log and the stored conversation have it).
+    pub async fn tell(
+        &mut self,
+        event: Result<TurnEvent, ChatError>,
+        stall_timeout: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        let sequence = self.next;
+        self.next += 1;
+        let last = !matches!(event, Ok(TurnEvent::ToolCall(_) | TurnEvent::ToolResult(_)));
+        let failure = event.as_ref().err().map(Failure::of);
+        let payload = match (&event, &failure) {
+            (Ok(event), _) => self.payload(Ok(event)),
+            (Err(_), Some(failure)) => self.payload(Err(failure)),
+            (Err(_), None) => None,
+        };
+        if last {
+            self.end = Some(match (&event, failure) {
+                (Ok(TurnEvent::Completed(completion)), _) => ended(completion),
+                (_, Some(failure)) => TurnEnd::Failed(failure),
+                _ => TurnEnd::Failed(Failure::Internal),
+            });
+        }
+        self.record(sequence, payload, last);
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let room = if self.stalled || shutdown.is_cancelled() {
+            client.try_reserve().ok()
+        } else {
+            tokio::select! {
+                biased;
+                reserved = tokio::time::timeout(stall_timeout, client.reserve()) => {
+                    match reserved {
+                        Ok(Ok(permit)) => Some(permit),
+                        // The client went away: there is no one to tell.
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            self.stalled = true;
+                            None
+                        }
+                    }
+                }
+                () = shutdown.cancelled() => client.try_reserve().ok(),
+            }
+        };
+        let event = event.map(|event| Sequenced { sequence, event });
+        match room {
+            Some(permit) => permit.send(event),
+            None if last => self.leave(event),
+            None => {}
+        }
+    }
+
+    /// Leaves the reply's last event for the end of the client's stream.
+    fn leave(&mut self, event: Result<Sequenced, ChatError>) {
+        if let Some(last_word) = self.last_word.take() {
+            let _ = last_word.send(event);
+        }
+    }
+
+    /// Leaves the reply's last event for the end of the client's stream, without waiting: the
+    /// client is not reading, and learns why when it does.
+    pub fn leave_last(&mut self, error: ChatError) {
+        let sequence = self.next;
+        self.next += 1;
+        let failure = Failure::of(&error);
+        let payload = self.payload(Err(&failure));
+        self.end = Some(TurnEnd::Failed(failure));
+        self.record(sequence, payload, true);
+        self.leave(Err(error));
+    }
+
+    /// Closes the turn's log: its end is stored.
+    pub fn close_log(&mut self) {
+        self.log = None;
+    }
+}
+
+fn ended(completion: &Completion) -> TurnEnd {
+    TurnEnd::Completed {
+        finish_reason: completion.finish_reason.clone(),
+        model: completion.model.clone(),
+        usage: completion.usage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_events_read_back_as_they_were_written() {
+        let event = TurnEvent::Delta("héllo".into());
+        match decode(&encode(Ok(&event))) {
+            Ok(Ok(TurnEvent::Delta(text))) => assert_eq!(text, "héllo"),
+            other => panic!("got {other:?}"),
+        }
+        let failure = Failure::Model {
+            summary: "the model timed out".into(),
+            timeout: true,
+        };
+        match decode(&encode(Err(&failure))) {
+            Ok(Err(read)) => assert_eq!(read, failure),
+            other => panic!("got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failure_keeps_what_the_client_is_told_and_what_the_record_says() {
+        for (error, state) in [
+            (ChatError::Cancelled, TurnState::Cancelled),
+            (ChatError::NotRead, TurnState::Cancelled),
+            (ChatError::ShuttingDown, TurnState::Interrupted),
+            (ChatError::TurnLost, TurnState::Interrupted),
+            (ChatError::NotFound("conversation"), TurnState::Failed),
+        ] {
+            let failure = Failure::of(&error);
+            assert_eq!(failure.state(), state, "{error}");
+            assert_eq!(Failure::of(&failure.into_error()).state(), state);
+        }
+    }
+}

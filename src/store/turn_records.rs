@@ -1,0 +1,410 @@
+//! Turns as records: found by id or by the client's request id, generated again after a
+//! failure, ended, replayed, and taken over when the replica generating them stops.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    prelude::*,
+    sql_types::{
+        Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    },
+};
+use diesel_async::RunQueryDsl;
+
+use super::{Operation, Store, StoreError, models::Stored, statement::fixed};
+use crate::domain::{
+    Attempt, ConversationId, Message, MessageId, MessageStatus, Revision, Role, ToolCall,
+    ToolCallId, ToolCallStatus, TurnState, UserId,
+};
+
+/// A turn as stored, with the user message it answers.
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    pub conversation_id: ConversationId,
+    pub user_message: Message,
+    /// The user message's place in its conversation.
+    pub sequence: Revision,
+    pub request_hash: Option<Vec<u8>>,
+    pub state: TurnState,
+    pub attempt: Attempt,
+    /// How it ended, as the turn's use case wrote it.
+    pub outcome: Option<serde_json::Value>,
+}
+
+/// A reply of a turn as stored, for replaying the turn's events.
+#[derive(Debug, Clone)]
+pub struct StoredReply {
+    pub message: Message,
+    /// The length in bytes of each piece its text was streamed in.
+    pub deltas: Option<Vec<i32>>,
+    /// For each of its calls, in order, its place among the results that were sent: negative
+    /// for a call stored with its outcome, `None` for one whose result did not come in the turn.
+    pub answer_order: Vec<Option<i32>>,
+}
+
+/// A turn whose replica stopped, taken over to be ended.
+#[derive(Debug, Clone, Copy)]
+pub struct LapsedTurn {
+    pub user: UserId,
+    pub conversation_id: ConversationId,
+    pub turn: MessageId,
+    pub attempt: Attempt,
+    /// The newest message's time: what the turn streamed is stored after it.
+    pub after: DateTime<Utc>,
+}
+
+const FIND: Operation = Operation::new("SELECT", "SELECT turns");
+const RETRY: Operation = Operation::new("UPDATE", "UPDATE turns");
+const END: Operation = Operation::new("UPDATE", "UPDATE turns");
+const REPLIES: Operation = Operation::new("SELECT", "SELECT messages");
+const LEASE: Operation = Operation::new("INSERT", "INSERT replicas");
+const SWEEP: Operation = Operation::new("UPDATE", "UPDATE turns");
+
+/// A turn and its user message, found by `$2` as the turn's id or, with `$3`, as the client's
+/// request id.
+const FIND_TURN: &str = "SELECT t.id, t.conversation_id, t.request_hash, t.state, t.attempt,
+         t.outcome, m.content, m.created_at, m.sequence
+     FROM turns t JOIN messages m ON m.id = t.id
+     WHERE t.user_id = $1
+       AND (CASE WHEN $3 THEN t.request_key = $4 ELSE t.id = $2 END)";
+
+#[derive(QueryableByName)]
+struct TurnRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    conversation_id: uuid::Uuid,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    request_hash: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    state: Stored<TurnState>,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    outcome: Option<serde_json::Value>,
+    #[diesel(sql_type = Text)]
+    content: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    sequence: Revision,
+}
+
+impl TurnRow {
+    fn into_record(self) -> Result<TurnRecord, StoreError> {
+        let attempt = Attempt::new(self.attempt)
+            .ok_or_else(|| StoreError::Corrupt(format!("turn {} has attempt 0", self.id)))?;
+        let conversation_id = ConversationId::from_uuid(self.conversation_id);
+        Ok(TurnRecord {
+            conversation_id,
+            user_message: Message {
+                id: MessageId::from_uuid(self.id),
+                conversation_id,
+                role: Role::User,
+                content: self.content,
+                status: MessageStatus::Complete,
+                create_time: self.created_at,
+                tool_calls: Vec::new(),
+            },
+            sequence: self.sequence,
+            request_hash: self.request_hash,
+            state: self.state.0,
+            attempt,
+            outcome: self.outcome,
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct AttemptRow {
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+}
+
+#[derive(QueryableByName)]
+struct ReplyRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    content: String,
+    #[diesel(sql_type = Text)]
+    status: Stored<MessageStatus>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Array<Integer>>)]
+    deltas: Option<Vec<i32>>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    tool_calls: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReplyCall {
+    id: uuid::Uuid,
+    provider_call_id: String,
+    name: String,
+    arguments: serde_json::Value,
+    status: String,
+    result: Option<serde_json::Value>,
+    answer_index: Option<i32>,
+}
+
+#[derive(QueryableByName)]
+struct LapsedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    user_id: uuid::Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    conversation_id: uuid::Uuid,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+    #[diesel(sql_type = Timestamptz)]
+    after: DateTime<Utc>,
+}
+
+impl Store {
+    /// The user's turn answering `turn`, if there is one.
+    pub async fn find_turn(
+        &self,
+        user: UserId,
+        turn: MessageId,
+    ) -> Result<Option<TurnRecord>, StoreError> {
+        self.find_turn_where(user, Some(turn), None).await
+    }
+
+    /// The user's turn started by the request with the client's id `key`, if there is one.
+    pub async fn find_turn_by_request(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<TurnRecord>, StoreError> {
+        self.find_turn_where(user, None, Some(key)).await
+    }
+
+    async fn find_turn_where(
+        &self,
+        user: UserId,
+        turn: Option<MessageId>,
+        key: Option<&str>,
+    ) -> Result<Option<TurnRecord>, StoreError> {
+        self.run(FIND, async |conn| {
+            let row = fixed(FIND_TURN)
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<SqlUuid, _>(turn.map_or(uuid::Uuid::nil(), |turn| *turn.as_uuid()))
+                .bind::<diesel::sql_types::Bool, _>(key.is_some())
+                .bind::<Text, _>(key.unwrap_or_default())
+                .get_result::<TurnRow>(conn)
+                .await
+                .optional()?;
+            row.map(TurnRow::into_record).transpose()
+        })
+        .await
+    }
+
+    /// Takes a turn that failed or was interrupted at `attempt` to generate it again on
+    /// `replica`. The new attempt, or `None` if the turn is no longer at that attempt in such a
+    /// state (another replica took it first).
+    pub async fn retry_turn(
+        &self,
+        user: UserId,
+        turn: MessageId,
+        attempt: Attempt,
+        replica: uuid::Uuid,
+    ) -> Result<Option<Attempt>, StoreError> {
+        self.run(RETRY, async |conn| {
+            let row = fixed(
+                "UPDATE turns SET state = 'generating', attempt = attempt + 1, replica = $4,
+                     outcome = NULL, ended_at = NULL
+                 WHERE id = $1 AND user_id = $2 AND attempt = $3
+                   AND state IN ('failed', 'interrupted')
+                 RETURNING attempt",
+            )
+            .bind::<SqlUuid, _>(turn.as_uuid())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Integer, _>(attempt.get())
+            .bind::<SqlUuid, _>(replica)
+            .get_result::<AttemptRow>(conn)
+            .await
+            .optional()?;
+            Ok(row.and_then(|row| Attempt::new(row.attempt)))
+        })
+        .await
+    }
+
+    /// Records how the turn's `attempt` ended, unless it ended already (a replica that took it
+    /// over for a lapsed lease ended it first).
+    pub async fn end_turn(
+        &self,
+        turn: MessageId,
+        attempt: Attempt,
+        state: TurnState,
+        outcome: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.run(END, async |conn| {
+            fixed(
+                "UPDATE turns SET state = $3, outcome = $4, ended_at = now()
+                 WHERE id = $1 AND attempt = $2 AND state = 'generating'",
+            )
+            .bind::<SqlUuid, _>(turn.as_uuid())
+            .bind::<Integer, _>(attempt.get())
+            .bind::<Text, _>(<&str>::from(state))
+            .bind::<Jsonb, _>(outcome)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The replies stored by the turn's `attempt`, in order, with their tool calls.
+    pub async fn turn_replies(
+        &self,
+        user: UserId,
+        record: &TurnRecord,
+    ) -> Result<Vec<StoredReply>, StoreError> {
+        self.run(REPLIES, async |conn| {
+            let rows = fixed(
+                "SELECT m.id, m.content, m.status, m.created_at, m.deltas,
+                     (SELECT jsonb_agg(jsonb_build_object(
+                         'id', t.id, 'provider_call_id', t.provider_call_id, 'name', t.name,
+                         'arguments', t.arguments, 'status', t.status, 'result', t.result,
+                         'answer_index', t.answer_index
+                      ) ORDER BY t.position)
+                      FROM tool_calls t WHERE t.message_id = m.id) AS tool_calls
+                 FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence > $3
+                   AND m.turn_id = $4 AND m.turn_attempt = $5
+                 ORDER BY m.sequence",
+            )
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<SqlUuid, _>(record.conversation_id.as_uuid())
+            .bind::<BigInt, _>(record.sequence)
+            .bind::<SqlUuid, _>(record.user_message.id.as_uuid())
+            .bind::<Integer, _>(record.attempt.get())
+            .load::<ReplyRow>(conn)
+            .await?;
+            rows.into_iter()
+                .map(|row| stored_reply(row, record.conversation_id))
+                .collect()
+        })
+        .await
+    }
+
+    /// Renews this replica's lease for `lease` from now, by the database's clock, which every
+    /// replica shares: the turns it generates are alive as long as it is.
+    pub async fn renew_lease(
+        &self,
+        replica: uuid::Uuid,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.run(LEASE, async |conn| {
+            fixed(
+                "INSERT INTO replicas (id, lease_until)
+                 VALUES ($1, now() + $2 * interval '1 millisecond')
+                 ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+            )
+            .bind::<SqlUuid, _>(replica)
+            .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives up this replica's lease as it stops, once its turns have ended.
+    pub async fn release_lease(&self, replica: uuid::Uuid) -> Result<(), StoreError> {
+        self.run(LEASE, async |conn| {
+            fixed("DELETE FROM replicas WHERE id = $1")
+                .bind::<SqlUuid, _>(replica)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes over up to `limit` turns still generating on replicas whose lease ran out (or
+    /// that hold none), marking them interrupted. Replicas whose lease ran out long ago are
+    /// forgotten.
+    pub async fn take_lapsed_turns(&self, limit: i64) -> Result<Vec<LapsedTurn>, StoreError> {
+        self.run(SWEEP, async |conn| {
+            let rows = fixed(
+                "WITH lapsed AS (
+                     SELECT t.id FROM turns t
+                     WHERE t.state = 'generating'
+                       AND NOT EXISTS (SELECT 1 FROM replicas r
+                                       WHERE r.id = t.replica AND r.lease_until > now())
+                     LIMIT $1
+                     FOR UPDATE OF t SKIP LOCKED
+                 )
+                 UPDATE turns t SET state = 'interrupted', ended_at = now()
+                 FROM lapsed, messages m, conversations c
+                 WHERE t.id = lapsed.id AND m.id = t.id AND c.id = t.conversation_id
+                 RETURNING t.id, t.user_id, t.conversation_id, t.attempt,
+                     GREATEST(c.updated_at, m.created_at) AS after",
+            )
+            .bind::<BigInt, _>(limit)
+            .load::<LapsedRow>(conn)
+            .await?;
+            fixed("DELETE FROM replicas WHERE lease_until < now() - interval '1 hour'")
+                .execute(conn)
+                .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(LapsedTurn {
+                        user: UserId::from_uuid(row.user_id),
+                        conversation_id: ConversationId::from_uuid(row.conversation_id),
+                        turn: MessageId::from_uuid(row.id),
+                        attempt: Attempt::new(row.attempt).ok_or_else(|| {
+                            StoreError::Corrupt(format!("turn {} has attempt 0", row.id))
+                        })?,
+                        after: row.after,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+fn stored_reply(row: ReplyRow, conversation_id: ConversationId) -> Result<StoredReply, StoreError> {
+    let calls: Vec<ReplyCall> = match row.tool_calls {
+        None => Vec::new(),
+        Some(json) => serde_json::from_value(json).map_err(|e| {
+            StoreError::Corrupt(format!("the tool calls of message {}: {e}", row.id))
+        })?,
+    };
+    let answer_order = calls.iter().map(|call| call.answer_index).collect();
+    let tool_calls = calls
+        .into_iter()
+        .map(|call| {
+            let status = call.status.parse::<ToolCallStatus>().map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "tool call {} has status {:?}",
+                    call.id, call.status
+                ))
+            })?;
+            Ok(ToolCall {
+                id: ToolCallId::from_uuid(call.id),
+                provider_call_id: call.provider_call_id,
+                name: call.name,
+                arguments: call.arguments,
+                status,
+                result: call.result,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(StoredReply {
+        message: Message {
+            id: MessageId::from_uuid(row.id),
+            conversation_id,
+            role: Role::Assistant,
+            content: row.content,
+            status: row.status.0,
+            create_time: row.created_at,
+            tool_calls,
+        },
+        deltas: row.deltas,
+        answer_order,
+    })
+}

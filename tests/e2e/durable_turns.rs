@@ -1,0 +1,672 @@
+//! Turns that outlive their stream: numbered events, resuming from any replica, retries that
+//! never make a second turn, turns that go on without their client, cancelling from anywhere,
+//! and what happens when a replica dies or Redis goes away.
+
+use std::sync::Arc;
+
+use chat_service::api::proto::{
+    CancelTurnRequest, Disconnect, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
+    SendMessageResponse, resume_turn_response, send_message_response::Event,
+};
+use tokio::sync::Notify;
+use tonic::{Code, Status, Streaming};
+
+use super::{
+    assert_bad_field,
+    support::{
+        FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp,
+        process::ServiceProcess,
+        redis::{RedisServer, shared_url},
+        wait::eventually,
+    },
+    tools::app_with_tools,
+};
+
+/// The events of a turn as a client saw them, with their sequences, and how the stream ended.
+#[derive(Debug, Default)]
+struct Seen {
+    events: Vec<(u64, Event)>,
+    error: Option<Status>,
+}
+
+impl Seen {
+    fn sequences(&self) -> Vec<u64> {
+        self.events.iter().map(|(sequence, _)| *sequence).collect()
+    }
+
+    fn text(&self) -> String {
+        self.events
+            .iter()
+            .filter_map(|(_, event)| match event {
+                Event::Delta(delta) => Some(delta.text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn user_message_id(&self) -> String {
+        match self.events.first() {
+            Some((1, Event::Accepted(accepted))) => accepted
+                .user_message
+                .as_ref()
+                .map(|m| m.id.clone())
+                .unwrap_or_default(),
+            other => panic!("the turn did not start with accepted: {other:?}"),
+        }
+    }
+
+    fn completed(&self) -> chat_service::api::proto::MessageCompleted {
+        match self.events.last() {
+            Some((_, Event::Completed(completed))) => completed.clone(),
+            other => panic!("the turn did not complete: {other:?}, {:?}", self.error),
+        }
+    }
+}
+
+/// A stream of either RPC, as SendMessage's events with their sequences.
+trait Numbered {
+    fn numbered(self) -> (u64, Event);
+}
+
+impl Numbered for SendMessageResponse {
+    fn numbered(self) -> (u64, Event) {
+        let event = self.event.unwrap_or_else(|| panic!("an empty event"));
+        (self.sequence, event)
+    }
+}
+
+impl Numbered for ResumeTurnResponse {
+    fn numbered(self) -> (u64, Event) {
+        use resume_turn_response::Event as Resumed;
+        let event = match self.event.unwrap_or_else(|| panic!("an empty event")) {
+            Resumed::Accepted(accepted) => Event::Accepted(accepted),
+            Resumed::Delta(delta) => Event::Delta(delta),
+            Resumed::ToolCall(call) => Event::ToolCall(call),
+            Resumed::ToolResult(result) => Event::ToolResult(result),
+            Resumed::Completed(completed) => Event::Completed(completed),
+        };
+        (self.sequence, event)
+    }
+}
+
+/// Reads `count` events, leaving the stream open.
+async fn read_some<T: Numbered>(stream: &mut Streaming<T>, count: usize) -> Seen {
+    let mut seen = Seen::default();
+    while seen.events.len() < count {
+        match stream.message().await {
+            Ok(Some(response)) => seen.events.push(response.numbered()),
+            Ok(None) => panic!("the stream ended after {:?}", seen.events),
+            Err(status) => panic!("the stream failed after {:?}: {status:?}", seen.events),
+        }
+    }
+    seen
+}
+
+/// Reads the rest of the stream.
+async fn read_rest<T: Numbered>(stream: &mut Streaming<T>) -> Seen {
+    let mut seen = Seen::default();
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) => seen.events.push(response.numbered()),
+            Ok(None) => return seen,
+            Err(status) => {
+                seen.error = Some(status);
+                return seen;
+            }
+        }
+    }
+}
+
+/// Sends `request` as alice and reads the whole stream.
+async fn send_all(app: &TestApp, request: SendMessageRequest) -> Result<Seen, Status> {
+    let request = app.request("alice", request);
+    let mut stream = app.chat().send_message(request).await?.into_inner();
+    Ok(read_rest(&mut stream).await)
+}
+
+fn message(content: &str, request_id: &str, on_disconnect: Disconnect) -> SendMessageRequest {
+    SendMessageRequest {
+        content: content.to_owned(),
+        request_id: request_id.to_owned(),
+        on_disconnect: on_disconnect.into(),
+        ..Default::default()
+    }
+}
+
+fn resume(message_id: &str, after_sequence: u64) -> ResumeTurnRequest {
+    ResumeTurnRequest {
+        message_id: message_id.to_owned(),
+        after_sequence,
+    }
+}
+
+/// The turn's state and attempt, as stored.
+async fn turn_state(db: &TestDatabase, turn: &str) -> (String, i32) {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        state: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        attempt: i32,
+    }
+    use diesel_async::RunQueryDsl;
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT state, attempt FROM turns WHERE id = '{turn}'"
+    ))
+    .load(&mut db.connect().await)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    rows.into_iter()
+        .next()
+        .map(|row| (row.state, row.attempt))
+        .unwrap_or_else(|| panic!("no turn {turn}"))
+}
+
+/// The replies of the conversation, as (status, content), in order.
+async fn replies(db: &TestDatabase, conversation: &str) -> Vec<(String, String)> {
+    db.messages(conversation)
+        .await
+        .into_iter()
+        .filter(|m| m.role == "assistant")
+        .map(|m| (m.status, m.content))
+        .collect()
+}
+
+fn conversation_of(seen: &Seen) -> String {
+    match seen.events.first() {
+        Some((_, Event::Accepted(accepted))) => accepted.conversation_id.clone(),
+        other => panic!("no accepted: {other:?}"),
+    }
+}
+
+fn paused(gate: &Arc<Notify>) -> Script {
+    Script::paused(&["Hel", "lo"], gate, &[" wor", "ld."])
+}
+
+#[tokio::test]
+async fn a_client_resumes_mid_stream_with_exactly_the_events_it_missed() {
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let request = app.request("alice", message("Hi", "", Disconnect::Continue));
+    let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
+    let first = read_some(&mut stream, 2).await;
+    assert_eq!(first.sequences(), [1, 2]);
+    // The stream breaks: the turn goes on, as asked.
+    drop(stream);
+
+    let turn = first.user_message_id();
+    let request = app.request("alice", resume(&turn, 2));
+    let mut resumed = app.chat().resume_turn(request).await.unwrap().into_inner();
+    let caught_up = read_some(&mut resumed, 1).await;
+    gate.notify_one();
+    let rest = read_rest(&mut resumed).await;
+
+    assert_eq!(
+        caught_up.sequences(),
+        [3],
+        "the event after the last one seen"
+    );
+    assert_eq!(rest.sequences(), [4, 5, 6]);
+    assert!(rest.error.is_none(), "{:?}", rest.error);
+    let whole = format!("{}{}{}", first.text(), caught_up.text(), rest.text());
+    assert_eq!(whole, "Hello world.");
+    let completed = rest.completed();
+    let stored = replies(&app.db, &conversation_of(&first)).await;
+    assert_eq!(stored, [("complete".to_owned(), whole.clone())]);
+    assert_eq!(completed.message.unwrap().content, whole);
+    assert_eq!(
+        turn_state(&app.db, &turn).await,
+        ("completed".to_owned(), 1)
+    );
+}
+
+#[tokio::test]
+async fn a_finished_turn_replays_from_storage_exactly_as_it_was_streamed() {
+    let tools = FakeToolServer::start().await;
+    let fake = FakeLlm::start().await;
+    fake.script([
+        Script::ToolCalls {
+            deltas: vec!["Let me ".into(), "check. ".into()],
+            fragments: vec![(
+                0,
+                Some("call_1".into()),
+                Some("echo".into()),
+                r#"{"text":"é"}"#.into(),
+            )],
+        },
+        Script::reply(&["It said ", "é", "."]),
+    ]);
+    let app = app_with_tools(
+        &fake,
+        vec![tools.settings("tasks", false)],
+        mcp::TOOLS,
+        |_| {},
+    )
+    .await;
+
+    let request = app.request("alice", message("Echo é", "", Disconnect::Cancel));
+    let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
+    let live = read_rest(&mut stream).await;
+    assert!(live.error.is_none(), "{:?}", live.error);
+    assert_eq!(live.sequences(), (1..=9).collect::<Vec<u64>>());
+    let turn = live.user_message_id();
+
+    for after in [0, 3, 5] {
+        let request = app.request("alice", resume(&turn, after));
+        let mut replayed = app.chat().resume_turn(request).await.unwrap().into_inner();
+        let replayed = read_rest(&mut replayed).await;
+        let expected: Vec<String> = live
+            .events
+            .iter()
+            .filter(|(sequence, _)| *sequence > after)
+            .map(|event| format!("{event:?}"))
+            .collect();
+        let got: Vec<String> = replayed.events.iter().map(|e| format!("{e:?}")).collect();
+        assert_eq!(got, expected, "replayed after {after}");
+        assert!(replayed.error.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_request_id_gets_the_same_turn_and_no_second_reply() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::reply(&["Once", "."])]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let send = |content: &str| send_all(&app, message(content, "retry-1", Disconnect::Cancel));
+    let first = send("Hello").await.unwrap();
+    let retry = send("Hello").await.unwrap();
+    assert_eq!(retry.sequences(), first.sequences());
+    assert_eq!(retry.user_message_id(), first.user_message_id());
+    assert_eq!(
+        retry.completed().message.unwrap().id,
+        first.completed().message.unwrap().id
+    );
+    assert_eq!(retry.text(), "Once.");
+    assert_eq!(fake.received().len(), 1, "the model was asked once");
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM messages").await, 2);
+
+    // The same id for another request is refused, and changes nothing.
+    let before = app.db.snapshot().await;
+    let status = send("Hello?").await.unwrap_err();
+    assert_bad_field(&status, "request_id");
+    assert_eq!(app.db.snapshot().await, before);
+    let request = app.request(
+        "alice",
+        message("Hi", "not printable ☃", Disconnect::Cancel),
+    );
+    let status = app.chat().send_message(request).await.unwrap_err();
+    assert_bad_field(&status, "request_id");
+}
+
+#[tokio::test]
+async fn a_retry_while_the_turn_is_generating_joins_it_from_the_start() {
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let request = app.request("alice", message("Hi", "join-1", Disconnect::Cancel));
+    let mut first = app.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut first, 2).await;
+    let request = app.request("alice", message("Hi", "join-1", Disconnect::Cancel));
+    let mut retry = app.chat().send_message(request).await.unwrap().into_inner();
+    let joined = read_some(&mut retry, 3).await;
+    gate.notify_one();
+    let rest = read_rest(&mut retry).await;
+    let first_rest = read_rest(&mut first).await;
+
+    assert_eq!(joined.sequences(), [1, 2, 3], "from the start");
+    assert_eq!(joined.user_message_id(), seen.user_message_id());
+    assert_eq!(format!("{}{}", joined.text(), rest.text()), "Hello world.");
+    assert_eq!(
+        format!("{}{}", seen.text(), first_rest.text()),
+        "Hello world."
+    );
+    assert_eq!(rest.completed().message, first_rest.completed().message);
+    assert_eq!(fake.received().len(), 1, "the model was asked once");
+}
+
+#[tokio::test]
+async fn a_retry_after_a_failure_generates_again_for_the_same_stored_message() {
+    let fake = FakeLlm::start().await;
+    fake.script([
+        Script::Status {
+            code: 400,
+            retry_after: None,
+        },
+        Script::reply(&["Second ", "time."]),
+    ]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let request = app.request("alice", message("Hi", "again-1", Disconnect::Cancel));
+    let failed = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    assert_eq!(
+        failed.error.as_ref().map(Status::code),
+        Some(Code::Unavailable)
+    );
+    let turn = failed.user_message_id();
+    assert_eq!(turn_state(&app.db, &turn).await, ("failed".to_owned(), 1));
+
+    let request = app.request("alice", message("Hi", "again-1", Disconnect::Cancel));
+    let retry = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    assert_eq!(retry.user_message_id(), turn, "the same stored message");
+    assert_eq!(retry.text(), "Second time.");
+    retry.completed();
+    let conversation = conversation_of(&retry);
+    let stored = app.db.messages(&conversation).await;
+    assert_eq!(
+        stored.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(),
+        ["user", "assistant"]
+    );
+    assert_eq!(
+        turn_state(&app.db, &turn).await,
+        ("completed".to_owned(), 2)
+    );
+    assert_eq!(fake.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_turn_that_goes_on_without_its_client_completes_and_is_stored() {
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let request = app.request("alice", message("Hi", "", Disconnect::Continue));
+    let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut stream, 2).await;
+    drop(stream);
+    gate.notify_one();
+
+    let turn = seen.user_message_id();
+    let db = &app.db;
+    eventually("the detached turn completes", || async {
+        turn_state(db, &turn).await.0 == "completed"
+    })
+    .await;
+    let stored = replies(db, &conversation_of(&seen)).await;
+    assert_eq!(stored, [("complete".to_owned(), "Hello world.".to_owned())]);
+}
+
+#[tokio::test]
+async fn cancel_turn_stops_the_turn_and_stores_what_was_streamed() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Stall {
+        deltas: vec!["Partial".into()],
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+
+    let request = app.request("alice", message("Hi", "", Disconnect::Continue));
+    let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut stream, 2).await;
+    let turn = seen.user_message_id();
+    let request = app.request(
+        "alice",
+        CancelTurnRequest {
+            message_id: turn.clone(),
+        },
+    );
+    app.chat().cancel_turn(request).await.unwrap();
+
+    // Once CancelTurn has answered, the turn has ended and its text is stored.
+    assert_eq!(turn_state(&app.db, &turn).await.0, "cancelled");
+    let stored = replies(&app.db, &conversation_of(&seen)).await;
+    assert_eq!(stored, [("cancelled".to_owned(), "Partial".to_owned())]);
+    let rest = read_rest(&mut stream).await;
+    assert_eq!(rest.error.map(|s| s.code()), Some(Code::Cancelled));
+    fake.wait_for_closed_streams(1).await;
+    // Cancelling a turn that has ended changes nothing.
+    let request = app.request("alice", CancelTurnRequest { message_id: turn });
+    app.chat().cancel_turn(request).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_the_users_own_turns_can_be_resumed_or_cancelled() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let request = app.request("alice", message("Hi", "", Disconnect::Cancel));
+    let seen = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    let turn = seen.user_message_id();
+
+    let request = app.request("bob", resume(&turn, 0));
+    let status = app.chat().resume_turn(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let request = app.request("bob", CancelTurnRequest { message_id: turn });
+    let status = app.chat().cancel_turn(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let request = app.request("alice", resume("not-an-id", 0));
+    let status = app.chat().resume_turn(request).await.unwrap_err();
+    assert_bad_field(&status, "message_id");
+}
+
+/// Settings for replica processes sharing `database`, the fake model and `redis`.
+fn replica_settings(fake: &FakeLlm, redis: &str, lease: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHAT_LLM_BASE_URL", fake.base_url()),
+        ("CHAT_LLM_API_KEY", "test-api-key".to_owned()),
+        ("CHAT_LLM_MODEL", "fake-model".to_owned()),
+        ("CHAT_REDIS_URL", redis.to_owned()),
+        ("CHAT_TURN_LEASE", lease.to_owned()),
+    ]
+}
+
+async fn replica(database: &TestDatabase, settings: &[(&'static str, String)]) -> ServiceProcess {
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ServiceProcess::start(env!("CARGO_BIN_EXE_chat-service"), database, &settings).await
+}
+
+#[tokio::test]
+async fn a_turn_resumes_on_another_replica_mid_stream_and_after_it_completed() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let settings = replica_settings(&fake, &shared_url(), "10s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+
+    let request = a.request("alice", message("Hi", "", Disconnect::Continue));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let first = read_some(&mut stream, 2).await;
+    drop(stream);
+    let turn = first.user_message_id();
+    let request = b.request("alice", resume(&turn, 2));
+    let mut resumed = b.chat().resume_turn(request).await.unwrap().into_inner();
+    let caught_up = read_some(&mut resumed, 1).await;
+    gate.notify_one();
+    let rest = read_rest(&mut resumed).await;
+    assert_eq!(caught_up.sequences(), [3]);
+    assert_eq!(rest.sequences(), [4, 5, 6]);
+    let whole = format!("{}{}{}", first.text(), caught_up.text(), rest.text());
+    assert_eq!(whole, "Hello world.");
+
+    let db = &database;
+    eventually("the turn's end is stored", || async {
+        turn_state(db, &turn).await.0 == "completed"
+    })
+    .await;
+    let request = b.request("alice", resume(&turn, 0));
+    let replayed = read_rest(&mut b.chat().resume_turn(request).await.unwrap().into_inner()).await;
+    assert_eq!(replayed.sequences(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(replayed.text(), whole);
+    assert_eq!(replayed.completed().message, rest.completed().message);
+}
+
+#[tokio::test]
+async fn identical_retries_on_two_replicas_at_once_make_one_turn() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let settings = replica_settings(&fake, &shared_url(), "10s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+
+    let send = |replica: &ServiceProcess| {
+        let request = replica.request("alice", message("Hi", "twice-1", Disconnect::Cancel));
+        let mut chat = replica.chat();
+        async move { chat.send_message(request).await.unwrap().into_inner() }
+    };
+    let (mut on_a, mut on_b) = tokio::join!(send(&a), send(&b));
+    let (seen_a, seen_b) = tokio::join!(read_some(&mut on_a, 1), read_some(&mut on_b, 1));
+    gate.notify_one();
+    let (rest_a, rest_b) = tokio::join!(read_rest(&mut on_a), read_rest(&mut on_b));
+
+    assert_eq!(seen_a.user_message_id(), seen_b.user_message_id());
+    assert_eq!(
+        format!("{}{}", seen_a.text(), rest_a.text()),
+        "Hello world."
+    );
+    assert_eq!(
+        format!("{}{}", seen_b.text(), rest_b.text()),
+        "Hello world."
+    );
+    assert_eq!(rest_a.completed().message, rest_b.completed().message);
+    assert_eq!(fake.received().len(), 1, "the model was asked once");
+    let conversation = conversation_of(&seen_a);
+    assert_eq!(database.messages(&conversation).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_turn_is_cancelled_from_another_replica() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Stall {
+        deltas: vec!["Partial".into()],
+    }]);
+    let settings = replica_settings(&fake, &shared_url(), "10s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+
+    let request = a.request("alice", message("Hi", "", Disconnect::Cancel));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut stream, 2).await;
+    let turn = seen.user_message_id();
+    let request = b.request(
+        "alice",
+        CancelTurnRequest {
+            message_id: turn.clone(),
+        },
+    );
+    b.chat().cancel_turn(request).await.unwrap();
+
+    assert_eq!(turn_state(&database, &turn).await.0, "cancelled");
+    let stored = replies(&database, &conversation_of(&seen)).await;
+    assert_eq!(stored, [("cancelled".to_owned(), "Partial".to_owned())]);
+    let rest = read_rest(&mut stream).await;
+    assert_eq!(rest.error.map(|s| s.code()), Some(Code::Cancelled));
+    fake.wait_for_closed_streams(1).await;
+}
+
+#[tokio::test]
+async fn a_killed_replica_s_turn_is_ended_by_the_others_and_a_retry_generates_it_again() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Stall {
+        deltas: vec!["Hel".into(), "lo".into()],
+    }]);
+    let settings = replica_settings(&fake, &shared_url(), "1s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+
+    let request = a.request("alice", message("Hi", "lost-1", Disconnect::Continue));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut stream, 3).await;
+    let turn = seen.user_message_id();
+    let request = b.request("alice", resume(&turn, 3));
+    let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
+    // SIGKILL: no chance to store anything or say goodbye.
+    drop(a);
+
+    let ended = read_rest(&mut watching).await;
+    assert!(ended.events.is_empty(), "{:?}", ended.events);
+    let status = ended
+        .error
+        .unwrap_or_else(|| panic!("the watcher was not told"));
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("request_id"), "{status:?}");
+    assert_eq!(
+        turn_state(&database, &turn).await,
+        ("interrupted".to_owned(), 1)
+    );
+    let conversation = conversation_of(&seen);
+    assert_eq!(
+        replies(&database, &conversation).await,
+        [("interrupted".to_owned(), "Hello".to_owned())]
+    );
+    let request = b.request("alice", resume(&turn, 0));
+    let replayed = read_rest(&mut b.chat().resume_turn(request).await.unwrap().into_inner()).await;
+    assert_eq!(
+        replayed.sequences(),
+        [1, 2, 3],
+        "what was streamed, then how it ended"
+    );
+    assert_eq!(replayed.error.map(|s| s.code()), Some(Code::Unavailable));
+
+    fake.script([Script::reply(&["Again."])]);
+    let request = b.request("alice", message("Hi", "lost-1", Disconnect::Cancel));
+    let retry = read_rest(&mut b.chat().send_message(request).await.unwrap().into_inner()).await;
+    assert_eq!(retry.user_message_id(), turn);
+    assert_eq!(retry.text(), "Again.");
+    retry.completed();
+    assert_eq!(
+        turn_state(&database, &turn).await,
+        ("completed".to_owned(), 2)
+    );
+}
+
+#[tokio::test]
+async fn turns_complete_while_redis_is_down_and_resume_works_again_once_it_is_back() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    let mut redis = RedisServer::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let settings = replica_settings(&fake, &redis.url(), "10s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+
+    let request = a.request("alice", message("Hi", "", Disconnect::Cancel));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let first = read_some(&mut stream, 2).await;
+    let turn = first.user_message_id();
+    redis.stop().await;
+
+    // Another replica cannot follow a live turn without Redis...
+    let request = b.request("alice", resume(&turn, 1));
+    let failed = match b.chat().resume_turn(request).await {
+        Ok(response) => read_rest(&mut response.into_inner()).await.error,
+        Err(status) => Some(status),
+    };
+    assert_eq!(failed.map(|s| s.code()), Some(Code::Unavailable));
+    // ...but the turn completes and is stored all the same.
+    gate.notify_one();
+    let rest = read_rest(&mut stream).await;
+    assert_eq!(format!("{}{}", first.text(), rest.text()), "Hello world.");
+    rest.completed();
+    assert!(
+        a.scrape_metrics()
+            .await
+            .contains("chat_event_engine_errors_total{operation=")
+    );
+    // A finished turn replays from the database, Redis or not.
+    let request = b.request("alice", resume(&turn, 0));
+    let replayed = read_rest(&mut b.chat().resume_turn(request).await.unwrap().into_inner()).await;
+    assert_eq!(replayed.text(), "Hello world.");
+
+    redis.restart().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let request = a.request("alice", message("Again", "", Disconnect::Cancel));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let first = read_some(&mut stream, 2).await;
+    let request = b.request("alice", resume(&first.user_message_id(), 2));
+    let mut resumed = b.chat().resume_turn(request).await.unwrap().into_inner();
+    let caught_up = read_some(&mut resumed, 1).await;
+    gate.notify_one();
+    let rest = read_rest(&mut resumed).await;
+    assert_eq!(
+        format!("{}{}{}", first.text(), caught_up.text(), rest.text()),
+        "Hello world."
+    );
+    rest.completed();
+}
