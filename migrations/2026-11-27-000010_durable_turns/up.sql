@@ -24,6 +24,8 @@ CREATE TABLE turns (
 -- One turn per request id and user, enforced here so that replicas racing on a retry make one.
 CREATE UNIQUE INDEX turns_request_key_idx ON turns (user_id, request_key)
     WHERE request_key IS NOT NULL;
+-- Deleting a conversation (or a user) deletes its turns.
+CREATE INDEX turns_conversation_idx ON turns (conversation_id);
 -- Turns still generating, by replica: what a lapsed lease leaves behind.
 CREATE INDEX turns_generating_idx ON turns (replica) WHERE state = 'generating';
 

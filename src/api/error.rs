@@ -44,13 +44,21 @@ impl From<ApiError> for Status {
             ApiError::Chat(ChatError::ModelFailed { summary, timeout }) => {
                 model_failed(&summary, timeout)
             }
-            ApiError::Chat(ChatError::Cancelled) => {
-                Status::cancelled("the turn was cancelled; the reply so far is saved as CANCELLED")
-            }
+            ApiError::Chat(ChatError::Cancelled) => Status::cancelled(
+                "the turn was cancelled (its stream closed, or CancelTurn); the reply so far is \
+                 saved as CANCELLED: send the message with a new request_id for a new reply, or \
+                 with on_disconnect CONTINUE for turns that survive a broken stream",
+            ),
             ApiError::Chat(ChatError::TurnLost) => Status::unavailable(
                 "the replica generating this turn stopped; the reply so far is saved as \
-                 INTERRUPTED: send the message again with the same request_id for a new reply",
+                 INTERRUPTED: send the message again (with the same request_id, if it had one) \
+                 for a new reply",
             ),
+            ApiError::Chat(ChatError::TurnUnavailable(reason)) => Status::unavailable(reason),
+            ApiError::Chat(ChatError::FellBehind(sequence)) => Status::unavailable(format!(
+                "this stream fell behind its turn, which goes on: resume it with ResumeTurn \
+                 after sequence {sequence}"
+            )),
             ApiError::Chat(ChatError::ShuttingDown) => Status::unavailable(
                 "the server is shutting down; the reply so far was saved as cancelled, retry on another replica",
             ),

@@ -40,6 +40,14 @@ pub enum ChatError {
     /// The turn was cancelled; what was streamed so far is stored as cancelled.
     #[error("the turn was cancelled")]
     Cancelled,
+    /// Following or cancelling a turn cannot be done now; the text, written for clients, says
+    /// why and what to do.
+    #[error("turn unavailable: {0}")]
+    TurnUnavailable(String),
+    /// The client of a turn that goes on without it read too slowly and was let go at this
+    /// sequence.
+    #[error("the client fell behind its turn at {0}")]
+    FellBehind(u64),
     /// The replica generating the turn stopped; what it had streamed is stored as interrupted.
     #[error("the replica generating the turn stopped")]
     TurnLost,

@@ -311,6 +311,93 @@ impl Store {
         .await
     }
 
+    /// The turns `replica` has had generating for longer than `older_than`: those its reply
+    /// tasks hold, and any that none does.
+    pub async fn generating_on(
+        &self,
+        replica: uuid::Uuid,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<(MessageId, Attempt)>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = SqlUuid)]
+            id: uuid::Uuid,
+            #[diesel(sql_type = Integer)]
+            attempt: i32,
+        }
+        self.run(FIND, async |conn| {
+            let rows = fixed(
+                "SELECT id, attempt FROM turns
+                 WHERE state = 'generating' AND replica = $1
+                   AND created_at < now() - $2 * interval '1 millisecond'",
+            )
+            .bind::<SqlUuid, _>(replica)
+            .bind::<BigInt, _>(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+            .load::<Row>(conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|row| Some((MessageId::from_uuid(row.id), Attempt::new(row.attempt)?)))
+                .collect())
+        })
+        .await
+    }
+
+    /// Records how a turn that was taken over as interrupted had in fact ended: its last event
+    /// was sent before its replica stopped.
+    pub async fn settle_lapsed(
+        &self,
+        turn: MessageId,
+        attempt: Attempt,
+        state: TurnState,
+        outcome: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.run(END, async |conn| {
+            fixed(
+                "UPDATE turns SET state = $3, outcome = $4
+                 WHERE id = $1 AND attempt = $2 AND state = 'interrupted'",
+            )
+            .bind::<SqlUuid, _>(turn.as_uuid())
+            .bind::<Integer, _>(attempt.get())
+            .bind::<Text, _>(<&str>::from(state))
+            .bind::<Jsonb, _>(outcome)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether the user wrote in the conversation after the message at `sequence`.
+    pub async fn has_later_user_message(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        sequence: Revision,
+    ) -> Result<bool, StoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            later: bool,
+        }
+        self.run(FIND, async |conn| {
+            let row = fixed(
+                "SELECT EXISTS (
+                     SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                     WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence > $3
+                       AND m.role = 'user'
+                 ) AS later",
+            )
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<SqlUuid, _>(conversation.as_uuid())
+            .bind::<BigInt, _>(sequence)
+            .get_result::<Row>(conn)
+            .await?;
+            Ok(row.later)
+        })
+        .await
+    }
+
     /// Gives up this replica's lease as it stops, once its turns have ended.
     pub async fn release_lease(&self, replica: uuid::Uuid) -> Result<(), StoreError> {
         self.run(LEASE, async |conn| {
@@ -323,15 +410,19 @@ impl Store {
         .await
     }
 
-    /// Takes over up to `limit` turns still generating on replicas whose lease ran out (or
-    /// that hold none), marking them interrupted. Replicas whose lease ran out long ago are
+    /// Takes over up to `limit` turns still generating on other replicas whose lease ran out
+    /// (or that hold none), marking them interrupted. Replicas whose lease ran out long ago are
     /// forgotten.
-    pub async fn take_lapsed_turns(&self, limit: i64) -> Result<Vec<LapsedTurn>, StoreError> {
+    pub async fn take_lapsed_turns(
+        &self,
+        replica: uuid::Uuid,
+        limit: i64,
+    ) -> Result<Vec<LapsedTurn>, StoreError> {
         self.run(SWEEP, async |conn| {
             let rows = fixed(
                 "WITH lapsed AS (
                      SELECT t.id FROM turns t
-                     WHERE t.state = 'generating'
+                     WHERE t.state = 'generating' AND t.replica IS DISTINCT FROM $2
                        AND NOT EXISTS (SELECT 1 FROM replicas r
                                        WHERE r.id = t.replica AND r.lease_until > now())
                      LIMIT $1
@@ -344,6 +435,7 @@ impl Store {
                      GREATEST(c.updated_at, m.created_at) AS after",
             )
             .bind::<BigInt, _>(limit)
+            .bind::<SqlUuid, _>(replica)
             .load::<LapsedRow>(conn)
             .await?;
             fixed("DELETE FROM replicas WHERE lease_until < now() - interval '1 hour'")

@@ -370,6 +370,34 @@ async fn a_retry_after_a_failure_generates_again_for_the_same_stored_message() {
 }
 
 #[tokio::test]
+async fn a_failed_turn_is_not_generated_again_once_its_conversation_moved_on() {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Status {
+        code: 400,
+        retry_after: None,
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let request = app.request("alice", message("Hi", "moved-1", Disconnect::Cancel));
+    let failed = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    let conversation = conversation_of(&failed);
+    let later = SendMessageRequest {
+        conversation_id: conversation.clone(),
+        content: "Something else".to_owned(),
+        ..Default::default()
+    };
+    send_all(&app, later).await.unwrap().completed();
+
+    let before = app.db.snapshot().await;
+    let status = send_all(&app, message("Hi", "moved-1", Disconnect::Cancel))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("new request_id"), "{status:?}");
+    assert_eq!(app.db.snapshot().await, before, "nothing changed");
+    assert_eq!(fake.received().len(), 2);
+}
+
+#[tokio::test]
 async fn a_turn_that_goes_on_without_its_client_completes_and_is_stored() {
     let fake = FakeLlm::start().await;
     let gate = Arc::new(Notify::new());

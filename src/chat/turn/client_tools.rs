@@ -249,8 +249,9 @@ impl Turns {
             bearer: request.bearer.as_ref(),
             // A continuation is not a turn of its own: it is neither resumed nor retried.
             turn: None,
+            cancel: None,
         };
-        let reply = self.spawn_reply(&origin, context, offer, permit);
+        let reply = self.spawn_reply(origin, context, offer, permit);
         // Everything it answers is stored already.
         let _ = reply.commit.send(());
         tracing::info!(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::{
     Accepted, ClientTool, Completion, LiveTurn, ReplyOrigin, ToolResult, TurnEvent, TurnRequest,
@@ -55,12 +56,19 @@ pub(super) fn request_hash(
 
 fn events_error(error: EventsError) -> ChatError {
     match error {
-        EventsError::Elsewhere => ChatError::Unavailable(
-            "the turn is generated on another replica, and without CHAT_REDIS_URL its events \
-             stay there"
+        EventsError::Elsewhere => ChatError::FailedPrecondition(
+            "the turn is generating on another replica, and without Redis (CHAT_REDIS_URL) its \
+             events stay there: resume it once it has ended"
                 .to_owned(),
         ),
-        EventsError::Unavailable(reason) => ChatError::Unavailable(reason),
+        EventsError::Unavailable(reason) => {
+            tracing::warn!(error = %reason, "turn events unavailable");
+            ChatError::TurnUnavailable(
+                "the engine that carries turn events between replicas is unavailable: retry \
+                 with backoff, or resume the turn once it has ended"
+                    .to_owned(),
+            )
+        }
     }
 }
 
@@ -70,7 +78,7 @@ impl Turns {
     pub(super) async fn retried(
         &self,
         request: TurnRequest,
-        mut record: TurnRecord,
+        record: TurnRecord,
         hash: &[u8],
     ) -> Result<TurnStream, ChatError> {
         if record.request_hash.as_deref() != Some(hash) {
@@ -80,60 +88,70 @@ impl Turns {
                  content and tools",
             ));
         }
-        // Two tries: a retry that races another for the failed turn follows the winner's.
-        for _ in 0..2 {
-            if !record.state.may_generate_again() {
-                tracing::info!(
-                    request_id = %request.request_id,
-                    turn = %record.user_message.id,
-                    state = <&str>::from(record.state),
-                    "a retried request follows its turn"
-                );
-                return Ok(self.follow(request.user, record, 0));
-            }
-            let replica = self.runtime.replica;
-            let (user, turn) = (request.user, record.user_message.id);
-            if let Some(attempt) = self
-                .store
-                .retry_turn(user, turn, record.attempt, replica)
-                .await?
-            {
-                return self.generate_again(request, record, attempt).await;
-            }
-            record = self
-                .store
-                .find_turn(user, turn)
-                .await?
-                .ok_or(ChatError::NotFound("turn"))?;
+        if !record.state.may_generate_again() {
+            tracing::info!(
+                request_id = %request.request_id,
+                turn = %record.user_message.id,
+                state = <&str>::from(record.state),
+                "a retried request follows its turn"
+            );
+            return self.follow(request.user, record, 0);
         }
-        Ok(self.follow(request.user, record, 0))
+        self.generate_again(request, record).await
     }
 
-    /// Generates the reply to a stored message again, as attempt `attempt`.
+    /// Generates the reply to a stored message again, as its next attempt; follows the turn
+    /// instead if another retry took it first.
     async fn generate_again(
         &self,
         mut request: TurnRequest,
         record: TurnRecord,
-        attempt: crate::domain::Attempt,
     ) -> Result<TurnStream, ChatError> {
+        let user = request.user;
+        let turn = record.user_message.id;
+        // Everything that can refuse the retry comes first: once the turn is taken, a reply
+        // task must end it.
+        if self
+            .store
+            .has_later_user_message(user, record.conversation_id, record.sequence)
+            .await?
+        {
+            return Err(ChatError::FailedPrecondition(
+                "the conversation has moved on since this message: send it again with a new \
+                 request_id"
+                    .to_owned(),
+            ));
+        }
         let offer = self.offer(std::mem::take(&mut request.tools))?;
-        let permit = self.runtime.admission.open_stream(request.user)?;
+        let permit = self.runtime.admission.open_stream(user)?;
         let mut context = self
             .store
             .messages_before(
-                request.user,
+                user,
                 record.conversation_id,
                 record.sequence,
                 self.settings.history_messages,
             )
             .await?;
         context.push(recent_message(&record.user_message));
-        let key = TurnKey {
-            turn: record.user_message.id,
-            attempt,
+        // Watched before the turn is taken, so that no cancel finds it unwatched.
+        let cancel = self.runtime.events.watch_cancel(turn);
+        let replica = self.runtime.replica;
+        let Some(attempt) = self
+            .store
+            .retry_turn(user, turn, record.attempt, replica)
+            .await?
+        else {
+            let record = self
+                .store
+                .find_turn(user, turn)
+                .await?
+                .ok_or(ChatError::NotFound("turn"))?;
+            return self.follow(user, record, 0);
         };
+        let key = TurnKey { turn, attempt };
         let origin = ReplyOrigin {
-            user: request.user,
+            user,
             conversation_id: record.conversation_id,
             // After everything in the conversation now, the earlier attempt's replies included.
             after: crate::domain::now(),
@@ -144,11 +162,12 @@ impl Turns {
                 key,
                 detached: request.detached,
             }),
+            cancel: Some(cancel),
         };
-        let reply = self.spawn_reply(&origin, context, offer, permit);
+        let reply = self.spawn_reply(origin, context, offer, permit);
         tracing::info!(
             request_id = %request.request_id,
-            turn = %record.user_message.id,
+            turn = %turn,
             attempt = attempt.get(),
             "a retried request generates its turn again"
         );
@@ -183,7 +202,7 @@ impl Turns {
                 }
             }
         }
-        Ok(self.follow(user, record, after))
+        self.follow(user, record, after)
     }
 
     /// Stops the user's turn answering `message` wherever it is generated, and waits (a while)
@@ -219,8 +238,9 @@ impl Turns {
                 while let Some(read) = entries.next().await {
                     match read {
                         Ok(Read::Entry(entry)) if entry.last => return,
-                        Ok(_) => {}
-                        Err(_) => break,
+                        Ok(Read::Entry(_)) => {}
+                        // Its last event may never come through: the record says.
+                        Ok(Read::Idle) | Err(_) => break,
                     }
                 }
             }
@@ -234,18 +254,44 @@ impl Turns {
             }
         };
         tokio::time::timeout(CANCEL_WAIT, ended).await.map_err(|_| {
-            ChatError::Unavailable("the turn was told to stop but has not ended yet".to_owned())
+            ChatError::TurnUnavailable(
+                "the turn was told to stop but has not ended within 10 s; it will".to_owned(),
+            )
         })
     }
 
-    /// The turn's events after `after`, by a task of their own.
-    pub(super) fn follow(&self, user: UserId, record: TurnRecord, after: u64) -> TurnStream {
+    /// The turn's events after `after`, by a task of their own, which counts against the
+    /// user's and the replica's stream limits. It ends when the follower goes away or stops
+    /// reading, and when the shutdown grace period is over (a follower only reads: the turn it
+    /// follows goes on).
+    pub(super) fn follow(
+        &self,
+        user: UserId,
+        record: TurnRecord,
+        after: u64,
+    ) -> Result<TurnStream, ChatError> {
+        let permit = self.runtime.admission.open_stream(user)?;
         let (sender, events) = mpsc::channel(FOLLOW_BUFFER);
         let turns = self.clone();
-        self.runtime.tasks.spawn(async move {
-            turns.follow_into(user, record, after, &sender).await;
-        });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(events))
+        let shutdown = self.runtime.shutdown.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    () = turns.follow_into(user, record, after, &sender) => {}
+                    () = shutdown.cancelled() => {
+                        let _ = sender.try_send(Err(ChatError::TurnUnavailable(
+                            "this replica is shutting down: resume the turn on another".to_owned(),
+                        )));
+                    }
+                    () = sender.closed() => {}
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            events,
+        )))
     }
 
     async fn follow_into(
@@ -255,7 +301,13 @@ impl Turns {
         after: u64,
         sender: &mpsc::Sender<Result<Sequenced, ChatError>>,
     ) {
-        let send = async |item: Result<Sequenced, ChatError>| sender.send(item).await.is_ok();
+        let stall = self.settings.stream_stall_timeout;
+        let send = async |item: Result<Sequenced, ChatError>| {
+            matches!(
+                tokio::time::timeout(stall, sender.send(item)).await,
+                Ok(Ok(()))
+            )
+        };
         let mut cursor = after;
         if cursor < ACCEPTED {
             let accepted = Sequenced {
@@ -344,6 +396,9 @@ impl Turns {
             let entry = match read.map_err(events_error)? {
                 Read::Entry(entry) => entry,
                 Read::Idle => {
+                    if sender.is_closed() {
+                        return Ok(true);
+                    }
                     let fresh = self.store.find_turn(user, record.user_message.id).await?;
                     match fresh {
                         Some(fresh)
@@ -357,8 +412,9 @@ impl Turns {
                 }
             };
             if entry.sequence != *cursor + 1 {
-                return Err(ChatError::Unavailable(format!(
-                    "events {} to {} of the turn were lost on their way between replicas",
+                return Err(ChatError::TurnUnavailable(format!(
+                    "events {} to {} of the turn were lost on their way between replicas: resume \
+                     it once it has ended, when it replays from storage",
                     *cursor + 1,
                     entry.sequence.saturating_sub(1).max(*cursor + 1)
                 )));
@@ -371,7 +427,8 @@ impl Turns {
                 }),
                 Err(failure) => Err(failure.into_error()),
             };
-            if sender.send(item).await.is_err() || entry.last {
+            let sent = tokio::time::timeout(self.settings.stream_stall_timeout, sender.send(item));
+            if !matches!(sent.await, Ok(Ok(()))) || entry.last {
                 return Ok(true);
             }
         }

@@ -77,7 +77,7 @@ impl Failure {
             ChatError::NotFound(_) => Self::ConversationGone,
             ChatError::Cancelled => Self::Cancelled,
             ChatError::TurnLost => Self::Lost,
-            ChatError::Unavailable(_) => Self::Unavailable,
+            ChatError::Unavailable(_) | ChatError::TurnUnavailable(_) => Self::Unavailable,
             _ => Self::Internal,
         }
     }
@@ -232,8 +232,10 @@ impl Outlet {
         };
         let delivery = match delivery {
             Delivery::Gone | Delivery::Stalled if self.detached => {
-                // It may resume the turn from the log.
+                // It may resume the turn from the log; one that is still there learns so at the
+                // end of its stream.
                 self.client = None;
+                self.leave(Err(ChatError::FellBehind(sequence - 1)));
                 Delivery::Delivered
             }
             other => other,

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     TurnEvent, Turns,
-    journal::{ACCEPTED, Failure, decode, encode},
+    journal::{ACCEPTED, Failure, TurnEnd, decode, encode},
 };
 use crate::{
     domain::{Message, MessageId, MessageStatus, Role},
@@ -18,11 +18,31 @@ use crate::{
 const SWEEP_BATCH: i64 = 32;
 
 impl Turns {
-    /// Renews this replica's lease, and takes over the turns of replicas whose lease ran out,
-    /// until `stop`; then gives the lease up.
+    /// Renews this replica's lease, and, beside it, ends the turns of replicas whose lease ran
+    /// out and those of this one that nothing generates, until `stop`; then gives the lease up.
     pub async fn keep_alive(self, stop: CancellationToken) {
         let lease = self.settings.lease;
         let replica = self.runtime.replica;
+        // A sweep that takes long (a dead replica's many turns, Redis away) must not delay a
+        // renewal: it runs on its own.
+        let sweeper = tokio::spawn({
+            let turns = self.clone();
+            let stop = stop.clone();
+            async move {
+                let mut sweep = tokio::time::interval(lease / 2);
+                sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = sweep.tick() => {}
+                        () = stop.cancelled() => return,
+                    }
+                    let swept = tokio::time::timeout(lease, turns.sweep()).await;
+                    if let Ok(Err(error)) = swept {
+                        tracing::warn!(error = %error, "ending turns that nothing generates failed");
+                    }
+                }
+            }
+        });
         // Three renewals per lease: one lost to a database blip costs nothing.
         let mut renew = tokio::time::interval(lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -34,19 +54,42 @@ impl Turns {
             if let Err(error) = self.store.renew_lease(replica, lease).await {
                 tracing::warn!(error = %error, "renewing this replica's lease failed");
             }
-            if let Err(error) = self.take_over_lapsed().await {
-                tracing::warn!(error = %error, "taking over turns whose replica stopped failed");
-            }
         }
+        let _ = sweeper.await;
         if let Err(error) = self.store.release_lease(replica).await {
             tracing::warn!(error = %error, "giving up this replica's lease failed");
         }
     }
 
+    async fn sweep(&self) -> Result<(), crate::store::StoreError> {
+        self.end_orphans().await?;
+        self.take_over_lapsed().await
+    }
+
+    /// Ends, as failed, the turns this replica has had generating for a whole lease without a
+    /// reply task behind them (the task could not store the end): a retry generates them.
+    async fn end_orphans(&self) -> Result<(), crate::store::StoreError> {
+        let replica = self.runtime.replica;
+        let turns = self
+            .store
+            .generating_on(replica, self.settings.lease)
+            .await?;
+        for (turn, attempt) in turns {
+            let key = TurnKey { turn, attempt };
+            if self.runtime.events.generates(key) {
+                continue;
+            }
+            tracing::warn!(turn = %turn, "a turn nothing generates is ended as failed");
+            self.end_unstarted(key).await;
+        }
+        Ok(())
+    }
+
     /// Ends the turns of replicas whose lease ran out.
     async fn take_over_lapsed(&self) -> Result<(), crate::store::StoreError> {
         loop {
-            let lapsed = self.store.take_lapsed_turns(SWEEP_BATCH).await?;
+            let replica = self.runtime.replica;
+            let lapsed = self.store.take_lapsed_turns(replica, SWEEP_BATCH).await?;
             let full = lapsed.len() as i64 == SWEEP_BATCH;
             for turn in lapsed {
                 self.end_lapsed(turn).await;
@@ -59,7 +102,8 @@ impl Turns {
 
     /// Stores the text the turn's current round had streamed as an interrupted reply, and tells
     /// those who follow the turn that its replica stopped. What its events no longer hold (no
-    /// Redis, or Redis lost them) is lost with the replica.
+    /// Redis, or Redis lost them) is lost with the replica. A turn whose last event was sent
+    /// keeps the end it was told.
     async fn end_lapsed(&self, turn: LapsedTurn) {
         let key = TurnKey {
             turn: turn.turn,
@@ -73,14 +117,22 @@ impl Turns {
             }
         };
         let streamed = streamed_round(&written);
+        if let Some(end) = streamed.end {
+            let outcome = serde_json::to_value(&end).unwrap_or_default();
+            if let Err(error) = self
+                .store
+                .settle_lapsed(key.turn, key.attempt, end.state(), &outcome)
+                .await
+            {
+                tracing::warn!(turn = %turn.turn, error = %error, "storing a lost turn's end failed");
+            }
+            return;
+        }
         tracing::warn!(
             turn = %turn.turn,
             attempt = turn.attempt.get(),
             "a turn's replica stopped; the turn is ended as interrupted"
         );
-        if streamed.ended {
-            return;
-        }
         if !streamed.text.is_empty() {
             let reply = Message {
                 id: MessageId::generate(),
@@ -96,6 +148,7 @@ impl Turns {
                 turn: turn.turn,
                 attempt: turn.attempt,
                 deltas: &streamed.deltas,
+                ends: None,
             };
             if let Err(error) = self
                 .store
@@ -122,10 +175,12 @@ impl Turns {
 struct Streamed {
     /// The text streamed since the last tool event: earlier rounds are stored already.
     text: String,
+    /// The length of each piece of it; none when some of the turn's events are missing, since
+    /// the pieces would not be numbered as they were sent.
     deltas: Vec<i32>,
     last_sequence: u64,
-    /// Whether the turn's last event was written: it ended after all.
-    ended: bool,
+    /// How the turn ended, when its last event was written after all.
+    end: Option<TurnEnd>,
 }
 
 fn streamed_round(written: &[Entry]) -> Streamed {
@@ -133,9 +188,10 @@ fn streamed_round(written: &[Entry]) -> Streamed {
         last_sequence: ACCEPTED,
         ..Streamed::default()
     };
+    let mut whole = true;
     for entry in written {
+        whole &= entry.sequence == streamed.last_sequence + 1;
         streamed.last_sequence = entry.sequence;
-        streamed.ended |= entry.last;
         match decode(&entry.payload) {
             Ok(Ok(TurnEvent::Delta(text))) => {
                 streamed
@@ -147,8 +203,19 @@ fn streamed_round(written: &[Entry]) -> Streamed {
                 streamed.text.clear();
                 streamed.deltas.clear();
             }
+            Ok(Ok(TurnEvent::Completed(completion))) if entry.last => {
+                streamed.end = Some(TurnEnd::Completed {
+                    finish_reason: completion.finish_reason,
+                    model: completion.model,
+                    usage: completion.usage,
+                });
+            }
+            Ok(Err(failure)) if entry.last => streamed.end = Some(TurnEnd::Failed(failure)),
             _ => {}
         }
+    }
+    if !whole {
+        streamed.deltas.clear();
     }
     streamed
 }
@@ -187,8 +254,24 @@ mod tests {
                 text: "Hello".into(),
                 deltas: vec![3, 2],
                 last_sequence: 5,
-                ended: false,
+                end: None,
             }
+        );
+        // With an event missing, the pieces are not kept; a last event is an end.
+        let gap = [
+            entry(2, TurnEvent::Delta("a".into())),
+            entry(4, TurnEvent::Delta("b".into())),
+        ];
+        assert_eq!(streamed_round(&gap).text, "ab");
+        assert!(streamed_round(&gap).deltas.is_empty());
+        let ended = [Entry {
+            sequence: 2,
+            payload: encode(Err(&Failure::Cancelled)),
+            last: true,
+        }];
+        assert_eq!(
+            streamed_round(&ended).end,
+            Some(TurnEnd::Failed(Failure::Cancelled))
         );
         assert_eq!(streamed_round(&[]).last_sequence, ACCEPTED);
     }

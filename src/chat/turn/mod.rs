@@ -57,7 +57,7 @@ use crate::{
         MessageStatus, RecentHistory, RecentMessage, RequestKey, Revision, Role, Title, ToolCall,
         ToolCallStatus, UserId, now,
     },
-    events::{TurnEvents, TurnKey},
+    events::{CancelWatch, TurnEvents, TurnKey},
     llm::{ChatModel, TokenUsage},
     store::{NewTurn, Store, StoreError},
     telemetry::metrics::{HistorySource, Metrics},
@@ -224,6 +224,8 @@ struct ReplyOrigin<'a> {
     bearer: Option<&'a SecretString>,
     /// The turn the reply is for, if it is one that may be followed.
     turn: Option<LiveTurn>,
+    /// The turn's cancellation, watched from before the turn could be seen.
+    cancel: Option<CancelWatch>,
 }
 
 /// A turn being generated: its attempt, and whether it outlives its client.
@@ -328,6 +330,8 @@ impl Turns {
         // calls the model at all.
         let keyed = turn.request_key.is_some();
         let (in_tx, in_rx) = oneshot::channel();
+        // Watched before the turn is committed, so that no cancel finds it unwatched.
+        let cancel = self.runtime.events.watch_cancel(user_message.id);
 
         // The message is written first: its sequence decides which messages come before it,
         // and a conversation deleted by any replica ends the turn before the model hears of
@@ -365,8 +369,9 @@ impl Turns {
                     },
                     detached: request.detached,
                 }),
+                cancel: Some(cancel),
             };
-            Ok::<_, ChatError>(Some(self.spawn_reply(&origin, context, offer, permit)))
+            Ok::<_, ChatError>(Some(self.spawn_reply(origin, context, offer, permit)))
         };
         let (committed, reply) = tokio::join!(commit, ask_model);
         let sequence = match committed {
@@ -396,9 +401,21 @@ impl Turns {
             }
             Err(error) => return Err(error),
         };
-        let reply = reply?.ok_or_else(|| {
-            ChatError::Internal("a committed message was never placed".to_owned())
-        })?;
+        let reply = match reply {
+            Ok(Some(reply)) => reply,
+            failed => {
+                // The turn is stored, but nothing will generate it: it ends here, failed, so
+                // that a retry generates it.
+                let key = TurnKey {
+                    turn: user_message.id,
+                    attempt: FIRST_ATTEMPT,
+                };
+                self.end_unstarted(key).await;
+                return Err(failed.err().unwrap_or_else(|| {
+                    ChatError::Internal("a committed message was never placed".to_owned())
+                }));
+            }
+        };
         self.recent.record(
             request.user,
             conversation_id,
@@ -424,7 +441,7 @@ impl Turns {
     /// span, so that its log lines carry the request id.
     fn spawn_reply(
         &self,
-        request: &ReplyOrigin<'_>,
+        request: ReplyOrigin<'_>,
         context: Vec<RecentMessage>,
         offer: Offer,
         permit: StreamPermit,
@@ -434,9 +451,7 @@ impl Turns {
         let (last_word_tx, last_word) = oneshot::channel();
         let events_port = &self.runtime.events;
         let log = request.turn.map(|turn| events_port.open(turn.key));
-        let cancel = request
-            .turn
-            .map(|turn| events_port.watch_cancel(turn.key.turn));
+        let cancel = request.cancel;
         let detached = request.turn.is_some_and(|turn| turn.detached);
         let outlet = Outlet::new(sender, last_word_tx, log, detached);
         let conversation_id = request.conversation_id;
@@ -470,6 +485,7 @@ impl Turns {
             tools,
             metrics: self.runtime.metrics.clone(),
             answered: 0,
+            ended_in_store: false,
         };
         let labels = TurnLabels {
             request_id: request.request_id.to_owned(),
@@ -492,6 +508,19 @@ impl Turns {
             commit: commit_tx,
             events,
             last_word,
+        }
+    }
+
+    /// Ends a turn that no reply task took, as failed: a retry generates it.
+    async fn end_unstarted(&self, key: TurnKey) {
+        let end = journal::TurnEnd::Failed(journal::Failure::Unavailable);
+        let outcome = serde_json::to_value(&end).unwrap_or_default();
+        if let Err(error) = self
+            .store
+            .end_turn(key.turn, key.attempt, end.state(), &outcome)
+            .await
+        {
+            tracing::warn!(turn = %key.turn, error = %error, "ending a turn that never started failed");
         }
     }
 

@@ -2,7 +2,9 @@
 //! or reported as the model's failure.
 
 use super::{
-    Completion, TurnEvent, recent_message,
+    Completion, TurnEvent,
+    journal::TurnEnd,
+    recent_message,
     relay::{Ending, Relayed, storable},
     reply::ReplyTask,
 };
@@ -13,7 +15,7 @@ use crate::{
         now,
     },
     llm::ModelToolCall,
-    store::StoreError,
+    store::{StoreError, TurnEnding},
     tools::{ToolFailure, ToolOutcome},
 };
 
@@ -36,7 +38,7 @@ impl ReplyTask {
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
                 let stored = self
-                    .store_and_remember(&reply, &relayed.deltas)
+                    .store_and_remember(&reply, &relayed.deltas, None)
                     .await
                     .map(|_| ());
                 if stored.is_ok() {
@@ -91,16 +93,32 @@ impl ReplyTask {
             }
         }
         let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
-        if !self.store_and_remember(&reply, &relayed.deltas).await? {
+        let finish_reason = relayed.finish_reason.unwrap_or_else(|| "stop".to_owned());
+        // The turn ends with the reply's write: no statement of its own.
+        let end = TurnEnd::Completed {
+            finish_reason: finish_reason.clone(),
+            model: self.model_name.clone(),
+            usage: relayed.usage,
+        };
+        let outcome = serde_json::to_value(&end).unwrap_or_default();
+        let ends = TurnEnding {
+            state: end.state(),
+            outcome: &outcome,
+        };
+        if !self
+            .store_and_remember(&reply, &relayed.deltas, Some(ends))
+            .await?
+        {
             self.tell(Err(ChatError::NotFound("conversation"))).await;
             return Ok(());
         }
+        self.ended_in_store = self.turn.is_some();
         for call in &reply.tool_calls {
             self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
         }
         let completion = Completion {
             message: reply,
-            finish_reason: relayed.finish_reason.unwrap_or_else(|| "stop".to_owned()),
+            finish_reason,
             model: self.model_name.clone(),
             usage: relayed.usage,
         };
@@ -114,8 +132,9 @@ impl ReplyTask {
         &self,
         reply: &Message,
         deltas: &[i32],
+        ends: Option<TurnEnding<'_>>,
     ) -> Result<bool, StoreError> {
-        match self.store_reply(reply, None, deltas).await? {
+        match self.store_reply(reply, None, deltas, ends).await? {
             Stored::At(revision) => {
                 self.recent.record(
                     self.user,
@@ -138,11 +157,13 @@ impl ReplyTask {
         reply: &Message,
         awaiting: Option<&crate::store::Awaiting>,
         deltas: &[i32],
+        ends: Option<TurnEnding<'_>>,
     ) -> Result<Stored, StoreError> {
         let turn = self.turn.map(|key| crate::store::ReplyOf {
             turn: key.turn,
             attempt: key.attempt,
             deltas,
+            ends,
         });
         // Made on the first failure: the common case needs none.
         let mut delays = None;

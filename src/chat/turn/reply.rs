@@ -45,6 +45,8 @@ pub(super) struct ReplyTask {
     pub metrics: Arc<Metrics>,
     /// How many tool results the reply has sent: the next one's place among them.
     pub answered: i32,
+    /// Whether the turn's end was stored with its last reply.
+    pub ended_in_store: bool,
 }
 
 impl ReplyTask {
@@ -57,6 +59,12 @@ impl ReplyTask {
         mut telemetry: TurnTelemetry,
     ) {
         let Some(mut model) = relay::after_commit(model, committed, &mut telemetry).await else {
+            // Nothing was relayed. Had the user message been committed after all (its request
+            // went away in between), its turn ends as failed, so that a retry generates it.
+            if self.turn.is_some() {
+                self.outlet.end = Some(TurnEnd::Failed(Failure::Unavailable));
+                self.end_turn().await;
+            }
             return;
         };
         // Summed over the rounds of the reply.
@@ -103,7 +111,8 @@ impl ReplyTask {
     /// database; then closes its log. Tried a few times: a turn left generating would be taken
     /// for lost only once this replica stops.
     async fn end_turn(&mut self) {
-        let Some(key) = self.turn else {
+        let Some(key) = self.turn.filter(|_| !self.ended_in_store) else {
+            self.outlet.close_log();
             return;
         };
         let end = self

@@ -153,7 +153,10 @@ impl ReplyTask {
         let mut message = self.reply(text, calls, status);
         // The calls are stored before anyone hears of them.
         let deltas = std::mem::take(&mut relayed.deltas);
-        let revision = match self.store_reply(&message, awaiting.as_ref(), &deltas).await {
+        let revision = match self
+            .store_reply(&message, awaiting.as_ref(), &deltas, None)
+            .await
+        {
             Ok(Stored::At(revision)) => Some(revision),
             Ok(Stored::AtUnknownPlace) => None,
             Ok(Stored::ConversationGone) => {
