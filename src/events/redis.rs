@@ -28,6 +28,8 @@ const MAX_ENTRIES: u64 = 100_000;
 const LIVE_EXPIRY: Duration = Duration::from_secs(3600);
 /// Appends waiting for Redis; more are dropped (and counted) rather than held.
 const APPEND_QUEUE: usize = 8192;
+/// How long the first append of a batch waits for others.
+const LINGER: Duration = Duration::from_millis(1);
 /// Appends sent in one pipeline at most.
 const BATCH: usize = 256;
 /// The stream of cancellations every replica follows.
@@ -311,6 +313,9 @@ async fn write_batches(
             return;
         };
         batch.push(first);
+        // A moment's wait gathers the events of every turn that streams meanwhile into one
+        // round trip; followers on other replicas read them that much later.
+        tokio::time::sleep(LINGER).await;
         while batch.len() < BATCH {
             match queue.try_recv() {
                 Ok(append) => batch.push(append),

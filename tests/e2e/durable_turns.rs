@@ -601,9 +601,11 @@ async fn a_killed_replica_s_turn_is_ended_by_the_others_and_a_retry_generates_it
     let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
     let seen = read_some(&mut stream, 3).await;
     let turn = seen.user_message_id();
-    let request = b.request("alice", resume(&turn, 3));
+    // Followed from the other replica, once what was streamed has reached Redis...
+    let request = b.request("alice", resume(&turn, 1));
     let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
-    // SIGKILL: no chance to store anything or say goodbye.
+    assert_eq!(read_some(&mut watching, 2).await.text(), "Hello");
+    // ...and then SIGKILL: no chance to store anything or say goodbye.
     drop(a);
 
     let ended = read_rest(&mut watching).await;

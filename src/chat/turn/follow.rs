@@ -25,6 +25,8 @@ use crate::{
 
 /// How long CancelTurn waits for the turn to end.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How many idle checks a follower waits for a turn being taken over to say how it ended.
+const TAKEOVER_WAITS: u32 = 5;
 /// How many events may wait for a slow follower.
 const FOLLOW_BUFFER: usize = 16;
 
@@ -237,20 +239,21 @@ impl Turns {
             if let Ok(mut entries) = following {
                 while let Some(read) = entries.next().await {
                     match read {
-                        Ok(Read::Entry(entry)) if entry.last => return,
+                        // Told; its end is being stored.
+                        Ok(Read::Entry(entry)) if entry.last => break,
                         Ok(Read::Entry(_)) => {}
                         // Its last event may never come through: the record says.
                         Ok(Read::Idle) | Err(_) => break,
                     }
                 }
             }
-            // The log is gone: the turn's end is stored, or is about to be.
-            for _ in 0..100 {
+            // The turn's end is stored, or is about to be.
+            loop {
                 match self.store.find_turn(user, message).await {
                     Ok(Some(record)) if record.state == TurnState::Generating => {}
                     _ => return,
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
         tokio::time::timeout(CANCEL_WAIT, ended).await.map_err(|_| {
@@ -392,6 +395,7 @@ impl Turns {
             Err(EventsError::Elsewhere) => return Ok(false),
             Err(error) => return Err(events_error(error)),
         };
+        let mut takeover_waits = 0;
         while let Some(read) = entries.next().await {
             let entry = match read.map_err(events_error)? {
                 Read::Entry(entry) => entry,
@@ -405,6 +409,18 @@ impl Turns {
                             if fresh.state == TurnState::Generating
                                 && fresh.attempt == record.attempt =>
                         {
+                            continue;
+                        }
+                        // Another replica is taking the turn over from its stopped replica:
+                        // its last event, once what it streamed is stored, comes through the
+                        // log. A while at most, should that replica stop too.
+                        Some(fresh)
+                            if fresh.state == TurnState::Interrupted
+                                && fresh.outcome.is_none()
+                                && fresh.attempt == record.attempt
+                                && takeover_waits < TAKEOVER_WAITS =>
+                        {
+                            takeover_waits += 1;
                             continue;
                         }
                         _ => return Ok(false),

@@ -167,6 +167,16 @@ impl Turns {
         if let Err(error) = self.runtime.events.close_for_lost(key, last).await {
             tracing::warn!(turn = %turn.turn, error = %error, "telling a lost turn's followers failed");
         }
+        // Last: until the outcome is stored, followers wait for the log to say how it ended.
+        let end = TurnEnd::Failed(Failure::Lost);
+        let outcome = serde_json::to_value(&end).unwrap_or_default();
+        if let Err(error) = self
+            .store
+            .settle_lapsed(key.turn, key.attempt, end.state(), &outcome)
+            .await
+        {
+            tracing::warn!(turn = %turn.turn, error = %error, "storing a lost turn's end failed");
+        }
     }
 }
 

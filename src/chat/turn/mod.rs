@@ -478,7 +478,7 @@ impl Turns {
             model_name: self.model.name().to_owned(),
             shutdown: self.runtime.shutdown.clone(),
             stall_timeout: self.settings.stream_stall_timeout,
-            _permit: permit,
+            permit: Some(permit),
             outlet,
             turn: request.turn.map(|turn| turn.key),
             cancel,

@@ -33,7 +33,7 @@ pub(super) struct ReplyTask {
     /// How long the client may take nothing before it is cut off.
     pub stall_timeout: Duration,
     /// Counts the reply against its user's and the replica's stream limits while it runs.
-    pub _permit: StreamPermit,
+    pub permit: Option<StreamPermit>,
     /// Where the reply's events go.
     pub outlet: Outlet,
     /// The turn the reply is for, when it may be followed, resumed and cancelled.
@@ -91,8 +91,10 @@ impl ReplyTask {
                 Some(Round::Ended(outcome)) => outcome,
                 None => self.settle(relayed).await,
             };
-            self.end_turn().await;
+            // The client has heard the end: its stream no longer counts while the end is stored.
             telemetry.turn_ended(usage, outcome);
+            self.permit = None;
+            self.end_turn().await;
             return;
         }
     }
