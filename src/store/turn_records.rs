@@ -10,10 +10,9 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
-use super::{Operation, Store, StoreError, models::Stored, statement::fixed};
+use super::{Operation, Store, StoreError, models::Stored, statement::fixed, turns::JsonToolCall};
 use crate::domain::{
-    Attempt, ConversationId, Message, MessageId, MessageStatus, Revision, Role, ToolCall,
-    ToolCallId, ToolCallStatus, TurnState, UserId,
+    Attempt, ConversationId, Message, MessageId, MessageStatus, Revision, Role, TurnState, UserId,
 };
 
 /// A turn as stored, with the user message it answers.
@@ -136,17 +135,6 @@ struct ReplyRow {
     tool_calls: Option<serde_json::Value>,
 }
 
-#[derive(serde::Deserialize)]
-struct ReplyCall {
-    id: uuid::Uuid,
-    provider_call_id: String,
-    name: String,
-    arguments: serde_json::Value,
-    status: String,
-    result: Option<serde_json::Value>,
-    answer_index: Option<i32>,
-}
-
 #[derive(QueryableByName)]
 struct LapsedRow {
     #[diesel(sql_type = SqlUuid)]
@@ -239,15 +227,41 @@ impl Store {
         state: TurnState,
         outcome: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.record_end(turn, attempt, TurnState::Generating, state, outcome)
+            .await
+    }
+
+    /// Records how a turn that was taken over as interrupted ended: as its log says, or as lost.
+    pub async fn settle_lapsed(
+        &self,
+        turn: MessageId,
+        attempt: Attempt,
+        state: TurnState,
+        outcome: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.record_end(turn, attempt, TurnState::Interrupted, state, outcome)
+            .await
+    }
+
+    /// Moves the turn's `attempt` from state `from` to `state`, with its outcome.
+    async fn record_end(
+        &self,
+        turn: MessageId,
+        attempt: Attempt,
+        from: TurnState,
+        state: TurnState,
+        outcome: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.run(END, async |conn| {
             fixed(
-                "UPDATE turns SET state = $3, outcome = $4, ended_at = now()
-                 WHERE id = $1 AND attempt = $2 AND state = 'generating'",
+                "UPDATE turns SET state = $3, outcome = $4, ended_at = coalesce(ended_at, now())
+                 WHERE id = $1 AND attempt = $2 AND state = $5",
             )
             .bind::<SqlUuid, _>(turn.as_uuid())
             .bind::<Integer, _>(attempt.get())
             .bind::<Text, _>(<&str>::from(state))
             .bind::<Jsonb, _>(outcome)
+            .bind::<Text, _>(<&str>::from(from))
             .execute(conn)
             .await?;
             Ok(())
@@ -339,31 +353,6 @@ impl Store {
                 .into_iter()
                 .filter_map(|row| Some((MessageId::from_uuid(row.id), Attempt::new(row.attempt)?)))
                 .collect())
-        })
-        .await
-    }
-
-    /// Records how a turn that was taken over as interrupted had in fact ended: its last event
-    /// was sent before its replica stopped.
-    pub async fn settle_lapsed(
-        &self,
-        turn: MessageId,
-        attempt: Attempt,
-        state: TurnState,
-        outcome: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.run(END, async |conn| {
-            fixed(
-                "UPDATE turns SET state = $3, outcome = $4
-                 WHERE id = $1 AND attempt = $2 AND state = 'interrupted'",
-            )
-            .bind::<SqlUuid, _>(turn.as_uuid())
-            .bind::<Integer, _>(attempt.get())
-            .bind::<Text, _>(<&str>::from(state))
-            .bind::<Jsonb, _>(outcome)
-            .execute(conn)
-            .await?;
-            Ok(())
         })
         .await
     }
@@ -460,31 +449,11 @@ impl Store {
 }
 
 fn stored_reply(row: ReplyRow, conversation_id: ConversationId) -> Result<StoredReply, StoreError> {
-    let calls: Vec<ReplyCall> = match row.tool_calls {
-        None => Vec::new(),
-        Some(json) => serde_json::from_value(json).map_err(|e| {
-            StoreError::Corrupt(format!("the tool calls of message {}: {e}", row.id))
-        })?,
-    };
+    let calls = JsonToolCall::parse_all(row.id, row.tool_calls)?;
     let answer_order = calls.iter().map(|call| call.answer_index).collect();
     let tool_calls = calls
         .into_iter()
-        .map(|call| {
-            let status = call.status.parse::<ToolCallStatus>().map_err(|_| {
-                StoreError::Corrupt(format!(
-                    "tool call {} has status {:?}",
-                    call.id, call.status
-                ))
-            })?;
-            Ok(ToolCall {
-                id: ToolCallId::from_uuid(call.id),
-                provider_call_id: call.provider_call_id,
-                name: call.name,
-                arguments: call.arguments,
-                status,
-                result: call.result,
-            })
-        })
+        .map(JsonToolCall::into_tool_call)
         .collect::<Result<_, StoreError>>()?;
     Ok(StoredReply {
         message: Message {

@@ -90,43 +90,57 @@ struct ContextRow {
     tool_calls: Option<serde_json::Value>,
 }
 
-/// A tool call as [`MESSAGES_BEFORE`] gives it.
+/// A tool call as [`MESSAGES_BEFORE`] and the replay of a turn give it, aggregated as JSON.
 #[derive(serde::Deserialize)]
-struct ContextToolCall {
+pub(super) struct JsonToolCall {
     id: uuid::Uuid,
     provider_call_id: String,
     name: String,
     arguments: serde_json::Value,
     status: String,
     result: Option<serde_json::Value>,
+    /// Given by the replay only.
+    #[serde(default)]
+    pub answer_index: Option<i32>,
+}
+
+impl JsonToolCall {
+    /// The calls of message `message`, as its aggregate gives them.
+    pub(super) fn parse_all(
+        message: uuid::Uuid,
+        json: Option<serde_json::Value>,
+    ) -> Result<Vec<Self>, StoreError> {
+        match json {
+            None => Ok(Vec::new()),
+            Some(json) => serde_json::from_value(json).map_err(|e| {
+                StoreError::Corrupt(format!("the tool calls of message {message}: {e}"))
+            }),
+        }
+    }
+
+    pub(super) fn into_tool_call(self) -> Result<ToolCall, StoreError> {
+        let status = self.status.parse::<ToolCallStatus>().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "tool call {} has status {:?}",
+                self.id, self.status
+            ))
+        })?;
+        Ok(ToolCall {
+            id: ToolCallId::from_uuid(self.id),
+            provider_call_id: self.provider_call_id,
+            name: self.name,
+            arguments: self.arguments,
+            status,
+            result: self.result,
+        })
+    }
 }
 
 impl ContextRow {
     fn into_recent(self) -> Result<RecentMessage, StoreError> {
-        let calls: Vec<ContextToolCall> = match self.tool_calls {
-            None => Vec::new(),
-            Some(json) => serde_json::from_value(json).map_err(|e| {
-                StoreError::Corrupt(format!("the tool calls of message {}: {e}", self.id))
-            })?,
-        };
-        let tool_calls = calls
+        let tool_calls = JsonToolCall::parse_all(self.id, self.tool_calls)?
             .into_iter()
-            .map(|call| {
-                let status = call.status.parse::<ToolCallStatus>().map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "tool call {} has status {:?}",
-                        call.id, call.status
-                    ))
-                })?;
-                Ok(ToolCall {
-                    id: ToolCallId::from_uuid(call.id),
-                    provider_call_id: call.provider_call_id,
-                    name: call.name,
-                    arguments: call.arguments,
-                    status,
-                    result: call.result,
-                })
-            })
+            .map(JsonToolCall::into_tool_call)
             .collect::<Result<_, StoreError>>()?;
         Ok(RecentMessage {
             id: MessageId::from_uuid(self.id),

@@ -118,14 +118,7 @@ impl Turns {
         };
         let streamed = streamed_round(&written);
         if let Some(end) = streamed.end {
-            let outcome = serde_json::to_value(&end).unwrap_or_default();
-            if let Err(error) = self
-                .store
-                .settle_lapsed(key.turn, key.attempt, end.state(), &outcome)
-                .await
-            {
-                tracing::warn!(turn = %turn.turn, error = %error, "storing a lost turn's end failed");
-            }
+            self.settle_lapsed(key, &end).await;
             return;
         }
         tracing::warn!(
@@ -168,14 +161,19 @@ impl Turns {
             tracing::warn!(turn = %turn.turn, error = %error, "telling a lost turn's followers failed");
         }
         // Last: until the outcome is stored, followers wait for the log to say how it ended.
-        let end = TurnEnd::Failed(Failure::Lost);
-        let outcome = serde_json::to_value(&end).unwrap_or_default();
+        self.settle_lapsed(key, &TurnEnd::Failed(Failure::Lost))
+            .await;
+    }
+
+    /// Stores how a turn taken over as interrupted ended.
+    async fn settle_lapsed(&self, key: TurnKey, end: &TurnEnd) {
+        let outcome = serde_json::to_value(end).unwrap_or_default();
         if let Err(error) = self
             .store
             .settle_lapsed(key.turn, key.attempt, end.state(), &outcome)
             .await
         {
-            tracing::warn!(turn = %turn.turn, error = %error, "storing a lost turn's end failed");
+            tracing::warn!(turn = %key.turn, error = %error, "storing a lost turn's end failed");
         }
     }
 }
