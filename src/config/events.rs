@@ -1,4 +1,4 @@
-//! CHAT_REDIS_URL, CHAT_TURN_LEASE
+//! CHAT_REDIS_URL, CHAT_REDIS_GATES_READINESS, CHAT_TURN_LEASE
 
 use std::time::Duration;
 
@@ -15,6 +15,11 @@ pub struct EventArgs {
     /// generating it. Unset: events stay within each replica.
     #[arg(long, env = "CHAT_REDIS_URL", value_parser = secret, hide_env_values = true, global = true)]
     pub redis_url: Option<SecretString>,
+
+    /// Report NOT_SERVING while Redis does not answer, as while the database does not. Off:
+    /// turns complete without Redis, and only following them across replicas waits for it.
+    #[arg(long, env = "CHAT_REDIS_GATES_READINESS", global = true)]
+    pub redis_gates_readiness: bool,
 
     /// How long a replica's turns outlive it: a replica renews this lease while it runs, and
     /// the turns of one whose lease ran out are ended as interrupted by the others.
@@ -45,6 +50,7 @@ impl EventArgs {
             redis_url,
             idle_check: Duration::from_secs(2),
             retention: Duration::from_secs(60),
+            gates_readiness: self.redis_gates_readiness,
         };
         Ok((settings, self.turn_lease))
     }

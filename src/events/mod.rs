@@ -74,6 +74,8 @@ pub struct EventSettings {
     /// How long a turn's stream stays in Redis once the turn has ended, for readers that are
     /// still catching up; later readers replay the turn from the database.
     pub retention: Duration,
+    /// Whether readiness waits for Redis as it does for the database.
+    pub gates_readiness: bool,
 }
 
 /// The events of the turns this replica generates, and the means to follow and cancel any turn.
@@ -116,6 +118,14 @@ impl TurnEvents {
     /// Whether events and cancellations reach other replicas.
     pub fn is_shared(&self) -> bool {
         self.relay.is_some()
+    }
+
+    /// Whether the engine that carries events between replicas answers; without one, yes.
+    pub async fn answers(&self) -> bool {
+        match &self.relay {
+            Some(relay) => relay.ping().await.is_ok(),
+            None => true,
+        }
     }
 
     /// Opens the log of a turn this replica is about to generate.

@@ -225,6 +225,14 @@ impl Relay {
             .map_err(|e| self.failed("append", &e))
     }
 
+    pub async fn ping(&self) -> Result<(), EventsError> {
+        let mut connection = self.writes.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.failed("ping", &e))
+    }
+
     pub async fn cancel(&self, turn: MessageId) -> Result<(), EventsError> {
         let mut connection = self.writes.clone();
         redis::cmd("XADD")

@@ -1,5 +1,6 @@
-//! `grpc.health.v1` follows the database: SERVING while PostgreSQL answers, NOT_SERVING while it
-//! does not, and NOT_SERVING for good once shutdown begins.
+//! `grpc.health.v1` follows the database: SERVING while PostgreSQL answers (and Redis, when it is
+//! configured to count), NOT_SERVING while it does not, and NOT_SERVING for good once shutdown
+//! begins.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use std::sync::Arc;
 
 use crate::{
+    events::TurnEvents,
     store::{DatabaseProbe, Store},
     telemetry::metrics::Metrics,
 };
@@ -34,6 +36,7 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 pub async fn start(
     reporter: HealthReporter,
     store: &Store,
+    events: Option<TurnEvents>,
     metrics: Arc<Metrics>,
     interval: Duration,
     stopping: CancellationToken,
@@ -45,6 +48,7 @@ pub async fn start(
         .await;
     let mut checker = Checker {
         probe: store.probe(),
+        events,
         metrics,
     };
     let healthy = checker.check().await;
@@ -64,12 +68,19 @@ pub async fn start(
 /// database, not about how busy the pool is.
 struct Checker {
     probe: DatabaseProbe,
+    /// Redis too, when readiness waits for it.
+    events: Option<TurnEvents>,
     metrics: Arc<Metrics>,
 }
 
 impl Checker {
     async fn check(&mut self) -> bool {
-        let healthy = self.probe.check(CHECK_TIMEOUT).await.is_ok();
+        let mut healthy = self.probe.check(CHECK_TIMEOUT).await.is_ok();
+        if let (true, Some(events)) = (healthy, &self.events) {
+            healthy = tokio::time::timeout(CHECK_TIMEOUT, events.answers())
+                .await
+                .unwrap_or(false);
+        }
         self.metrics.record_health_check(healthy);
         healthy
     }
@@ -79,7 +90,9 @@ async fn report(reporter: &HealthReporter, healthy: bool) {
     if healthy {
         tracing::info!("database answers: SERVING");
     } else {
-        tracing::warn!("database does not answer: NOT_SERVING");
+        tracing::warn!(
+            "database (or Redis, which readiness waits for) does not answer: NOT_SERVING"
+        );
     }
     let status = if healthy {
         ServingStatus::Serving

@@ -247,6 +247,10 @@ impl Application {
         let health_monitor = health::start(
             health,
             &store,
+            config
+                .events
+                .gates_readiness
+                .then(|| turns_runtime.events.clone()),
             metrics.clone(),
             config.server.health_check_interval,
             stopping.clone(),

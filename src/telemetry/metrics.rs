@@ -198,7 +198,7 @@ impl Metrics {
         let event_engine_errors = Family::<OperationLabels, Counter>::default();
         registry.register(
             "event_engine_errors",
-            "Failed operations on the engine that carries turn events between replicas (Redis), by operation (append, read, cancel)",
+            "Failed operations on the engine that carries turn events between replicas (Redis), by operation (append, read, cancel, ping)",
             event_engine_errors.clone(),
         );
         Arc::new(Self {

@@ -700,3 +700,41 @@ async fn turns_complete_while_redis_is_down_and_resume_works_again_once_it_is_ba
     );
     rest.completed();
 }
+
+#[tokio::test]
+async fn readiness_waits_for_redis_only_when_told_to() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let gated = TestApp::spawn_with(|config| {
+        config.events.redis_url = Some(url.clone().into());
+        config.events.gates_readiness = true;
+    })
+    .await;
+    let url = redis.url();
+    let ungated = TestApp::spawn_with(|config| config.events.redis_url = Some(url.into())).await;
+    let status = |app: &TestApp| {
+        let mut health = HealthClient::new(app.channel());
+        async move {
+            let request = HealthCheckRequest {
+                service: "chat.v1.ChatService".to_owned(),
+            };
+            health.check(request).await.unwrap().into_inner().status()
+        }
+    };
+    assert_eq!(status(&gated).await, ServingStatus::Serving);
+
+    redis.stop().await;
+    eventually("the gated replica goes NOT_SERVING", || async {
+        status(&gated).await == ServingStatus::NotServing
+    })
+    .await;
+    assert_eq!(status(&ungated).await, ServingStatus::Serving);
+    redis.restart().await;
+    eventually("the gated replica serves again", || async {
+        status(&gated).await == ServingStatus::Serving
+    })
+    .await;
+}
