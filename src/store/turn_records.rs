@@ -90,8 +90,7 @@ struct TurnRow {
 
 impl TurnRow {
     fn into_record(self) -> Result<TurnRecord, StoreError> {
-        let attempt = Attempt::new(self.attempt)
-            .ok_or_else(|| StoreError::Corrupt(format!("turn {} has attempt 0", self.id)))?;
+        let attempt = stored_attempt(self.id, self.attempt)?;
         let conversation_id = ConversationId::from_uuid(self.conversation_id);
         Ok(TurnRecord {
             conversation_id,
@@ -317,7 +316,7 @@ impl Store {
                  ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
             )
             .bind::<SqlUuid, _>(replica)
-            .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(millis(lease))
             .execute(conn)
             .await?;
             Ok(())
@@ -346,13 +345,17 @@ impl Store {
                    AND created_at < now() - $2 * interval '1 millisecond'",
             )
             .bind::<SqlUuid, _>(replica)
-            .bind::<BigInt, _>(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(millis(older_than))
             .load::<Row>(conn)
             .await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|row| Some((MessageId::from_uuid(row.id), Attempt::new(row.attempt)?)))
-                .collect())
+            rows.into_iter()
+                .map(|row| {
+                    Ok((
+                        MessageId::from_uuid(row.id),
+                        stored_attempt(row.id, row.attempt)?,
+                    ))
+                })
+                .collect()
         })
         .await
     }
@@ -436,9 +439,7 @@ impl Store {
                         user: UserId::from_uuid(row.user_id),
                         conversation_id: ConversationId::from_uuid(row.conversation_id),
                         turn: MessageId::from_uuid(row.id),
-                        attempt: Attempt::new(row.attempt).ok_or_else(|| {
-                            StoreError::Corrupt(format!("turn {} has attempt 0", row.id))
-                        })?,
+                        attempt: stored_attempt(row.id, row.attempt)?,
                         after: row.after,
                     })
                 })
@@ -446,6 +447,17 @@ impl Store {
         })
         .await
     }
+}
+
+/// A turn's attempt as stored; the table's check keeps it at 1 or more.
+fn stored_attempt(turn: uuid::Uuid, attempt: i32) -> Result<Attempt, StoreError> {
+    Attempt::new(attempt)
+        .ok_or_else(|| StoreError::Corrupt(format!("turn {turn} has attempt {attempt}")))
+}
+
+/// A duration as SQL multiplies `interval '1 millisecond'` by.
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn stored_reply(row: ReplyRow, conversation_id: ConversationId) -> Result<StoredReply, StoreError> {
