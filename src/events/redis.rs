@@ -5,7 +5,10 @@
 //! blocking `XREAD` holds its connection. Cancellations are entries of one shared stream that
 //! every replica follows.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use redis::{
@@ -26,6 +29,10 @@ const MAX_ENTRIES: u64 = 100_000;
 /// How long a turn's stream lives without news: a turn whose replica died is gone from Redis
 /// after this, and readers replay it from the database.
 const LIVE_EXPIRY: Duration = Duration::from_secs(3600);
+/// How often a live stream's expiry is pushed back: with its first event, then with the first
+/// event this long after the last push, rather than with every event, which would double the
+/// commands Redis runs.
+const EXPIRY_RENEWAL: Duration = Duration::from_secs(60);
 /// Appends waiting for Redis; more are dropped (and counted) rather than held.
 const APPEND_QUEUE: usize = 8192;
 /// How long the first append of a batch waits for others.
@@ -50,6 +57,8 @@ pub(super) struct Relay {
 struct Append {
     stream: Arc<str>,
     entry: Entry,
+    /// Whether the stream's expiry is set with this entry: it is with the last.
+    sets_expiry: bool,
 }
 
 fn stream_name(key: TurnKey) -> String {
@@ -95,6 +104,7 @@ impl Relay {
         RemoteWriter {
             stream: stream_name(key).into(),
             relay: self.clone(),
+            expiry_set: std::sync::Mutex::new(None),
         }
     }
 
@@ -253,18 +263,30 @@ impl Relay {
 pub(super) struct RemoteWriter {
     stream: Arc<str>,
     relay: Arc<Relay>,
+    /// When an append that sets the stream's expiry was last queued.
+    expiry_set: std::sync::Mutex<Option<Instant>>,
 }
 
 impl RemoteWriter {
     pub fn append(&self, entry: Entry) {
+        let now = Instant::now();
+        let mut expiry_set = self
+            .expiry_set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sets_expiry =
+            entry.last || expiry_set.is_none_or(|set| now.duration_since(set) >= EXPIRY_RENEWAL);
         let append = Append {
             stream: self.stream.clone(),
             entry,
+            sets_expiry,
         };
         // A full queue means Redis is not keeping up: the turn goes on, and readers elsewhere
-        // find the gap and say so.
+        // find the gap and say so. The next append sets the expiry in this one's stead.
         if self.relay.appends.try_send(append).is_err() {
             self.relay.metrics.record_event_engine_error("append");
+        } else if sets_expiry {
+            *expiry_set = Some(now);
         }
     }
 }
@@ -303,8 +325,8 @@ fn parse_entry(id: StreamId) -> Result<Entry, EventsError> {
     })
 }
 
-/// Sends queued appends to Redis, as many as are waiting in one pipeline, each stream's expiry
-/// renewed with them: the retention once its last event is in, else an hour.
+/// Sends queued appends to Redis, as many as are waiting in one pipeline, with the expiry of
+/// the streams whose appends set it: the retention once its last event is in, else an hour.
 async fn write_batches(
     relay: Arc<Relay>,
     mut queue: mpsc::Receiver<Append>,
@@ -334,6 +356,9 @@ async fn write_batches(
         let mut expiries: Vec<(Arc<str>, bool)> = Vec::new();
         for append in &batch {
             add_entry(&mut pipe, &append.stream, &append.entry);
+            if !append.sets_expiry {
+                continue;
+            }
             match expiries
                 .iter_mut()
                 .find(|(stream, _)| *stream == append.stream)

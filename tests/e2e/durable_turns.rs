@@ -2,7 +2,7 @@
 //! never make a second turn, turns that go on without their client, cancelling from anywhere,
 //! and what happens when a replica dies or Redis goes away.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chat_service::api::proto::{
     CancelTurnRequest, Disconnect, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
@@ -13,6 +13,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::{
     assert_bad_field,
+    limits::small_window_client,
     support::{
         FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp,
         process::ServiceProcess,
@@ -421,6 +422,64 @@ async fn a_turn_that_goes_on_without_its_client_completes_and_is_stored() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_a_turn_that_goes_on_is_let_go_and_resumes_the_rest() {
+    let fake = FakeLlm::start().await;
+    // Far more than every buffer between the service and a client that does not read.
+    let deltas = (0..2000)
+        .map(|i| format!("{i:04}{}", "x".repeat(996)))
+        .collect();
+    fake.script([Script::Reply {
+        deltas,
+        delay: Duration::ZERO,
+        usage: None,
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        config.turns.stream_stall_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = small_window_client(&app).await;
+    let request = app.request(
+        "alice",
+        message("Tell me everything.", "", Disconnect::Continue),
+    );
+    let mut stream = client.send_message(request).await.unwrap().into_inner();
+    let first = read_some(&mut stream, 2).await;
+    let turn = first.user_message_id();
+
+    // The turn completes without the stream that stopped reading...
+    let db = &app.db;
+    eventually("the turn completes without its client", || async {
+        turn_state(db, &turn).await.0 == "completed"
+    })
+    .await;
+    // ...which, read again, gives what it had been sent, then where to resume from.
+    let rest = read_rest(&mut stream).await;
+    let read = rest.sequences().last().copied().unwrap_or(2);
+    let status = rest
+        .error
+        .clone()
+        .unwrap_or_else(|| panic!("the client was not told"));
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .ends_with(&format!("after sequence {read}")),
+        "{status:?}"
+    );
+    let request = app.request("alice", resume(&turn, read));
+    let resumed = read_rest(&mut app.chat().resume_turn(request).await.unwrap().into_inner()).await;
+    assert_eq!(resumed.sequences().first(), Some(&(read + 1)));
+    let text = format!("{}{}{}", first.text(), rest.text(), resumed.text());
+    assert_eq!(
+        resumed.completed().message.map(|m| m.content),
+        Some(text.clone())
+    );
+    assert!(text.len() == 2_000_000 && text.starts_with("0000x") && text.contains("1999x"));
+    let stored = replies(db, &conversation_of(&first)).await;
+    assert_eq!(stored, [("complete".to_owned(), text)]);
+}
+
+#[tokio::test]
 async fn cancel_turn_stops_the_turn_and_stores_what_was_streamed() {
     let fake = FakeLlm::start().await;
     fake.script([Script::Stall {
@@ -482,6 +541,20 @@ fn replica_settings(fake: &FakeLlm, redis: &str, lease: &str) -> Vec<(&'static s
     ]
 }
 
+/// How long the stream of the turn's first attempt has to live in the shared Redis, in ms.
+async fn stream_ttl(turn: &str) -> i64 {
+    let client = redis::Client::open(shared_url()).unwrap_or_else(|e| panic!("{e}"));
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    redis::cmd("PTTL")
+        .arg(format!("chat:turn:{turn}:1"))
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn replica(database: &TestDatabase, settings: &[(&'static str, String)]) -> ServiceProcess {
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ServiceProcess::start(env!("CARGO_BIN_EXE_chat-service"), database, &settings).await
@@ -504,8 +577,12 @@ async fn a_turn_resumes_on_another_replica_mid_stream_and_after_it_completed() {
     let request = b.request("alice", resume(&turn, 2));
     let mut resumed = b.chat().resume_turn(request).await.unwrap().into_inner();
     let caught_up = read_some(&mut resumed, 1).await;
+    let live = stream_ttl(&turn).await;
+    assert!(live > 60_000 && live <= 3_600_000, "{live} ms to live");
     gate.notify_one();
     let rest = read_rest(&mut resumed).await;
+    let ended = stream_ttl(&turn).await;
+    assert!(ended > 0 && ended <= 60_000, "{ended} ms to live");
     assert_eq!(caught_up.sequences(), [3]);
     assert_eq!(rest.sequences(), [4, 5, 6]);
     let whole = format!("{}{}{}", first.text(), caught_up.text(), rest.text());
@@ -642,6 +719,49 @@ async fn a_killed_replica_s_turn_is_ended_by_the_others_and_a_retry_generates_it
     assert_eq!(
         turn_state(&database, &turn).await,
         ("completed".to_owned(), 2)
+    );
+}
+
+#[tokio::test]
+async fn a_replica_back_from_a_pause_longer_than_its_lease_stores_nothing_over_the_takeover() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([paused(&gate)]);
+    let settings = replica_settings(&fake, &shared_url(), "1s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+
+    let request = a.request("alice", message("Hi", "paused-1", Disconnect::Continue));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut stream, 3).await;
+    let turn = seen.user_message_id();
+    let request = b.request("alice", resume(&turn, 1));
+    let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
+    assert_eq!(read_some(&mut watching, 2).await.text(), "Hello");
+    // Frozen for longer than its lease: the other replica takes the turn over...
+    a.freeze().await;
+    let told = read_rest(&mut watching).await;
+    assert_eq!(told.error.map(|s| s.code()), Some(Code::Unavailable));
+    let conversation = conversation_of(&seen);
+    let taken_over = [("interrupted".to_owned(), "Hello".to_owned())];
+    assert_eq!(replies(&database, &conversation).await, taken_over);
+
+    // ...and when it runs again, the rest of the reply reaches its client, but what the other
+    // replica stored stands: no second reply, the turn still interrupted.
+    a.thaw().await;
+    gate.notify_one();
+    let rest = read_rest(&mut stream).await;
+    assert_eq!(rest.text(), " world.");
+    assert_eq!(rest.sequences(), [4, 5]);
+    let status = rest
+        .error
+        .unwrap_or_else(|| panic!("the client was not told"));
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("request_id"), "{status:?}");
+    assert_eq!(replies(&database, &conversation).await, taken_over);
+    assert_eq!(
+        turn_state(&database, &turn).await,
+        ("interrupted".to_owned(), 1)
     );
 }
 

@@ -15,7 +15,7 @@ use super::support::{
 
 /// A client whose HTTP/2 windows are the protocol's minimum default, so that not reading soon
 /// leaves the server unable to send.
-async fn small_window_client(app: &TestApp) -> ChatServiceClient<Channel> {
+pub(super) async fn small_window_client(app: &TestApp) -> ChatServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap_or_else(|e| panic!("{e}"))
         .initial_stream_window_size(65_535)

@@ -9,7 +9,7 @@ use super::{
     journal::{ACCEPTED, Failure, TurnEnd, decode, encode},
 };
 use crate::{
-    domain::{Message, MessageId, MessageStatus, Role},
+    domain::{Message, MessageId, MessageStatus, Role, TurnState},
     events::{Entry, TurnKey},
     store::{LapsedTurn, ReplyOf},
 };
@@ -142,6 +142,7 @@ impl Turns {
                 attempt: turn.attempt,
                 deltas: &streamed.deltas,
                 ends: None,
+                while_state: TurnState::Interrupted,
             };
             if let Err(error) = self
                 .store

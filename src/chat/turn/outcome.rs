@@ -12,10 +12,10 @@ use crate::{
     chat::ChatError,
     domain::{
         Message, MessageId, MessageStatus, Revision, Role, ToolCall, ToolCallId, ToolCallStatus,
-        now,
+        TurnState, now,
     },
     llm::ModelToolCall,
-    store::{StoreError, TurnEnding},
+    store::{ReplyStored, StoreError, TurnEnding},
     tools::{ToolFailure, ToolOutcome},
 };
 
@@ -23,7 +23,7 @@ impl ReplyTask {
     /// Stores the reply as its ending calls for and tells the client. Returns the outcome's
     /// label for logs.
     pub(super) async fn settle(&mut self, relayed: Relayed) -> &'static str {
-        let (result, label) = match relayed.ending {
+        let result = match relayed.ending {
             Ending::Failed(error) => {
                 let label = error.kind();
                 self.tell(Err(ChatError::from(error))).await;
@@ -37,28 +37,38 @@ impl ReplyTask {
                 };
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
-                let stored = self
-                    .store_and_remember(&reply, &relayed.deltas, None)
-                    .await
-                    .map(|_| ());
-                if stored.is_ok() {
-                    match label {
-                        "interrupted" => self.tell(Err(ChatError::ShuttingDown)).await,
-                        // The client is not reading: it learns why when it does.
-                        "stalled" => self.outlet.leave_last(ChatError::NotRead),
-                        // Those who follow the turn learn it ended; a client that went away
-                        // hears nothing.
-                        _ => self.tell(Err(ChatError::Cancelled)).await,
+                match self.store_and_remember(&reply, &relayed.deltas, None).await {
+                    Ok(Stored::TakenOver) => Ok(self.taken_over().await),
+                    Ok(_) => {
+                        match label {
+                            "interrupted" => self.tell(Err(ChatError::ShuttingDown)).await,
+                            // The client is not reading: it learns why when it does.
+                            "stalled" => self.outlet.leave_last(ChatError::NotRead),
+                            // Those who follow the turn learn it ended; a client that went
+                            // away hears nothing.
+                            _ => self.tell(Err(ChatError::Cancelled)).await,
+                        }
+                        Ok(label)
                     }
+                    Err(error) => Err(error),
                 }
-                (stored, label)
             }
-            Ending::Finished => (self.finish(relayed).await, "completed"),
+            Ending::Finished => self.finish(relayed).await,
         };
         match result {
-            Ok(()) => label,
+            Ok(label) => label,
             Err(error) => self.storage_failed(error).await,
         }
+    }
+
+    /// Tells the client that the turn was taken from this replica, as those following it on
+    /// other replicas were told. Returns the outcome's label.
+    pub(super) async fn taken_over(&mut self) -> &'static str {
+        tracing::warn!(
+            "another replica ended the turn while this one was away; its reply is not stored"
+        );
+        self.tell(Err(ChatError::TurnLost)).await;
+        "lost"
     }
 
     /// Tells the client that what the turn made could not be stored. Returns the outcome's label.
@@ -80,8 +90,8 @@ impl ReplyTask {
     }
 
     /// Stores the complete reply, then sends its tool calls and `completed`: a client hears of
-    /// a tool call only once it is stored.
-    async fn finish(&mut self, relayed: Relayed) -> Result<(), StoreError> {
+    /// a tool call only once it is stored. Returns the outcome's label.
+    async fn finish(&mut self, relayed: Relayed) -> Result<&'static str, StoreError> {
         let mut calls: Vec<ToolCall> = relayed.calls.into_iter().map(tool_call).collect();
         if let Some(tools) = &self.tools {
             // The service runs this reply's tools, and it has run as many rounds as it may:
@@ -105,12 +115,16 @@ impl ReplyTask {
             state: end.state(),
             outcome: &outcome,
         };
-        if !self
+        match self
             .store_and_remember(&reply, &relayed.deltas, Some(ends))
             .await?
         {
-            self.tell(Err(ChatError::NotFound("conversation"))).await;
-            return Ok(());
+            Stored::At(_) | Stored::AtUnknownPlace => {}
+            Stored::ConversationGone => {
+                self.tell(Err(ChatError::NotFound("conversation"))).await;
+                return Ok("completed");
+            }
+            Stored::TakenOver => return Ok(self.taken_over().await),
         }
         self.ended_in_store = self.turn.is_some();
         for call in &reply.tool_calls {
@@ -123,30 +137,27 @@ impl ReplyTask {
             usage: relayed.usage,
         };
         self.tell(Ok(TurnEvent::Completed(completion))).await;
-        Ok(())
+        Ok("completed")
     }
 
-    /// Stores the reply and adds it to what this replica remembers of the conversation. `false`
-    /// if the conversation is gone.
+    /// Stores the reply and, once stored, adds it to what this replica remembers of the
+    /// conversation.
     async fn store_and_remember(
         &self,
         reply: &Message,
         deltas: &[i32],
         ends: Option<TurnEnding<'_>>,
-    ) -> Result<bool, StoreError> {
-        match self.store_reply(reply, None, deltas, ends).await? {
-            Stored::At(revision) => {
-                self.recent.record(
-                    self.user,
-                    self.conversation_id,
-                    revision,
-                    recent_message(reply),
-                );
-                Ok(true)
-            }
-            Stored::AtUnknownPlace => Ok(true),
-            Stored::ConversationGone => Ok(false),
+    ) -> Result<Stored, StoreError> {
+        let stored = self.store_reply(reply, None, deltas, ends).await?;
+        if let Stored::At(revision) = stored {
+            self.recent.record(
+                self.user,
+                self.conversation_id,
+                revision,
+                recent_message(reply),
+            );
         }
+        Ok(stored)
     }
 
     /// Stores the reply. A store that fails for the database's sake (a lost connection, a
@@ -164,6 +175,7 @@ impl ReplyTask {
             attempt: key.attempt,
             deltas,
             ends,
+            while_state: TurnState::Generating,
         });
         // Made on the first failure: the common case needs none.
         let mut delays = None;
@@ -175,8 +187,9 @@ impl ReplyTask {
                 .store_reply(self.user, reply, awaiting, turn.as_ref())
                 .await;
             let error = match stored {
-                Ok(Some(revision)) => return Ok(Stored::At(revision)),
-                Ok(None) => return Ok(Stored::ConversationGone),
+                Ok(ReplyStored::At(revision)) => return Ok(Stored::At(revision)),
+                Ok(ReplyStored::ConversationGone) => return Ok(Stored::ConversationGone),
+                Ok(ReplyStored::TurnTakenOver) => return Ok(Stored::TakenOver),
                 Err(error) => error,
             };
             // Whether it was written is unknown, so what is remembered may be wrong.
@@ -223,6 +236,10 @@ pub(super) enum Stored {
     AtUnknownPlace,
     /// Not stored: the conversation was deleted meanwhile.
     ConversationGone,
+    /// Not stored: this replica's lease ran out (it was paused, or cut off from the database)
+    /// and another replica ended the turn as interrupted meanwhile. What that replica stored
+    /// stands; this one must not add to it.
+    TakenOver,
 }
 
 /// The pauses between tries to store a reply: three more tries within about two seconds.

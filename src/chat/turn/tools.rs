@@ -163,6 +163,7 @@ impl ReplyTask {
                 self.tell(Err(ChatError::NotFound("conversation"))).await;
                 return Some(Round::Ended("completed"));
             }
+            Ok(Stored::TakenOver) => return Some(Round::Ended(self.taken_over().await)),
             Err(error) => return Some(Round::Ended(self.storage_failed(error).await)),
         };
         self.after = message.create_time;

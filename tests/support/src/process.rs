@@ -22,7 +22,7 @@ pub struct ServiceProcess {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     channel: Channel,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 impl ServiceProcess {
@@ -86,7 +86,7 @@ impl ServiceProcess {
             addr,
             metrics_addr,
             channel,
-            _child: child,
+            child,
         }
     }
 
@@ -112,6 +112,31 @@ impl ServiceProcess {
     }
 
     /// The Prometheus text the replica's metrics endpoint serves.
+    /// Freezes the process (SIGSTOP), as a long pause of its host or its runtime would: it
+    /// neither runs nor closes anything until [`ServiceProcess::thaw`].
+    pub async fn freeze(&self) {
+        self.signal("-STOP").await;
+    }
+
+    /// Lets a frozen process run again (SIGCONT), from where it stopped.
+    pub async fn thaw(&self) {
+        self.signal("-CONT").await;
+    }
+
+    async fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .id()
+            .unwrap_or_else(|| panic!("the replica has exited"));
+        let status = tokio::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     pub async fn scrape_metrics(&self) -> String {
         super::app::scrape_metrics(self.metrics_addr).await
     }
