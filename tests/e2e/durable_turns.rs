@@ -766,6 +766,40 @@ async fn a_replica_back_from_a_pause_longer_than_its_lease_stores_nothing_over_t
 }
 
 #[tokio::test]
+async fn a_turn_its_own_replica_no_longer_generates_is_ended_as_failed_and_generated_again() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    fake.script([Script::reply(&["Hello."]), Script::reply(&["Again."])]);
+    let a = replica(&database, &replica_settings(&fake, &shared_url(), "1s")).await;
+    let request = a.request("alice", message("Hi", "orphan-1", Disconnect::Cancel));
+    let seen = read_rest(&mut a.chat().send_message(request).await.unwrap().into_inner()).await;
+    seen.completed();
+    let turn = seen.user_message_id();
+    // As if the replica could not store the turn's end (the database was away as it ended),
+    // and nothing generates it any more.
+    database
+        .run_sql(&format!(
+            "DELETE FROM messages WHERE turn_id = '{turn}';
+             UPDATE turns SET state = 'generating', outcome = NULL, ended_at = NULL,
+                 created_at = now() - interval '1 minute'
+             WHERE id = '{turn}'"
+        ))
+        .await;
+
+    let db = &database;
+    eventually("the replica ends the turn nothing generates", || async {
+        turn_state(db, &turn).await.0 == "failed"
+    })
+    .await;
+    let request = a.request("alice", message("Hi", "orphan-1", Disconnect::Cancel));
+    let retry = read_rest(&mut a.chat().send_message(request).await.unwrap().into_inner()).await;
+    assert_eq!(retry.user_message_id(), turn);
+    assert_eq!(retry.text(), "Again.");
+    retry.completed();
+    assert_eq!(turn_state(db, &turn).await, ("completed".to_owned(), 2));
+}
+
+#[tokio::test]
 async fn turns_complete_while_redis_is_down_and_resume_works_again_once_it_is_back() {
     let database = TestDatabase::new().await;
     let fake = FakeLlm::start().await;
