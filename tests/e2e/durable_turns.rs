@@ -555,6 +555,52 @@ async fn stream_ttl(turn: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Sends, as `request_id`, a turn that goes on without its client to replica `a`, and follows it
+/// from replica `b` until `b` has read its first two deltas, "Hello": what `a` streamed has
+/// reached Redis. The events `a` sent, `a`'s stream, and `b`'s.
+async fn followed_on_b(
+    a: &ServiceProcess,
+    b: &ServiceProcess,
+    request_id: &str,
+) -> (
+    Seen,
+    Streaming<SendMessageResponse>,
+    Streaming<ResumeTurnResponse>,
+) {
+    let request = a.request("alice", message("Hi", request_id, Disconnect::Continue));
+    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
+    let seen = read_some(&mut stream, 3).await;
+    let request = b.request("alice", resume(&seen.user_message_id(), 1));
+    let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
+    assert_eq!(read_some(&mut watching, 2).await.text(), "Hello");
+    (seen, stream, watching)
+}
+
+/// Sends "Hi" again as `request_id` to `replica`, and checks that the model's next reply,
+/// "Again.", is generated for the same stored message `turn`, as its second attempt.
+async fn assert_a_retry_generates_again(
+    replica: &ServiceProcess,
+    database: &TestDatabase,
+    request_id: &str,
+    turn: &str,
+) {
+    let request = replica.request("alice", message("Hi", request_id, Disconnect::Cancel));
+    let mut stream = replica
+        .chat()
+        .send_message(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = read_rest(&mut stream).await;
+    assert_eq!(retry.user_message_id(), turn);
+    assert_eq!(retry.text(), "Again.");
+    retry.completed();
+    assert_eq!(
+        turn_state(database, turn).await,
+        ("completed".to_owned(), 2)
+    );
+}
+
 async fn replica(database: &TestDatabase, settings: &[(&'static str, String)]) -> ServiceProcess {
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ServiceProcess::start(env!("CARGO_BIN_EXE_chat-service"), database, &settings).await
@@ -674,15 +720,9 @@ async fn a_killed_replica_s_turn_is_ended_by_the_others_and_a_retry_generates_it
     let settings = replica_settings(&fake, &shared_url(), "1s");
     let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
 
-    let request = a.request("alice", message("Hi", "lost-1", Disconnect::Continue));
-    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
-    let seen = read_some(&mut stream, 3).await;
+    let (seen, _stream, mut watching) = followed_on_b(&a, &b, "lost-1").await;
     let turn = seen.user_message_id();
-    // Followed from the other replica, once what was streamed has reached Redis...
-    let request = b.request("alice", resume(&turn, 1));
-    let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
-    assert_eq!(read_some(&mut watching, 2).await.text(), "Hello");
-    // ...and then SIGKILL: no chance to store anything or say goodbye.
+    // Then SIGKILL: no chance to store anything or say goodbye.
     drop(a);
 
     let ended = read_rest(&mut watching).await;
@@ -711,15 +751,7 @@ async fn a_killed_replica_s_turn_is_ended_by_the_others_and_a_retry_generates_it
     assert_eq!(replayed.error.map(|s| s.code()), Some(Code::Unavailable));
 
     fake.script([Script::reply(&["Again."])]);
-    let request = b.request("alice", message("Hi", "lost-1", Disconnect::Cancel));
-    let retry = read_rest(&mut b.chat().send_message(request).await.unwrap().into_inner()).await;
-    assert_eq!(retry.user_message_id(), turn);
-    assert_eq!(retry.text(), "Again.");
-    retry.completed();
-    assert_eq!(
-        turn_state(&database, &turn).await,
-        ("completed".to_owned(), 2)
-    );
+    assert_a_retry_generates_again(&b, &database, "lost-1", &turn).await;
 }
 
 #[tokio::test]
@@ -731,13 +763,8 @@ async fn a_replica_back_from_a_pause_longer_than_its_lease_stores_nothing_over_t
     let settings = replica_settings(&fake, &shared_url(), "1s");
     let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
 
-    let request = a.request("alice", message("Hi", "paused-1", Disconnect::Continue));
-    let mut stream = a.chat().send_message(request).await.unwrap().into_inner();
-    let seen = read_some(&mut stream, 3).await;
+    let (seen, mut stream, mut watching) = followed_on_b(&a, &b, "paused-1").await;
     let turn = seen.user_message_id();
-    let request = b.request("alice", resume(&turn, 1));
-    let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
-    assert_eq!(read_some(&mut watching, 2).await.text(), "Hello");
     // Frozen for longer than its lease: the other replica takes the turn over...
     a.freeze().await;
     let told = read_rest(&mut watching).await;
@@ -791,12 +818,7 @@ async fn a_turn_its_own_replica_no_longer_generates_is_ended_as_failed_and_gener
         turn_state(db, &turn).await.0 == "failed"
     })
     .await;
-    let request = a.request("alice", message("Hi", "orphan-1", Disconnect::Cancel));
-    let retry = read_rest(&mut a.chat().send_message(request).await.unwrap().into_inner()).await;
-    assert_eq!(retry.user_message_id(), turn);
-    assert_eq!(retry.text(), "Again.");
-    retry.completed();
-    assert_eq!(turn_state(db, &turn).await, ("completed".to_owned(), 2));
+    assert_a_retry_generates_again(&a, db, "orphan-1", &turn).await;
 }
 
 #[tokio::test]
