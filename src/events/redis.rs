@@ -57,8 +57,10 @@ pub(super) struct Relay {
 struct Append {
     stream: Arc<str>,
     entry: Entry,
-    /// Whether the stream's expiry is set with this entry: it is with the last.
-    sets_expiry: bool,
+    /// With the writer's record of when the stream's expiry was last set, if the expiry is set
+    /// with this entry (it is with the last): forgotten if the entry never reaches Redis, so
+    /// that the writer's next entry sets it.
+    sets_expiry: Option<Arc<ExpirySet>>,
 }
 
 fn stream_name(key: TurnKey) -> String {
@@ -104,7 +106,7 @@ impl Relay {
         RemoteWriter {
             stream: stream_name(key).into(),
             relay: self.clone(),
-            expiry_set: std::sync::Mutex::new(None),
+            expiry_set: Arc::default(),
         }
     }
 
@@ -260,26 +262,34 @@ impl Relay {
 }
 
 /// Where a generating turn's events go on their way to Redis.
+/// When an append that sets a stream's expiry was last queued.
+#[derive(Default)]
+struct ExpirySet(std::sync::Mutex<Option<Instant>>);
+
+impl ExpirySet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 pub(super) struct RemoteWriter {
     stream: Arc<str>,
     relay: Arc<Relay>,
-    /// When an append that sets the stream's expiry was last queued.
-    expiry_set: std::sync::Mutex<Option<Instant>>,
+    expiry_set: Arc<ExpirySet>,
 }
 
 impl RemoteWriter {
     pub fn append(&self, entry: Entry) {
         let now = Instant::now();
-        let mut expiry_set = self
-            .expiry_set
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut expiry_set = self.expiry_set.lock();
         let sets_expiry =
             entry.last || expiry_set.is_none_or(|set| now.duration_since(set) >= EXPIRY_RENEWAL);
         let append = Append {
             stream: self.stream.clone(),
             entry,
-            sets_expiry,
+            sets_expiry: sets_expiry.then(|| self.expiry_set.clone()),
         };
         // A full queue means Redis is not keeping up: the turn goes on, and readers elsewhere
         // find the gap and say so. The next append sets the expiry in this one's stead.
@@ -356,7 +366,7 @@ async fn write_batches(
         let mut expiries: Vec<(Arc<str>, bool)> = Vec::new();
         for append in &batch {
             add_entry(&mut pipe, &append.stream, &append.entry);
-            if !append.sets_expiry {
+            if append.sets_expiry.is_none() {
                 continue;
             }
             match expiries
@@ -374,29 +384,37 @@ async fn write_batches(
                 .arg(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX))
                 .ignore();
         }
-        send_batch(&relay, &pipe).await;
+        if !send_batch(&relay, &pipe).await {
+            for expiry in batch
+                .iter()
+                .filter_map(|append| append.sets_expiry.as_ref())
+            {
+                *expiry.lock() = None;
+            }
+        }
         batch.clear();
     }
 }
 
 /// Sends a batch, again after a pause or two if it fails: a connection broken while Redis was
 /// away is made again on the next try. Entries an earlier try did write are refused as
-/// duplicates, which is success.
-async fn send_batch(relay: &Relay, pipe: &redis::Pipeline) {
+/// duplicates, which is success. Whether it was sent.
+async fn send_batch(relay: &Relay, pipe: &redis::Pipeline) -> bool {
     for pause in [100, 300, 1000, 0] {
         let mut connection = relay.writes.clone();
         match pipe.query_async::<()>(&mut connection).await {
-            Ok(()) => return,
-            Err(error) if error.to_string().contains("equal or smaller") => return,
+            Ok(()) => return true,
+            Err(error) if error.to_string().contains("equal or smaller") => return true,
             Err(error) => {
                 relay.failed("append", &error);
                 if pause == 0 {
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }
     }
+    false
 }
 
 /// Follows the stream of cancellations and cancels the turns generated here, from the newest

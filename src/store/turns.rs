@@ -41,7 +41,8 @@ pub(super) struct RevisionRow {
 /// and the replica that had it, if it still runs, must not write after that. The conversation's
 /// row is locked before the turn's, in the order a deletion takes them. Returns the new revision,
 /// or none if the user has no such conversation (or it is full, or waits, or the turn is no
-/// longer the writer's); then nothing is written.
+/// longer the writer's, or the reply was written already, by a try whose answer was lost);
+/// then nothing is written.
 const APPEND_MESSAGE: &str = "WITH locked AS MATERIALIZED (
          SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
      ), owned AS MATERIALIZED (
@@ -74,7 +75,8 @@ const APPEND_MESSAGE: &str = "WITH locked AS MATERIALIZED (
      )
      SELECT (SELECT revision FROM touched) AS revision,
          $11::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM locked)
-             AND NOT EXISTS (SELECT 1 FROM owned) AS taken_over";
+             AND NOT EXISTS (SELECT 1 FROM owned) AS taken_over,
+         $11::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM messages WHERE id = $5) AS stored_before";
 
 /// A conversation's newest messages before a sequence, newest first, each assistant message
 /// with its tool calls in the order the model made them.
@@ -432,6 +434,8 @@ struct AppendedRow {
     revision: Option<Revision>,
     #[diesel(sql_type = Bool)]
     taken_over: bool,
+    #[diesel(sql_type = Bool)]
+    stored_before: bool,
 }
 
 /// What became of a write of [`APPEND_MESSAGE`].
@@ -443,6 +447,9 @@ enum Appended {
     Refused,
     /// Not written: the reply's turn was ended by a replica that took it over.
     TakenOver,
+    /// Not written again: an earlier try wrote the reply (and ended the turn with it, if it was
+    /// the last), though its answer was lost.
+    StoredBefore,
 }
 
 impl From<Appended> for ReplyStored {
@@ -451,6 +458,7 @@ impl From<Appended> for ReplyStored {
             Appended::At(revision) => Self::At(revision),
             Appended::Refused => Self::ConversationGone,
             Appended::TakenOver => Self::TurnTakenOver,
+            Appended::StoredBefore => Self::StoredBefore,
         }
     }
 }
@@ -459,7 +467,7 @@ impl Appended {
     fn revision(self) -> Option<Revision> {
         match self {
             Self::At(revision) => Some(revision),
-            Self::Refused | Self::TakenOver => None,
+            Self::Refused | Self::TakenOver | Self::StoredBefore => None,
         }
     }
 }
@@ -508,6 +516,10 @@ async fn append_message(
             revision: Some(revision),
             ..
         } => Appended::At(revision),
+        AppendedRow {
+            stored_before: true,
+            ..
+        } => Appended::StoredBefore,
         AppendedRow {
             taken_over: true, ..
         } => Appended::TakenOver,
@@ -621,6 +633,8 @@ pub enum ReplyStored {
     ConversationGone,
     /// Not stored: another replica took the turn over, its lease having run out, and ended it.
     TurnTakenOver,
+    /// Stored already, by an earlier try whose answer was lost: its place is not known here.
+    StoredBefore,
 }
 
 /// How a turn ended, as its record keeps it.

@@ -350,7 +350,12 @@ async fn a_retry_after_a_failure_generates_again_for_the_same_stored_message() {
         Some(Code::Unavailable)
     );
     let turn = failed.user_message_id();
-    assert_eq!(turn_state(&app.db, &turn).await, ("failed".to_owned(), 1));
+    // Stored once the client has heard of it.
+    let db = &app.db;
+    eventually("the failed turn's end is stored", || async {
+        turn_state(db, &turn).await == ("failed".to_owned(), 1)
+    })
+    .await;
 
     let request = app.request("alice", message("Hi", "again-1", Disconnect::Cancel));
     let retry = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;

@@ -3,7 +3,7 @@
 
 use super::{
     Completion, TurnEvent,
-    journal::TurnEnd,
+    journal::{Failure, TurnEnd},
     recent_message,
     relay::{Ending, Relayed, storable},
     reply::ReplyTask,
@@ -30,23 +30,35 @@ impl ReplyTask {
                 return label;
             }
             Ending::Cancelled | Ending::Interrupted | Ending::Stalled => {
-                let label = match relayed.ending {
-                    Ending::Interrupted => "interrupted",
-                    Ending::Stalled => "stalled",
-                    _ => "cancelled",
+                let (label, error) = match relayed.ending {
+                    Ending::Interrupted => ("interrupted", ChatError::ShuttingDown),
+                    Ending::Stalled => ("stalled", ChatError::NotRead),
+                    _ => ("cancelled", ChatError::Cancelled),
                 };
                 // Tool calls are only complete at the end of a reply; a cut-off reply has none.
                 let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
-                match self.store_and_remember(&reply, &relayed.deltas, None).await {
+                // The turn ends with the reply's write, as a complete one does: a replica that
+                // took the turn over after it would otherwise store its text a second time.
+                let end = TurnEnd::Failed(Failure::of(&error));
+                let outcome = serde_json::to_value(&end).unwrap_or_default();
+                let ends = TurnEnding {
+                    state: end.state(),
+                    outcome: &outcome,
+                };
+                match self
+                    .store_and_remember(&reply, &relayed.deltas, Some(ends))
+                    .await
+                {
                     Ok(Stored::TakenOver) => Ok(self.taken_over().await),
-                    Ok(_) => {
-                        match label {
-                            "interrupted" => self.tell(Err(ChatError::ShuttingDown)).await,
+                    Ok(stored) => {
+                        self.ended_in_store =
+                            self.turn.is_some() && !matches!(stored, Stored::ConversationGone);
+                        match error {
                             // The client is not reading: it learns why when it does.
-                            "stalled" => self.outlet.leave_last(ChatError::NotRead),
+                            ChatError::NotRead => self.outlet.leave_last(error),
                             // Those who follow the turn learn it ended; a client that went
                             // away hears nothing.
-                            _ => self.tell(Err(ChatError::Cancelled)).await,
+                            error => self.tell(Err(error)).await,
                         }
                         Ok(label)
                     }
@@ -190,6 +202,8 @@ impl ReplyTask {
                 Ok(ReplyStored::At(revision)) => return Ok(Stored::At(revision)),
                 Ok(ReplyStored::ConversationGone) => return Ok(Stored::ConversationGone),
                 Ok(ReplyStored::TurnTakenOver) => return Ok(Stored::TakenOver),
+                // An earlier try did commit, though its answer was lost.
+                Ok(ReplyStored::StoredBefore) => return Ok(Stored::AtUnknownPlace),
                 Err(error) => error,
             };
             // Whether it was written is unknown, so what is remembered may be wrong.
