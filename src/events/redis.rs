@@ -261,7 +261,6 @@ impl Relay {
     }
 }
 
-/// Where a generating turn's events go on their way to Redis.
 /// When an append that sets a stream's expiry was last queued.
 #[derive(Default)]
 struct ExpirySet(std::sync::Mutex<Option<Instant>>);
@@ -274,6 +273,7 @@ impl ExpirySet {
     }
 }
 
+/// Where a generating turn's events go on their way to Redis.
 pub(super) struct RemoteWriter {
     stream: Arc<str>,
     relay: Arc<Relay>,
