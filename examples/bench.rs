@@ -4,9 +4,13 @@
 //!
 //!     cargo build --release && cargo run --release --example bench -- [OPTION...] [SCENARIO...]
 //!
-//! Scenarios: streams-1, streams-50, streams-500, streams-50-redis, slow-2000, reads (default: all
-//! of them). streams-50-redis runs a second server that relays turn events through Redis
-//! (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379).
+//! Scenarios: streams-1, streams-50, streams-50-keyed, streams-500, streams-50-redis, slow-2000,
+//! reads (default: all of them). streams-50-keyed names every request with a `request_id`, as a
+//! client built to retry does. streams-50-redis runs a second server that relays turn events
+//! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). streams-500 first
+//! measures a client talking to the upstream directly, for comparison. Each turn scenario reports
+//! the CPU the hypervisor took meanwhile (steal, from /proc/stat) and PostgreSQL's CPU per turn
+//! (its processes' /proc/PID/stat).
 //! Options shape the upstream's replies in the turn scenarios (streams-*): `--ttft-ms N` (time
 //! to first token, default 20), `--chunks N` (default 20), `--chunk-delay-ms N` (between chunks,
 //! default 5); `--seconds N` measures each of those scenarios for N seconds after its warm-up.
@@ -174,8 +178,11 @@ struct Server {
 
 impl Server {
     fn start(database: &DatabaseUrl, upstream: SocketAddr, redis: Option<&str>) -> Self {
-        let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/chat-service");
-        let mut command = Command::new(binary);
+        // Another build of the service may be measured beside this one (`CHAT_BENCH_BINARY`).
+        let binary = std::env::var("CHAT_BENCH_BINARY").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/chat-service").to_owned()
+        });
+        let mut command = Command::new(&binary);
         if let Some(redis) = redis {
             command.env("CHAT_REDIS_URL", redis);
         }
@@ -388,6 +395,7 @@ async fn user_loop(
     token: String,
     measure_from: Instant,
     until: Instant,
+    keyed: bool,
 ) -> TurnResults {
     let mut client = ChatServiceClient::new(channel);
     let mut results = TurnResults::default();
@@ -395,18 +403,20 @@ async fn user_loop(
     while Instant::now() < until {
         let sent = Instant::now();
         let measured = sent >= measure_from;
-        let mut request = authorized(
-            SendMessageRequest {
-                conversation_id: conversation.clone(),
-                content: "How fast is this service?".into(),
-                ..Default::default()
-            },
-            &token,
-        );
         let id = format!(
             "{}{}",
             if measured { MEASURED } else { "warm-up-" },
             uuid::Uuid::new_v4()
+        );
+        let mut request = authorized(
+            SendMessageRequest {
+                conversation_id: conversation.clone(),
+                content: "How fast is this service?".into(),
+                // A client built to retry and resume names every request.
+                request_id: if keyed { id.clone() } else { String::new() },
+                ..Default::default()
+            },
+            &token,
         );
         request
             .metadata_mut()
@@ -512,15 +522,128 @@ fn token(user: &str) -> String {
     mint_token(&auth, user, Duration::from_secs(3600)).expect("token")
 }
 
+/// One turn scenario as it runs.
+struct TurnScenario {
+    concurrency: usize,
+    seconds: u64,
+    /// Whether every request carries a `request_id`.
+    keyed: bool,
+    /// How the label names the server's settings, e.g. " through Redis".
+    via: &'static str,
+}
+
+/// User plus system CPU ticks of every process whose name is `name`, by process id.
+fn process_ticks(name: &str) -> std::collections::HashMap<u32, u64> {
+    let mut ticks = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks.insert(pid, field(11) + field(12));
+    }
+    ticks
+}
+
+/// CPU seconds that processes named `name` used between two readings of [`process_ticks`]; a
+/// process that started in between counts whole.
+fn process_seconds_between(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> f64 {
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, now)| now.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// The machine's CPU time so far, from /proc/stat: all of it, and what the hypervisor took
+/// (steal), in ticks.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let total = fields.iter().take(8).sum();
+    (total, fields.get(7).copied().unwrap_or(0))
+}
+
+/// How fast a client talking to the upstream directly completes replies, `concurrency` at once
+/// for `seconds`: what the service's turns per second are compared with.
+async fn direct_turns_per_second(upstream: SocketAddr, concurrency: usize, seconds: u64) -> f64 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let url = format!("http://{upstream}/v1/chat/completions");
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < until {
+                    let body = r#"{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"How fast is this service?"}]}"#;
+                    let response = client.post(&url).body(body).send().await.expect("upstream");
+                    let text = response.text().await.expect("upstream's reply");
+                    assert!(text.ends_with("data: [DONE]\n\n"), "a reply cut short");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.expect("direct client");
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn streams(
     server: &Server,
     upstream: &UpstreamShape,
     shape: Shape,
     database: &DatabaseUrl,
-    concurrency: usize,
-    seconds: u64,
-    via: &str,
+    scenario: TurnScenario,
+    direct: Option<f64>,
 ) -> Result<(), String> {
+    let TurnScenario {
+        concurrency,
+        seconds,
+        keyed,
+        via,
+    } = scenario;
     upstream.set(shape);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     server
@@ -537,11 +660,14 @@ async fn streams(
                 token(&format!("user{i}")),
                 measure_from,
                 until,
+                keyed,
             ))
         })
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = server.cpu_seconds();
+    let postgres_before = process_ticks("postgres");
+    let machine_before = machine_ticks();
     let mut total = TurnResults::default();
     for task in tasks {
         let results = task.await.expect("user task");
@@ -556,6 +682,10 @@ async fn streams(
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds() - cpu_before;
+    let postgres = process_seconds_between(&postgres_before, &process_ticks("postgres"));
+    let machine_after = machine_ticks();
+    let machine = machine_after.0.saturating_sub(machine_before.0).max(1);
+    let steal = machine_after.1.saturating_sub(machine_before.1);
     let (_, peak) = server.memory_kib();
     let stored = stored(database, &total.message_ids).await;
     let mut inside =
@@ -568,20 +698,29 @@ async fn streams(
         .collect();
     let mut to_model: Vec<f64> = total.overheads.iter().map(|o| ms(o.to_model)).collect();
     let mut back: Vec<f64> = total.overheads.iter().map(|o| ms(o.back)).collect();
+    let rate = total.completed as f64 / elapsed;
+    let against_direct = direct.map_or_else(
+        || "–".to_owned(),
+        |direct| format!("{direct:.0} ({:.2}×)", rate / direct),
+    );
+    let turns = total.completed.max(1) as f64;
+    let keyed_label = if keyed { ", request ids" } else { "" };
     println!(
-        "| {concurrency} streams{via}, {seconds} s | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.1} | {}/{} |",
+        "| {concurrency} streams{via}{keyed_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
         summary(&mut overheads),
         median_and_p99(&mut to_model),
         median_and_p99(&mut back),
         summary(&mut inside),
-        total.completed as f64 / elapsed,
         total.errors,
-        cpu * 1000.0 / total.completed.max(1) as f64,
+        cpu * 1000.0 / turns,
+        postgres * 1000.0 / turns,
         peak as f64 / 1024.0,
+        steal as f64 / 100.0,
+        steal as f64 * 100.0 / machine as f64,
         stored,
         total.message_ids.len(),
     );
-    let scenario = format!("{concurrency} streams{via}");
+    let scenario = format!("{concurrency} streams{via}{keyed_label}");
     all_stored(&scenario, stored, total.message_ids.len())?;
     match total.errors {
         0 => Ok(()),
@@ -788,12 +927,17 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
 }
 
 /// The turn scenarios: name, users, and seconds measured unless `--seconds` says otherwise.
-const TURN_SCENARIOS: [(&str, usize, u64); 4] = [
+const TURN_SCENARIOS: [(&str, usize, u64); 5] = [
     ("streams-1", 1, 10),
     ("streams-50", 50, 15),
+    ("streams-50-keyed", 50, 15),
     ("streams-500", 500, 15),
     ("streams-50-redis", 50, 15),
 ];
+
+/// From this many users on, a turn scenario first measures a client that talks to the upstream
+/// directly, for comparison.
+const COMPARED_WITH_DIRECT: usize = 500;
 
 /// Every scenario's name, in the order they run.
 fn scenario_names() -> impl Iterator<Item = &'static str> {
@@ -888,8 +1032,8 @@ fn main() {
             let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape();
             println!("Turn scenarios: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart.", chunks - 1);
             println!();
-            println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | errors | server CPU ms/turn | server peak RSS (MiB) | messages stored |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | server peak RSS (MiB) | CPU steal | messages stored |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         // Every scenario runs and reports; what went wrong is repeated at the end.
         let mut failures = Vec::new();
@@ -897,13 +1041,20 @@ fn main() {
             if options.wants(name) {
                 let seconds = options.seconds.unwrap_or(seconds);
                 let via = if name.ends_with("-redis") { " through Redis" } else { "" };
+                let direct = if concurrency >= COMPARED_WITH_DIRECT {
+                    upstream_shape.set(options.turn_shape());
+                    Some(direct_turns_per_second(upstream, concurrency, seconds).await)
+                } else {
+                    None
+                };
                 let server = if name.ends_with("-redis") {
                     let redis = std::env::var("CHAT_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
                     &*with_redis.get_or_insert_with(|| Server::start(&database, upstream, Some(&redis)))
                 } else {
                     &server
                 };
-                failures.extend(streams(server, &upstream_shape, options.turn_shape(), &database, concurrency, seconds, via).await.err());
+                let scenario = TurnScenario { concurrency, seconds, keyed: name.ends_with("-keyed"), via };
+                failures.extend(streams(server, &upstream_shape, options.turn_shape(), &database, scenario, direct).await.err());
             }
         }
         if options.wants("slow-2000") {

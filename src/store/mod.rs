@@ -29,7 +29,9 @@ pub use error::StoreError;
 pub use migrations::{MigrationError, run_migrations};
 pub use tool_results::{GivenResult, Submitted};
 pub use turn_records::{LapsedTurn, StoredReply, TurnRecord};
-pub use turns::{Awaiting, ConversationState, NewTurn, ReplyOf, ReplyStored, TurnEnding};
+pub use turns::{
+    Awaiting, ConversationState, NewTurn, ReplyOf, ReplyStored, TurnEnding, UserMessageStored,
+};
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// The server the service and its tools use when `DATABASE_URL` is not set.

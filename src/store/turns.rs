@@ -39,10 +39,12 @@ pub(super) struct RevisionRow {
 /// ends the turn in that state with outcome `$18`. A reply is written only while its turn's
 /// attempt is in state `$19`: a replica that took over a turn whose lease ran out has ended it,
 /// and the replica that had it, if it still runs, must not write after that. The conversation's
-/// row is locked before the turn's, in the order a deletion takes them. Returns the new revision,
+/// row is locked before the turn's, in the order a deletion takes them. A user's message whose
+/// request id `$14` is taken already (the request is a retry) is not written, and says so: the
+/// retry costs no statement of its own on the way of the first try. Returns the new revision,
 /// or none if the user has no such conversation (or it is full, or waits, or the turn is no
-/// longer the writer's, or the reply was written already, by a try whose answer was lost);
-/// then nothing is written.
+/// longer the writer's, or the reply was written already, by a try whose answer was lost, or the
+/// request id is taken); then nothing is written.
 const APPEND_MESSAGE: &str = "WITH locked AS MATERIALIZED (
          SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
      ), owned AS MATERIALIZED (
@@ -60,6 +62,8 @@ const APPEND_MESSAGE: &str = "WITH locked AS MATERIALIZED (
          WHERE id = $1 AND user_id = $2 AND ($9::int8 IS NULL OR revision < $9)
            AND (NOT $10 OR awaiting_until IS NULL OR awaiting_until <= $3)
            AND ($11::uuid IS NULL OR EXISTS (SELECT 1 FROM owned))
+           AND ($14::text IS NULL
+                OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $14))
          RETURNING id, revision
      ), inserted AS (
          INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
@@ -76,7 +80,9 @@ const APPEND_MESSAGE: &str = "WITH locked AS MATERIALIZED (
      SELECT (SELECT revision FROM touched) AS revision,
          $11::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM locked)
              AND NOT EXISTS (SELECT 1 FROM owned) AS taken_over,
-         $11::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM messages WHERE id = $5) AS stored_before";
+         $11::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM messages WHERE id = $5) AS stored_before,
+         $14::text IS NOT NULL
+             AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $14) AS key_taken";
 
 /// A conversation's newest messages before a sequence, newest first, each assistant message
 /// with its tool calls in the order the model made them.
@@ -174,9 +180,10 @@ const END_ROUND: Operation = Operation::new("UPDATE", "UPDATE conversations mess
 
 impl Store {
     /// Creates the conversation together with its first message, unless the user already has
-    /// `max_conversations`. Returns the message's sequence, 1, or `None` if the user has as many
-    /// as they may; [`StoreError::UnknownUser`] if the user is gone. `placed` hears the answer
-    /// before the commit, as for [`Store::append_user_message`].
+    /// `max_conversations` or the turn's request id is taken. Returns what became of the
+    /// message: its sequence is 1; [`StoreError::UnknownUser`] if the user is gone. `placed`
+    /// hears the message's sequence (or `None`: not written) before the commit, as for
+    /// [`Store::append_user_message`].
     pub async fn start_conversation(
         &self,
         user: UserId,
@@ -185,33 +192,40 @@ impl Store {
         max_conversations: i64,
         turn: &NewTurn,
         placed: oneshot::Sender<Option<Revision>>,
-    ) -> Result<Option<Revision>, StoreError> {
+    ) -> Result<UserMessageStored, StoreError> {
         self.run_transaction_by_hand(START_CONVERSATION, async |conn| {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the write, COMMIT (see `begin`).
             let write = async {
-                let created =
+                let row =
                     insert_conversation(conn, user, conversation, first, max_conversations, turn)
                         .await?;
-                let sequence = created.then_some(1);
-                let _ = placed.send(sequence);
-                Ok::<_, diesel::result::Error>(sequence)
+                let _ = placed.send(row.created.then_some(1));
+                Ok::<_, diesel::result::Error>(row)
             };
-            let ((), sequence, ()) = futures_util::try_join!(begin(conn), write, commit(conn))?;
-            Ok(sequence)
+            let ((), row, ()) = futures_util::try_join!(begin(conn), write, commit(conn))?;
+            Ok(match row {
+                CreatedRow { created: true, .. } => UserMessageStored::At(1),
+                CreatedRow {
+                    key_taken: true, ..
+                } => UserMessageStored::RequestKeyTaken,
+                CreatedRow { .. } => UserMessageStored::Refused(None),
+            })
         })
         .await
     }
 
     /// Adds the user's message to one of their conversations, naming the conversation
-    /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision` and
-    /// it awaits no tool results. Returns the new revision, which is the message's sequence, once
-    /// committed; else nothing is written, and the conversation's state as it was locked says
-    /// why (`None`: the user has no such conversation).
+    /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision`, it
+    /// awaits no tool results, and the turn's request id (if it has one) is not taken. Returns
+    /// the new revision, which is the message's sequence, once committed; else nothing is
+    /// written, and the answer says why.
     ///
-    /// `placed` hears the same answer as soon as the conversation's row is locked, before the
-    /// message is written and committed: from then on nobody else can write to the
-    /// conversation or delete it, so the answer stays true.
+    /// `placed` hears the message's sequence (or `None`: not written) as soon as it is final,
+    /// before the commit. Without a request id, that is when the conversation's row is locked:
+    /// from then on nobody else can write to the conversation or delete it. With one, it is
+    /// when the message is written, which claims the id: a twin request racing it on another
+    /// conversation waits in the unique index for this transaction's end.
     pub async fn append_user_message(
         &self,
         user: UserId,
@@ -220,8 +234,12 @@ impl Store {
         max_revision: Revision,
         turn: &NewTurn,
         placed: oneshot::Sender<Option<Revision>>,
-    ) -> Result<Result<Revision, Option<ConversationState>>, StoreError> {
+    ) -> Result<UserMessageStored, StoreError> {
         let title = title_if_unnamed.as_str();
+        let (placed_by_lock, placed_by_write) = match turn.request_key {
+            None => (Some(placed), None),
+            Some(_) => (None, Some(placed)),
+        };
         self.run_transaction_by_hand(APPEND, async |conn| {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the lock, the write, COMMIT (see `begin`).
@@ -231,19 +249,31 @@ impl Store {
                     .filter(|state| state.revision < max_revision)
                     .filter(|state| !state.awaits_tool_results(message.create_time))
                     .map(|state| state.revision + 1);
-                let _ = placed.send(next);
+                if let Some(placed) = placed_by_lock {
+                    let _ = placed.send(next);
+                }
                 Ok::<_, diesel::result::Error>((next, state))
             };
-            let write = append_message(
-                conn,
-                user,
-                message,
-                title,
-                Some(max_revision),
-                MessageTurn::Starts(turn),
-            );
+            let write = async {
+                let appended = append_message(
+                    conn,
+                    user,
+                    message,
+                    title,
+                    Some(max_revision),
+                    MessageTurn::Starts(turn),
+                )
+                .await?;
+                if let Some(placed) = placed_by_write {
+                    let _ = placed.send(appended.revision());
+                }
+                Ok(appended)
+            };
             let ((), (expected, state), appended, ()) =
                 futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
+            if appended == Appended::KeyTaken {
+                return Ok(UserMessageStored::RequestKeyTaken);
+            }
             let appended = appended.revision();
             if appended != expected {
                 // Only if the statements ran out of order, which `begin` rules out.
@@ -251,7 +281,7 @@ impl Store {
                     "the message was written at {appended:?}, not at {expected:?} as its lock said"
                 )));
             }
-            Ok(appended.ok_or(state))
+            Ok(appended.map_or(UserMessageStored::Refused(state), UserMessageStored::At))
         })
         .await
     }
@@ -436,6 +466,20 @@ struct AppendedRow {
     taken_over: bool,
     #[diesel(sql_type = Bool)]
     stored_before: bool,
+    #[diesel(sql_type = Bool)]
+    key_taken: bool,
+}
+
+/// What became of a user's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserMessageStored {
+    /// Stored, at this place in the conversation: its sequence.
+    At(Revision),
+    /// Not stored: a turn with the same request id exists, so the request is a retry of it.
+    RequestKeyTaken,
+    /// Not stored: the conversation's state, as it was locked, says why (`None`: the user has
+    /// no such conversation, or as many as they may when it was to be created).
+    Refused(Option<ConversationState>),
 }
 
 /// What became of a write of [`APPEND_MESSAGE`].
@@ -450,6 +494,8 @@ enum Appended {
     /// Not written again: an earlier try wrote the reply (and ended the turn with it, if it was
     /// the last), though its answer was lost.
     StoredBefore,
+    /// Not written: a user's message whose request id is taken by an earlier turn.
+    KeyTaken,
 }
 
 impl From<Appended> for ReplyStored {
@@ -459,6 +505,8 @@ impl From<Appended> for ReplyStored {
             Appended::Refused => Self::ConversationGone,
             Appended::TakenOver => Self::TurnTakenOver,
             Appended::StoredBefore => Self::StoredBefore,
+            // Only a user's message carries a request id.
+            Appended::KeyTaken => Self::ConversationGone,
         }
     }
 }
@@ -467,7 +515,7 @@ impl Appended {
     fn revision(self) -> Option<Revision> {
         match self {
             Self::At(revision) => Some(revision),
-            Self::Refused | Self::TakenOver | Self::StoredBefore => None,
+            Self::Refused | Self::TakenOver | Self::StoredBefore | Self::KeyTaken => None,
         }
     }
 }
@@ -521,14 +569,27 @@ async fn append_message(
             ..
         } => Appended::StoredBefore,
         AppendedRow {
+            key_taken: true, ..
+        } => Appended::KeyTaken,
+        AppendedRow {
             taken_over: true, ..
         } => Appended::TakenOver,
         AppendedRow { .. } => Appended::Refused,
     })
 }
 
+/// What [`insert_conversation`] did.
+#[derive(QueryableByName)]
+struct CreatedRow {
+    #[diesel(sql_type = Bool)]
+    created: bool,
+    /// Not created: the turn's request id is taken by an earlier turn.
+    #[diesel(sql_type = Bool)]
+    key_taken: bool,
+}
+
 /// The conversation with its first message and the turn it starts, in one statement, unless the
-/// user already has `max_conversations`. Whether it was created.
+/// user already has `max_conversations` or the turn's request id is taken.
 async fn insert_conversation(
     mut conn: &Conn,
     user: UserId,
@@ -536,19 +597,25 @@ async fn insert_conversation(
     first: &Message,
     max_conversations: i64,
     turn: &NewTurn,
-) -> QueryResult<bool> {
-    let created = fixed(
+) -> QueryResult<CreatedRow> {
+    fixed(
         "WITH created AS (
              INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
              SELECT $1, $2, $3, $4, $4, 1
              WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
+               AND ($10::text IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10))
              RETURNING id
          ), first AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
              SELECT $5, id, $6, $7, $8, $4, 1 FROM created
+         ), started AS (
+             INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica, created_at)
+             SELECT $5, $2, id, $10, $11, $12, $4 FROM created
          )
-         INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica, created_at)
-         SELECT $5, $2, id, $10, $11, $12, $4 FROM created",
+         SELECT EXISTS (SELECT 1 FROM created) AS created,
+             $10::text IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10) AS key_taken",
     )
     .bind::<SqlUuid, _>(conversation.id.as_uuid())
     .bind::<SqlUuid, _>(user.as_uuid())
@@ -562,9 +629,8 @@ async fn insert_conversation(
     .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
     .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
     .bind::<SqlUuid, _>(turn.replica)
-    .execute(&mut conn)
-    .await?;
-    Ok(created > 0)
+    .get_result(&mut conn)
+    .await
 }
 
 /// BEGIN. Polled together with the transaction's statements and its COMMIT, it travels with

@@ -75,6 +75,26 @@ fn events_error(error: EventsError) -> ChatError {
 }
 
 impl Turns {
+    /// The turn a request's id names, as its retry gets it (see [`Turns::retried`]).
+    pub(super) async fn retried_by_key(
+        &self,
+        request: TurnRequest,
+        hash: Option<Vec<u8>>,
+    ) -> Result<TurnStream, ChatError> {
+        let (Some(key), Some(hash)) = (&request.request_key, hash) else {
+            return Err(ChatError::Internal(
+                "a request id taken by a request without one".into(),
+            ));
+        };
+        let record = self
+            .store
+            .find_turn_by_request(request.user, key.as_str())
+            .await?
+            // Its conversation was deleted since the id was found taken.
+            .ok_or(ChatError::NotFound("conversation"))?;
+        self.retried(request, record, &hash).await
+    }
+
     /// The turn a request with a known id started, as its retry gets it: followed while it
     /// is generated or once it has ended, generated again if it failed.
     pub(super) async fn retried(

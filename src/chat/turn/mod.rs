@@ -59,7 +59,7 @@ use crate::{
     },
     events::{CancelWatch, TurnEvents, TurnKey},
     llm::{ChatModel, TokenUsage},
-    store::{NewTurn, Store, StoreError},
+    store::{NewTurn, Store, StoreError, UserMessageStored},
     telemetry::metrics::{HistorySource, Metrics},
     tools::Toolbox,
 };
@@ -185,6 +185,8 @@ impl SpawnedReply {
 enum Appended {
     /// Stored, at this place in the conversation.
     Committed(Revision),
+    /// Not stored: the request's id names a turn already, which this request retries.
+    RequestKeyTaken,
     /// Not stored: the user has no such conversation.
     Missing,
     /// Not stored: the user, or the conversation, holds as much as it may.
@@ -292,15 +294,6 @@ impl Turns {
             .request_key
             .as_ref()
             .map(|_| follow::request_hash(request.conversation, content.as_str(), &request.tools));
-        // A retry of a request this service has seen is the same turn.
-        if let (Some(key), Some(hash)) = (&request.request_key, &hash)
-            && let Some(record) = self
-                .store
-                .find_turn_by_request(request.user, key.as_str())
-                .await?
-        {
-            return self.retried(request, record, hash).await;
-        }
         let offer = self.offer(std::mem::take(&mut request.tools))?;
         // Held by the reply task until the reply ends.
         let permit = self.runtime.admission.open_stream(request.user)?;
@@ -325,11 +318,6 @@ impl Turns {
             request_hash: hash.clone(),
             replica: self.runtime.replica,
         };
-        // A request with an id may race its own retry on another replica: the database lets
-        // one of them in. The model is asked only once this one is in, so that the other never
-        // calls the model at all.
-        let keyed = turn.request_key.is_some();
-        let (in_tx, in_rx) = oneshot::channel();
         // Watched before the turn is committed, so that no cancel finds it unwatched.
         let cancel = self.runtime.events.watch_cancel(user_message.id);
 
@@ -337,22 +325,17 @@ impl Turns {
         // and a conversation deleted by any replica ends the turn before the model hears of
         // it. The write holds the conversation's row until its commit, which waits for the
         // disk; meanwhile the context is gathered and the model request goes out, but nothing
-        // of the reply reaches anyone before the commit is done.
+        // of the reply reaches anyone before the commit is done. A request with an id may race
+        // its own retry on another replica: its place is final only once the write has
+        // claimed the id (the unique index holds the twin until this transaction ends), so
+        // that the twin never calls the model at all.
         let (placed_tx, placed) = oneshot::channel();
-        let commit = async {
-            let committed = self
-                .store_user_message(request.user, &target, &user_message, &turn, placed_tx)
-                .await;
-            let _ = in_tx.send(matches!(committed, Ok(Appended::Committed(_))));
-            committed
-        };
+        let commit =
+            self.store_user_message(request.user, &target, &user_message, &turn, placed_tx);
         let ask_model = async {
             let Ok(Some(sequence)) = placed.await else {
                 return Ok(None);
             };
-            if keyed && in_rx.await != Ok(true) {
-                return Ok(None);
-            }
             let mut context = self.history_before(request.user, &target, sequence).await?;
             context.push(recent_message(&user_message));
             let origin = ReplyOrigin {
@@ -384,20 +367,11 @@ impl Turns {
                 return Err(self.runtime.admission.storage_refusal(limit));
             }
             Ok(Appended::AwaitingToolResults(until)) => return Err(awaiting_tool_results(until)),
-            Err(ChatError::Duplicate) => {
-                // The same request, let in first elsewhere: this is a retry of it.
+            // A retry of a request this service has seen is the same turn: found by the write
+            // itself, or, when its twin was let in first meanwhile, by the unique index.
+            Ok(Appended::RequestKeyTaken) | Err(ChatError::Duplicate) => {
                 drop(reply);
-                let (Some(key), Some(hash)) = (&request.request_key, &hash) else {
-                    return Err(ChatError::Internal(
-                        "a duplicate turn without a request id".into(),
-                    ));
-                };
-                let record = self
-                    .store
-                    .find_turn_by_request(request.user, key.as_str())
-                    .await?
-                    .ok_or_else(|| ChatError::Internal("a duplicate request not found".into()))?;
-                return self.retried(request, record, hash).await;
+                return self.retried_by_key(request, hash).await;
             }
             Err(error) => return Err(error),
         };
@@ -580,7 +554,7 @@ impl Turns {
         placed: oneshot::Sender<Option<Revision>>,
     ) -> Result<Appended, ChatError> {
         let limits = self.runtime.admission.storage();
-        let appended = match target {
+        let stored = match target {
             Target::New(conversation) => {
                 let max = limits.conversations_per_user;
                 let created = self
@@ -592,10 +566,11 @@ impl Turns {
                         Ok(e) => self.runtime.identities.unless_gone(user, e),
                         Err(duplicate) => duplicate,
                     })?;
-                return Ok(created.map_or(
-                    Appended::Full(Limit::UserConversations),
-                    Appended::Committed,
-                ));
+                return Ok(match created {
+                    UserMessageStored::At(sequence) => Appended::Committed(sequence),
+                    UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
+                    UserMessageStored::Refused(_) => Appended::Full(Limit::UserConversations),
+                });
             }
             Target::Existing { title, .. } => {
                 let max = limits.messages_per_conversation;
@@ -609,10 +584,11 @@ impl Turns {
             }
         };
         // Nothing written: the conversation's state, as it was locked, says why.
-        Ok(match appended {
-            Ok(sequence) => Appended::Committed(sequence),
-            Err(None) => Appended::Missing,
-            Err(Some(state)) => match state.awaiting_until {
+        Ok(match stored {
+            UserMessageStored::At(sequence) => Appended::Committed(sequence),
+            UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
+            UserMessageStored::Refused(None) => Appended::Missing,
+            UserMessageStored::Refused(Some(state)) => match state.awaiting_until {
                 Some(until) if state.awaits_tool_results(message.create_time) => {
                     Appended::AwaitingToolResults(until)
                 }

@@ -1,0 +1,270 @@
+//! What each kind of turn sends to PostgreSQL, counted statement by statement as the service's
+//! connections send them (diesel's instrumentation, installed for every connection this process
+//! opens), against the table in BENCHMARKS.md ("Every statement of a turn"). A turn that starts
+//! sending more than the table says fails here, and so does one that sends fewer: then the table
+//! is out of date. A test binary of its own, so that no other test's connections are counted.
+
+// A failed expectation is a failed test, reported by panicking like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
+
+use chat_service::api::proto::{SendMessageRequest, SendMessageResponse, send_message_response};
+use chat_service_test_support::{FakeLlm, FakeToolServer, Script, TestApp, mcp::TOOLS};
+use diesel::connection::{Instrumentation, InstrumentationEvent, set_default_instrumentation};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// Statements sent so far, by the database they were sent to, in order.
+fn sent() -> &'static Mutex<HashMap<String, Vec<String>>> {
+    static SENT: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+    SENT.get_or_init(Mutex::default)
+}
+
+/// One connection's counter: it learns its database as the connection opens.
+struct Counter {
+    database: Option<String>,
+}
+
+impl Instrumentation for Counter {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::StartEstablishConnection { url, .. } => {
+                let path = url.rsplit('/').next().unwrap_or_default();
+                self.database = Some(path.split('?').next().unwrap_or_default().to_owned());
+            }
+            InstrumentationEvent::StartQuery { query, .. } => {
+                let text = query.to_string();
+                // The text without the binds diesel's display appends.
+                let sql = text.split(" -- binds:").next().unwrap_or_default();
+                let database = self.database.clone().unwrap_or_default();
+                sent()
+                    .lock()
+                    .unwrap()
+                    .entry(database)
+                    .or_default()
+                    .push(sql.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn counter() -> Option<Box<dyn Instrumentation>> {
+    Some(Box::new(Counter { database: None }))
+}
+
+/// Tests run one at a time: each measures a window of its own database's statements, and the
+/// background work of the others (leases, health checks) would only add noise to the machine.
+fn serial() -> &'static AsyncMutex<()> {
+    static SERIAL: OnceLock<AsyncMutex<()>> = OnceLock::new();
+    SERIAL.get_or_init(|| {
+        set_default_instrumentation(counter).unwrap();
+        AsyncMutex::new(())
+    })
+}
+
+/// What the replica does on its own, whatever the turns: its lease, the sweep of lapsed turns,
+/// readiness checks. Not part of any turn.
+fn background(sql: &str) -> bool {
+    sql == "SELECT 1"
+        || sql.contains("replicas")
+        || sql.starts_with("WITH lapsed AS")
+        || sql.starts_with("SELECT id, attempt FROM turns")
+}
+
+/// The statements `app`'s database has been sent so far, the replica's own work left out.
+fn statements(app: &TestApp) -> Vec<String> {
+    let database = app.db.url.database_name().to_owned();
+    let sent = sent().lock().unwrap();
+    sent.get(&database)
+        .map(|all| all.iter().filter(|sql| !background(sql)).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A short name for a statement of a turn, as the table in BENCHMARKS.md names it.
+fn kind(sql: &str) -> &'static str {
+    match sql {
+        "BEGIN" => "BEGIN",
+        "COMMIT" => "COMMIT",
+        _ if sql.starts_with("WITH locked AS") => "append message",
+        _ if sql.starts_with("WITH created AS") => "create conversation",
+        _ if sql.starts_with(r#"SELECT "conversations"."revision""#) => "lock conversation",
+        _ if sql.starts_with("SELECT t.id, t.conversation_id") => "find turn",
+        _ if sql.starts_with("SELECT m.id, m.content, m.status") => "read replies",
+        _ if sql.starts_with("UPDATE tool_calls") => "store tool result",
+        _ if sql.starts_with(r#"INSERT INTO "tool_calls""#) => "insert tool calls",
+        _ if sql.starts_with("SELECT m.id, m.role, m.content") => "read history",
+        _ if sql.starts_with(r#"INSERT INTO "users""#) => "create user",
+        _ if sql.starts_with(r#"SELECT "users"."id""#) => "find user",
+        _ => "other",
+    }
+}
+
+/// Runs `turn` and returns the statements it sent, by kind, in order.
+async fn statements_of<T, F: std::future::Future<Output = T>>(
+    app: &TestApp,
+    turn: F,
+) -> Vec<&'static str> {
+    let before = statements(app).len();
+    turn.await;
+    let after = statements(app);
+    let sent: Vec<&'static str> = after[before..].iter().map(|sql| kind(sql)).collect();
+    assert!(
+        !sent.contains(&"other"),
+        "a statement this test does not know: {:#?}",
+        &after[before..]
+    );
+    sent
+}
+
+/// Sends a message and reads its stream to the end: `completed` comes only once the reply is
+/// stored. Returns the conversation's id.
+async fn turn(app: &TestApp, conversation_id: &str, request_id: &str) -> String {
+    let request = app.request(
+        "alice",
+        SendMessageRequest {
+            conversation_id: conversation_id.to_owned(),
+            content: "How many statements is this?".to_owned(),
+            request_id: request_id.to_owned(),
+            ..Default::default()
+        },
+    );
+    let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
+    let mut events: Vec<SendMessageResponse> = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        events.push(event);
+    }
+    use send_message_response::Event;
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.event.as_ref()),
+            Some(Event::Completed(_))
+        ),
+        "the turn did not complete: {events:?}"
+    );
+    match events.first().and_then(|e| e.event.as_ref()) {
+        Some(Event::Accepted(accepted)) => accepted.conversation_id.clone(),
+        other => panic!("the first event is not `accepted`: {other:?}"),
+    }
+}
+
+/// The user's message with its turn, in one flight (BEGIN, the lock, the write, COMMIT), then
+/// the reply with the turn's end in one statement.
+const PLAIN_TURN: [&str; 5] = [
+    "BEGIN",
+    "lock conversation",
+    "append message",
+    "COMMIT",
+    "append message",
+];
+
+#[tokio::test]
+async fn a_plain_turn_sends_what_the_table_says() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    // The first turn creates the user and the conversation, and opens connections.
+    let conversation = turn(&app, "", "").await;
+    let sent = statements_of(&app, turn(&app, &conversation, "")).await;
+    assert_eq!(sent, PLAIN_TURN, "a plain turn, against BENCHMARKS.md");
+}
+
+#[tokio::test]
+async fn a_keyed_turn_claims_its_request_id_in_the_same_statements() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    let conversation = turn(&app, "", "first").await;
+    let sent = statements_of(&app, turn(&app, &conversation, "second")).await;
+    assert_eq!(sent, PLAIN_TURN, "a keyed turn, against BENCHMARKS.md");
+}
+
+#[tokio::test]
+async fn a_retry_of_a_finished_turn_finds_it_in_its_write_then_replays_it() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    let conversation = turn(&app, "", "first").await;
+    turn(&app, &conversation, "again").await;
+    let sent = statements_of(&app, turn(&app, &conversation, "again")).await;
+    assert_eq!(
+        sent,
+        [
+            "BEGIN",
+            "lock conversation",
+            "append message",
+            "COMMIT",
+            "find turn",
+            "read replies",
+        ],
+        "a retry of a finished turn, against BENCHMARKS.md"
+    );
+}
+
+#[tokio::test]
+async fn a_first_turn_creates_its_conversation_in_one_statement() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    turn(&app, "", "").await;
+    // A second user, now that the connections are open: their first turn is measured.
+    let before = statements(&app).len();
+    let request = app.request(
+        "bob",
+        SendMessageRequest {
+            content: "Hello".to_owned(),
+            ..Default::default()
+        },
+    );
+    let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    let sent: Vec<&str> = statements(&app)[before..].iter().map(|s| kind(s)).collect();
+    assert_eq!(
+        sent,
+        [
+            // Once per user and replica: the user is looked for, and created if new.
+            "find user",
+            "create user",
+            "BEGIN",
+            "create conversation",
+            "COMMIT",
+            "append message"
+        ],
+        "a first turn, against BENCHMARKS.md"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_round_stores_the_calls_and_each_result() {
+    let _serial = serial().lock().await;
+    let tools = FakeToolServer::start().await;
+    let fake = FakeLlm::start().await;
+    fake.script([
+        Script::reply(&["warming up"]),
+        Script::tool_calls(&[("call_1", "echo", r#"{"text":"one"}"#)]),
+        Script::reply(&["done"]),
+    ]);
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        config.tools.servers = vec![tools.settings("tasks", false)];
+    })
+    .await;
+    app.wait_for_tools(TOOLS).await;
+    let conversation = turn(&app, "", "").await;
+    let sent = statements_of(&app, turn(&app, &conversation, "")).await;
+    assert_eq!(
+        sent,
+        [
+            "BEGIN",
+            "lock conversation",
+            "append message",
+            "COMMIT",
+            // The round's reply with its calls, in a transaction of its own.
+            "BEGIN",
+            "append message",
+            "insert tool calls",
+            "COMMIT",
+            "store tool result",
+            "append message",
+        ],
+        "a turn with one tool round, against BENCHMARKS.md"
+    );
+}
