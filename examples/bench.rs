@@ -9,8 +9,9 @@
 //! client built to retry does. streams-50-redis runs a second server that relays turn events
 //! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). streams-500 first
 //! measures a client talking to the upstream directly, for comparison. Each turn scenario reports
-//! the CPU the hypervisor took meanwhile (steal, from /proc/stat) and PostgreSQL's CPU per turn
-//! (its processes' /proc/PID/stat).
+//! the CPU the hypervisor took meanwhile (steal, from /proc/stat), PostgreSQL's CPU per turn (its
+//! processes' /proc/PID/stat), the statements it ran per turn (pg_stat_statements, where it is
+//! installed) and, through Redis, Redis's commands per turn (`INFO commandstats`).
 //! Options shape the upstream's replies in the turn scenarios (streams-*): `--ttft-ms N` (time
 //! to first token, default 20), `--chunks N` (default 20), `--chunk-delay-ms N` (between chunks,
 //! default 5); `--seconds N` measures each of those scenarios for N seconds after its warm-up.
@@ -523,13 +524,13 @@ fn token(user: &str) -> String {
 }
 
 /// One turn scenario as it runs.
-struct TurnScenario {
+struct TurnScenario<'a> {
     concurrency: usize,
     seconds: u64,
     /// Whether every request carries a `request_id`.
     keyed: bool,
-    /// How the label names the server's settings, e.g. " through Redis".
-    via: &'static str,
+    /// The Redis the server relays turn events through, if it does.
+    redis: Option<&'a str>,
 }
 
 /// User plus system CPU ticks of every process whose name is `name`, by process id.
@@ -596,6 +597,50 @@ fn machine_ticks() -> (u64, u64) {
     (total, fields.get(7).copied().unwrap_or(0))
 }
 
+/// Statements PostgreSQL has executed in `database` so far, from pg_stat_statements (exact: it
+/// counts as each statement ends); `None` where the extension is not installed in the database
+/// `postgres` (`shared_preload_libraries = 'pg_stat_statements'`, then `CREATE EXTENSION`).
+async fn statements_executed(database: &DatabaseUrl) -> Option<i64> {
+    use diesel_async::RunQueryDsl;
+    let admin = database.with_database("postgres");
+    let mut conn = AsyncPgConnection::establish(admin.expose().expose_secret())
+        .await
+        .ok()?;
+    let row: Count = sql_query(
+        "SELECT coalesce(sum(calls), 0)::int8 AS n FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)",
+    )
+    .bind::<diesel::sql_types::Text, _>(database.database_name())
+    .get_result(&mut conn)
+    .await
+    .ok()?;
+    Some(row.n)
+}
+
+/// Commands Redis has run so far, from `INFO commandstats`.
+async fn redis_commands(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    // Lines such as `cmdstat_xadd:calls=12,usec=...`; INFO itself counts too, once per reading.
+    Some(
+        info.lines()
+            .filter_map(|line| {
+                line.split_once("calls=")?
+                    .1
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum(),
+    )
+}
+
 /// How fast a client talking to the upstream directly completes replies, `concurrency` at once
 /// for `seconds`: what the service's turns per second are compared with.
 async fn direct_turns_per_second(upstream: SocketAddr, concurrency: usize, seconds: u64) -> f64 {
@@ -635,15 +680,20 @@ async fn streams(
     upstream: &UpstreamShape,
     shape: Shape,
     database: &DatabaseUrl,
-    scenario: TurnScenario,
+    scenario: TurnScenario<'_>,
     direct: Option<f64>,
 ) -> Result<(), String> {
     let TurnScenario {
         concurrency,
         seconds,
         keyed,
-        via,
+        redis,
     } = scenario;
+    let via = if redis.is_some() {
+        " through Redis"
+    } else {
+        ""
+    };
     upstream.set(shape);
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     server
@@ -666,6 +716,11 @@ async fn streams(
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = server.cpu_seconds();
+    let statements_before = statements_executed(database).await;
+    let redis_before = match redis {
+        Some(url) => redis_commands(url).await,
+        None => None,
+    };
     let postgres_before = process_ticks("postgres");
     let machine_before = machine_ticks();
     let mut total = TurnResults::default();
@@ -686,6 +741,14 @@ async fn streams(
     let machine_after = machine_ticks();
     let machine = machine_after.0.saturating_sub(machine_before.0).max(1);
     let steal = machine_after.1.saturating_sub(machine_before.1);
+    let statements = match (statements_before, statements_executed(database).await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let redis_calls = match (redis, redis_before) {
+        (Some(url), Some(before)) => redis_commands(url).await.map(|after| after - before),
+        _ => None,
+    };
     let (_, peak) = server.memory_kib();
     let stored = stored(database, &total.message_ids).await;
     let mut inside =
@@ -704,9 +767,14 @@ async fn streams(
         |direct| format!("{direct:.0} ({:.2}×)", rate / direct),
     );
     let turns = total.completed.max(1) as f64;
+    let per_turn = |count: Option<u64>| {
+        count.map_or_else(|| "–".to_owned(), |n| format!("{:.2}", n as f64 / turns))
+    };
+    let statements = per_turn(statements.and_then(|n| u64::try_from(n).ok()));
+    let redis_calls = per_turn(redis_calls);
     let keyed_label = if keyed { ", request ids" } else { "" };
     println!(
-        "| {concurrency} streams{via}{keyed_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
+        "| {concurrency} streams{via}{keyed_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {statements} | {redis_calls} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
         summary(&mut overheads),
         median_and_p99(&mut to_model),
         median_and_p99(&mut back),
@@ -1027,33 +1095,32 @@ fn main() {
         let server = Server::start(&database, upstream, None);
         // Started only when asked for: it needs Redis.
         let mut with_redis = None;
+        let redis_url = std::env::var("CHAT_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
 
         if TURN_SCENARIOS.iter().any(|(name, ..)| options.wants(name)) {
             let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape();
             println!("Turn scenarios: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart.", chunks - 1);
             println!();
-            println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | server peak RSS (MiB) | CPU steal | messages stored |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | statements/turn | Redis commands/turn | server peak RSS (MiB) | CPU steal | messages stored |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         // Every scenario runs and reports; what went wrong is repeated at the end.
         let mut failures = Vec::new();
         for (name, concurrency, seconds) in TURN_SCENARIOS {
             if options.wants(name) {
                 let seconds = options.seconds.unwrap_or(seconds);
-                let via = if name.ends_with("-redis") { " through Redis" } else { "" };
                 let direct = if concurrency >= COMPARED_WITH_DIRECT {
                     upstream_shape.set(options.turn_shape());
                     Some(direct_turns_per_second(upstream, concurrency, seconds).await)
                 } else {
                     None
                 };
-                let server = if name.ends_with("-redis") {
-                    let redis = std::env::var("CHAT_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-                    &*with_redis.get_or_insert_with(|| Server::start(&database, upstream, Some(&redis)))
-                } else {
-                    &server
+                let redis = name.ends_with("-redis").then_some(redis_url.as_str());
+                let server = match redis {
+                    Some(redis) => &*with_redis.get_or_insert_with(|| Server::start(&database, upstream, Some(redis))),
+                    None => &server,
                 };
-                let scenario = TurnScenario { concurrency, seconds, keyed: name.ends_with("-keyed"), via };
+                let scenario = TurnScenario { concurrency, seconds, keyed: name.ends_with("-keyed"), redis };
                 failures.extend(streams(server, &upstream_shape, options.turn_shape(), &database, scenario, direct).await.err());
             }
         }

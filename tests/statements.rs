@@ -89,7 +89,8 @@ fn kind(sql: &str) -> &'static str {
     match sql {
         "BEGIN" => "BEGIN",
         "COMMIT" => "COMMIT",
-        _ if sql.starts_with("WITH locked AS") => "append message",
+        _ if sql.starts_with("WITH touched AS") => "write user message",
+        _ if sql.starts_with("WITH locked AS") => "write reply",
         _ if sql.starts_with("WITH created AS") => "create conversation",
         _ if sql.starts_with(r#"SELECT "conversations"."revision""#) => "lock conversation",
         _ if sql.starts_with("SELECT t.id, t.conversation_id") => "find turn",
@@ -156,9 +157,9 @@ async fn turn(app: &TestApp, conversation_id: &str, request_id: &str) -> String 
 const PLAIN_TURN: [&str; 5] = [
     "BEGIN",
     "lock conversation",
-    "append message",
+    "write user message",
     "COMMIT",
-    "append message",
+    "write reply",
 ];
 
 #[tokio::test]
@@ -192,7 +193,7 @@ async fn a_retry_of_a_finished_turn_finds_it_in_its_write_then_replays_it() {
         [
             "BEGIN",
             "lock conversation",
-            "append message",
+            "write user message",
             "COMMIT",
             "find turn",
             "read replies",
@@ -227,7 +228,7 @@ async fn a_first_turn_creates_its_conversation_in_one_statement() {
             "BEGIN",
             "create conversation",
             "COMMIT",
-            "append message"
+            "write reply"
         ],
         "a first turn, against BENCHMARKS.md"
     );
@@ -255,15 +256,15 @@ async fn a_tool_round_stores_the_calls_and_each_result() {
         [
             "BEGIN",
             "lock conversation",
-            "append message",
+            "write user message",
             "COMMIT",
             // The round's reply with its calls, in a transaction of its own.
             "BEGIN",
-            "append message",
+            "write reply",
             "insert tool calls",
             "COMMIT",
             "store tool result",
-            "append message",
+            "write reply",
         ],
         "a turn with one tool round, against BENCHMARKS.md"
     );
