@@ -90,13 +90,15 @@ fn kind(sql: &str) -> &'static str {
         "BEGIN" => "BEGIN",
         "COMMIT" => "COMMIT",
         _ if sql.starts_with("WITH touched AS") => "write user message",
+        _ if sql.starts_with("WITH locked AS") && sql.contains("INSERT INTO tool_calls") => {
+            "write reply with calls"
+        }
         _ if sql.starts_with("WITH locked AS") => "write reply",
         _ if sql.starts_with("WITH created AS") => "create conversation",
         _ if sql.starts_with(r#"SELECT "conversations"."revision""#) => "lock conversation",
         _ if sql.starts_with("SELECT t.id, t.conversation_id") => "find turn",
         _ if sql.starts_with("SELECT m.id, m.content, m.status") => "read replies",
         _ if sql.starts_with("UPDATE tool_calls") => "store tool result",
-        _ if sql.starts_with(r#"INSERT INTO "tool_calls""#) => "insert tool calls",
         _ if sql.starts_with("SELECT m.id, m.role, m.content") => "read history",
         _ if sql.starts_with(r#"INSERT INTO "users""#) => "create user",
         _ if sql.starts_with(r#"SELECT "users"."id""#) => "find user",
@@ -258,11 +260,8 @@ async fn a_tool_round_stores_the_calls_and_each_result() {
             "lock conversation",
             "write user message",
             "COMMIT",
-            // The round's reply with its calls, in a transaction of its own.
-            "BEGIN",
-            "write reply",
-            "insert tool calls",
-            "COMMIT",
+            // The round's reply with its calls, in one statement.
+            "write reply with calls",
             "store tool result",
             "write reply",
         ],

@@ -148,24 +148,8 @@ impl TryFrom<ToolCallRow> for ToolCall {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = tool_calls)]
-pub struct NewToolCallRow<'a> {
-    pub id: Uuid,
-    pub message_id: Uuid,
-    pub position: i32,
-    pub provider_call_id: &'a str,
-    pub name: &'a str,
-    pub arguments: &'a serde_json::Value,
-    pub status: &'static str,
-    pub result: Option<&'a serde_json::Value>,
-    pub created_at: DateTime<Utc>,
-    /// [`SETTLED_WHEN_STORED`] for a call stored with its outcome, which no result event
-    /// follows; later results number themselves from 0.
-    pub answer_index: Option<i32>,
-}
-
-/// The answer index of a call that was settled (failed without being run) when it was stored.
+/// The answer index of a call that was settled (failed without being run) when it was stored:
+/// no result event follows it, and later results number themselves from 0.
 pub const SETTLED_WHEN_STORED: i32 = -1;
 
 #[cfg(test)]
