@@ -7,7 +7,9 @@
 //! Scenarios: streams-1, streams-50, streams-50-keyed, streams-500, streams-50-redis, slow-2000,
 //! reads (default: all of them). streams-50-keyed names every request with a `request_id`, as a
 //! client built to retry does. streams-50-redis runs a second server that relays turn events
-//! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). streams-500 first
+//! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). soak-1000 holds
+//! 1,000 users with request ids on two such servers for ten minutes, against a model of 200 ms to
+//! the first token and 20 chunks 50 ms apart. streams-500 first
 //! measures a client talking to the upstream directly, for comparison. Each turn scenario reports
 //! the CPU the hypervisor took meanwhile (steal, from /proc/stat), PostgreSQL's CPU per turn (its
 //! processes' /proc/PID/stat), the statements it ran per turn (pg_stat_statements, where it is
@@ -676,7 +678,7 @@ async fn direct_turns_per_second(upstream: SocketAddr, concurrency: usize, secon
 }
 
 async fn streams(
-    server: &Server,
+    servers: &[&Server],
     upstream: &UpstreamShape,
     shape: Shape,
     database: &DatabaseUrl,
@@ -695,18 +697,24 @@ async fn streams(
         ""
     };
     upstream.set(shape);
-    let pool = channels(server.addr, concurrency.div_ceil(100)).await;
-    server
-        .overheads
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    // Users are dealt to the servers in turn, over one HTTP/2 connection per 100 of them.
+    let mut pools = Vec::new();
+    for server in servers {
+        let users = concurrency.div_ceil(servers.len());
+        pools.push(channels(server.addr, users.div_ceil(100)).await);
+        server
+            .overheads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
     let measure_from = Instant::now() + WARM_UP;
     let until = measure_from + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
+            let pool = &pools[i % pools.len()];
             tokio::spawn(user_loop(
-                pool[i % pool.len()].clone(),
+                pool[(i / pools.len()) % pool.len()].clone(),
                 token(&format!("user{i}")),
                 measure_from,
                 until,
@@ -715,7 +723,13 @@ async fn streams(
         })
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_before = server.cpu_seconds();
+    let servers_cpu = || {
+        servers
+            .iter()
+            .map(|server| server.cpu_seconds())
+            .sum::<f64>()
+    };
+    let cpu_before = servers_cpu();
     let statements_before = statements_executed(database).await;
     let redis_before = match redis {
         Some(url) => redis_commands(url).await,
@@ -736,7 +750,7 @@ async fn streams(
         eprintln!("{concurrency} streams: first error: {error}");
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
-    let cpu = server.cpu_seconds() - cpu_before;
+    let cpu = servers_cpu() - cpu_before;
     let postgres = process_seconds_between(&postgres_before, &process_ticks("postgres"));
     let machine_after = machine_ticks();
     let machine = machine_after.0.saturating_sub(machine_before.0).max(1);
@@ -749,10 +763,19 @@ async fn streams(
         (Some(url), Some(before)) => redis_commands(url).await.map(|after| after - before),
         _ => None,
     };
-    let (_, peak) = server.memory_kib();
+    // The largest replica's.
+    let peak = servers
+        .iter()
+        .map(|server| server.memory_kib().1)
+        .max()
+        .unwrap_or(0);
     let stored = stored(database, &total.message_ids).await;
-    let mut inside =
-        std::mem::take(&mut *server.overheads.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut inside: Vec<f64> = servers
+        .iter()
+        .flat_map(|server| {
+            std::mem::take(&mut *server.overheads.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+        .collect();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut overheads: Vec<f64> = total
         .overheads
@@ -772,7 +795,12 @@ async fn streams(
     };
     let statements = per_turn(statements.and_then(|n| u64::try_from(n).ok()));
     let redis_calls = per_turn(redis_calls);
-    let keyed_label = if keyed { ", request ids" } else { "" };
+    let keyed_label = match (keyed, servers.len()) {
+        (true, 1) => ", request ids".to_owned(),
+        (false, 1) => String::new(),
+        (true, n) => format!(", request ids, {n} replicas"),
+        (false, n) => format!(", {n} replicas"),
+    };
     println!(
         "| {concurrency} streams{via}{keyed_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {statements} | {redis_calls} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
         summary(&mut overheads),
@@ -1003,6 +1031,22 @@ const TURN_SCENARIOS: [(&str, usize, u64); 5] = [
     ("streams-50-redis", 50, 15),
 ];
 
+/// The head of the turn scenarios' table.
+const TURN_TABLE_HEADER: &str = "| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | statements/turn | Redis commands/turn | server peak RSS (MiB) | CPU steal | messages stored |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The soak: users on two replicas that share turn events through Redis, every request with a
+/// request id, against a slower model; measured for ten minutes unless `--seconds` says otherwise.
+const SOAK: (&str, usize, u64) = ("soak-1000", 1000, 600);
+
+/// The soak's upstream: 200 ms to the first token, then 19 more chunks 50 ms apart (about 1.2 s
+/// a reply).
+const SOAK_SHAPE: Shape = Shape {
+    ttft_ms: 200,
+    chunks: 20,
+    chunk_delay_ms: 50,
+};
+
 /// From this many users on, a turn scenario first measures a client that talks to the upstream
 /// directly, for comparison.
 const COMPARED_WITH_DIRECT: usize = 500;
@@ -1012,7 +1056,7 @@ fn scenario_names() -> impl Iterator<Item = &'static str> {
     TURN_SCENARIOS
         .iter()
         .map(|(name, ..)| *name)
-        .chain(["slow-2000", "reads"])
+        .chain([SOAK.0, "slow-2000", "reads"])
 }
 
 /// A whole number of at least 1. clap's own range check would name u64::MAX as the limit.
@@ -1101,8 +1145,7 @@ fn main() {
             let Shape { ttft_ms, chunks, chunk_delay_ms } = options.turn_shape();
             println!("Turn scenarios: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart.", chunks - 1);
             println!();
-            println!("| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | statements/turn | Redis commands/turn | server peak RSS (MiB) | CPU steal | messages stored |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("{TURN_TABLE_HEADER}");
         }
         // Every scenario runs and reports; what went wrong is repeated at the end.
         let mut failures = Vec::new();
@@ -1121,8 +1164,26 @@ fn main() {
                     None => &server,
                 };
                 let scenario = TurnScenario { concurrency, seconds, keyed: name.ends_with("-keyed"), redis };
-                failures.extend(streams(server, &upstream_shape, options.turn_shape(), &database, scenario, direct).await.err());
+                failures.extend(streams(&[server], &upstream_shape, options.turn_shape(), &database, scenario, direct).await.err());
             }
+        }
+        // Ten minutes: only when named.
+        if options.scenarios.iter().any(|name| name == SOAK.0) {
+            let (_, concurrency, seconds) = SOAK;
+            let seconds = options.seconds.unwrap_or(seconds);
+            let Shape { ttft_ms, chunks, chunk_delay_ms } = SOAK_SHAPE;
+            println!();
+            println!("Soak: the upstream's first token after {ttft_ms} ms, then {} more chunks {chunk_delay_ms} ms apart; two replicas sharing turn events through Redis.", chunks - 1);
+            println!();
+            println!("{TURN_TABLE_HEADER}");
+            let replicas = [
+                Server::start(&database, upstream, Some(&redis_url)),
+                Server::start(&database, upstream, Some(&redis_url)),
+            ];
+            upstream_shape.set(SOAK_SHAPE);
+            let direct = direct_turns_per_second(upstream, concurrency, seconds.min(30)).await;
+            let scenario = TurnScenario { concurrency, seconds, keyed: true, redis: Some(&redis_url) };
+            failures.extend(streams(&[&replicas[0], &replicas[1]], &upstream_shape, SOAK_SHAPE, &database, scenario, Some(direct)).await.err());
         }
         if options.wants("slow-2000") {
             println!();
