@@ -125,9 +125,10 @@ macro_rules! reply_answers {
 
 /// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`) to the user's
 /// conversation and moves the conversation forward: its update time and its revision, which
-/// becomes the reply's sequence; of its turn as [`reply_locks`] says. Returns the new revision,
-/// or none if the user has no such conversation (or the turn is no longer the writer's, or the
-/// reply was written already, by a try whose answer was lost); then nothing is written.
+/// becomes the reply's sequence; of its turn as its `locked` and `owned` parts say. Returns the
+/// new revision, or none if the user has no such conversation (or the turn is no longer the
+/// writer's, or the reply was written already, by a try whose answer was lost); then nothing
+/// is written.
 const APPEND_REPLY: &str = concat!(
     reply_locks!(),
     reply_touches!(""),
@@ -335,7 +336,7 @@ impl Store {
             };
             let write = async {
                 let appended =
-                    append_user_message(conn, user, message, title, max_revision, turn).await?;
+                    write_user_message(conn, user, message, title, max_revision, turn).await?;
                 if let Some(placed) = placed_by_write {
                     let _ = placed.send(appended.revision());
                 }
@@ -543,7 +544,7 @@ impl UserAppended {
 
 /// [`APPEND_USER_MESSAGE`] for `message`, which starts `turn`. An empty `title_if_unnamed`
 /// leaves the title as it is.
-async fn append_user_message(
+async fn write_user_message(
     mut conn: &Conn,
     user: UserId,
     message: &Message,
@@ -864,7 +865,7 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         replica: uuid::Uuid::nil(),
     };
     lock_conversation(conn, nobody, nowhere).await?;
-    append_user_message(conn, nobody, &message, "", 0, &turn).await?;
+    write_user_message(conn, nobody, &message, "", 0, &turn).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
     insert_conversation(conn, nobody, &conversation, &message, 0, &turn).await?;
     Ok(())
