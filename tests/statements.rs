@@ -23,9 +23,15 @@ fn sent() -> &'static Mutex<HashMap<String, Vec<String>>> {
     SENT.get_or_init(Mutex::default)
 }
 
-/// One connection's counter: it learns its database as the connection opens.
+/// One connection's counter: it learns its database as the connection opens, and counts nothing
+/// until the connection is set up.
 struct Counter {
     database: Option<String>,
+    /// Until the pool's set-up of the connection has sent its last statement: the preparation
+    /// of the statement that creates a conversation. A connection the pool opens while a turn
+    /// is measured would otherwise add its set-up to the turn. Connections that are never set
+    /// up so (the readiness probe's, the tests' own) are never counted.
+    setting_up: bool,
 }
 
 impl Instrumentation for Counter {
@@ -34,18 +40,24 @@ impl Instrumentation for Counter {
             InstrumentationEvent::StartEstablishConnection { url, .. } => {
                 let path = url.rsplit('/').next().unwrap_or_default();
                 self.database = Some(path.split('?').next().unwrap_or_default().to_owned());
+                self.setting_up = true;
             }
             InstrumentationEvent::StartQuery { query, .. } => {
                 let text = query.to_string();
                 // The text without the binds diesel's display appends.
                 let sql = text.split(" -- binds:").next().unwrap_or_default();
+                let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                if self.setting_up {
+                    self.setting_up = !sql.starts_with("WITH created AS");
+                    return;
+                }
                 let database = self.database.clone().unwrap_or_default();
                 sent()
                     .lock()
                     .unwrap()
                     .entry(database)
                     .or_default()
-                    .push(sql.split_whitespace().collect::<Vec<_>>().join(" "));
+                    .push(sql);
             }
             _ => {}
         }
@@ -53,7 +65,10 @@ impl Instrumentation for Counter {
 }
 
 fn counter() -> Option<Box<dyn Instrumentation>> {
-    Some(Box::new(Counter { database: None }))
+    Some(Box::new(Counter {
+        database: None,
+        setting_up: true,
+    }))
 }
 
 /// Tests run one at a time: each measures a window of its own database's statements, and the

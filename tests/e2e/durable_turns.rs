@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use chat_service::api::proto::{
     CancelTurnRequest, Disconnect, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
-    SendMessageResponse, resume_turn_response, send_message_response::Event,
+    SendMessageResponse, ToolDefinition, resume_turn_response, send_message_response::Event,
 };
 use tokio::sync::Notify;
 use tonic::{Code, Status, Streaming};
@@ -373,6 +373,66 @@ async fn a_retry_after_a_failure_generates_again_for_the_same_stored_message() {
         ("completed".to_owned(), 2)
     );
     assert_eq!(fake.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_failure_offers_the_clients_tools_again() {
+    let fake = FakeLlm::start().await;
+    fake.script([
+        Script::Status {
+            code: 400,
+            retry_after: None,
+        },
+        Script::reply(&["Here."]),
+    ]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let with_tool = || SendMessageRequest {
+        tools: vec![ToolDefinition {
+            name: "get_location".to_owned(),
+            description: "Where the user is".to_owned(),
+            parameters_json: String::new(),
+        }],
+        ..message("Where am I?", "tools-again-1", Disconnect::Cancel)
+    };
+
+    let request = app.request("alice", with_tool());
+    let failed = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    assert_eq!(
+        failed.error.as_ref().map(Status::code),
+        Some(Code::Unavailable)
+    );
+    let turn = failed.user_message_id();
+    let db = &app.db;
+    eventually("the failed turn's end is stored", || async {
+        turn_state(db, &turn).await == ("failed".to_owned(), 1)
+    })
+    .await;
+
+    let request = app.request("alice", with_tool());
+    let retry = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    assert_eq!(retry.user_message_id(), turn, "the same stored message");
+    retry.completed();
+    let offered = |index: usize| -> Vec<String> {
+        fake.received()[index].body["tools"]
+            .as_array()
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|tool| tool["function"]["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        offered(0),
+        ["get_location"],
+        "the first try offered the tool"
+    );
+    assert_eq!(
+        offered(1),
+        ["get_location"],
+        "so does the retry that generates again"
+    );
 }
 
 #[tokio::test]

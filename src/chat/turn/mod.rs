@@ -294,7 +294,8 @@ impl Turns {
             .request_key
             .as_ref()
             .map(|_| follow::request_hash(request.conversation, content.as_str(), &request.tools));
-        let offer = self.offer(std::mem::take(&mut request.tools))?;
+        // The request keeps its tools: a retry of a failed turn offers them again.
+        let offer = self.offer(request.tools.clone())?;
         // Held by the reply task until the reply ends.
         let permit = self.runtime.admission.open_stream(request.user)?;
         let time = now();
