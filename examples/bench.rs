@@ -9,8 +9,8 @@
 //! client built to retry does. streams-50-redis runs a second server that relays turn events
 //! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). soak-1000 holds
 //! 1,000 users with request ids on two such servers for ten minutes, against a model of 200 ms to
-//! the first token and 20 chunks 50 ms apart. streams-500 first
-//! measures a client talking to the upstream directly, for comparison. Each turn scenario reports
+//! the first token and 20 chunks 50 ms apart; it runs only when named. streams-500 first measures
+//! a client talking to the upstream directly, for comparison. Each turn scenario reports
 //! the CPU the hypervisor took meanwhile (steal, from /proc/stat), PostgreSQL's CPU per turn (its
 //! processes' /proc/PID/stat), the statements it ran per turn (pg_stat_statements, where it is
 //! installed) and, through Redis, Redis's commands per turn (`INFO commandstats`).
@@ -256,21 +256,7 @@ impl Server {
 
     /// User plus system CPU seconds the server has used.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: f64 = fields
-            .get(11)
-            .and_then(|u| u.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        ticks / 100.0
+        cpu_ticks(self.child.id()) as f64 / 100.0
     }
 
     /// Resident memory now and at its peak, in KiB.
@@ -535,6 +521,22 @@ struct TurnScenario<'a> {
     redis: Option<&'a str>,
 }
 
+/// User plus system CPU ticks that process `pid` has used, from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 /// User plus system CPU ticks of every process whose name is `name`, by process id.
 fn process_ticks(name: &str) -> std::collections::HashMap<u32, u64> {
     let mut ticks = std::collections::HashMap::new();
@@ -550,26 +552,14 @@ fn process_ticks(name: &str) -> std::collections::HashMap<u32, u64> {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim_end() != name {
-            continue;
+        if comm.trim_end() == name {
+            ticks.insert(pid, cpu_ticks(pid));
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|t| t.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        ticks.insert(pid, field(11) + field(12));
     }
     ticks
 }
 
-/// CPU seconds that processes named `name` used between two readings of [`process_ticks`]; a
+/// CPU seconds that the processes of two readings of [`process_ticks`] used in between; a
 /// process that started in between counts whole.
 fn process_seconds_between(
     before: &std::collections::HashMap<u32, u64>,
@@ -795,14 +785,14 @@ async fn streams(
     };
     let statements = per_turn(statements.and_then(|n| u64::try_from(n).ok()));
     let redis_calls = per_turn(redis_calls);
-    let keyed_label = match (keyed, servers.len()) {
+    let settings_label = match (keyed, servers.len()) {
         (true, 1) => ", request ids".to_owned(),
         (false, 1) => String::new(),
         (true, n) => format!(", request ids, {n} replicas"),
         (false, n) => format!(", {n} replicas"),
     };
     println!(
-        "| {concurrency} streams{via}{keyed_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {statements} | {redis_calls} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
+        "| {concurrency} streams{via}{settings_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {statements} | {redis_calls} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
         summary(&mut overheads),
         median_and_p99(&mut to_model),
         median_and_p99(&mut back),
@@ -816,7 +806,7 @@ async fn streams(
         stored,
         total.message_ids.len(),
     );
-    let scenario = format!("{concurrency} streams{via}{keyed_label}");
+    let scenario = format!("{concurrency} streams{via}{settings_label}");
     all_stored(&scenario, stored, total.message_ids.len())?;
     match total.errors {
         0 => Ok(()),

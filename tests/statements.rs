@@ -169,33 +169,33 @@ async fn turn(app: &TestApp, conversation_id: &str, request_id: &str) -> String 
     }
 }
 
-/// The user's message with its turn, in one flight (BEGIN, the lock, the write, COMMIT), then
-/// the reply with the turn's end in one statement.
-const PLAIN_TURN: [&str; 5] = [
-    "BEGIN",
-    "lock conversation",
-    "write user message",
-    "COMMIT",
-    "write reply",
-];
+/// The user's message with its turn, in one flight: `BEGIN`, the lock, the write, `COMMIT`.
+const FIRST_FLIGHT: [&str; 4] = ["BEGIN", "lock conversation", "write user message", "COMMIT"];
+
+/// The first flight, then the reply with the turn's end in one statement.
+fn plain_turn() -> Vec<&'static str> {
+    [FIRST_FLIGHT.as_slice(), &["write reply"]].concat()
+}
+
+/// The statements of a second turn in a conversation, with `request_id` (empty: none); the
+/// first turn creates the user and the conversation, and opens connections.
+async fn second_turn(request_id: &str) -> Vec<&'static str> {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    let conversation = turn(&app, "", "").await;
+    statements_of(&app, turn(&app, &conversation, request_id)).await
+}
 
 #[tokio::test]
 async fn a_plain_turn_sends_what_the_table_says() {
-    let _serial = serial().lock().await;
-    let app = TestApp::spawn().await;
-    // The first turn creates the user and the conversation, and opens connections.
-    let conversation = turn(&app, "", "").await;
-    let sent = statements_of(&app, turn(&app, &conversation, "")).await;
-    assert_eq!(sent, PLAIN_TURN, "a plain turn, against BENCHMARKS.md");
+    let sent = second_turn("").await;
+    assert_eq!(sent, plain_turn(), "a plain turn, against BENCHMARKS.md");
 }
 
 #[tokio::test]
 async fn a_keyed_turn_claims_its_request_id_in_the_same_statements() {
-    let _serial = serial().lock().await;
-    let app = TestApp::spawn().await;
-    let conversation = turn(&app, "", "first").await;
-    let sent = statements_of(&app, turn(&app, &conversation, "second")).await;
-    assert_eq!(sent, PLAIN_TURN, "a keyed turn, against BENCHMARKS.md");
+    let sent = second_turn("second").await;
+    assert_eq!(sent, plain_turn(), "a keyed turn, against BENCHMARKS.md");
 }
 
 #[tokio::test]
@@ -207,14 +207,7 @@ async fn a_retry_of_a_finished_turn_finds_it_in_its_write_then_replays_it() {
     let sent = statements_of(&app, turn(&app, &conversation, "again")).await;
     assert_eq!(
         sent,
-        [
-            "BEGIN",
-            "lock conversation",
-            "write user message",
-            "COMMIT",
-            "find turn",
-            "read replies",
-        ],
+        [FIRST_FLIGHT.as_slice(), &["find turn", "read replies"]].concat(),
         "a retry of a finished turn, against BENCHMARKS.md"
     );
 }
@@ -271,15 +264,11 @@ async fn a_tool_round_stores_the_calls_and_each_result() {
     assert_eq!(
         sent,
         [
-            "BEGIN",
-            "lock conversation",
-            "write user message",
-            "COMMIT",
+            FIRST_FLIGHT.as_slice(),
             // The round's reply with its calls, in one statement.
-            "write reply with calls",
-            "store tool result",
-            "write reply",
-        ],
+            &["write reply with calls", "store tool result", "write reply"],
+        ]
+        .concat(),
         "a turn with one tool round, against BENCHMARKS.md"
     );
 }

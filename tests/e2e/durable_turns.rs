@@ -331,6 +331,30 @@ async fn a_retry_while_the_turn_is_generating_joins_it_from_the_start() {
     assert_eq!(fake.received().len(), 1, "the model was asked once");
 }
 
+/// Sends `request`, whose model answers with an error, and waits until its turn's failure is
+/// stored; then sends it again, as its retry. The failed turn's user message id and the retry.
+async fn fail_then_retry(
+    app: &TestApp,
+    request: impl Fn() -> SendMessageRequest,
+) -> (String, Seen) {
+    let first = app.request("alice", request());
+    let failed = read_rest(&mut app.chat().send_message(first).await.unwrap().into_inner()).await;
+    assert_eq!(
+        failed.error.as_ref().map(Status::code),
+        Some(Code::Unavailable)
+    );
+    let turn = failed.user_message_id();
+    // Stored once the client has heard of it.
+    let db = &app.db;
+    eventually("the failed turn's end is stored", || async {
+        turn_state(db, &turn).await == ("failed".to_owned(), 1)
+    })
+    .await;
+    let again = app.request("alice", request());
+    let retry = read_rest(&mut app.chat().send_message(again).await.unwrap().into_inner()).await;
+    (turn, retry)
+}
+
 #[tokio::test]
 async fn a_retry_after_a_failure_generates_again_for_the_same_stored_message() {
     let fake = FakeLlm::start().await;
@@ -343,22 +367,8 @@ async fn a_retry_after_a_failure_generates_again_for_the_same_stored_message() {
     ]);
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
 
-    let request = app.request("alice", message("Hi", "again-1", Disconnect::Cancel));
-    let failed = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
-    assert_eq!(
-        failed.error.as_ref().map(Status::code),
-        Some(Code::Unavailable)
-    );
-    let turn = failed.user_message_id();
-    // Stored once the client has heard of it.
-    let db = &app.db;
-    eventually("the failed turn's end is stored", || async {
-        turn_state(db, &turn).await == ("failed".to_owned(), 1)
-    })
-    .await;
-
-    let request = app.request("alice", message("Hi", "again-1", Disconnect::Cancel));
-    let retry = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    let (turn, retry) =
+        fail_then_retry(&app, || message("Hi", "again-1", Disconnect::Cancel)).await;
     assert_eq!(retry.user_message_id(), turn, "the same stored message");
     assert_eq!(retry.text(), "Second time.");
     retry.completed();
@@ -395,21 +405,7 @@ async fn a_retry_after_a_failure_offers_the_clients_tools_again() {
         ..message("Where am I?", "tools-again-1", Disconnect::Cancel)
     };
 
-    let request = app.request("alice", with_tool());
-    let failed = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
-    assert_eq!(
-        failed.error.as_ref().map(Status::code),
-        Some(Code::Unavailable)
-    );
-    let turn = failed.user_message_id();
-    let db = &app.db;
-    eventually("the failed turn's end is stored", || async {
-        turn_state(db, &turn).await == ("failed".to_owned(), 1)
-    })
-    .await;
-
-    let request = app.request("alice", with_tool());
-    let retry = read_rest(&mut app.chat().send_message(request).await.unwrap().into_inner()).await;
+    let (turn, retry) = fail_then_retry(&app, with_tool).await;
     assert_eq!(retry.user_message_id(), turn, "the same stored message");
     retry.completed();
     let offered = |index: usize| -> Vec<String> {
