@@ -329,7 +329,7 @@ impl Turns {
         // of the reply reaches anyone before the commit is done. A request with an id may race
         // its own retry on another replica: its place is final only once the write has
         // claimed the id (the unique index holds the twin until this transaction ends), so
-        // that the twin never calls the model at all.
+        // that the twin calls the model only if this transaction fails to commit.
         let (placed_tx, placed) = oneshot::channel();
         let commit =
             self.store_user_message(request.user, &target, &user_message, &turn, placed_tx);
