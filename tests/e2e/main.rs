@@ -16,6 +16,7 @@ mod limits;
 mod migrations;
 mod operability;
 mod ordering;
+mod rollout;
 mod schema;
 mod send_message;
 mod startup;

@@ -52,21 +52,24 @@ impl ServiceProcess {
             .take()
             .unwrap_or_else(|| panic!("no stderr to read"));
         let mut lines = BufReader::new(stderr).lines();
+        let mut last_line = String::new();
         let serving = tokio::time::timeout(PATIENCE, async {
             while let Some(line) = lines.next_line().await.unwrap_or(None) {
                 let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    last_line = line;
                     continue;
                 };
                 if entry["message"] == "serving gRPC and grpc-web" {
                     return Some(entry);
                 }
+                last_line = line;
             }
             None
         })
         .await
         .ok()
         .flatten()
-        .unwrap_or_else(|| panic!("{binary} never said it was serving"));
+        .unwrap_or_else(|| panic!("{binary} never said it was serving; it last said: {last_line}"));
         // The rest of its log is read and dropped, so that a full pipe never stalls it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let address = |field: &str| -> SocketAddr {
@@ -111,7 +114,6 @@ impl ServiceProcess {
         super::app::with_token(message, &token)
     }
 
-    /// The Prometheus text the replica's metrics endpoint serves.
     /// Freezes the process (SIGSTOP), as a long pause of its host or its runtime would: it
     /// neither runs nor closes anything until [`ServiceProcess::thaw`].
     pub async fn freeze(&self) {
@@ -137,6 +139,7 @@ impl ServiceProcess {
         assert!(status.success(), "kill {signal} {pid} failed");
     }
 
+    /// The Prometheus text the replica's metrics endpoint serves.
     pub async fn scrape_metrics(&self) -> String {
         super::app::scrape_metrics(self.metrics_addr).await
     }
