@@ -1,30 +1,23 @@
-//! Tools the client runs itself: their definitions, checked and offered beside the service's
-//! own, and their results, which continue the reply that awaited them.
+//! The results of tools the client runs itself, which continue the reply that awaited them.
 
-use std::{collections::HashSet, sync::Arc, time::Instant};
+use std::time::Instant;
 
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ReplyOrigin, Sequenced, ToolResult, Turns};
+use super::{
+    events::{Sequenced, ToolResult},
+    service::{ClientTool, Turns},
+    spawn::ReplyOrigin,
+};
 use crate::{
     chat::ChatError,
-    domain::{ConversationId, MessageId, ToolCallStatus, ToolSpec, UserId, now},
+    domain::{ConversationId, MessageId, ToolCallStatus, UserId, now},
     store::{GivenResult, Submitted},
-    tools::Catalog,
 };
 
 /// The results of one submission, all together.
 pub const MAX_RESULTS_BYTES: usize = 512 * 1024;
-
-/// A tool the client runs, as the client defined it.
-#[derive(Debug, Clone)]
-pub struct ClientTool {
-    pub name: String,
-    pub description: String,
-    /// A JSON Schema object as text; empty for no arguments.
-    pub parameters_json: String,
-}
 
 /// A result the client gives for a call of one of its tools.
 #[derive(Debug, Clone)]
@@ -59,27 +52,6 @@ pub struct Continuation {
     pub last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
 }
 
-/// The tools a reply may call: the service's, and the client's.
-pub(super) struct Offer {
-    pub catalog: Arc<Catalog>,
-    pub client: Vec<ToolSpec>,
-}
-
-impl Offer {
-    /// Every tool offered, the service's first.
-    pub fn specs(&self) -> Arc<[ToolSpec]> {
-        if self.client.is_empty() {
-            return self.catalog.specs().clone();
-        }
-        self.catalog
-            .specs()
-            .iter()
-            .chain(&self.client)
-            .cloned()
-            .collect()
-    }
-}
-
 /// A few of `ids`, each cut short, for an error message that stays small whatever a client
 /// sends.
 fn some_ids(ids: &[String]) -> String {
@@ -98,65 +70,7 @@ fn some_ids(ids: &[String]) -> String {
     shown.join(", ")
 }
 
-/// The refusal of a user's message while a reply awaits the client's tool results.
-pub(super) fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
-    ChatError::FailedPrecondition(format!(
-        "a reply in this conversation awaits the results of your tools: give them with \
-         SubmitToolResults, or send this message after {}",
-        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    ))
-}
-
 impl Turns {
-    /// The tools on offer now with the client's own, which must be valid, at most
-    /// [`ToolSpec::MAX_CLIENT_TOOLS`], and named unlike each other and the service's.
-    pub(super) fn offer(&self, tools: Vec<ClientTool>) -> Result<Offer, ChatError> {
-        let catalog = self.runtime.toolbox.offered();
-        if tools.len() > ToolSpec::MAX_CLIENT_TOOLS {
-            return Err(ChatError::invalid(
-                "tools",
-                format!("at most {} tools may be given", ToolSpec::MAX_CLIENT_TOOLS),
-            ));
-        }
-        let bytes: usize = tools
-            .iter()
-            .map(|t| t.name.len() + t.description.len() + t.parameters_json.len())
-            .sum();
-        if bytes > ToolSpec::MAX_CLIENT_TOOLS_BYTES {
-            return Err(ChatError::invalid(
-                "tools",
-                format!(
-                    "the tools take {bytes} bytes together; at most {} are allowed",
-                    ToolSpec::MAX_CLIENT_TOOLS_BYTES
-                ),
-            ));
-        }
-        let taken: HashSet<&str> = catalog.specs().iter().map(|s| s.name.as_str()).collect();
-        let mut names = HashSet::new();
-        let mut client = Vec::with_capacity(tools.len());
-        for (index, tool) in tools.into_iter().enumerate() {
-            let spec = ToolSpec::parse_client(tool.name, tool.description, &tool.parameters_json)
-                .map_err(|e| ChatError::invalid("tools", format!("tools[{index}]: {e}")))?;
-            if taken.contains(spec.name.as_str()) {
-                return Err(ChatError::invalid(
-                    "tools",
-                    format!(
-                        "tools[{index}]: the service offers a tool named {:?} itself",
-                        spec.name
-                    ),
-                ));
-            }
-            if !names.insert(spec.name.clone()) {
-                return Err(ChatError::invalid(
-                    "tools",
-                    format!("tools[{index}]: {:?} is defined twice", spec.name),
-                ));
-            }
-            client.push(spec);
-        }
-        Ok(Offer { catalog, client })
-    }
-
     /// Stores the client's results for the calls a reply awaits and goes on with the reply.
     pub async fn submit_tool_results(
         &self,

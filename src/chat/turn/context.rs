@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use super::TurnSettings;
+use super::service::TurnSettings;
 use crate::{
-    domain::{RecentMessage, Role, ToolCall, ToolCallStatus, ToolSpec},
+    domain::{Message, RecentMessage, Role, ToolCall, ToolCallStatus, ToolSpec},
     llm::{ContextMessage, ModelRequest, ModelToolCall},
 };
 
@@ -97,6 +97,16 @@ fn calls_chars(calls: &[ToolCall]) -> usize {
             call.name.len() + call.arguments.to_string().len() + result
         })
         .sum()
+}
+
+/// A message as the model's context keeps it.
+pub fn recent_message(message: &Message) -> RecentMessage {
+    RecentMessage {
+        id: message.id,
+        role: message.role,
+        content: message.content.clone(),
+        tool_calls: message.tool_calls.clone(),
+    }
 }
 
 #[cfg(test)]

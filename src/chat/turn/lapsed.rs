@@ -5,8 +5,9 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    TurnEvent, Turns,
-    journal::{ACCEPTED, Failure, TurnEnd, decode, encode},
+    events::{ACCEPTED, TurnEvent, decode, encode},
+    service::Turns,
+    state::{Failure, TurnEnd},
 };
 use crate::{
     domain::{Message, MessageId, MessageStatus, Role, TurnState},

@@ -9,10 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    journal::{Delivery, Outlet},
+    outlet::{Delivery, Outlet},
     telemetry::TurnTelemetry,
 };
-use crate::llm::{LlmError, ModelEvent, ModelStream, ModelToolCall, TokenUsage};
+use crate::{
+    domain::{ToolCall, ToolCallId, ToolCallStatus},
+    llm::{LlmError, ModelEvent, ModelStream, ModelToolCall, TokenUsage},
+};
 
 /// How the model's stream ended.
 pub(super) enum Ending {
@@ -46,6 +49,34 @@ pub(super) fn storable(text: String) -> String {
         text.replace('\0', "\u{FFFD}")
     } else {
         text
+    }
+}
+
+impl Relayed {
+    /// Ends the model call's span and metrics with what the model reported.
+    pub fn report(&self, telemetry: &mut TurnTelemetry) {
+        let failure = match &self.ending {
+            Ending::Failed(error) => Some(error),
+            _ => None,
+        };
+        telemetry.model_ended(self.usage, self.finish_reason.as_deref(), failure);
+    }
+}
+
+/// A call the model asked for, as the turn keeps it.
+pub(super) fn tool_call(call: ModelToolCall) -> ToolCall {
+    // Arguments are stored as JSON; text the model got wrong is kept as a JSON string. NUL is
+    // replaced first: PostgreSQL refuses it in text and JSON alike.
+    // Both a raw NUL and JSON's escape for it, which would decode to one.
+    let raw = storable(call.arguments).replace("\\u0000", "\\ufffd");
+    let arguments = serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw));
+    ToolCall {
+        id: ToolCallId::generate(),
+        provider_call_id: storable(call.id),
+        name: storable(call.name),
+        arguments,
+        status: ToolCallStatus::Requested,
+        result: None,
     }
 }
 
@@ -165,8 +196,8 @@ mod tests {
     use super::*;
     use crate::{
         chat::turn::{
-            TurnEvent,
-            journal::{EventSender, Sequenced},
+            events::{Sequenced, TurnEvent},
+            outlet::EventSender,
             telemetry::TurnLabels,
         },
         domain::{ConversationId, UserId},

@@ -8,10 +8,9 @@ use std::{
 
 use tracing::{Span, field};
 
-use super::relay::{Ending, Relayed};
 use crate::{
     domain::{ConversationId, UserId},
-    llm::TokenUsage,
+    llm::{LlmError, TokenUsage},
     telemetry::metrics::{ActiveStream, Metrics},
 };
 
@@ -110,18 +109,23 @@ impl TurnTelemetry {
     }
 
     /// The model's stream is over: its span ends with what it reported.
-    pub fn model_ended(&mut self, relayed: &Relayed) {
+    pub fn model_ended(
+        &mut self,
+        usage: Option<TokenUsage>,
+        finish_reason: Option<&str>,
+        failure: Option<&LlmError>,
+    ) {
         let span = std::mem::replace(&mut self.model_span, Span::none());
-        if let Some(usage) = relayed.usage {
+        if let Some(usage) = usage {
             span.record("gen_ai.usage.input_tokens", i64::from(usage.input_tokens));
             span.record("gen_ai.usage.output_tokens", i64::from(usage.output_tokens));
             self.metrics
                 .record_tokens(usage.input_tokens, usage.output_tokens);
         }
-        if let Some(reason) = &relayed.finish_reason {
-            span.record("gen_ai.response.finish_reasons", reason.as_str());
+        if let Some(reason) = finish_reason {
+            span.record("gen_ai.response.finish_reasons", reason);
         }
-        if let Ending::Failed(error) = &relayed.ending {
+        if let Some(error) = failure {
             span.record("error.type", error.kind());
             span.record("otel.status_code", "ERROR");
             self.metrics.record_model_error(error.kind());

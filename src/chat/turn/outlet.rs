@@ -7,142 +7,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Completion, TurnEvent};
+use super::{
+    events::{ACCEPTED, Sequenced, TurnEvent, encode},
+    state::{Failure, TurnEnd},
+};
 use crate::{
     chat::ChatError,
-    domain::TurnState,
     events::{Entry, TurnLog},
-    llm::TokenUsage,
 };
 
-/// An event with its place in the turn.
-#[derive(Debug)]
-pub struct Sequenced {
-    pub sequence: u64,
-    pub event: TurnEvent,
-}
-
-/// The sequence of `accepted`, a turn's first event.
-pub const ACCEPTED: u64 = 1;
-
 pub(super) type EventSender = mpsc::Sender<Result<Sequenced, ChatError>>;
-
-/// How a turn ended, as its log and the database keep it: enough to tell a client who asks
-/// later exactly what the client who was there was told.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TurnEnd {
-    Completed {
-        finish_reason: String,
-        model: String,
-        usage: Option<TokenUsage>,
-    },
-    Failed(Failure),
-}
-
-/// Why a turn ended without completing.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Failure {
-    /// The model failed: how, by category.
-    Model {
-        summary: String,
-        timeout: bool,
-    },
-    ShuttingDown,
-    NotRead,
-    ReplyNotSaved,
-    ConversationGone,
-    Cancelled,
-    /// The replica generating it stopped.
-    Lost,
-    Unavailable,
-    Internal,
-}
-
-impl Failure {
-    pub fn of(error: &ChatError) -> Self {
-        match error {
-            ChatError::Model(error) => Self::Model {
-                summary: error.summary(),
-                timeout: error.is_timeout(),
-            },
-            ChatError::ModelFailed { summary, timeout } => Self::Model {
-                summary: summary.clone(),
-                timeout: *timeout,
-            },
-            ChatError::ShuttingDown => Self::ShuttingDown,
-            ChatError::NotRead => Self::NotRead,
-            ChatError::ReplyNotSaved(_) => Self::ReplyNotSaved,
-            ChatError::NotFound(_) => Self::ConversationGone,
-            ChatError::Cancelled => Self::Cancelled,
-            ChatError::TurnLost => Self::Lost,
-            ChatError::Unavailable(_) | ChatError::TurnUnavailable(_) => Self::Unavailable,
-            _ => Self::Internal,
-        }
-    }
-
-    pub fn into_error(self) -> ChatError {
-        match self {
-            Self::Model { summary, timeout } => ChatError::ModelFailed { summary, timeout },
-            Self::ShuttingDown => ChatError::ShuttingDown,
-            Self::NotRead => ChatError::NotRead,
-            Self::ReplyNotSaved => ChatError::ReplyNotSaved("told before".to_owned()),
-            Self::ConversationGone => ChatError::NotFound("conversation"),
-            Self::Cancelled => ChatError::Cancelled,
-            Self::Lost => ChatError::TurnLost,
-            Self::Unavailable => ChatError::Unavailable("told before".to_owned()),
-            Self::Internal => {
-                ChatError::Internal("a turn that ended with an internal error".into())
-            }
-        }
-    }
-
-    /// What the turn's record says of a turn that ended so.
-    pub fn state(&self) -> TurnState {
-        match self {
-            Self::Cancelled | Self::NotRead => TurnState::Cancelled,
-            Self::ShuttingDown | Self::Lost => TurnState::Interrupted,
-            _ => TurnState::Failed,
-        }
-    }
-}
-
-impl TurnEnd {
-    pub fn state(&self) -> TurnState {
-        match self {
-            Self::Completed { .. } => TurnState::Completed,
-            Self::Failed(failure) => failure.state(),
-        }
-    }
-}
-
-/// An event as a turn's log keeps it.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Logged<E, F> {
-    Event(E),
-    Failed(F),
-}
-
-pub(super) fn encode(event: Result<&TurnEvent, &Failure>) -> Bytes {
-    let logged = match event {
-        Ok(event) => Logged::Event(event),
-        Err(failure) => Logged::Failed(failure),
-    };
-    // Serialising these types cannot fail: no maps with non-string keys, no foreign types.
-    Bytes::from(serde_json::to_vec(&logged).unwrap_or_default())
-}
-
-pub(super) fn decode(payload: &[u8]) -> Result<Result<TurnEvent, Failure>, ChatError> {
-    match serde_json::from_slice::<Logged<TurnEvent, Failure>>(payload) {
-        Ok(Logged::Event(event)) => Ok(Ok(event)),
-        Ok(Logged::Failed(failure)) => Ok(Err(failure)),
-        Err(e) => Err(ChatError::Internal(format!(
-            "an unreadable turn event: {e}"
-        ))),
-    }
-}
 
 /// Whether an event reached the client's stream.
 pub(super) enum Delivery {
@@ -269,7 +143,7 @@ impl Outlet {
         };
         if last {
             self.end = Some(match (&event, failure) {
-                (Ok(TurnEvent::Completed(completion)), _) => ended(completion),
+                (Ok(TurnEvent::Completed(completion)), _) => completion.end(),
                 (_, Some(failure)) => TurnEnd::Failed(failure),
                 _ => TurnEnd::Failed(Failure::Internal),
             });
@@ -327,50 +201,5 @@ impl Outlet {
     /// Closes the turn's log: its end is stored.
     pub fn close_log(&mut self) {
         self.log = None;
-    }
-}
-
-fn ended(completion: &Completion) -> TurnEnd {
-    TurnEnd::Completed {
-        finish_reason: completion.finish_reason.clone(),
-        model: completion.model.clone(),
-        usage: completion.usage,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_events_read_back_as_they_were_written() {
-        let event = TurnEvent::Delta("héllo".into());
-        match decode(&encode(Ok(&event))) {
-            Ok(Ok(TurnEvent::Delta(text))) => assert_eq!(text, "héllo"),
-            other => panic!("got {other:?}"),
-        }
-        let failure = Failure::Model {
-            summary: "the model timed out".into(),
-            timeout: true,
-        };
-        match decode(&encode(Err(&failure))) {
-            Ok(Err(read)) => assert_eq!(read, failure),
-            other => panic!("got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_failure_keeps_what_the_client_is_told_and_what_the_record_says() {
-        for (error, state) in [
-            (ChatError::Cancelled, TurnState::Cancelled),
-            (ChatError::NotRead, TurnState::Cancelled),
-            (ChatError::ShuttingDown, TurnState::Interrupted),
-            (ChatError::TurnLost, TurnState::Interrupted),
-            (ChatError::NotFound("conversation"), TurnState::Failed),
-        ] {
-            let failure = Failure::of(&error);
-            assert_eq!(failure.state(), state, "{error}");
-            assert_eq!(Failure::of(&failure.into_error()).state(), state);
-        }
     }
 }

@@ -1,51 +1,26 @@
 //! A round of tool calls: the model asked for tools; the calls are stored, run in parallel,
 //! their results stored and sent as they come, and the model is asked to go on.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, time::Instant};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use secrecy::SecretString;
 use tracing::Instrument;
 
 use super::{
-    Completion, ToolResult, TurnEvent,
-    context::replay,
-    outcome::{Stored, tool_call},
-    recent_message,
-    relay::{Ending, Relayed},
-    reply::ReplyTask,
+    context::{recent_message, replay},
+    events::{Completion, ToolResult, TurnEvent},
+    persist::Stored,
+    relay::{Ending, Relayed, tool_call},
+    task::ReplyTask,
     telemetry::TurnTelemetry,
 };
 use crate::{
     chat::ChatError,
-    domain::{Message, MessageStatus, ToolCall, ToolCallStatus, now},
-    llm::{ChatModel, ModelRequest, ModelStream},
+    domain::{Message, MessageStatus, ToolCall, ToolCallStatus},
+    llm::ModelStream,
     store::Awaiting,
-    tools::{Catalog, ToolFailure, ToolOutcome, Toolbox},
+    tools::{Catalog, ToolFailure, ToolOutcome},
 };
-
-/// What a reply needs to run the tools its model calls.
-pub(super) struct ToolRounds {
-    pub toolbox: Arc<Toolbox>,
-    /// The tools offered when the turn began; the rounds of one reply keep them.
-    pub catalog: Arc<Catalog>,
-    /// The names of the tools the client runs: a call of one ends the reply, awaiting its result.
-    pub client_tools: HashSet<String>,
-    /// How long a reply waits for the client's results.
-    pub results_wait: Duration,
-    /// The caller's bearer token, for servers that act on the caller's behalf.
-    pub caller: Option<SecretString>,
-    pub model: Arc<dyn ChatModel>,
-    /// The context so far: the next round's request.
-    pub request: ModelRequest,
-    /// Rounds of tool calls run so far.
-    pub rounds: u32,
-    pub max_rounds: u32,
-}
 
 /// A tool's name as a metric's label: a name the model made up becomes `unknown`, so that no
 /// model (or user steering it) can mint labels without end.
@@ -70,17 +45,6 @@ fn give_unique_ids(calls: &mut [ToolCall]) {
             call.provider_call_id = format!("call_{}_{index}", call.id);
             seen.insert(call.provider_call_id.clone());
         }
-    }
-}
-
-impl ToolRounds {
-    /// When the wait for the client's results, beginning now, is over.
-    fn results_deadline(&self) -> chrono::DateTime<chrono::Utc> {
-        let now = now();
-        chrono::Duration::from_std(self.results_wait)
-            .ok()
-            .and_then(|wait| now.checked_add_signed(wait))
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
     }
 }
 

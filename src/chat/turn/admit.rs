@@ -1,0 +1,315 @@
+//! A turn is admitted: the user's message is parsed and written, which decides its place in
+//! the conversation. A conversation that is gone, or full, stops the turn here; a request whose
+//! id is taken is a retry, and follows its turn.
+
+use tokio::sync::oneshot;
+
+use super::{
+    context::recent_message,
+    events::Accepted,
+    retry::request_hash,
+    service::{TurnRequest, TurnStream, Turns},
+    spawn::{LiveTurn, ReplyOrigin},
+};
+use crate::{
+    chat::{ChatError, Limit},
+    domain::{
+        Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent, MessageId,
+        MessageStatus, RecentHistory, RecentMessage, Revision, Role, Title, UserId, now,
+    },
+    events::TurnKey,
+    store::{NewTurn, StoreError, UserMessageStored},
+    telemetry::metrics::HistorySource,
+};
+
+/// The refusal of a user's message while a reply awaits the client's tool results.
+fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
+    ChatError::FailedPrecondition(format!(
+        "a reply in this conversation awaits the results of your tools: give them with \
+         SubmitToolResults, or send this message after {}",
+        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
+}
+
+/// What became of the user's message.
+enum Appended {
+    /// Stored, at this place in the conversation.
+    Committed(Revision),
+    /// Not stored: the request's id names a turn already, which this request retries.
+    RequestKeyTaken,
+    /// Not stored: the user has no such conversation.
+    Missing,
+    /// Not stored: the user, or the conversation, holds as much as it may.
+    Full(Limit),
+    /// Not stored: a reply in the conversation awaits the client's tool results, until then.
+    AwaitingToolResults(chrono::DateTime<chrono::Utc>),
+}
+
+/// Where the user's message goes.
+enum Target {
+    New(Conversation),
+    /// An existing conversation, named `title` if it has no name yet.
+    Existing {
+        id: ConversationId,
+        title: Title,
+    },
+}
+
+impl Target {
+    fn id(&self) -> ConversationId {
+        match self {
+            Self::New(conversation) => conversation.id,
+            Self::Existing { id, .. } => *id,
+        }
+    }
+}
+
+impl Turns {
+    pub async fn start(&self, mut request: TurnRequest) -> Result<TurnStream, ChatError> {
+        let text = std::mem::take(&mut request.content);
+        let content = MessageContent::parse(text, self.settings.max_message_chars)
+            .map_err(|e| ChatError::invalid("content", e))?;
+        let hash = request
+            .request_key
+            .as_ref()
+            .map(|_| request_hash(request.conversation, content.as_str(), &request.tools));
+        // The request keeps its tools: a retry of a failed turn offers them again.
+        let offer = self.offer(request.tools.clone())?;
+        // Held by the reply task until the reply ends.
+        let permit = self.runtime.admission.open_stream(request.user)?;
+        let time = now();
+        let title = Title::from_first_message(content.as_str());
+        let target = match request.conversation {
+            None => Target::New(Conversation {
+                id: ConversationId::generate(),
+                title,
+                create_time: time,
+                update_time: time,
+            }),
+            Some(id) => Target::Existing { id, title },
+        };
+        let conversation_id = target.id();
+        let user_message = user_message(conversation_id, content, time);
+        let turn = NewTurn {
+            request_key: request
+                .request_key
+                .as_ref()
+                .map(|key| key.as_str().to_owned()),
+            request_hash: hash.clone(),
+            replica: self.runtime.replica,
+        };
+        // Watched before the turn is committed, so that no cancel finds it unwatched.
+        let cancel = self.runtime.events.watch_cancel(user_message.id);
+
+        // The message is written first: its sequence decides which messages come before it,
+        // and a conversation deleted by any replica ends the turn before the model hears of
+        // it. The write holds the conversation's row until its commit, which waits for the
+        // disk; meanwhile the context is gathered and the model request goes out, but nothing
+        // of the reply reaches anyone before the commit is done. A request with an id may race
+        // its own retry on another replica: its place is final only once the write has
+        // claimed the id (the unique index holds the twin until this transaction ends), so
+        // that the twin calls the model only if this transaction fails to commit.
+        let (placed_tx, placed) = oneshot::channel();
+        let commit =
+            self.store_user_message(request.user, &target, &user_message, &turn, placed_tx);
+        let ask_model = async {
+            let Ok(Some(sequence)) = placed.await else {
+                return Ok(None);
+            };
+            let mut context = self.history_before(request.user, &target, sequence).await?;
+            context.push(recent_message(&user_message));
+            let origin = ReplyOrigin {
+                user: request.user,
+                conversation_id,
+                after: user_message.create_time,
+                request_id: &request.request_id,
+                received_at: request.received_at,
+                bearer: request.bearer.as_ref(),
+                turn: Some(LiveTurn {
+                    key: TurnKey {
+                        turn: user_message.id,
+                        attempt: FIRST_ATTEMPT,
+                    },
+                    detached: request.detached,
+                }),
+                cancel: Some(cancel),
+            };
+            Ok::<_, ChatError>(Some(self.spawn_reply(origin, context, offer, permit)))
+        };
+        let (committed, reply) = tokio::join!(commit, ask_model);
+        let sequence = match committed {
+            Ok(Appended::Committed(sequence)) => sequence,
+            Ok(Appended::Missing) => {
+                self.recent.forget(conversation_id);
+                return Err(ChatError::NotFound("conversation"));
+            }
+            Ok(Appended::Full(limit)) => {
+                return Err(self.runtime.admission.storage_refusal(limit));
+            }
+            Ok(Appended::AwaitingToolResults(until)) => return Err(awaiting_tool_results(until)),
+            // A retry of a request this service has seen is the same turn: found by the write
+            // itself, or, when its twin was let in first meanwhile, by the unique index.
+            Ok(Appended::RequestKeyTaken) | Err(ChatError::Duplicate) => {
+                drop(reply);
+                return self.retried_by_key(request, hash).await;
+            }
+            Err(error) => return Err(error),
+        };
+        let reply = match reply {
+            Ok(Some(reply)) => reply,
+            failed => {
+                // The turn is stored, but nothing will generate it: it ends here, failed, so
+                // that a retry generates it.
+                let key = TurnKey {
+                    turn: user_message.id,
+                    attempt: FIRST_ATTEMPT,
+                };
+                self.end_unstarted(key).await;
+                return Err(failed.err().unwrap_or_else(|| {
+                    ChatError::Internal("a committed message was never placed".to_owned())
+                }));
+            }
+        };
+        self.recent.record(
+            request.user,
+            conversation_id,
+            sequence,
+            recent_message(&user_message),
+        );
+        tracing::info!(
+            request_id = %request.request_id,
+            conversation_id = %conversation_id,
+            user_id = %request.user,
+            model = self.model.name(),
+            "turn started"
+        );
+        Ok(reply.release(Accepted {
+            conversation_id,
+            user_message,
+        }))
+    }
+
+    /// The newest messages before the user's message at `sequence`, oldest first: from memory
+    /// when this replica remembers the conversation exactly up to there, else from the
+    /// database, which is then remembered.
+    async fn history_before(
+        &self,
+        user: UserId,
+        target: &Target,
+        sequence: Revision,
+    ) -> Result<Vec<RecentMessage>, ChatError> {
+        let id = match target {
+            Target::New(_) => {
+                let empty = RecentHistory {
+                    revision: 0,
+                    messages: Vec::new(),
+                };
+                self.recent.remember(user, target.id(), empty);
+                return Ok(Vec::new());
+            }
+            Target::Existing { id, .. } => *id,
+        };
+        let metrics = &self.runtime.metrics;
+        let before = sequence - 1;
+        let source = match self.recent.get(user, id) {
+            Some(remembered) if remembered.revision == before => {
+                metrics.record_history_source(HistorySource::Memory);
+                return Ok(remembered.messages);
+            }
+            // Another turn or replica wrote since: what is remembered is out of date.
+            Some(_) => HistorySource::StaleMemory,
+            None => HistorySource::Database,
+        };
+        metrics.record_history_source(source);
+        let messages = self
+            .store
+            .messages_before(user, id, sequence, self.settings.history_messages)
+            .await?;
+        let context = messages.clone();
+        let history = RecentHistory {
+            revision: before,
+            messages,
+        };
+        self.recent.remember(user, id, history);
+        Ok(context)
+    }
+
+    /// Writes the user's message and, once committed, says what became of it. `placed` hears
+    /// the message's sequence before the commit, or `None` if nothing was written.
+    async fn store_user_message(
+        &self,
+        user: UserId,
+        target: &Target,
+        message: &Message,
+        turn: &NewTurn,
+        placed: oneshot::Sender<Option<Revision>>,
+    ) -> Result<Appended, ChatError> {
+        let limits = self.runtime.admission.storage();
+        let stored = match target {
+            Target::New(conversation) => {
+                let max = limits.conversations_per_user;
+                let created = self
+                    .store
+                    .start_conversation(user, conversation, message, max, turn, placed)
+                    .await
+                    .map_err(duplicate_turn)
+                    .map_err(|e| match e {
+                        Ok(e) => self.runtime.identities.unless_gone(user, e),
+                        Err(duplicate) => duplicate,
+                    })?;
+                return Ok(match created {
+                    UserMessageStored::At(sequence) => Appended::Committed(sequence),
+                    UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
+                    UserMessageStored::Refused(_) => Appended::Full(Limit::UserConversations),
+                });
+            }
+            Target::Existing { title, .. } => {
+                let max = limits.messages_per_conversation;
+                self.store
+                    .append_user_message(user, message, title, max, turn, placed)
+                    .await
+                    .map_err(|e| match duplicate_turn(e) {
+                        Ok(other) => ChatError::from(other),
+                        Err(duplicate) => duplicate,
+                    })?
+            }
+        };
+        // Nothing written: the conversation's state, as it was locked, says why.
+        Ok(match stored {
+            UserMessageStored::At(sequence) => Appended::Committed(sequence),
+            UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
+            UserMessageStored::Refused(None) => Appended::Missing,
+            UserMessageStored::Refused(Some(state)) => match state.awaiting_until {
+                Some(until) if state.awaits_tool_results(message.create_time) => {
+                    Appended::AwaitingToolResults(until)
+                }
+                _ => Appended::Full(Limit::ConversationMessages),
+            },
+        })
+    }
+}
+
+/// A unique violation when a user's message is written means its request id is taken: the
+/// request was let in first elsewhere. `Ok` with any other error.
+fn duplicate_turn(error: StoreError) -> Result<StoreError, ChatError> {
+    match error {
+        StoreError::Duplicate(_) => Err(ChatError::Duplicate),
+        other => Ok(other),
+    }
+}
+
+fn user_message(
+    conversation_id: ConversationId,
+    content: MessageContent,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Message {
+    Message {
+        id: MessageId::generate(),
+        conversation_id,
+        role: Role::User,
+        content: content.into_string(),
+        status: MessageStatus::Complete,
+        create_time: time,
+        tool_calls: Vec::new(),
+    }
+}

@@ -1,0 +1,119 @@
+//! What a turn emits, in order, and how each event is kept in the turn's log, which anyone
+//! may follow.
+
+use bytes::Bytes;
+
+use super::state::{Failure, TurnEnd};
+use crate::{
+    chat::ChatError,
+    domain::{ConversationId, Message, ToolCall, ToolCallStatus},
+    llm::TokenUsage,
+};
+
+/// What the client learns while the reply is generated, in this order.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnEvent {
+    /// The user's message is stored: the turn's first event.
+    Accepted(Accepted),
+    Delta(String),
+    /// A call the model asked for, stored.
+    ToolCall(ToolCall),
+    /// A call's result, stored.
+    ToolResult(ToolResult),
+    Completed(Completion),
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Accepted {
+    pub conversation_id: ConversationId,
+    pub user_message: Message,
+}
+
+/// What became of a tool call.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ToolResult {
+    /// The provider's id for the call, as its `ToolCall` event gave it.
+    pub provider_call_id: String,
+    pub status: ToolCallStatus,
+    pub result: serde_json::Value,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    /// The stored reply.
+    pub message: Message,
+    pub finish_reason: String,
+    pub model: String,
+    pub usage: Option<TokenUsage>,
+}
+
+impl Completion {
+    /// How a turn that completed so ended.
+    pub fn end(&self) -> TurnEnd {
+        TurnEnd::Completed {
+            finish_reason: self.finish_reason.clone(),
+            model: self.model.clone(),
+            usage: self.usage,
+        }
+    }
+}
+
+/// An event with its place in the turn.
+#[derive(Debug)]
+pub struct Sequenced {
+    pub sequence: u64,
+    pub event: TurnEvent,
+}
+
+/// The sequence of `accepted`, a turn's first event.
+pub const ACCEPTED: u64 = 1;
+
+/// An event as a turn's log keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Logged<E, F> {
+    Event(E),
+    Failed(F),
+}
+
+pub(super) fn encode(event: Result<&TurnEvent, &Failure>) -> Bytes {
+    let logged = match event {
+        Ok(event) => Logged::Event(event),
+        Err(failure) => Logged::Failed(failure),
+    };
+    // Serialising these types cannot fail: no maps with non-string keys, no foreign types.
+    Bytes::from(serde_json::to_vec(&logged).unwrap_or_default())
+}
+
+pub(super) fn decode(payload: &[u8]) -> Result<Result<TurnEvent, Failure>, ChatError> {
+    match serde_json::from_slice::<Logged<TurnEvent, Failure>>(payload) {
+        Ok(Logged::Event(event)) => Ok(Ok(event)),
+        Ok(Logged::Failed(failure)) => Ok(Err(failure)),
+        Err(e) => Err(ChatError::Internal(format!(
+            "an unreadable turn event: {e}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_events_read_back_as_they_were_written() {
+        let event = TurnEvent::Delta("héllo".into());
+        match decode(&encode(Ok(&event))) {
+            Ok(Ok(TurnEvent::Delta(text))) => assert_eq!(text, "héllo"),
+            other => panic!("got {other:?}"),
+        }
+        let failure = Failure::Model {
+            summary: "the model timed out".into(),
+            timeout: true,
+        };
+        match decode(&encode(Err(&failure))) {
+            Ok(Err(read)) => assert_eq!(read, failure),
+            other => panic!("got {other:?}"),
+        }
+    }
+}

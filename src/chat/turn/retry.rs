@@ -1,0 +1,185 @@
+//! A request whose id names a turn already is a retry of it: it follows the turn while it is
+//! generated or once it has ended, and generates it again, as its next attempt, if it failed.
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    context::recent_message,
+    events::Accepted,
+    service::{ClientTool, TurnRequest, TurnStream, Turns},
+    spawn::{LiveTurn, ReplyOrigin},
+};
+use crate::{chat::ChatError, domain::ConversationId, events::TurnKey, store::TurnRecord};
+
+/// What a request asked, hashed: a retry must ask the same.
+pub(super) fn request_hash(
+    conversation: Option<ConversationId>,
+    content: &str,
+    tools: &[ClientTool],
+) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    };
+    field(
+        conversation
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    field(content.as_bytes());
+    for tool in tools {
+        field(tool.name.as_bytes());
+        field(tool.description.as_bytes());
+        field(tool.parameters_json.as_bytes());
+    }
+    hash.finalize().to_vec()
+}
+
+impl Turns {
+    /// The turn a request's id names, as its retry gets it (see [`Turns::retried`]).
+    pub(super) async fn retried_by_key(
+        &self,
+        request: TurnRequest,
+        hash: Option<Vec<u8>>,
+    ) -> Result<TurnStream, ChatError> {
+        let (Some(key), Some(hash)) = (&request.request_key, hash) else {
+            return Err(ChatError::Internal(
+                "a request id taken by a request without one".into(),
+            ));
+        };
+        let record = self
+            .store
+            .find_turn_by_request(request.user, key.as_str())
+            .await?
+            // Its conversation was deleted since the id was found taken.
+            .ok_or(ChatError::NotFound("conversation"))?;
+        self.retried(request, record, &hash).await
+    }
+
+    /// The turn a request with a known id started, as its retry gets it: followed while it
+    /// is generated or once it has ended, generated again if it failed.
+    pub(super) async fn retried(
+        &self,
+        request: TurnRequest,
+        record: TurnRecord,
+        hash: &[u8],
+    ) -> Result<TurnStream, ChatError> {
+        if record.request_hash.as_deref() != Some(hash) {
+            return Err(ChatError::invalid(
+                "request_id",
+                "was used for a different request: a retry must send the same conversation_id, \
+                 content and tools",
+            ));
+        }
+        if !record.state.may_generate_again() {
+            tracing::info!(
+                request_id = %request.request_id,
+                turn = %record.user_message.id,
+                state = <&str>::from(record.state),
+                "a retried request follows its turn"
+            );
+            return self.follow(request.user, record, 0);
+        }
+        self.generate_again(request, record).await
+    }
+
+    /// Generates the reply to a stored message again, as its next attempt; follows the turn
+    /// instead if another retry took it first.
+    async fn generate_again(
+        &self,
+        mut request: TurnRequest,
+        record: TurnRecord,
+    ) -> Result<TurnStream, ChatError> {
+        let user = request.user;
+        let turn = record.user_message.id;
+        // Everything that can refuse the retry comes first: once the turn is taken, a reply
+        // task must end it.
+        if self
+            .store
+            .has_later_user_message(user, record.conversation_id, record.sequence)
+            .await?
+        {
+            return Err(ChatError::FailedPrecondition(
+                "the conversation has moved on since this message: send it again with a new \
+                 request_id"
+                    .to_owned(),
+            ));
+        }
+        let offer = self.offer(std::mem::take(&mut request.tools))?;
+        let permit = self.runtime.admission.open_stream(user)?;
+        let mut context = self
+            .store
+            .messages_before(
+                user,
+                record.conversation_id,
+                record.sequence,
+                self.settings.history_messages,
+            )
+            .await?;
+        context.push(recent_message(&record.user_message));
+        // Watched before the turn is taken, so that no cancel finds it unwatched.
+        let cancel = self.runtime.events.watch_cancel(turn);
+        let replica = self.runtime.replica;
+        let Some(attempt) = self
+            .store
+            .retry_turn(user, turn, record.attempt, replica)
+            .await?
+        else {
+            let record = self
+                .store
+                .find_turn(user, turn)
+                .await?
+                .ok_or(ChatError::NotFound("turn"))?;
+            return self.follow(user, record, 0);
+        };
+        let key = TurnKey { turn, attempt };
+        let origin = ReplyOrigin {
+            user,
+            conversation_id: record.conversation_id,
+            // After everything in the conversation now, the earlier attempt's replies included.
+            after: crate::domain::now(),
+            request_id: &request.request_id,
+            received_at: request.received_at,
+            bearer: request.bearer.as_ref(),
+            turn: Some(LiveTurn {
+                key,
+                detached: request.detached,
+            }),
+            cancel: Some(cancel),
+        };
+        let reply = self.spawn_reply(origin, context, offer, permit);
+        tracing::info!(
+            request_id = %request.request_id,
+            turn = %turn,
+            attempt = attempt.get(),
+            "a retried request generates its turn again"
+        );
+        Ok(reply.release(Accepted {
+            conversation_id: record.conversation_id,
+            user_message: record.user_message,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_tells_apart_what_a_retry_must_repeat() {
+        let tool = |name: &str| ClientTool {
+            name: name.into(),
+            description: String::new(),
+            parameters_json: String::new(),
+        };
+        let id = ConversationId::generate();
+        let base = request_hash(Some(id), "hello", &[tool("a")]);
+        assert_eq!(base, request_hash(Some(id), "hello", &[tool("a")]));
+        assert_ne!(base, request_hash(None, "hello", &[tool("a")]));
+        assert_ne!(base, request_hash(Some(id), "hello!", &[tool("a")]));
+        assert_ne!(base, request_hash(Some(id), "hello", &[tool("b")]));
+        assert_ne!(base, request_hash(Some(id), "hello", &[]));
+    }
+}

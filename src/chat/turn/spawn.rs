@@ -1,0 +1,171 @@
+//! Starting the task that generates a reply: its model request goes out at once, its events
+//! are held until the message it answers is committed.
+
+use std::time::Instant;
+
+use secrecy::SecretString;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::{
+    context::build_context,
+    events::{ACCEPTED, Accepted, Sequenced, TurnEvent},
+    offer::Offer,
+    outlet::Outlet,
+    service::{TurnStream, Turns},
+    state::{Failure, TurnEnd},
+    task::{ReplyTask, ToolRounds},
+    telemetry::{TurnLabels, TurnTelemetry},
+};
+use crate::{
+    chat::{ChatError, StreamPermit},
+    domain::{ConversationId, RecentMessage, UserId},
+    events::{CancelWatch, TurnKey},
+};
+
+/// How many events may wait for a slow client before the model is made to wait too.
+const EVENT_BUFFER: usize = 16;
+
+/// A reply task just started, and the means to release it and to hear from it.
+pub(super) struct SpawnedReply {
+    /// Fired once the user message is committed; dropped, it aborts the model request.
+    pub commit: oneshot::Sender<()>,
+    pub events: mpsc::Receiver<Result<Sequenced, ChatError>>,
+    /// The reply's last event (`completed` or an error), when `events` had no room for it: it
+    /// comes after everything `events` holds.
+    pub last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
+}
+
+impl SpawnedReply {
+    /// Lets the reply go (its user message is committed) and returns the events of the turn as
+    /// its client reads them: `accepted`, the reply's, and the last one, when the stream had no
+    /// room for it, after everything else.
+    pub fn release(self, accepted: Accepted) -> TurnStream {
+        let _ = self.commit.send(());
+        use tokio_stream::StreamExt;
+        let accepted = Sequenced {
+            sequence: ACCEPTED,
+            event: TurnEvent::Accepted(accepted),
+        };
+        let last_word = futures_util::stream::once(self.last_word).filter_map(Result::ok);
+        Box::pin(
+            tokio_stream::once(Ok(accepted))
+                .chain(tokio_stream::wrappers::ReceiverStream::new(self.events))
+                .chain(last_word),
+        )
+    }
+}
+
+/// Who a reply is for, where it goes, and the request it answers.
+pub(super) struct ReplyOrigin<'a> {
+    pub user: UserId,
+    pub conversation_id: ConversationId,
+    /// The newest message's time: the reply is stored after it.
+    pub after: chrono::DateTime<chrono::Utc>,
+    pub request_id: &'a str,
+    /// When the request arrived: time to first token is measured from here.
+    pub received_at: Instant,
+    pub bearer: Option<&'a SecretString>,
+    /// The turn the reply is for, if it is one that may be followed.
+    pub turn: Option<LiveTurn>,
+    /// The turn's cancellation, watched from before the turn could be seen.
+    pub cancel: Option<CancelWatch>,
+}
+
+/// A turn being generated: its attempt, and whether it outlives its client.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LiveTurn {
+    pub key: TurnKey,
+    pub detached: bool,
+}
+
+impl Turns {
+    /// Starts the task that relays and stores the reply. It sends the model request at once but
+    /// relays nothing until the returned sender fires, once the user message is committed;
+    /// dropping the sender instead aborts the model request. The task carries the request's
+    /// span, so that its log lines carry the request id.
+    pub(super) fn spawn_reply(
+        &self,
+        request: ReplyOrigin<'_>,
+        context: Vec<RecentMessage>,
+        offer: Offer,
+        permit: StreamPermit,
+    ) -> SpawnedReply {
+        let (sender, events) = mpsc::channel(EVENT_BUFFER);
+        let (commit_tx, committed) = oneshot::channel();
+        let (last_word_tx, last_word) = oneshot::channel();
+        let events_port = &self.runtime.events;
+        let log = request.turn.map(|turn| events_port.open(turn.key));
+        let cancel = request.cancel;
+        let detached = request.turn.is_some_and(|turn| turn.detached);
+        let outlet = Outlet::new(sender, last_word_tx, log, detached);
+        let conversation_id = request.conversation_id;
+        let model_request = build_context(&self.settings, context, offer.specs());
+        // Only a reply that may call tools needs its request again, for the next round.
+        let runs_tools = self.runtime.toolbox.is_configured() || !offer.client.is_empty();
+        let tools = runs_tools.then(|| ToolRounds {
+            toolbox: self.runtime.toolbox.clone(),
+            catalog: offer.catalog,
+            client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
+            results_wait: self.settings.tool_results_timeout,
+            caller: request.bearer.cloned(),
+            model: self.model.clone(),
+            request: model_request.clone(),
+            rounds: 0,
+            max_rounds: self.settings.max_tool_rounds,
+        });
+        let task = ReplyTask {
+            store: self.store.clone(),
+            recent: self.recent.clone(),
+            user: request.user,
+            conversation_id,
+            after: request.after,
+            model_name: self.model.name().to_owned(),
+            shutdown: self.runtime.shutdown.clone(),
+            stall_timeout: self.settings.stream_stall_timeout,
+            permit: Some(permit),
+            outlet,
+            turn: request.turn.map(|turn| turn.key),
+            cancel,
+            tools,
+            metrics: self.runtime.metrics.clone(),
+            answered: 0,
+            ended_in_store: false,
+        };
+        let labels = TurnLabels {
+            request_id: request.request_id.to_owned(),
+            conversation_id,
+            user: request.user,
+        };
+        let telemetry = TurnTelemetry::start(
+            self.runtime.metrics.clone(),
+            labels,
+            self.model.name(),
+            self.model.provider(),
+            request.received_at,
+        );
+        let model = self.model.stream(model_request);
+        let task = task
+            .run(model, committed, telemetry)
+            .instrument(tracing::Span::current());
+        self.runtime.tasks.spawn(task);
+        SpawnedReply {
+            commit: commit_tx,
+            events,
+            last_word,
+        }
+    }
+
+    /// Ends a turn that no reply task took, as failed: a retry generates it.
+    pub(super) async fn end_unstarted(&self, key: TurnKey) {
+        let end = TurnEnd::Failed(Failure::Unavailable);
+        let outcome = serde_json::to_value(&end).unwrap_or_default();
+        if let Err(error) = self
+            .store
+            .end_turn(key.turn, key.attempt, end.state(), &outcome)
+            .await
+        {
+            tracing::warn!(turn = %key.turn, error = %error, "ending a turn that never started failed");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The task that carries one reply from the model to the client and into the database: what
+//! it holds, and the small things every step of it does.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::{events::TurnEvent, outlet::Outlet, relay::Stops};
+use crate::{
+    chat::{ChatError, RecentContexts, StreamPermit},
+    domain::{ConversationId, Message, MessageId, MessageStatus, Role, ToolCall, UserId, now},
+    events::{CancelWatch, TurnKey},
+    llm::{ChatModel, ModelRequest, TokenUsage},
+    store::Store,
+    telemetry::metrics::Metrics,
+    tools::{Catalog, Toolbox},
+};
+
+pub(super) struct ReplyTask {
+    pub store: Store,
+    pub recent: Arc<RecentContexts>,
+    pub user: UserId,
+    pub conversation_id: ConversationId,
+    /// The time of the newest message stored by the turn: the next is stored after it.
+    pub after: chrono::DateTime<chrono::Utc>,
+    pub model_name: String,
+    /// Cancelled when the shutdown grace period is over.
+    pub shutdown: CancellationToken,
+    /// How long the client may take nothing before it is cut off.
+    pub stall_timeout: Duration,
+    /// Counts the reply against its user's and the replica's stream limits while it runs.
+    pub permit: Option<StreamPermit>,
+    /// Where the reply's events go.
+    pub outlet: Outlet,
+    /// The turn the reply is for, when it may be followed, resumed and cancelled.
+    pub turn: Option<TurnKey>,
+    /// Cancelled when anyone cancels the turn.
+    pub cancel: Option<CancelWatch>,
+    /// When the service runs the tools the model calls: what it needs for that.
+    pub tools: Option<ToolRounds>,
+    pub metrics: Arc<Metrics>,
+    /// How many tool results the reply has sent: the next one's place among them.
+    pub answered: i32,
+    /// Whether the turn's end was stored with its last reply.
+    pub ended_in_store: bool,
+}
+
+/// What a reply needs to run the tools its model calls.
+pub(super) struct ToolRounds {
+    pub toolbox: Arc<Toolbox>,
+    /// The tools offered when the turn began; the rounds of one reply keep them.
+    pub catalog: Arc<Catalog>,
+    /// The names of the tools the client runs: a call of one ends the reply, awaiting its result.
+    pub client_tools: HashSet<String>,
+    /// How long a reply waits for the client's results.
+    pub results_wait: Duration,
+    /// The caller's bearer token, for servers that act on the caller's behalf.
+    pub caller: Option<SecretString>,
+    pub model: Arc<dyn ChatModel>,
+    /// The context so far: the next round's request.
+    pub request: ModelRequest,
+    /// Rounds of tool calls run so far.
+    pub rounds: u32,
+    pub max_rounds: u32,
+}
+
+impl ToolRounds {
+    /// When the wait for the client's results, beginning now, is over.
+    pub fn results_deadline(&self) -> chrono::DateTime<chrono::Utc> {
+        let now = now();
+        chrono::Duration::from_std(self.results_wait)
+            .ok()
+            .and_then(|wait| now.checked_add_signed(wait))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+}
+
+impl ReplyTask {
+    pub(super) fn stops(&self) -> Stops {
+        Stops {
+            cancel: self
+                .cancel
+                .as_ref()
+                .map_or_else(CancellationToken::new, |watch| watch.token().clone()),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Logs the event and tells the client (see [`Outlet::tell`](super::journal::Outlet)).
+    pub(super) async fn tell(&mut self, event: Result<TurnEvent, ChatError>) {
+        self.outlet
+            .tell(event, self.stall_timeout, &self.shutdown)
+            .await;
+    }
+
+    pub(super) fn reply(
+        &self,
+        content: String,
+        calls: Vec<ToolCall>,
+        status: MessageStatus,
+    ) -> Message {
+        // Strictly after the user's message, even if the clock stepped back meanwhile.
+        let create_time = now().max(self.after + chrono::Duration::microseconds(1));
+        Message {
+            id: MessageId::generate(),
+            conversation_id: self.conversation_id,
+            role: Role::Assistant,
+            content,
+            status,
+            create_time,
+            tool_calls: calls,
+        }
+    }
+}
+
+/// Usage summed over the rounds of a reply that report it.
+pub(super) fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage> {
+    match (total, more) {
+        (Some(total), Some(more)) => Some(TokenUsage {
+            input_tokens: total.input_tokens.saturating_add(more.input_tokens),
+            output_tokens: total.output_tokens.saturating_add(more.output_tokens),
+        }),
+        (total, more) => total.or(more),
+    }
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_summed_over_the_rounds_that_report_it() {
+        let usage = |input, output| {
+            Some(TokenUsage {
+                input_tokens: input,
+                output_tokens: output,
+            })
+        };
+        assert_eq!(add(usage(10, 2), usage(15, 3)), usage(25, 5));
+        assert_eq!(add(None, usage(1, 1)), usage(1, 1));
+        assert_eq!(add(usage(1, 1), None), usage(1, 1));
+        assert_eq!(add(usage(u32::MAX, 0), usage(1, 0)), usage(u32::MAX, 0));
+        assert_eq!(add(None, None), None);
+    }
+}
