@@ -10,7 +10,9 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
-use super::{Operation, Store, StoreError, models::Stored, statement::fixed, turns::JsonToolCall};
+use super::{
+    Operation, Store, StoreError, TurnEnding, models::Stored, statement::fixed, turns::JsonToolCall,
+};
 use crate::domain::{
     Attempt, ConversationId, Message, MessageId, MessageStatus, Revision, Role, TurnState, UserId,
 };
@@ -217,39 +219,15 @@ impl Store {
         .await
     }
 
-    /// Records how the turn's `attempt` ended, unless it ended already (a replica that took it
-    /// over for a lapsed lease ended it first).
+    /// Records how the turn's `attempt` ended, if it is still in state `from`: a replica that
+    /// took it over for a lapsed lease may have ended it first; the replica that took it over
+    /// settles it from `Interrupted`.
     pub async fn end_turn(
         &self,
         turn: MessageId,
         attempt: Attempt,
-        state: TurnState,
-        outcome: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.record_end(turn, attempt, TurnState::Generating, state, outcome)
-            .await
-    }
-
-    /// Records how a turn that was taken over as interrupted ended: as its log says, or as lost.
-    pub async fn settle_lapsed(
-        &self,
-        turn: MessageId,
-        attempt: Attempt,
-        state: TurnState,
-        outcome: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.record_end(turn, attempt, TurnState::Interrupted, state, outcome)
-            .await
-    }
-
-    /// Moves the turn's `attempt` from state `from` to `state`, with its outcome.
-    async fn record_end(
-        &self,
-        turn: MessageId,
-        attempt: Attempt,
         from: TurnState,
-        state: TurnState,
-        outcome: &serde_json::Value,
+        end: TurnEnding<'_>,
     ) -> Result<(), StoreError> {
         self.run(END, async |conn| {
             fixed(
@@ -258,8 +236,8 @@ impl Store {
             )
             .bind::<SqlUuid, _>(turn.as_uuid())
             .bind::<Integer, _>(attempt.get())
-            .bind::<Text, _>(<&str>::from(state))
-            .bind::<Jsonb, _>(outcome)
+            .bind::<Text, _>(<&str>::from(end.state))
+            .bind::<Jsonb, _>(end.outcome)
             .bind::<Text, _>(<&str>::from(from))
             .execute(conn)
             .await?;

@@ -268,6 +268,7 @@ async fn a_user_deleted_behind_the_services_back_starts_afresh_on_retry() {
 #[tokio::test]
 async fn a_tool_call_is_announced_only_once_stored() {
     use super::support::{database::execute, wait::eventually};
+    super::support::logs::capture();
     let fake = FakeLlm::start().await;
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     fake.script([Script::Gated {
@@ -357,4 +358,15 @@ async fn a_tool_call_is_announced_only_once_stored() {
         "a tool call that was never stored was announced: {events:?}"
     );
     assert!(events.iter().any(|e| matches!(e, Event::Delta(_))));
+    // Operators see what became of it: not a completed turn.
+    let turn_ended = || {
+        super::support::logs::lines_containing(&conversation)
+            .into_iter()
+            .find(|line| line["message"] == "turn ended")
+    };
+    eventually("the turn's end is logged", || async {
+        turn_ended().is_some()
+    })
+    .await;
+    assert_eq!(turn_ended().unwrap()["outcome"], "conversation_deleted");
 }

@@ -7,17 +7,18 @@ use tokio::sync::oneshot;
 use super::{
     context::recent_message,
     events::Accepted,
+    offer::Offer,
     retry::request_hash,
     service::{TurnRequest, TurnStream, Turns},
-    spawn::{LiveTurn, ReplyOrigin},
+    spawn::{LiveTurn, ReplyOrigin, SpawnedReply},
 };
 use crate::{
-    chat::{ChatError, Limit},
+    chat::{ChatError, Limit, StreamPermit},
     domain::{
         Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent, MessageId,
         MessageStatus, RecentHistory, RecentMessage, Revision, Role, Title, UserId, now,
     },
-    events::TurnKey,
+    events::{CancelWatch, TurnKey},
     store::{NewTurn, StoreError, UserMessageStored},
     telemetry::metrics::HistorySource,
 };
@@ -29,6 +30,21 @@ fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
          SubmitToolResults, or send this message after {}",
         until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     ))
+}
+
+/// A turn whose request passed every check that needs no database: what is written.
+struct Admitted {
+    target: Target,
+    user_message: Message,
+    turn: NewTurn,
+}
+
+/// What the turn's reply is made with, once its message has its place.
+struct ReplyMakings {
+    offer: Offer,
+    /// Counts the reply against the user's and the replica's stream limits.
+    permit: StreamPermit,
+    cancel: CancelWatch,
 }
 
 /// What became of the user's message.
@@ -66,41 +82,13 @@ impl Target {
 
 impl Turns {
     pub async fn start(&self, mut request: TurnRequest) -> Result<TurnStream, ChatError> {
-        let text = std::mem::take(&mut request.content);
-        let content = MessageContent::parse(text, self.settings.max_message_chars)
-            .map_err(|e| ChatError::invalid("content", e))?;
-        let hash = request
-            .request_key
-            .as_ref()
-            .map(|_| request_hash(request.conversation, content.as_str(), &request.tools));
-        // The request keeps its tools: a retry of a failed turn offers them again.
-        let offer = self.offer(request.tools.clone())?;
-        // Held by the reply task until the reply ends.
-        let permit = self.runtime.admission.open_stream(request.user)?;
-        let time = now();
-        let title = Title::from_first_message(content.as_str());
-        let target = match request.conversation {
-            None => Target::New(Conversation {
-                id: ConversationId::generate(),
-                title,
-                create_time: time,
-                update_time: time,
-            }),
-            Some(id) => Target::Existing { id, title },
-        };
+        let (admitted, makings) = self.admit(&mut request)?;
+        let Admitted {
+            target,
+            user_message,
+            turn,
+        } = &admitted;
         let conversation_id = target.id();
-        let user_message = user_message(conversation_id, content, time);
-        let turn = NewTurn {
-            request_key: request
-                .request_key
-                .as_ref()
-                .map(|key| key.as_str().to_owned()),
-            request_hash: hash.clone(),
-            replica: self.runtime.replica,
-        };
-        // Watched before the turn is committed, so that no cancel finds it unwatched.
-        let cancel = self.runtime.events.watch_cancel(user_message.id);
-
         // The message is written first: its sequence decides which messages come before it,
         // and a conversation deleted by any replica ends the turn before the model hears of
         // it. The write holds the conversation's row until its commit, which waits for the
@@ -110,66 +98,26 @@ impl Turns {
         // claimed the id (the unique index holds the twin until this transaction ends), so
         // that the twin calls the model only if this transaction fails to commit.
         let (placed_tx, placed) = oneshot::channel();
-        let commit =
-            self.store_user_message(request.user, &target, &user_message, &turn, placed_tx);
-        let ask_model = async {
-            let Ok(Some(sequence)) = placed.await else {
-                return Ok(None);
-            };
-            let mut context = self.history_before(request.user, &target, sequence).await?;
-            context.push(recent_message(&user_message));
-            let origin = ReplyOrigin {
-                user: request.user,
-                conversation_id,
-                after: user_message.create_time,
-                request_id: &request.request_id,
-                received_at: request.received_at,
-                bearer: request.bearer.as_ref(),
-                turn: Some(LiveTurn {
-                    key: TurnKey {
-                        turn: user_message.id,
-                        attempt: FIRST_ATTEMPT,
-                    },
-                    detached: request.detached,
-                }),
-                cancel: Some(cancel),
-            };
-            Ok::<_, ChatError>(Some(self.spawn_reply(origin, context, offer, permit)))
-        };
+        let commit = self.store_user_message(request.user, target, user_message, turn, placed_tx);
+        let ask_model = self.ask_model(&request, &admitted, placed, makings);
         let (committed, reply) = tokio::join!(commit, ask_model);
         let sequence = match committed {
             Ok(Appended::Committed(sequence)) => sequence,
-            Ok(Appended::Missing) => {
-                self.recent.forget(conversation_id);
-                return Err(ChatError::NotFound("conversation"));
-            }
-            Ok(Appended::Full(limit)) => {
-                return Err(self.runtime.admission.storage_refusal(limit));
-            }
-            Ok(Appended::AwaitingToolResults(until)) => return Err(awaiting_tool_results(until)),
             // A retry of a request this service has seen is the same turn: found by the write
             // itself, or, when its twin was let in first meanwhile, by the unique index.
             Ok(Appended::RequestKeyTaken) | Err(ChatError::Duplicate) => {
                 drop(reply);
+                let hash = admitted.turn.request_hash;
                 return self.retried_by_key(request, hash).await;
             }
+            Ok(refused) => return Err(self.refusal(conversation_id, refused)),
             Err(error) => return Err(error),
         };
         let reply = match reply {
             Ok(Some(reply)) => reply,
-            failed => {
-                // The turn is stored, but nothing will generate it: it ends here, failed, so
-                // that a retry generates it.
-                let key = TurnKey {
-                    turn: user_message.id,
-                    attempt: FIRST_ATTEMPT,
-                };
-                self.end_unstarted(key).await;
-                return Err(failed.err().unwrap_or_else(|| {
-                    ChatError::Internal("a committed message was never placed".to_owned())
-                }));
-            }
+            failed => return Err(self.never_started(user_message.id, failed.err()).await),
         };
+        let Admitted { user_message, .. } = admitted;
         self.recent.record(
             request.user,
             conversation_id,
@@ -187,6 +135,121 @@ impl Turns {
             conversation_id,
             user_message,
         }))
+    }
+
+    /// Checks everything about the request that needs no database, and makes the turn's
+    /// message and record; the request keeps its tools, so that a retry of a failed turn
+    /// offers them again.
+    fn admit(&self, request: &mut TurnRequest) -> Result<(Admitted, ReplyMakings), ChatError> {
+        let text = std::mem::take(&mut request.content);
+        let content = MessageContent::parse(text, self.settings.max_message_chars)
+            .map_err(|e| ChatError::invalid("content", e))?;
+        let request_hash = request
+            .request_key
+            .as_ref()
+            .map(|_| request_hash(request.conversation, content.as_str(), &request.tools));
+        let offer = self.offer(request.tools.clone())?;
+        // Held by the reply task until the reply ends.
+        let permit = self.runtime.admission.open_stream(request.user)?;
+        let time = now();
+        let title = Title::from_first_message(content.as_str());
+        let target = match request.conversation {
+            None => Target::New(Conversation {
+                id: ConversationId::generate(),
+                title,
+                create_time: time,
+                update_time: time,
+            }),
+            Some(id) => Target::Existing { id, title },
+        };
+        let user_message = user_message(target.id(), content, time);
+        let turn = NewTurn {
+            request_key: request.request_key.as_ref().map(|k| k.as_str().to_owned()),
+            request_hash,
+            replica: self.runtime.replica,
+        };
+        // Watched before the turn is committed, so that no cancel finds it unwatched.
+        let cancel = self.runtime.events.watch_cancel(user_message.id);
+        let admitted = Admitted {
+            target,
+            user_message,
+            turn,
+        };
+        Ok((
+            admitted,
+            ReplyMakings {
+                offer,
+                permit,
+                cancel,
+            },
+        ))
+    }
+
+    /// Once the user's message has its place, gathers the context before it and starts the
+    /// reply; `None` if the message was not placed.
+    async fn ask_model(
+        &self,
+        request: &TurnRequest,
+        admitted: &Admitted,
+        placed: oneshot::Receiver<Option<Revision>>,
+        makings: ReplyMakings,
+    ) -> Result<Option<SpawnedReply>, ChatError> {
+        let Ok(Some(sequence)) = placed.await else {
+            return Ok(None);
+        };
+        let Admitted {
+            target,
+            user_message,
+            ..
+        } = admitted;
+        let mut context = self.history_before(request.user, target, sequence).await?;
+        context.push(recent_message(user_message));
+        let origin = ReplyOrigin {
+            user: request.user,
+            conversation_id: target.id(),
+            after: user_message.create_time,
+            request_id: &request.request_id,
+            received_at: request.received_at,
+            bearer: request.bearer.as_ref(),
+            turn: Some(LiveTurn {
+                key: TurnKey {
+                    turn: user_message.id,
+                    attempt: FIRST_ATTEMPT,
+                },
+                detached: request.detached,
+            }),
+            cancel: Some(makings.cancel),
+        };
+        let ReplyMakings { offer, permit, .. } = makings;
+        Ok(Some(self.spawn_reply(origin, context, offer, permit)))
+    }
+
+    /// What a client is told of a message that was not stored.
+    fn refusal(&self, conversation: ConversationId, refused: Appended) -> ChatError {
+        match refused {
+            Appended::Missing => {
+                self.recent.forget(conversation);
+                ChatError::NotFound("conversation")
+            }
+            Appended::Full(limit) => self.runtime.admission.storage_refusal(limit),
+            Appended::AwaitingToolResults(until) => awaiting_tool_results(until),
+            Appended::Committed(_) | Appended::RequestKeyTaken => {
+                ChatError::Internal("a stored message taken for a refused one".to_owned())
+            }
+        }
+    }
+
+    /// Ends a turn whose message is stored but whose reply never started, as failed, so that
+    /// a retry generates it. Returns what its client is told.
+    async fn never_started(&self, turn: MessageId, error: Option<ChatError>) -> ChatError {
+        self.end_unstarted(TurnKey {
+            turn,
+            attempt: FIRST_ATTEMPT,
+        })
+        .await;
+        error.unwrap_or_else(|| {
+            ChatError::Internal("a committed message was never placed".to_owned())
+        })
     }
 
     /// The newest messages before the user's message at `sequence`, oldest first: from memory

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{ConversationId, MessageId, ToolCallStatus, UserId, now},
+    domain::{ConversationId, MessageId, Revision, ToolCall, ToolCallStatus, UserId, now},
     store::{GivenResult, Submitted},
 };
 
@@ -70,6 +70,62 @@ fn some_ids(ids: &[String]) -> String {
     shown.join(", ")
 }
 
+/// The stored calls of a submission that was taken, or what its client is told.
+fn accepted_submission(submitted: Submitted) -> Result<(Revision, Vec<ToolCall>), ChatError> {
+    match submitted {
+        Submitted::Stored { revision, calls } => Ok((revision, calls)),
+        Submitted::NoConversation => Err(ChatError::NotFound("conversation")),
+        Submitted::NotAwaited => Err(ChatError::FailedPrecondition(
+            "the message awaits no tool results: they were given already, or it called \
+                 none of your tools"
+                .to_owned(),
+        )),
+        Submitted::StillRunning => Err(ChatError::FailedPrecondition(
+            "the reply is still running the service's own tools of that round: give the \
+                 results once its stream has ended with completed"
+                .to_owned(),
+        )),
+        Submitted::Overdue => Err(ChatError::FailedPrecondition(
+            "the wait for these tool results is over (CHAT_TOOL_RESULTS_TIMEOUT): send a \
+                 new message instead"
+                .to_owned(),
+        )),
+        Submitted::Mismatch {
+            unexpected,
+            missing,
+        } => {
+            let mut problems = Vec::new();
+            if !unexpected.is_empty() {
+                problems.push(format!(
+                    "no call that awaits your result has the id {}, or it was given twice",
+                    some_ids(&unexpected)
+                ));
+            }
+            if !missing.is_empty() {
+                problems.push(format!("no result for {}", some_ids(&missing)));
+            }
+            Err(ChatError::invalid("results", problems.join("; ")))
+        }
+    }
+}
+
+/// The results as they were stored, of the calls `given` answered, in the message's order.
+fn results_given(calls: &[ToolCall], given: &[GivenResult]) -> Vec<ToolResult> {
+    calls
+        .iter()
+        .filter(|call| {
+            given
+                .iter()
+                .any(|g| g.provider_call_id == call.provider_call_id)
+        })
+        .map(|call| ToolResult {
+            provider_call_id: call.provider_call_id.clone(),
+            status: call.status,
+            result: call.result.clone().unwrap_or(serde_json::Value::Null),
+        })
+        .collect()
+}
+
 impl Turns {
     /// Stores the client's results for the calls a reply awaits and goes on with the reply.
     pub async fn submit_tool_results(
@@ -89,62 +145,10 @@ impl Turns {
                 now(),
             )
             .await?;
-        let (revision, calls) = match submitted {
-            Submitted::Stored { revision, calls } => (revision, calls),
-            Submitted::NoConversation => return Err(ChatError::NotFound("conversation")),
-            Submitted::NotAwaited => {
-                return Err(ChatError::FailedPrecondition(
-                    "the message awaits no tool results: they were given already, or it called \
-                     none of your tools"
-                        .to_owned(),
-                ));
-            }
-            Submitted::StillRunning => {
-                return Err(ChatError::FailedPrecondition(
-                    "the reply is still running the service's own tools of that round: give the \
-                     results once its stream has ended with completed"
-                        .to_owned(),
-                ));
-            }
-            Submitted::Overdue => {
-                return Err(ChatError::FailedPrecondition(
-                    "the wait for these tool results is over (CHAT_TOOL_RESULTS_TIMEOUT): send a \
-                     new message instead"
-                        .to_owned(),
-                ));
-            }
-            Submitted::Mismatch {
-                unexpected,
-                missing,
-            } => {
-                let mut problems = Vec::new();
-                if !unexpected.is_empty() {
-                    problems.push(format!(
-                        "no call that awaits your result has the id {}, or it was given twice",
-                        some_ids(&unexpected)
-                    ));
-                }
-                if !missing.is_empty() {
-                    problems.push(format!("no result for {}", some_ids(&missing)));
-                }
-                return Err(ChatError::invalid("results", problems.join("; ")));
-            }
-        };
+        let (revision, calls) = accepted_submission(submitted)?;
         // What this replica remembers of the conversation lacks the results.
         self.recent.forget(request.conversation);
-        let results = calls
-            .iter()
-            .filter(|call| {
-                given
-                    .iter()
-                    .any(|g| g.provider_call_id == call.provider_call_id)
-            })
-            .map(|call| ToolResult {
-                provider_call_id: call.provider_call_id.clone(),
-                status: call.status,
-                result: call.result.clone().unwrap_or(serde_json::Value::Null),
-            })
-            .collect();
+        let results = results_given(&calls, &given);
         let context = self
             .store
             .messages_before(

@@ -13,10 +13,11 @@ use super::{
     events::{ACCEPTED, Accepted, Sequenced, TurnEvent, decode},
     replay::replay,
     service::{TurnStream, Turns},
+    state::RecordState,
 };
 use crate::{
     chat::ChatError,
-    domain::{MessageId, TurnState, UserId},
+    domain::{MessageId, UserId},
     events::{EventsError, Read, TurnKey},
     store::TurnRecord,
 };
@@ -59,15 +60,12 @@ impl Turns {
             .find_turn(user, message)
             .await?
             .ok_or(ChatError::NotFound("turn"))?;
-        if record.state == TurnState::Generating {
+        if RecordState::of(&record) == RecordState::Generating {
             // Refused now, rather than in the stream, if nobody here can follow it.
             let events = &self.runtime.events;
             if !events.is_shared() && !events.generates(live_key(&record)) {
                 let fresh = self.store.find_turn(user, message).await?;
-                if fresh
-                    .as_ref()
-                    .is_some_and(|r| r.state == TurnState::Generating)
-                {
+                if fresh.as_ref().map(RecordState::of) == Some(RecordState::Generating) {
                     return Err(events_error(EventsError::Elsewhere));
                 }
             }
@@ -83,7 +81,7 @@ impl Turns {
             .find_turn(user, message)
             .await?
             .ok_or(ChatError::NotFound("turn"))?;
-        if record.state != TurnState::Generating {
+        if RecordState::of(&record) != RecordState::Generating {
             return Ok(());
         }
         let key = live_key(&record);
@@ -118,7 +116,7 @@ impl Turns {
             // The turn's end is stored, or is about to be.
             loop {
                 match self.store.find_turn(user, message).await {
-                    Ok(Some(record)) if record.state == TurnState::Generating => {}
+                    Ok(Some(record)) if RecordState::of(&record) == RecordState::Generating => {}
                     _ => return,
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -168,7 +166,7 @@ impl Turns {
     async fn follow_into(
         &self,
         user: UserId,
-        mut record: TurnRecord,
+        record: TurnRecord,
         after: u64,
         sender: &mpsc::Sender<Result<Sequenced, ChatError>>,
     ) {
@@ -193,49 +191,18 @@ impl Turns {
             }
             cursor = ACCEPTED;
         }
-        if record.state == TurnState::Generating {
-            match self.follow_live(user, &record, &mut cursor, sender).await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(error) => {
-                    let _ = send(Err(error)).await;
-                    return;
-                }
+        let ended = match self
+            .follow_while_live(user, record, &mut cursor, sender)
+            .await
+        {
+            Ok(Some(ended)) => ended,
+            Ok(None) => return,
+            Err(error) => {
+                let _ = send(Err(error)).await;
+                return;
             }
-            record = match self.store.find_turn(user, record.user_message.id).await {
-                Ok(Some(fresh)) if fresh.attempt == record.attempt => fresh,
-                Ok(Some(_)) => {
-                    let _ = send(Err(ChatError::FailedPrecondition(
-                        "the turn is being generated again: resume it from sequence 0".into(),
-                    )))
-                    .await;
-                    return;
-                }
-                Ok(None) => {
-                    let _ = send(Err(ChatError::NotFound("turn"))).await;
-                    return;
-                }
-                Err(error) => {
-                    let _ = send(Err(error.into())).await;
-                    return;
-                }
-            };
-        }
-        let replies = if record.state == TurnState::Generating {
-            Err(ChatError::Unavailable(
-                "the turn is still generating, but its events cannot be read".to_owned(),
-            ))
-        } else {
-            self.store
-                .turn_replies(user, &record)
-                .await
-                .map_err(ChatError::from)
         };
-        let events = match replies {
-            Ok(replies) => replay(&record, replies),
-            Err(error) => vec![Err(error)],
-        };
-        for event in events {
+        for event in self.replayed(user, &ended).await {
             let sequence = match &event {
                 Ok(sequenced) => sequenced.sequence,
                 Err(_) => u64::MAX,
@@ -243,6 +210,47 @@ impl Turns {
             if sequence > cursor && !send(event).await {
                 return;
             }
+        }
+    }
+
+    /// Follows a turn that is generating live, from `cursor`. `None` once its last event was
+    /// sent; else the turn's record as it is once it has ended, to replay the rest from.
+    async fn follow_while_live(
+        &self,
+        user: UserId,
+        record: TurnRecord,
+        cursor: &mut u64,
+        sender: &mpsc::Sender<Result<Sequenced, ChatError>>,
+    ) -> Result<Option<TurnRecord>, ChatError> {
+        if RecordState::of(&record) != RecordState::Generating {
+            return Ok(Some(record));
+        }
+        if self.follow_live(user, &record, cursor, sender).await? {
+            return Ok(None);
+        }
+        match self.store.find_turn(user, record.user_message.id).await? {
+            Some(fresh) if fresh.attempt == record.attempt => Ok(Some(fresh)),
+            Some(_) => Err(ChatError::FailedPrecondition(
+                "the turn is being generated again: resume it from sequence 0".into(),
+            )),
+            None => Err(ChatError::NotFound("turn")),
+        }
+    }
+
+    /// A turn that has ended, replayed from the database.
+    async fn replayed(
+        &self,
+        user: UserId,
+        record: &TurnRecord,
+    ) -> Vec<Result<Sequenced, ChatError>> {
+        if RecordState::of(record) == RecordState::Generating {
+            return vec![Err(ChatError::Unavailable(
+                "the turn is still generating, but its events cannot be read".to_owned(),
+            ))];
+        }
+        match self.store.turn_replies(user, record).await {
+            Ok(replies) => replay(record, replies),
+            Err(error) => vec![Err(error.into())],
         }
     }
 
@@ -272,21 +280,14 @@ impl Turns {
                         return Ok(true);
                     }
                     let fresh = self.store.find_turn(user, record.user_message.id).await?;
-                    match fresh {
-                        Some(fresh)
-                            if fresh.state == TurnState::Generating
-                                && fresh.attempt == record.attempt =>
-                        {
-                            continue;
-                        }
+                    let same_attempt = fresh.as_ref().is_some_and(|f| f.attempt == record.attempt);
+                    match fresh.as_ref().map(RecordState::of) {
+                        Some(RecordState::Generating) if same_attempt => continue,
                         // Another replica is taking the turn over from its stopped replica:
                         // its last event, once what it streamed is stored, comes through the
                         // log. A while at most, should that replica stop too.
-                        Some(fresh)
-                            if fresh.state == TurnState::Interrupted
-                                && fresh.outcome.is_none()
-                                && fresh.attempt == record.attempt
-                                && takeover_waits < TAKEOVER_WAITS =>
+                        Some(RecordState::TakingOver)
+                            if same_attempt && takeover_waits < TAKEOVER_WAITS =>
                         {
                             takeover_waits += 1;
                             continue;

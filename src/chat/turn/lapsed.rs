@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     events::{ACCEPTED, TurnEvent, decode, encode},
+    persist::record_end,
     service::Turns,
     state::{Failure, TurnEnd},
 };
@@ -169,12 +170,7 @@ impl Turns {
 
     /// Stores how a turn taken over as interrupted ended.
     async fn settle_lapsed(&self, key: TurnKey, end: &TurnEnd) {
-        let outcome = serde_json::to_value(end).unwrap_or_default();
-        if let Err(error) = self
-            .store
-            .settle_lapsed(key.turn, key.attempt, end.state(), &outcome)
-            .await
-        {
+        if let Err(error) = record_end(&self.store, key, TurnState::Interrupted, end).await {
             tracing::warn!(turn = %key.turn, error = %error, "storing a lost turn's end failed");
         }
     }

@@ -6,7 +6,8 @@
 //! - A reply, carried by a task of its own ([`task`]): its events are numbered and delivered
 //!   ([`outlet`]) and observed ([`telemetry`]); each model round is relayed ([`relay`]); its
 //!   writes are one store call each ([`persist`]); its end is settled ([`outcome`]) unless it
-//!   calls tools ([`tool_round`]); [`driver`] runs it from the commit to the end.
+//!   calls tools, planned ([`round_plan`]) and run ([`tool_round`]); [`driver`] runs it from
+//!   the commit to the end.
 //! - Entry points, each starting a reply or following one: the tools offered ([`offer`]),
 //!   starting the reply task ([`spawn`]), a turn replayed from storage ([`replay`]) or followed
 //!   live ([`follow`]), a retry of a request ([`retry`]), a new turn ([`admit`]), turns whose
@@ -30,6 +31,7 @@ mod persist;
 mod relay;
 mod replay;
 mod retry;
+mod round_plan;
 mod service;
 mod spawn;
 mod state;

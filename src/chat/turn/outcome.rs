@@ -5,73 +5,80 @@ use super::{
     events::{Completion, TurnEvent},
     persist::Stored,
     relay::{Ending, Relayed, tool_call},
-    state::{Failure, TurnEnd},
+    state::{Failure, Outcome, RecordedEnd, TurnEnd},
     task::ReplyTask,
 };
 use crate::{
     chat::ChatError,
     domain::{MessageStatus, ToolCall, ToolCallStatus},
-    store::{StoreError, TurnEnding},
+    store::StoreError,
     tools::{ToolFailure, ToolOutcome},
 };
 
 impl ReplyTask {
-    /// Stores the reply as its ending calls for and tells the client. Returns the outcome's
-    /// label for logs.
-    pub(super) async fn settle(&mut self, relayed: Relayed) -> &'static str {
-        let result = match relayed.ending {
+    /// Stores the reply as its ending calls for and tells the client.
+    pub(super) async fn settle(&mut self, relayed: Relayed) -> Outcome {
+        let settled = match relayed.ending {
             Ending::Failed(error) => {
-                let label = error.kind();
+                let outcome = Outcome::ModelFailed(error.kind());
                 self.tell(Err(ChatError::from(error))).await;
-                return label;
+                return outcome;
             }
-            Ending::Cancelled | Ending::Interrupted | Ending::Stalled => {
-                let (label, error) = match relayed.ending {
-                    Ending::Interrupted => ("interrupted", ChatError::ShuttingDown),
-                    Ending::Stalled => ("stalled", ChatError::NotRead),
-                    _ => ("cancelled", ChatError::Cancelled),
-                };
-                // Tool calls are only complete at the end of a reply; a cut-off reply has none.
-                let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
-                // The turn ends with the reply's write, as a complete one does: a replica that
-                // took the turn over after it would otherwise store its text a second time.
-                let end = TurnEnd::Failed(Failure::of(&error));
-                let outcome = serde_json::to_value(&end).unwrap_or_default();
-                let ends = TurnEnding {
-                    state: end.state(),
-                    outcome: &outcome,
-                };
-                match self
-                    .store_and_remember(&reply, &relayed.deltas, Some(ends))
+            Ending::Cancelled => {
+                self.cut_off(relayed, Outcome::Cancelled, ChatError::Cancelled)
                     .await
-                {
-                    Ok(Stored::TakenOver) => Ok(self.taken_over().await),
-                    Ok(stored) => {
-                        self.ended_in_store =
-                            self.turn.is_some() && !matches!(stored, Stored::ConversationGone);
-                        match error {
-                            // The client is not reading: it learns why when it does.
-                            ChatError::NotRead => self.outlet.leave_last(error),
-                            // Those who follow the turn learn it ended; a client that went
-                            // away hears nothing.
-                            error => self.tell(Err(error)).await,
-                        }
-                        Ok(label)
-                    }
-                    Err(error) => Err(error),
-                }
+            }
+            Ending::Interrupted => {
+                self.cut_off(relayed, Outcome::Interrupted, ChatError::ShuttingDown)
+                    .await
+            }
+            Ending::Stalled => {
+                self.cut_off(relayed, Outcome::Stalled, ChatError::NotRead)
+                    .await
             }
             Ending::Finished => self.finish(relayed).await,
         };
-        match result {
-            Ok(label) => label,
+        match settled {
+            Ok(outcome) => outcome,
             Err(error) => self.storage_failed(error).await,
         }
     }
 
+    /// Stores a reply cut off before its end as cancelled, and tells whoever follows the turn
+    /// `error`. The turn ends with the reply's write, as a complete one does: a replica that
+    /// took the turn over after it would otherwise store its text a second time.
+    async fn cut_off(
+        &mut self,
+        relayed: Relayed,
+        outcome: Outcome,
+        error: ChatError,
+    ) -> Result<Outcome, StoreError> {
+        // Tool calls are only complete at the end of a reply; a cut-off reply has none.
+        let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
+        let end = RecordedEnd::from(&TurnEnd::Failed(Failure::of(&error)));
+        let stored = self
+            .store_and_remember(&reply, &relayed.deltas, Some(end.ending()))
+            .await?;
+        let outcome = match stored {
+            Stored::TakenOver => return Ok(self.taken_over().await),
+            Stored::ConversationGone => Outcome::ConversationDeleted,
+            Stored::At(_) | Stored::AtUnknownPlace => {
+                self.ended_in_store = self.turn.is_some();
+                outcome
+            }
+        };
+        match error {
+            // The client is not reading: it learns why when it does.
+            ChatError::NotRead => self.outlet.leave_last(error),
+            // Those who follow the turn learn it ended; a client that went away hears nothing.
+            error => self.tell(Err(error)).await,
+        }
+        Ok(outcome)
+    }
+
     /// Stores the complete reply, then sends its tool calls and `completed`: a client hears of
     /// a tool call only once it is stored. Returns the outcome's label.
-    async fn finish(&mut self, relayed: Relayed) -> Result<&'static str, StoreError> {
+    async fn finish(&mut self, relayed: Relayed) -> Result<Outcome, StoreError> {
         let mut calls: Vec<ToolCall> = relayed.calls.into_iter().map(tool_call).collect();
         if let Some(tools) = &self.tools {
             // The service runs this reply's tools, and it has run as many rounds as it may:
@@ -90,19 +97,15 @@ impl ReplyTask {
             model: self.model_name.clone(),
             usage: relayed.usage,
         };
-        let outcome = serde_json::to_value(&end).unwrap_or_default();
-        let ends = TurnEnding {
-            state: end.state(),
-            outcome: &outcome,
-        };
+        let end = RecordedEnd::from(&end);
         match self
-            .store_and_remember(&reply, &relayed.deltas, Some(ends))
+            .store_and_remember(&reply, &relayed.deltas, Some(end.ending()))
             .await?
         {
             Stored::At(_) | Stored::AtUnknownPlace => {}
             Stored::ConversationGone => {
                 self.tell(Err(ChatError::NotFound("conversation"))).await;
-                return Ok("completed");
+                return Ok(Outcome::ConversationDeleted);
             }
             Stored::TakenOver => return Ok(self.taken_over().await),
         }
@@ -117,6 +120,6 @@ impl ReplyTask {
             usage: relayed.usage,
         };
         self.tell(Ok(TurnEvent::Completed(completion))).await;
-        Ok("completed")
+        Ok(Outcome::Completed)
     }
 }

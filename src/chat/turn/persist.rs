@@ -3,13 +3,14 @@
 
 use super::{
     context::recent_message,
-    state::{Failure, TurnEnd},
+    state::{Failure, Outcome, RecordedEnd, TurnEnd},
     task::ReplyTask,
 };
 use crate::{
     chat::ChatError,
     domain::{Message, Revision, TurnState},
-    store::{Awaiting, ReplyOf, ReplyStored, StoreError, TurnEnding},
+    events::TurnKey,
+    store::{Awaiting, ReplyOf, ReplyStored, Store, StoreError, TurnEnding},
 };
 
 /// What became of a write of the reply.
@@ -110,14 +111,9 @@ impl ReplyTask {
             .end
             .clone()
             .unwrap_or(TurnEnd::Failed(Failure::Internal));
-        let outcome = serde_json::to_value(&end).unwrap_or_default();
         let mut delays = reply_store_backoff();
         loop {
-            match self
-                .store
-                .end_turn(key.turn, key.attempt, end.state(), &outcome)
-                .await
-            {
+            match record_end(&self.store, key, TurnState::Generating, &end).await {
                 Ok(()) => break,
                 Err(error) => match delays.next() {
                     Some(delay) => {
@@ -136,23 +132,23 @@ impl ReplyTask {
 
     /// Tells the client that the turn was taken from this replica, as those following it on
     /// other replicas were told. Returns the outcome's label.
-    pub(super) async fn taken_over(&mut self) -> &'static str {
+    pub(super) async fn taken_over(&mut self) -> Outcome {
         tracing::warn!(
             "another replica ended the turn while this one was away; its reply is not stored"
         );
         self.tell(Err(ChatError::TurnLost)).await;
-        "lost"
+        Outcome::Lost
     }
 
     /// Tells the client that what the turn made could not be stored. Returns the outcome's label.
-    pub(super) async fn storage_failed(&mut self, error: StoreError) -> &'static str {
+    pub(super) async fn storage_failed(&mut self, error: StoreError) -> Outcome {
         tracing::error!(error = %error, "storing the reply failed");
         let told = match error {
             StoreError::Unavailable(reason) => ChatError::ReplyNotSaved(reason),
             other => ChatError::from(other),
         };
         self.tell(Err(told)).await;
-        "storage_failed"
+        Outcome::StorageFailed
     }
 }
 
@@ -165,4 +161,17 @@ pub(super) fn reply_store_backoff() -> impl Iterator<Item = std::time::Duration>
         .with_max_times(3)
         .with_jitter()
         .build()
+}
+
+/// Records how the turn's attempt `key` ended, if it is still in state `from`.
+pub(super) async fn record_end(
+    store: &Store,
+    key: TurnKey,
+    from: TurnState,
+    end: &TurnEnd,
+) -> Result<(), StoreError> {
+    let end = RecordedEnd::from(end);
+    store
+        .end_turn(key.turn, key.attempt, from, end.ending())
+        .await
 }

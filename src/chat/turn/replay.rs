@@ -2,11 +2,11 @@
 
 use super::{
     events::{ACCEPTED, Accepted, Completion, Sequenced, ToolResult, TurnEvent},
-    state::{Failure, TurnEnd},
+    state::{Failure, RecordState, TurnEnd},
 };
 use crate::{
     chat::ChatError,
-    domain::{ToolCallStatus, TurnState},
+    domain::{Message, ToolCallStatus},
     store::{StoredReply, TurnRecord},
 };
 
@@ -30,43 +30,58 @@ pub(super) fn replay(
     };
     let mut last_message = None;
     for reply in replies {
-        for piece in pieces(&reply.message.content, reply.deltas.as_deref()) {
-            push(TurnEvent::Delta(piece.to_owned()));
-        }
-        // A call was sent as it was stored: awaiting its result, unless it was settled then.
-        for (call, order) in reply.message.tool_calls.iter().zip(&reply.answer_order) {
-            let mut sent = call.clone();
-            if !order.is_some_and(|order| order < 0) {
-                sent.status = ToolCallStatus::Requested;
-                sent.result = None;
-            }
-            push(TurnEvent::ToolCall(sent));
-        }
-        let mut answered: Vec<(i32, usize)> = reply
-            .answer_order
-            .iter()
-            .enumerate()
-            .filter_map(|(index, order)| order.filter(|order| *order >= 0).map(|o| (o, index)))
-            .collect();
-        answered.sort_unstable();
-        for (_, index) in answered {
-            if let Some(call) = reply.message.tool_calls.get(index) {
-                push(TurnEvent::ToolResult(ToolResult {
-                    provider_call_id: call.provider_call_id.clone(),
-                    status: call.status,
-                    result: call.result.clone().unwrap_or_default(),
-                }));
-            }
+        for event in reply_events(&reply) {
+            push(event);
         }
         last_message = Some(reply.message);
     }
-    let end = record
-        .outcome
-        .clone()
-        .and_then(|outcome| serde_json::from_value::<TurnEnd>(outcome).ok());
-    let last = match (end, last_message) {
+    match last_event(RecordState::of(record), last_message) {
+        Ok(event) => push(event),
+        Err(failure) => events.push(Err(failure.into_error())),
+    }
+    events
+}
+
+/// The events one reply was sent as: the pieces of its text, its calls, then the results that
+/// were sent, in the order they were.
+fn reply_events(reply: &StoredReply) -> Vec<TurnEvent> {
+    let mut events = Vec::new();
+    for piece in pieces(&reply.message.content, reply.deltas.as_deref()) {
+        events.push(TurnEvent::Delta(piece.to_owned()));
+    }
+    // A call was sent as it was stored: awaiting its result, unless it was settled then.
+    for (call, order) in reply.message.tool_calls.iter().zip(&reply.answer_order) {
+        let mut sent = call.clone();
+        if !order.is_some_and(|order| order < 0) {
+            sent.status = ToolCallStatus::Requested;
+            sent.result = None;
+        }
+        events.push(TurnEvent::ToolCall(sent));
+    }
+    let mut answered: Vec<(i32, usize)> = reply
+        .answer_order
+        .iter()
+        .enumerate()
+        .filter_map(|(index, order)| order.filter(|order| *order >= 0).map(|o| (o, index)))
+        .collect();
+    answered.sort_unstable();
+    for (_, index) in answered {
+        if let Some(call) = reply.message.tool_calls.get(index) {
+            events.push(TurnEvent::ToolResult(ToolResult {
+                provider_call_id: call.provider_call_id.clone(),
+                status: call.status,
+                result: call.result.clone().unwrap_or_default(),
+            }));
+        }
+    }
+    events
+}
+
+/// A turn's last event, as the client that was there was told it.
+fn last_event(state: RecordState, last_message: Option<Message>) -> Result<TurnEvent, Failure> {
+    match (state, last_message) {
         (
-            Some(TurnEnd::Completed {
+            RecordState::Ended(TurnEnd::Completed {
                 finish_reason,
                 model,
                 usage,
@@ -78,15 +93,11 @@ pub(super) fn replay(
             model,
             usage,
         })),
-        (Some(TurnEnd::Failed(failure)), _) => Err(failure),
-        (None, _) if record.state == TurnState::Interrupted => Err(Failure::Lost),
+        (RecordState::Ended(TurnEnd::Failed(failure)), _) => Err(failure),
+        // Its end was never stored: the replica that generated it stopped.
+        (RecordState::TakingOver, _) => Err(Failure::Lost),
         _ => Err(Failure::Internal),
-    };
-    match last {
-        Ok(event) => push(event),
-        Err(failure) => events.push(Err(failure.into_error())),
     }
-    events
 }
 
 /// The pieces `content` was streamed in, by their lengths in bytes; the whole text as one piece

@@ -8,8 +8,14 @@ use super::{
     events::Accepted,
     service::{ClientTool, TurnRequest, TurnStream, Turns},
     spawn::{LiveTurn, ReplyOrigin},
+    state::RecordState,
 };
-use crate::{chat::ChatError, domain::ConversationId, events::TurnKey, store::TurnRecord};
+use crate::{
+    chat::ChatError,
+    domain::{ConversationId, UserId},
+    events::TurnKey,
+    store::TurnRecord,
+};
 
 /// What a request asked, hashed: a retry must ask the same.
 pub(super) fn request_hash(
@@ -73,7 +79,7 @@ impl Turns {
                  content and tools",
             ));
         }
-        if !record.state.may_generate_again() {
+        if !RecordState::of(&record).may_generate_again() {
             tracing::info!(
                 request_id = %request.request_id,
                 turn = %record.user_message.id,
@@ -83,6 +89,22 @@ impl Turns {
             return self.follow(request.user, record, 0);
         }
         self.generate_again(request, record).await
+    }
+
+    /// Refuses the retry of a turn whose conversation has had another message since.
+    async fn refuse_if_moved_on(&self, user: UserId, record: &TurnRecord) -> Result<(), ChatError> {
+        if self
+            .store
+            .has_later_user_message(user, record.conversation_id, record.sequence)
+            .await?
+        {
+            return Err(ChatError::FailedPrecondition(
+                "the conversation has moved on since this message: send it again with a new \
+                 request_id"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Generates the reply to a stored message again, as its next attempt; follows the turn
@@ -96,17 +118,7 @@ impl Turns {
         let turn = record.user_message.id;
         // Everything that can refuse the retry comes first: once the turn is taken, a reply
         // task must end it.
-        if self
-            .store
-            .has_later_user_message(user, record.conversation_id, record.sequence)
-            .await?
-        {
-            return Err(ChatError::FailedPrecondition(
-                "the conversation has moved on since this message: send it again with a new \
-                 request_id"
-                    .to_owned(),
-            ));
-        }
+        self.refuse_if_moved_on(user, &record).await?;
         let offer = self.offer(std::mem::take(&mut request.tools))?;
         let permit = self.runtime.admission.open_stream(user)?;
         let mut context = self

@@ -12,6 +12,7 @@ use super::{
     events::{ACCEPTED, Accepted, Sequenced, TurnEvent},
     offer::Offer,
     outlet::Outlet,
+    persist::record_end,
     service::{TurnStream, Turns},
     state::{Failure, TurnEnd},
     task::{ReplyTask, ToolRounds},
@@ -19,8 +20,9 @@ use super::{
 };
 use crate::{
     chat::{ChatError, StreamPermit},
-    domain::{ConversationId, RecentMessage, UserId},
+    domain::{ConversationId, RecentMessage, TurnState, UserId},
     events::{CancelWatch, TurnKey},
+    llm::ModelRequest,
 };
 
 /// How many events may wait for a slow client before the model is made to wait too.
@@ -101,19 +103,7 @@ impl Turns {
         let outlet = Outlet::new(sender, last_word_tx, log, detached);
         let conversation_id = request.conversation_id;
         let model_request = build_context(&self.settings, context, offer.specs());
-        // Only a reply that may call tools needs its request again, for the next round.
-        let runs_tools = self.runtime.toolbox.is_configured() || !offer.client.is_empty();
-        let tools = runs_tools.then(|| ToolRounds {
-            toolbox: self.runtime.toolbox.clone(),
-            catalog: offer.catalog,
-            client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
-            results_wait: self.settings.tool_results_timeout,
-            caller: request.bearer.cloned(),
-            model: self.model.clone(),
-            request: model_request.clone(),
-            rounds: 0,
-            max_rounds: self.settings.max_tool_rounds,
-        });
+        let tools = self.tool_rounds(offer, request.bearer, &model_request);
         let task = ReplyTask {
             store: self.store.clone(),
             recent: self.recent.clone(),
@@ -156,15 +146,32 @@ impl Turns {
         }
     }
 
+    /// What a reply needs to run the tools its model calls; `None` when it is offered none.
+    fn tool_rounds(
+        &self,
+        offer: Offer,
+        caller: Option<&SecretString>,
+        request: &ModelRequest,
+    ) -> Option<ToolRounds> {
+        // Only a reply that may call tools needs its request again, for the next round.
+        let runs_tools = self.runtime.toolbox.is_configured() || !offer.client.is_empty();
+        runs_tools.then(|| ToolRounds {
+            toolbox: self.runtime.toolbox.clone(),
+            catalog: offer.catalog,
+            client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
+            results_wait: self.settings.tool_results_timeout,
+            caller: caller.cloned(),
+            model: self.model.clone(),
+            request: request.clone(),
+            rounds: 0,
+            max_rounds: self.settings.max_tool_rounds,
+        })
+    }
+
     /// Ends a turn that no reply task took, as failed: a retry generates it.
     pub(super) async fn end_unstarted(&self, key: TurnKey) {
         let end = TurnEnd::Failed(Failure::Unavailable);
-        let outcome = serde_json::to_value(&end).unwrap_or_default();
-        if let Err(error) = self
-            .store
-            .end_turn(key.turn, key.attempt, end.state(), &outcome)
-            .await
-        {
+        if let Err(error) = record_end(&self.store, key, TurnState::Generating, &end).await {
             tracing::warn!(turn = %key.turn, error = %error, "ending a turn that never started failed");
         }
     }

@@ -2,7 +2,12 @@
 //! once; how a turn ended decides what its record says, what a late follower is told, and the
 //! label its telemetry carries.
 
-use crate::{chat::ChatError, domain::TurnState, llm::TokenUsage};
+use crate::{
+    chat::ChatError,
+    domain::TurnState,
+    llm::TokenUsage,
+    store::{TurnEnding, TurnRecord},
+};
 
 /// How a turn ended, as its log and the database keep it: enough to tell a client who asks
 /// later exactly what the client who was there was told.
@@ -22,6 +27,32 @@ impl TurnEnd {
         match self {
             Self::Completed { .. } => TurnState::Completed,
             Self::Failed(failure) => failure.state(),
+        }
+    }
+}
+
+/// How a turn ended, as its record keeps it.
+pub struct RecordedEnd {
+    pub state: TurnState,
+    pub outcome: serde_json::Value,
+}
+
+impl From<&TurnEnd> for RecordedEnd {
+    fn from(end: &TurnEnd) -> Self {
+        Self {
+            state: end.state(),
+            // Serialising a `TurnEnd` cannot fail: no maps, no foreign types.
+            outcome: serde_json::to_value(end).unwrap_or_default(),
+        }
+    }
+}
+
+impl RecordedEnd {
+    /// The end as a reply's write stores it.
+    pub fn ending(&self) -> TurnEnding<'_> {
+        TurnEnding {
+            state: self.state,
+            outcome: &self.outcome,
         }
     }
 }
@@ -94,6 +125,82 @@ impl Failure {
     }
 }
 
+/// What became of a turn, as its telemetry labels it: one value for each way a reply task
+/// can end, so that no end is labelled as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// The reply called the client's tools, and waits for their results.
+    AwaitingToolResults,
+    Cancelled,
+    /// The client stopped reading.
+    Stalled,
+    /// The server shut down.
+    Interrupted,
+    /// The model failed, in the way its error's kind names.
+    ModelFailed(&'static str),
+    /// What the turn made could not be stored.
+    StorageFailed,
+    /// Another replica took the turn over while this one was away.
+    Lost,
+    /// The conversation was deleted while the reply was generated.
+    ConversationDeleted,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::AwaitingToolResults => "awaiting_tool_results",
+            Self::Cancelled => "cancelled",
+            Self::Stalled => "stalled",
+            Self::Interrupted => "interrupted",
+            Self::ModelFailed(kind) => kind,
+            Self::StorageFailed => "storage_failed",
+            Self::Lost => "lost",
+            Self::ConversationDeleted => "conversation_deleted",
+        }
+    }
+}
+
+/// A turn as its record stands, parsed once: every state the stored columns can be in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordState {
+    /// A replica generates it.
+    Generating,
+    /// Its replica stopped and another is taking it over: how it ended is about to be stored.
+    TakingOver,
+    /// It ended so.
+    Ended(TurnEnd),
+    /// It ended in this state, but how was not kept or cannot be read.
+    Unreadable(TurnState),
+}
+
+impl RecordState {
+    pub fn of(record: &TurnRecord) -> Self {
+        let end = record
+            .outcome
+            .clone()
+            .and_then(|outcome| serde_json::from_value::<TurnEnd>(outcome).ok());
+        match (record.state, end) {
+            (TurnState::Generating, _) => Self::Generating,
+            (_, Some(end)) => Self::Ended(end),
+            (TurnState::Interrupted, None) => Self::TakingOver,
+            (state, None) => Self::Unreadable(state),
+        }
+    }
+
+    /// Whether a retry of its request generates the reply anew: nothing complete came of it.
+    pub fn may_generate_again(&self) -> bool {
+        match self {
+            Self::Generating => false,
+            Self::TakingOver => true,
+            Self::Ended(end) => end.state().may_generate_again(),
+            Self::Unreadable(state) => state.may_generate_again(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +218,80 @@ mod tests {
             assert_eq!(failure.state(), state, "{error}");
             assert_eq!(Failure::of(&failure.into_error()).state(), state);
         }
+    }
+
+    fn record(state: TurnState, outcome: Option<serde_json::Value>) -> TurnRecord {
+        let message = crate::domain::Message {
+            id: crate::domain::MessageId::generate(),
+            conversation_id: crate::domain::ConversationId::generate(),
+            role: crate::domain::Role::User,
+            content: "hi".into(),
+            status: crate::domain::MessageStatus::Complete,
+            create_time: crate::domain::now(),
+            tool_calls: Vec::new(),
+        };
+        TurnRecord {
+            conversation_id: message.conversation_id,
+            user_message: message,
+            sequence: 1,
+            request_hash: None,
+            state,
+            attempt: crate::domain::FIRST_ATTEMPT,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn the_stored_columns_parse_into_one_state() {
+        let lost = TurnEnd::Failed(Failure::Lost);
+        let kept = RecordedEnd::from(&lost);
+        assert_eq!(kept.state, TurnState::Interrupted);
+        let cases = [
+            (TurnState::Generating, None, RecordState::Generating),
+            (TurnState::Interrupted, None, RecordState::TakingOver),
+            (
+                TurnState::Interrupted,
+                Some(kept.outcome.clone()),
+                RecordState::Ended(lost),
+            ),
+            (
+                TurnState::Completed,
+                Some(serde_json::json!("unreadable")),
+                RecordState::Unreadable(TurnState::Completed),
+            ),
+        ];
+        for (state, outcome, parsed) in cases {
+            assert_eq!(RecordState::of(&record(state, outcome)), parsed);
+        }
+    }
+
+    #[test]
+    fn only_a_turn_that_came_to_nothing_is_generated_again() {
+        assert!(!RecordState::Generating.may_generate_again());
+        assert!(RecordState::TakingOver.may_generate_again());
+        assert!(RecordState::Ended(TurnEnd::Failed(Failure::Unavailable)).may_generate_again());
+        assert!(!RecordState::Ended(TurnEnd::Failed(Failure::Cancelled)).may_generate_again());
+        assert!(!RecordState::Unreadable(TurnState::Completed).may_generate_again());
+    }
+
+    #[test]
+    fn every_outcome_has_a_label_of_its_own() {
+        let outcomes = [
+            Outcome::Completed,
+            Outcome::AwaitingToolResults,
+            Outcome::Cancelled,
+            Outcome::Stalled,
+            Outcome::Interrupted,
+            Outcome::ModelFailed("timeout"),
+            Outcome::StorageFailed,
+            Outcome::Lost,
+            Outcome::ConversationDeleted,
+        ];
+        let labels: std::collections::HashSet<_> = outcomes.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), outcomes.len());
+        assert_ne!(
+            Outcome::ConversationDeleted.label(),
+            Outcome::Completed.label()
+        );
     }
 }

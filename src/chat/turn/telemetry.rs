@@ -8,6 +8,7 @@ use std::{
 
 use tracing::{Span, field};
 
+use super::state::Outcome;
 use crate::{
     domain::{ConversationId, UserId},
     llm::{LlmError, TokenUsage},
@@ -133,7 +134,7 @@ impl TurnTelemetry {
     }
 
     /// The turn's one summary line, once its outcome is stored (or not).
-    pub fn turn_ended(self, usage: Option<TokenUsage>, outcome: &'static str) {
+    pub fn turn_ended(self, usage: Option<TokenUsage>, outcome: Outcome) {
         let first_token = self.first_token;
         tracing::info!(
             request_id = %self.labels.request_id,
@@ -144,7 +145,7 @@ impl TurnTelemetry {
             model_time_to_first_token_ms = first_token.map(|(_, model)| model.as_secs_f64() * 1000.0),
             input_tokens = usage.map(|u| u.input_tokens),
             output_tokens = usage.map(|u| u.output_tokens),
-            outcome,
+            outcome = outcome.label(),
             "turn ended"
         );
     }

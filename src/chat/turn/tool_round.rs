@@ -1,7 +1,7 @@
 //! A round of tool calls: the model asked for tools; the calls are stored, run in parallel,
 //! their results stored and sent as they come, and the model is asked to go on.
 
-use std::{collections::HashSet, time::Instant};
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tracing::Instrument;
@@ -10,13 +10,15 @@ use super::{
     context::{recent_message, replay},
     events::{Completion, ToolResult, TurnEvent},
     persist::Stored,
-    relay::{Ending, Relayed, tool_call},
-    task::ReplyTask,
+    relay::{Ending, Relayed},
+    round_plan::plan_round,
+    state::Outcome,
+    task::{ReplyTask, ToolRounds},
     telemetry::TurnTelemetry,
 };
 use crate::{
     chat::ChatError,
-    domain::{Message, MessageStatus, ToolCall, ToolCallStatus},
+    domain::{Message, MessageId, MessageStatus, Revision, ToolCallStatus},
     llm::ModelStream,
     store::Awaiting,
     tools::{Catalog, ToolFailure, ToolOutcome},
@@ -32,20 +34,32 @@ fn metric_label<'a>(catalog: &Catalog, name: &'a str) -> &'a str {
     }
 }
 
-/// The most calls of one round that are run; more fail as `too_many_calls`. At the largest
-/// result allowed (64 KiB by default), a round's results then fit in a response.
-const MAX_CALLS_PER_ROUND: usize = 32;
-
-/// Gives each call an id unique in its round: a provider that leaves an id out, or repeats one,
-/// would make a call that no result can name.
-fn give_unique_ids(calls: &mut [ToolCall]) {
-    let mut seen = HashSet::new();
-    for (index, call) in calls.iter_mut().enumerate() {
-        if call.provider_call_id.is_empty() || !seen.insert(call.provider_call_id.clone()) {
-            call.provider_call_id = format!("call_{}_{index}", call.id);
-            seen.insert(call.provider_call_id.clone());
-        }
-    }
+/// Starts the calls of `message` that `runs` marks; each yields its index, its outcome and how
+/// long it took.
+fn start_calls(
+    tools: &ToolRounds,
+    message: &Message,
+    runs: &[bool],
+) -> FuturesUnordered<impl Future<Output = (usize, ToolOutcome, Duration)> + use<>> {
+    message
+        .tool_calls
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| runs.get(*index).copied().unwrap_or(false))
+        .map(|(index, call)| {
+            let (toolbox, catalog) = (tools.toolbox.clone(), tools.catalog.clone());
+            let caller = tools.caller.clone();
+            let (name, arguments) = (call.name.clone(), call.arguments.clone());
+            async move {
+                let started = Instant::now();
+                let outcome = toolbox
+                    .call(&catalog, &name, &arguments, caller.as_ref())
+                    .await;
+                (index, outcome, started.elapsed())
+            }
+            .in_current_span()
+        })
+        .collect()
 }
 
 /// What comes after a round of tool calls.
@@ -53,7 +67,7 @@ pub(super) enum Round {
     /// The model's next answer.
     Next(ModelStream),
     /// The turn is over: the client has been told why. The outcome's label.
-    Ended(&'static str),
+    Ended(Outcome),
 }
 
 /// Why a round's calls did not all get their results.
@@ -80,83 +94,37 @@ impl ReplyTask {
         {
             return None;
         }
-        let mut calls: Vec<ToolCall> = std::mem::take(&mut relayed.calls)
-            .into_iter()
-            .map(tool_call)
-            .collect();
-        give_unique_ids(&mut calls);
-        // Beyond a round's share, calls are kept but not run: a round's results must fit in a
-        // response.
-        let too_many = ToolOutcome::Failed(ToolFailure::TooManyCalls(MAX_CALLS_PER_ROUND));
-        for call in calls.iter_mut().skip(MAX_CALLS_PER_ROUND) {
-            call.status = ToolCallStatus::Failed;
-            call.result = Some(too_many.clone().into_result());
-        }
-        // The service runs its own tools; the client's end the reply, which awaits their results.
-        let runs: Vec<bool> = calls
-            .iter()
-            .map(|call| {
-                call.status == ToolCallStatus::Requested && !tools.client_tools.contains(&call.name)
-            })
-            .collect();
-        let client_calls: Vec<String> = calls
-            .iter()
-            .filter(|call| call.status == ToolCallStatus::Requested)
-            .filter(|call| tools.client_tools.contains(&call.name))
-            .map(|call| call.provider_call_id.clone())
-            .collect();
-        let awaiting = (!client_calls.is_empty()).then(|| Awaiting {
-            calls: client_calls,
-            until: tools.results_deadline(),
-        });
-        let text = std::mem::take(&mut relayed.text);
-        let status = match awaiting {
+        let calls = std::mem::take(&mut relayed.calls);
+        let plan = plan_round(calls, &tools.client_tools, tools.results_deadline());
+        let status = match plan.awaiting {
             Some(_) => MessageStatus::AwaitingToolResults,
             None => MessageStatus::Complete,
         };
-        let mut message = self.reply(text, calls, status);
-        // The calls are stored before anyone hears of them.
+        let mut message = self.reply(std::mem::take(&mut relayed.text), plan.calls, status);
         let deltas = std::mem::take(&mut relayed.deltas);
+        // The calls are stored before anyone hears of them.
         let revision = match self
-            .store_reply(&message, awaiting.as_ref(), &deltas, None)
+            .store_round(&message, plan.awaiting.as_ref(), &deltas)
             .await
         {
-            Ok(Stored::At(revision)) => Some(revision),
-            Ok(Stored::AtUnknownPlace) => None,
-            Ok(Stored::ConversationGone) => {
-                self.tell(Err(ChatError::NotFound("conversation"))).await;
-                return Some(Round::Ended("completed"));
-            }
-            Ok(Stored::TakenOver) => return Some(Round::Ended(self.taken_over().await)),
-            Err(error) => return Some(Round::Ended(self.storage_failed(error).await)),
+            Ok(revision) => revision,
+            Err(outcome) => return Some(Round::Ended(outcome)),
         };
-        self.after = message.create_time;
         for call in &message.tool_calls {
             self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
         }
-        if let Some(outcome) = self.run_calls(&mut message, &runs).await {
-            // What this replica and others remember of the round is not current, and a wait
-            // for results the client never heard of must not hold the conversation.
-            self.recent.forget(self.conversation_id);
-            let waited = awaiting.is_some().then_some(message.id);
-            if let Err(error) = self
-                .store
-                .end_cut_round(self.user, self.conversation_id, waited)
-                .await
-            {
-                tracing::warn!(error = %error, "ending a round that was cut short failed");
-            }
+        if let Some(outcome) = self.run_calls(&mut message, &plan.runs).await {
+            let waited = plan.awaiting.is_some().then_some(message.id);
+            self.end_cut_round(waited).await;
             return Some(Round::Ended(outcome));
         }
         if let Some(revision) = revision {
-            self.recent.record(
-                self.user,
-                self.conversation_id,
-                revision,
-                recent_message(&message),
-            );
+            let remembered = recent_message(&message);
+            let conversation = self.conversation_id;
+            self.recent
+                .record(self.user, conversation, revision, remembered);
         }
-        if awaiting.is_some() {
+        if plan.awaiting.is_some() {
             let completion = Completion {
                 message,
                 finish_reason: "tool_calls".to_owned(),
@@ -164,100 +132,132 @@ impl ReplyTask {
                 usage: relayed.usage,
             };
             self.tell(Ok(TurnEvent::Completed(completion))).await;
-            return Some(Round::Ended("awaiting_tool_results"));
+            return Some(Round::Ended(Outcome::AwaitingToolResults));
         }
+        self.next_model_call(&message, telemetry).map(Round::Next)
+    }
+
+    /// Stores the round's reply with its calls. `Ok` with its place when it is known; `Err`
+    /// with the outcome when the turn ends here, its client told why.
+    async fn store_round(
+        &mut self,
+        message: &Message,
+        awaiting: Option<&Awaiting>,
+        deltas: &[i32],
+    ) -> Result<Option<Revision>, Outcome> {
+        let revision = match self.store_reply(message, awaiting, deltas, None).await {
+            Ok(Stored::At(revision)) => Some(revision),
+            Ok(Stored::AtUnknownPlace) => None,
+            Ok(Stored::ConversationGone) => {
+                self.tell(Err(ChatError::NotFound("conversation"))).await;
+                return Err(Outcome::ConversationDeleted);
+            }
+            Ok(Stored::TakenOver) => return Err(self.taken_over().await),
+            Err(error) => return Err(self.storage_failed(error).await),
+        };
+        self.after = message.create_time;
+        Ok(revision)
+    }
+
+    /// Ends a round that was cut short: what this replica and others remember of it is not
+    /// current, and a wait for results the client never heard of must not hold the
+    /// conversation.
+    async fn end_cut_round(&mut self, waited: Option<MessageId>) {
+        self.recent.forget(self.conversation_id);
+        if let Err(error) = self
+            .store
+            .end_cut_round(self.user, self.conversation_id, waited)
+            .await
+        {
+            tracing::warn!(error = %error, "ending a round that was cut short failed");
+        }
+    }
+
+    /// Asks the model to go on, with the round's calls and results in its context.
+    fn next_model_call(
+        &mut self,
+        message: &Message,
+        telemetry: &mut TurnTelemetry,
+    ) -> Option<ModelStream> {
         let tools = self.tools.as_mut()?;
         tools.rounds += 1;
-        replay(recent_message(&message), &mut tools.request.messages);
+        replay(recent_message(message), &mut tools.request.messages);
         tools.request.may_call_tools = tools.rounds < tools.max_rounds;
         telemetry.next_model_call();
         let span = telemetry.model_span().clone();
-        let next = span.in_scope(|| tools.model.stream(tools.request.clone()));
-        Some(Round::Next(next))
+        Some(span.in_scope(|| tools.model.stream(tools.request.clone())))
     }
 
     /// Runs the message's calls that `runs` marks, in parallel, storing each result as it comes
     /// and then telling the client. Cut short by the client or by shutdown, the calls still
     /// running are cancelled (on the tool server too) and stored as failed. `Some` with the
-    /// outcome's label if the turn ends here.
-    async fn run_calls(&mut self, message: &mut Message, runs: &[bool]) -> Option<&'static str> {
+    /// outcome if the turn ends here.
+    async fn run_calls(&mut self, message: &mut Message, runs: &[bool]) -> Option<Outcome> {
         let tools = self.tools.as_ref()?;
-        let (toolbox, catalog, caller) = (
-            tools.toolbox.clone(),
-            tools.catalog.clone(),
-            tools.caller.clone(),
-        );
-        let mut running: FuturesUnordered<_> = message
-            .tool_calls
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| runs.get(*index).copied().unwrap_or(false))
-            .map(|(index, call)| {
-                let (toolbox, catalog, caller) = (toolbox.clone(), catalog.clone(), caller.clone());
-                let (name, arguments) = (call.name.clone(), call.arguments.clone());
-                async move {
-                    let started = Instant::now();
-                    let outcome = toolbox
-                        .call(&catalog, &name, &arguments, caller.as_ref())
-                        .await;
-                    (index, outcome, started.elapsed())
-                }
-                .in_current_span()
-            })
-            .collect();
+        let catalog = tools.catalog.clone();
+        let mut running = start_calls(tools, message, runs);
         // Calls that are not run here count as answered.
         let mut answered: Vec<bool> = runs.iter().map(|runs| !runs).collect();
         let stops = self.stops();
         let cut_short = loop {
             let next = tokio::select! {
                 biased;
-                () = self.outlet.abandoned() => break Some(CutShort::Cancelled),
-                () = stops.cancel.cancelled() => break Some(CutShort::Cancelled),
-                () = stops.shutdown.cancelled() => break Some(CutShort::Interrupted),
+                () = self.outlet.abandoned() => break CutShort::Cancelled,
+                () = stops.cancel.cancelled() => break CutShort::Cancelled,
+                () = stops.shutdown.cancelled() => break CutShort::Interrupted,
                 next = running.next() => next,
             };
-            let Some((index, outcome, took)) = next else {
-                break None;
-            };
+            let (index, outcome, took) = next?;
             if let Some(flag) = answered.get_mut(index) {
                 *flag = true;
             }
-            if let Some(call) = message.tool_calls.get(index) {
-                let tool = metric_label(&catalog, &call.name);
-                self.metrics
-                    .record_tool_call(tool, outcome.label(), took.as_secs_f64());
-            }
-            if let Err(outcome) = self.keep_result(message, index, outcome).await {
+            if let Err(outcome) = self
+                .keep_result(message, index, outcome, &catalog, took)
+                .await
+            {
                 return Some(outcome);
             }
         };
         // Dropping a call cancels it on its server.
         drop(running);
-        let cut_short = cut_short?;
-        let reason = match cut_short {
-            CutShort::Cancelled => "the client cancelled the turn",
-            CutShort::Interrupted => "the server is shutting down",
+        Some(
+            self.cut_round_short(message, &answered, cut_short, &catalog)
+                .await,
+        )
+    }
+
+    /// Stores the calls of a round cut short that had no result yet as failed, and tells the
+    /// client why the turn ended.
+    async fn cut_round_short(
+        &mut self,
+        message: &mut Message,
+        answered: &[bool],
+        cut_short: CutShort,
+        catalog: &Catalog,
+    ) -> Outcome {
+        let (reason, error, outcome) = match cut_short {
+            CutShort::Cancelled => (
+                "the client cancelled the turn",
+                ChatError::Cancelled,
+                Outcome::Cancelled,
+            ),
+            CutShort::Interrupted => (
+                "the server is shutting down",
+                ChatError::ShuttingDown,
+                Outcome::Interrupted,
+            ),
         };
         for index in (0..answered.len()).filter(|i| !answered[*i]) {
-            let outcome = ToolOutcome::Failed(ToolFailure::Cancelled(reason));
-            if let Some(call) = message.tool_calls.get(index) {
-                let tool = metric_label(&catalog, &call.name);
-                self.metrics.record_tool_call(tool, outcome.label(), 0.0);
-            }
-            if let Err(outcome) = self.keep_result(message, index, outcome).await {
-                return Some(outcome);
+            let failed = ToolOutcome::Failed(ToolFailure::Cancelled(reason));
+            let kept = self
+                .keep_result(message, index, failed, catalog, Duration::ZERO)
+                .await;
+            if let Err(outcome) = kept {
+                return outcome;
             }
         }
-        Some(match cut_short {
-            CutShort::Cancelled => {
-                self.tell(Err(ChatError::Cancelled)).await;
-                "cancelled"
-            }
-            CutShort::Interrupted => {
-                self.tell(Err(ChatError::ShuttingDown)).await;
-                "interrupted"
-            }
-        })
+        self.tell(Err(error)).await;
+        outcome
     }
 
     /// Stores what became of call `index` of `message`, then tells the client. `Err` with the
@@ -267,10 +267,15 @@ impl ReplyTask {
         message: &mut Message,
         index: usize,
         outcome: ToolOutcome,
-    ) -> Result<(), &'static str> {
+        catalog: &Catalog,
+        took: Duration,
+    ) -> Result<(), Outcome> {
         let Some(call) = message.tool_calls.get_mut(index) else {
             return Ok(());
         };
+        let tool = metric_label(catalog, &call.name);
+        self.metrics
+            .record_tool_call(tool, outcome.label(), took.as_secs_f64());
         let status = if outcome.succeeded() {
             ToolCallStatus::Succeeded
         } else {
@@ -286,7 +291,7 @@ impl ReplyTask {
             Ok(true) => {}
             Ok(false) => {
                 self.tell(Err(ChatError::NotFound("conversation"))).await;
-                return Err("completed");
+                return Err(Outcome::ConversationDeleted);
             }
             Err(error) => return Err(self.storage_failed(error).await),
         }
