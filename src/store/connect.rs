@@ -110,7 +110,7 @@ fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnecti
             conn.batch_execute(&statement_timeout)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            super::turns::prepare_turn_statements(&conn)
+            super::user_messages::prepare_turn_statements(&conn)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)

@@ -3,16 +3,20 @@
 //! to someone else looks exactly like a missing one.
 
 mod connect;
+mod context;
 mod conversations;
 mod error;
+mod leases;
 mod migrations;
 mod models;
+mod replies;
 mod schema;
 mod statement;
 mod tool_results;
 mod turn_records;
 mod turns;
 mod url;
+mod user_messages;
 mod users;
 
 use std::sync::Arc;
@@ -26,13 +30,14 @@ use tracing::Instrument;
 
 pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier};
 pub use error::StoreError;
+pub use leases::LapsedTurn;
 pub use migrations::{MigrationError, run_migrations};
+pub use replies::{Awaiting, ReplyOf, ReplyStored, TurnEnding};
 pub use tool_results::{GivenResult, Submitted};
-pub use turn_records::{LapsedTurn, StoredReply, TurnRecord};
-pub use turns::{
-    Awaiting, ConversationState, NewTurn, ReplyOf, ReplyStored, TurnEnding, UserMessageStored,
-};
+pub use turn_records::{StoredReply, TurnRecord};
+pub use turns::ConversationState;
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
+pub use user_messages::{NewTurn, UserMessageStored};
 
 /// The server the service and its tools use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/chat";

@@ -5,10 +5,7 @@
 //! blocking `XREAD` holds its connection. Cancellations are entries of one shared stream that
 //! every replica follows.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use redis::{
@@ -20,7 +17,15 @@ use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Entries, Entry, EventSettings, EventsError, Read, TurnKey, local::Local};
+mod reader;
+mod writer;
+
+pub(in crate::events) use self::writer::RemoteWriter;
+use self::{
+    reader::Reader,
+    writer::{Append, add_entry, write_batches},
+};
+use super::{Entries, Entry, EventSettings, EventsError, TurnKey, local::Local};
 use crate::{domain::MessageId, telemetry::metrics::Metrics};
 
 /// The most entries a turn's stream keeps: far more than a reply's events, so that the bound
@@ -52,15 +57,6 @@ pub(super) struct Relay {
     writes: ConnectionManager,
     metrics: Arc<Metrics>,
     idle_check: Duration,
-}
-
-struct Append {
-    stream: Arc<str>,
-    entry: Entry,
-    /// With the writer's record of when the stream's expiry was last set, if the expiry is set
-    /// with this entry (it is with the last): forgotten if the entry never reaches Redis, so
-    /// that the writer's next entry sets it.
-    sets_expiry: Option<Arc<ExpirySet>>,
 }
 
 fn stream_name(key: TurnKey) -> String {
@@ -103,11 +99,7 @@ impl Relay {
     }
 
     pub fn writer(self: &Arc<Self>, key: TurnKey) -> RemoteWriter {
-        RemoteWriter {
-            stream: stream_name(key).into(),
-            relay: self.clone(),
-            expiry_set: Arc::default(),
-        }
+        RemoteWriter::new(self.clone(), stream_name(key))
     }
 
     async fn reader_connection(&self) -> Result<MultiplexedConnection, EventsError> {
@@ -127,88 +119,7 @@ impl Relay {
     }
 
     pub fn read(self: &Arc<Self>, key: TurnKey, after: u64) -> Entries {
-        struct Reader {
-            relay: Arc<Relay>,
-            stream: String,
-            connection: Option<MultiplexedConnection>,
-            cursor: u64,
-            ready: std::collections::VecDeque<Entry>,
-            done: bool,
-        }
-        let reader = Reader {
-            relay: self.clone(),
-            stream: stream_name(key),
-            connection: None,
-            cursor: after,
-            ready: std::collections::VecDeque::new(),
-            done: false,
-        };
-        Box::pin(futures_util::stream::unfold(
-            reader,
-            |mut reader| async move {
-                if reader.done {
-                    return None;
-                }
-                if let Some(entry) = reader.ready.pop_front() {
-                    reader.cursor = entry.sequence;
-                    reader.done = entry.last;
-                    return Some((Ok(Read::Entry(entry)), reader));
-                }
-                let mut connection = match reader.connection.take() {
-                    Some(connection) => connection,
-                    None => match reader.relay.reader_connection().await {
-                        Ok(connection) => connection,
-                        Err(error) => {
-                            reader.done = true;
-                            return Some((Err(error), reader));
-                        }
-                    },
-                };
-                let block = u64::try_from(reader.relay.idle_check.as_millis()).unwrap_or(u64::MAX);
-                let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(BATCH)
-                    .arg("BLOCK")
-                    .arg(block)
-                    .arg("STREAMS")
-                    .arg(&reader.stream)
-                    .arg(entry_id(reader.cursor))
-                    .query_async(&mut connection)
-                    .await;
-                match reply {
-                    Ok(None) => {
-                        reader.connection = Some(connection);
-                        Some((Ok(Read::Idle), reader))
-                    }
-                    Ok(Some(reply)) => {
-                        reader.connection = Some(connection);
-                        let ids = reply.keys.into_iter().flat_map(|key| key.ids);
-                        match ids.map(parse_entry).collect::<Result<Vec<_>, _>>() {
-                            Ok(entries) => {
-                                reader.ready.extend(entries);
-                                // An empty reply is not expected; it reads as idle.
-                                match reader.ready.pop_front() {
-                                    Some(entry) => {
-                                        reader.cursor = entry.sequence;
-                                        reader.done = entry.last;
-                                        Some((Ok(Read::Entry(entry)), reader))
-                                    }
-                                    None => Some((Ok(Read::Idle), reader)),
-                                }
-                            }
-                            Err(error) => {
-                                reader.done = true;
-                                Some((Err(error), reader))
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        reader.done = true;
-                        Some((Err(reader.relay.failed("read", &error)), reader))
-                    }
-                }
-            },
-        ))
+        Reader::new(self.clone(), stream_name(key), after).into_entries()
     }
 
     pub async fn written(&self, key: TurnKey) -> Result<Vec<Entry>, EventsError> {
@@ -261,62 +172,6 @@ impl Relay {
     }
 }
 
-/// When an append that sets a stream's expiry was last queued.
-#[derive(Default)]
-struct ExpirySet(std::sync::Mutex<Option<Instant>>);
-
-impl ExpirySet {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Where a generating turn's events go on their way to Redis.
-pub(super) struct RemoteWriter {
-    stream: Arc<str>,
-    relay: Arc<Relay>,
-    expiry_set: Arc<ExpirySet>,
-}
-
-impl RemoteWriter {
-    pub fn append(&self, entry: Entry) {
-        let now = Instant::now();
-        let mut expiry_set = self.expiry_set.lock();
-        let sets_expiry =
-            entry.last || expiry_set.is_none_or(|set| now.duration_since(set) >= EXPIRY_RENEWAL);
-        let append = Append {
-            stream: self.stream.clone(),
-            entry,
-            sets_expiry: sets_expiry.then(|| self.expiry_set.clone()),
-        };
-        // A full queue means Redis is not keeping up: the turn goes on, and readers elsewhere
-        // find the gap and say so. The next append sets the expiry in this one's stead.
-        if self.relay.appends.try_send(append).is_err() {
-            self.relay.metrics.record_event_engine_error("append");
-        } else if sets_expiry {
-            *expiry_set = Some(now);
-        }
-    }
-}
-
-fn add_entry(pipe: &mut redis::Pipeline, stream: &str, entry: &Entry) {
-    let command = pipe
-        .cmd("XADD")
-        .arg(stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(MAX_ENTRIES)
-        .arg(entry_id(entry.sequence))
-        .arg("d")
-        .arg(entry.payload.as_ref());
-    if entry.last {
-        command.arg("l").arg(1);
-    }
-    command.ignore();
-}
-
 fn parse_entry(id: StreamId) -> Result<Entry, EventsError> {
     let malformed = || EventsError::Unavailable(format!("a malformed entry {}", id.id));
     let sequence = id
@@ -333,88 +188,6 @@ fn parse_entry(id: StreamId) -> Result<Entry, EventsError> {
         payload,
         last: id.map.contains_key("l"),
     })
-}
-
-/// Sends queued appends to Redis, as many as are waiting in one pipeline, with the expiry of
-/// the streams whose appends set it: the retention once its last event is in, else an hour.
-async fn write_batches(
-    relay: Arc<Relay>,
-    mut queue: mpsc::Receiver<Append>,
-    retention: Duration,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let first = tokio::select! {
-            first = queue.recv() => first,
-            () = stop.cancelled() => None,
-        };
-        let Some(first) = first else {
-            return;
-        };
-        batch.push(first);
-        // A moment's wait gathers the events of every turn that streams meanwhile into one
-        // round trip; followers on other replicas read them that much later.
-        tokio::time::sleep(LINGER).await;
-        while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(append) => batch.push(append),
-                Err(_) => break,
-            }
-        }
-        let mut pipe = redis::pipe();
-        let mut expiries: Vec<(Arc<str>, bool)> = Vec::new();
-        for append in &batch {
-            add_entry(&mut pipe, &append.stream, &append.entry);
-            if append.sets_expiry.is_none() {
-                continue;
-            }
-            match expiries
-                .iter_mut()
-                .find(|(stream, _)| *stream == append.stream)
-            {
-                Some((_, ended)) => *ended |= append.entry.last,
-                None => expiries.push((append.stream.clone(), append.entry.last)),
-            }
-        }
-        for (stream, ended) in &expiries {
-            let expiry = if *ended { retention } else { LIVE_EXPIRY };
-            pipe.cmd("PEXPIRE")
-                .arg(stream.as_ref())
-                .arg(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX))
-                .ignore();
-        }
-        if !send_batch(&relay, &pipe).await {
-            for expiry in batch
-                .iter()
-                .filter_map(|append| append.sets_expiry.as_ref())
-            {
-                *expiry.lock() = None;
-            }
-        }
-        batch.clear();
-    }
-}
-
-/// Sends a batch, again after a pause or two if it fails: a connection broken while Redis was
-/// away is made again on the next try. Entries an earlier try did write are refused as
-/// duplicates, which is success. Whether it was sent.
-async fn send_batch(relay: &Relay, pipe: &redis::Pipeline) -> bool {
-    for pause in [100, 300, 1000, 0] {
-        let mut connection = relay.writes.clone();
-        match pipe.query_async::<()>(&mut connection).await {
-            Ok(()) => return true,
-            Err(error) if error.to_string().contains("equal or smaller") => return true,
-            Err(error) => {
-                relay.failed("append", &error);
-                if pause == 0 {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }
-    }
-    false
 }
 
 /// Follows the stream of cancellations and cancels the turns generated here, from the newest

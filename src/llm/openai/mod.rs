@@ -1,16 +1,22 @@
 //! OpenAI-compatible Chat Completions over HTTP with server-sent events: the protocol spoken by
 //! OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio, LiteLLM and most gateways.
 
+mod retries;
+mod wire;
+
 use std::{collections::VecDeque, error::Error as _, pin::Pin, sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{StreamExt, stream};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_stream::Stream;
 
+use self::retries::{backoff, retry_after};
+use self::wire::{
+    Chunk, RequestBody, StreamOptions, WireFunction, WireFunctionCall, WireMessage, WireTool,
+    WireToolCall,
+};
 use super::{
     ChatModel, LlmError, ModelEvent, ModelRequest, ModelStream, TimeoutKind, TokenUsage,
     tool_calls::ToolCallAssembler,
@@ -39,8 +45,6 @@ pub struct OpenAiSettings {
     pub retry_base_delay: Duration,
 }
 
-/// The longest a server may ask us to wait with `Retry-After`, and the longest backoff.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// How long a finished response may take to reach its end, so that its connection is reused.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,113 +99,6 @@ impl ChatModel for OpenAiModel {
             Some((item, completion))
         }))
     }
-}
-
-#[derive(Serialize)]
-struct RequestBody<'a> {
-    model: &'a str,
-    messages: Vec<WireMessage<'a>>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tools: Vec<WireTool<'a>>,
-    /// `"none"` when the model must answer in text although tools are listed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_completion_tokens: Option<u32>,
-    stream: bool,
-    stream_options: StreamOptions,
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'static str,
-    content: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tool_calls: Vec<WireToolCall<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct WireToolCall<'a> {
-    id: &'a str,
-    r#type: &'static str,
-    function: WireFunctionCall<'a>,
-}
-
-#[derive(Serialize)]
-struct WireFunctionCall<'a> {
-    name: &'a str,
-    /// JSON text, as the model wrote it.
-    arguments: &'a str,
-}
-
-#[derive(Serialize)]
-struct WireTool<'a> {
-    r#type: &'static str,
-    function: WireFunction<'a>,
-}
-
-#[derive(Serialize)]
-struct WireFunction<'a> {
-    name: &'a str,
-    description: &'a str,
-    parameters: &'a serde_json::Value,
-}
-
-#[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
-}
-
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<Choice>,
-    usage: Option<WireUsage>,
-    error: Option<WireError>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    delta: Delta,
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Delta {
-    content: Option<String>,
-    #[serde(default)]
-    tool_calls: Vec<ToolCallDelta>,
-}
-
-#[derive(Deserialize)]
-struct ToolCallDelta {
-    #[serde(default)]
-    index: usize,
-    id: Option<String>,
-    function: Option<FunctionDelta>,
-}
-
-#[derive(Deserialize)]
-struct FunctionDelta {
-    name: Option<String>,
-    arguments: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u32,
-    #[serde(default)]
-    completion_tokens: u32,
-}
-
-#[derive(Deserialize)]
-struct WireError {
-    #[serde(default)]
-    message: String,
 }
 
 type SseStream =
@@ -409,6 +306,11 @@ impl CompletionStream {
         }
         let chunk: Chunk = serde_json::from_str(data)
             .map_err(|e| LlmError::Malformed(format!("a chunk is not valid JSON: {e}")))?;
+        self.take_chunk(chunk)
+    }
+
+    /// Queues what a chunk of the reply holds.
+    fn take_chunk(&mut self, chunk: Chunk) -> Result<(), LlmError> {
         if let Some(error) = chunk.error {
             return Err(LlmError::Interrupted(format!(
                 "the model reported an error: {}",
@@ -487,31 +389,6 @@ impl CompletionStream {
     }
 }
 
-/// The delay a 429 or 503 response asks for, in whole seconds (the HTTP-date form is ignored).
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let seconds: u64 = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_DELAY))
-}
-
-/// The delays between attempts: `max_retries` of them, doubling from the base delay, each with
-/// jitter (up to as much again) so that replicas hit by one outage do not retry in step.
-fn backoff(settings: &OpenAiSettings) -> ExponentialBackoff {
-    ExponentialBuilder::new()
-        .with_min_delay(settings.retry_base_delay)
-        .with_max_delay(MAX_RETRY_DELAY)
-        .with_factor(2.0)
-        .with_max_times(usize::try_from(settings.max_retries).unwrap_or(usize::MAX))
-        .with_jitter()
-        .build()
-}
-
 /// The error and its causes, without the URL (which may reveal internal addresses).
 fn describe(error: &reqwest::Error) -> String {
     let mut text = String::new();
@@ -524,47 +401,5 @@ fn describe(error: &reqwest::Error) -> String {
         error.to_string()
     } else {
         text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(max_retries: u32) -> OpenAiSettings {
-        OpenAiSettings {
-            base_url: "http://localhost".to_owned(),
-            api_key: None,
-            model: "m".to_owned(),
-            max_output_tokens: Some(100),
-            connect_timeout: Duration::from_secs(1),
-            first_token_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            total_timeout: Duration::from_secs(1),
-            max_retries,
-            retry_base_delay: Duration::from_millis(100),
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_stops_after_the_retries() {
-        let delays: Vec<Duration> = backoff(&settings(3)).collect();
-        assert_eq!(delays.len(), 3);
-        for (attempt, delay) in delays.into_iter().enumerate() {
-            let least = Duration::from_millis(100) * 2u32.pow(u32::try_from(attempt).unwrap());
-            assert!(
-                delay >= least && delay <= least * 2,
-                "attempt {attempt}: {delay:?}"
-            );
-        }
-        assert_eq!(backoff(&settings(0)).next(), None);
-        assert!(backoff(&settings(40)).all(|delay| delay <= MAX_RETRY_DELAY * 2));
-    }
-
-    #[test]
-    fn the_api_key_never_shows_in_debug_output() {
-        let mut settings = settings(0);
-        settings.api_key = Some(SecretString::from("sk-very-secret"));
-        assert!(!format!("{settings:?}").contains("sk-very-secret"));
     }
 }

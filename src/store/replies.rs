@@ -1,0 +1,303 @@
+//! A turn's replies: each written, with its tool calls and what it awaits, and, for the last,
+//! the turn's end, in one statement.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    prelude::*,
+    sql_types::{
+        Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    },
+};
+use diesel_async::RunQueryDsl;
+
+use super::{
+    Conn, Operation, Store, StoreError,
+    statement::{Binds, Fixed, fixed},
+};
+use crate::domain::{Message, MessageId, Revision, ToolCallStatus, UserId};
+
+/// The parts of the statements that store a reply. With `$8`, the reply is one of that turn's
+/// attempt `$9`, streamed in pieces of `$10` bytes, and with `$11` its last, which ends the turn
+/// in that state with outcome `$12`. A reply of a turn is written only while the turn's attempt
+/// is in state `$13`: a replica that took over a turn whose lease ran out has ended it, and the
+/// replica that had it, if it still runs, must not write after that. The conversation's row is
+/// locked before the turn's, in the order a deletion takes them.
+macro_rules! reply_locks {
+    () => {
+        "WITH locked AS MATERIALIZED (
+             SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+         ), owned AS MATERIALIZED (
+             SELECT id FROM turns
+             WHERE id = $8 AND attempt = $9 AND state = $13 AND EXISTS (SELECT 1 FROM locked)
+             FOR NO KEY UPDATE
+         ), "
+    };
+}
+
+/// The conversation's row as a reply moves it forward, with `$extra` set too; only while the
+/// reply's turn (if it has one) is the writer's.
+macro_rules! reply_touches {
+    ($extra:literal) => {
+        concat!(
+            "touched AS (
+                 UPDATE conversations
+                 SET updated_at = GREATEST(updated_at, $3), revision = revision + 1",
+            $extra,
+            "
+                 WHERE id = $1 AND user_id = $2
+                   AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM owned))
+                 RETURNING id, revision
+             ), "
+        )
+    };
+}
+
+/// The reply's row and the turn's end, once the conversation moved forward.
+macro_rules! reply_writes {
+    () => {
+        "inserted AS (
+             INSERT INTO messages (id, conversation_id, role, content, status, created_at,
+                                   sequence, turn_id, turn_attempt, deltas)
+             SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10 FROM touched
+         ), ended AS (
+             UPDATE turns SET state = $11, outcome = $12, ended_at = now()
+             WHERE id = $8 AND attempt = $9 AND state = 'generating' AND $11::text IS NOT NULL
+               AND EXISTS (SELECT 1 FROM touched)
+         )"
+    };
+}
+
+/// What became of the reply: its sequence, or why it was not written.
+macro_rules! reply_answers {
+    () => {
+        " SELECT (SELECT revision FROM touched) AS revision,
+             $8::uuid IS NOT NULL AND (SELECT revision FROM touched) IS NULL
+                 AND EXISTS (SELECT 1 FROM locked) AND NOT EXISTS (SELECT 1 FROM owned)
+                 AS taken_over,
+             $8::uuid IS NOT NULL AND (SELECT revision FROM touched) IS NULL
+                 AND EXISTS (SELECT 1 FROM messages WHERE id = $4) AS stored_before"
+    };
+}
+
+/// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`) to the user's
+/// conversation and moves the conversation forward: its update time and its revision, which
+/// becomes the reply's sequence; of its turn as its `locked` and `owned` parts say. Returns the
+/// new revision, or none if the user has no such conversation (or the turn is no longer the
+/// writer's, or the reply was written already, by a try whose answer was lost); then nothing
+/// is written.
+const APPEND_REPLY: &str = concat!(
+    reply_locks!(),
+    reply_touches!(""),
+    reply_writes!(),
+    reply_answers!()
+);
+
+/// [`APPEND_REPLY`] for a reply that called tools, with its calls: ids `$16`, the provider's
+/// ids `$17`, names `$18`, arguments `$19`, statuses `$20`, results `$21` and answer indexes
+/// `$22`, in the order the model made them. With `$14`, the reply awaits the results of those
+/// calls (by the provider's ids) that the client runs, until `$15`, and the conversation takes
+/// no user message meanwhile. One statement, so one round trip, atomic by itself.
+const APPEND_REPLY_WITH_CALLS: &str = concat!(
+    reply_locks!(),
+    reply_touches!(
+        ",
+                     awaiting_message = CASE WHEN $14::text[] IS NULL THEN awaiting_message ELSE $4 END,
+                     awaiting_calls = COALESCE($14, awaiting_calls),
+                     awaiting_until = CASE WHEN $14::text[] IS NULL THEN awaiting_until ELSE $15 END"
+    ),
+    reply_writes!(),
+    ", calls AS (
+         INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments,
+                                 status, result, created_at, answer_index)
+         SELECT c.id, $4, (c.position - 1)::int4, c.provider_call_id, c.name, c.arguments,
+                c.status, c.result, $3, c.answer_index
+         FROM touched,
+              unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
+                     $21::jsonb[], $22::int4[])
+                  WITH ORDINALITY AS c(id, provider_call_id, name, arguments, status, result,
+                                       answer_index, position)
+     )",
+    reply_answers!()
+);
+
+/// What [`APPEND_REPLY`] answers.
+#[derive(QueryableByName)]
+struct ReplyRow {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    revision: Option<Revision>,
+    #[diesel(sql_type = Bool)]
+    taken_over: bool,
+    #[diesel(sql_type = Bool)]
+    stored_before: bool,
+}
+
+/// [`APPEND_REPLY`] for `reply`, of `turn` if it has one.
+async fn append_reply(
+    mut conn: &Conn,
+    user: UserId,
+    reply: &Message,
+    turn: Option<&ReplyOf<'_>>,
+) -> QueryResult<ReplyStored> {
+    let row = bind_reply(fixed(APPEND_REPLY), user, reply, turn)
+        .get_result::<ReplyRow>(&mut conn)
+        .await?;
+    Ok(row.into())
+}
+
+/// [`APPEND_REPLY_WITH_CALLS`] for `reply`, of `turn` if it has one, awaiting the client's
+/// results of `awaiting` if given.
+async fn append_reply_with_calls(
+    mut conn: &Conn,
+    user: UserId,
+    reply: &Message,
+    awaiting: Option<&Awaiting>,
+    turn: Option<&ReplyOf<'_>>,
+) -> QueryResult<ReplyStored> {
+    let calls = &reply.tool_calls;
+    let row = bind_reply(fixed(APPEND_REPLY_WITH_CALLS), user, reply, turn)
+        .bind::<Nullable<Array<Text>>, _>(awaiting.map(|awaiting| &awaiting.calls))
+        .bind::<Nullable<Timestamptz>, _>(awaiting.map(|awaiting| awaiting.until))
+        .bind::<Array<SqlUuid>, _>(calls.iter().map(|c| *c.id.as_uuid()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            calls
+                .iter()
+                .map(|c| &c.provider_call_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(calls.iter().map(|c| &c.name).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(calls.iter().map(|c| &c.arguments).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            calls
+                .iter()
+                .map(|c| <&str>::from(c.status))
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Jsonb>>, _>(
+            calls.iter().map(|c| c.result.as_ref()).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Integer>>, _>(
+            calls
+                .iter()
+                .map(|c| {
+                    // A call stored with its outcome (failed without being run): no result event
+                    // follows, and later results number themselves from 0.
+                    (c.status != ToolCallStatus::Requested)
+                        .then_some(super::models::SETTLED_WHEN_STORED)
+                })
+                .collect::<Vec<_>>(),
+        )
+        .get_result::<ReplyRow>(&mut conn)
+        .await?;
+    Ok(row.into())
+}
+
+/// `statement`, one of the reply's, with the reply's and its turn's parameters `$1` to `$13`.
+fn bind_reply<'a>(
+    statement: Fixed<()>,
+    user: UserId,
+    reply: &'a Message,
+    turn: Option<&'a ReplyOf<'a>>,
+) -> Fixed<impl Binds + Send + 'a> {
+    let ends = turn.and_then(|turn| turn.ends);
+    statement
+        .bind::<SqlUuid, _>(reply.conversation_id.as_uuid())
+        .bind::<SqlUuid, _>(*user.as_uuid())
+        .bind::<Timestamptz, _>(reply.create_time)
+        .bind::<SqlUuid, _>(reply.id.as_uuid())
+        .bind::<Text, _>(<&str>::from(reply.role))
+        .bind::<Text, _>(&reply.content)
+        .bind::<Text, _>(<&str>::from(reply.status))
+        .bind::<Nullable<SqlUuid>, _>(turn.map(|turn| *turn.turn.as_uuid()))
+        .bind::<Nullable<Integer>, _>(turn.map(|turn| turn.attempt.get()))
+        .bind::<Nullable<Array<Integer>>, _>(turn.map(|turn| turn.deltas))
+        .bind::<Nullable<Text>, _>(ends.map(|end| <&str>::from(end.state)))
+        .bind::<Nullable<Jsonb>, _>(ends.map(|end| end.outcome))
+        .bind::<Nullable<Text>, _>(turn.map(|turn| <&str>::from(turn.while_state)))
+}
+
+impl From<ReplyRow> for ReplyStored {
+    fn from(row: ReplyRow) -> Self {
+        match row {
+            ReplyRow {
+                revision: Some(revision),
+                ..
+            } => Self::At(revision),
+            ReplyRow {
+                stored_before: true,
+                ..
+            } => Self::StoredBefore,
+            ReplyRow {
+                taken_over: true, ..
+            } => Self::TurnTakenOver,
+            ReplyRow { .. } => Self::ConversationGone,
+        }
+    }
+}
+
+/// The turn a reply belongs to, and how it was streamed.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyOf<'a> {
+    pub turn: MessageId,
+    pub attempt: crate::domain::Attempt,
+    /// The length in bytes of each piece of its text as it was streamed.
+    pub deltas: &'a [i32],
+    /// How the turn ends, when this reply is its last: stored with it, in the same statement.
+    pub ends: Option<TurnEnding<'a>>,
+    /// The state the turn's attempt must still be in for the reply to be written: generating,
+    /// for the replica generating it; interrupted, for one that took it over.
+    pub while_state: crate::domain::TurnState,
+}
+
+/// What became of a write of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStored {
+    /// Stored, taking the conversation to this revision: the reply's sequence.
+    At(Revision),
+    /// Not stored: the conversation was deleted meanwhile.
+    ConversationGone,
+    /// Not stored: another replica took the turn over, its lease having run out, and ended it.
+    TurnTakenOver,
+    /// Stored already, by an earlier try whose answer was lost: its place is not known here.
+    StoredBefore,
+}
+
+/// How a turn ended, as its record keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnEnding<'a> {
+    pub state: crate::domain::TurnState,
+    pub outcome: &'a serde_json::Value,
+}
+
+/// What a reply that called the client's tools waits for.
+#[derive(Debug, Clone)]
+pub struct Awaiting {
+    /// The provider's ids of the calls the client is to answer.
+    pub calls: Vec<String>,
+    pub until: DateTime<Utc>,
+}
+
+impl Store {
+    /// Stores the assistant's reply with its tool calls and moves the conversation's update
+    /// time forward, atomically, and returns the new revision. With `awaiting`, the reply awaits
+    /// the results of those of its calls that the client runs, and the conversation takes no
+    /// user message meanwhile. Nothing is written if the conversation was deleted meanwhile, or
+    /// if the reply's turn is no longer in the state `turn` expects.
+    pub async fn store_reply(
+        &self,
+        user: UserId,
+        reply: &Message,
+        awaiting: Option<&Awaiting>,
+        turn: Option<&ReplyOf<'_>>,
+    ) -> Result<ReplyStored, StoreError> {
+        let operation = Operation::new("INSERT", "INSERT messages tool_calls");
+        self.run(operation, async |conn| {
+            // One statement either way, atomic by itself: one round trip.
+            Ok(if reply.tool_calls.is_empty() {
+                append_reply(&*conn, user, reply, turn).await?
+            } else {
+                append_reply_with_calls(&*conn, user, reply, awaiting, turn).await?
+            })
+        })
+        .await
+    }
+}
