@@ -59,54 +59,17 @@ impl AuthArgs {
         if chosen.iter().filter(|set| **set).count() > 1 {
             return Err(several_keys());
         }
-        if let Some(url) = self.jwt_jwks_url {
-            let settings = JwksSettings {
+        let key = match self.jwt_jwks_url {
+            Some(url) => JwtKey::Jwks(JwksSettings {
                 url: jwks_url(&url)?,
                 min_refresh_interval: self.jwt_jwks_min_refresh_interval,
-            };
-            return Ok(AuthSettings {
-                key: JwtKey::Jwks(settings),
-                issuer: non_empty(self.jwt_issuer),
-                audience: non_empty(self.jwt_audience),
-                leeway: self.jwt_leeway,
-            });
-        }
-        let key = match (self.jwt_secret, self.jwt_public_key_file) {
-            (Some(_), Some(_)) => return Err(several_keys()),
-            (Some(secret), None) if secret.expose_secret().len() < MIN_SECRET_BYTES => {
-                return Err(invalid(
-                    "CHAT_JWT_SECRET",
-                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
-                ));
-            }
-            (Some(secret), None) => JwtKey::Hs256Secret(SecretSlice::from(
-                secret.expose_secret().as_bytes().to_vec(),
-            )),
-            (None, Some(path)) => {
-                let pem = std::fs::read(&path).map_err(|e| {
-                    invalid(
-                        "CHAT_JWT_PUBLIC_KEY_FILE",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                JwtKey::PublicKeyPem { path, pem }
-            }
-            (None, None) if env == Environment::Production => {
-                return Err(invalid(
-                    "CHAT_ENV",
-                    "production needs CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL; the development key is refused",
-                ));
-            }
-            (None, None) if !development_key_allowed => {
-                return Err(invalid(
-                    "CHAT_JWT_SECRET",
-                    "a real model is configured (CHAT_LLM_BASE_URL) but no signing key: set \
-                     CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL, or set \
-                     CHAT_ENV=development to accept tokens signed with the publicly known \
-                     development key",
-                ));
-            }
-            (None, None) => JwtKey::Development,
+            }),
+            None => local_key(
+                self.jwt_secret,
+                self.jwt_public_key_file,
+                env,
+                development_key_allowed,
+            )?,
         };
         Ok(AuthSettings {
             key,
@@ -115,6 +78,54 @@ impl AuthArgs {
             leeway: self.jwt_leeway,
         })
     }
+}
+
+/// The key that signs tokens when no identity provider's key set is named: a shared secret,
+/// a public key from a file, or, where allowed, the publicly known development key.
+fn local_key(
+    secret: Option<SecretString>,
+    public_key_file: Option<PathBuf>,
+    env: Environment,
+    development_key_allowed: bool,
+) -> Result<JwtKey, ConfigError> {
+    let key = match (secret, public_key_file) {
+        (Some(_), Some(_)) => return Err(several_keys()),
+        (Some(secret), None) if secret.expose_secret().len() < MIN_SECRET_BYTES => {
+            return Err(invalid(
+                "CHAT_JWT_SECRET",
+                format!("must be at least {MIN_SECRET_BYTES} bytes"),
+            ));
+        }
+        (Some(secret), None) => JwtKey::Hs256Secret(SecretSlice::from(
+            secret.expose_secret().as_bytes().to_vec(),
+        )),
+        (None, Some(path)) => {
+            let pem = std::fs::read(&path).map_err(|e| {
+                invalid(
+                    "CHAT_JWT_PUBLIC_KEY_FILE",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            JwtKey::PublicKeyPem { path, pem }
+        }
+        (None, None) if env == Environment::Production => {
+            return Err(invalid(
+                "CHAT_ENV",
+                "production needs CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL; the development key is refused",
+            ));
+        }
+        (None, None) if !development_key_allowed => {
+            return Err(invalid(
+                "CHAT_JWT_SECRET",
+                "a real model is configured (CHAT_LLM_BASE_URL) but no signing key: set \
+                 CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWT_JWKS_URL, or set \
+                 CHAT_ENV=development to accept tokens signed with the publicly known \
+                 development key",
+            ));
+        }
+        (None, None) => JwtKey::Development,
+    };
+    Ok(key)
 }
 
 /// The key set's address: HTTPS, since whoever can change the keys can sign any token, or HTTP to

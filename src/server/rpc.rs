@@ -126,6 +126,67 @@ fn request_id(headers: &HeaderMap) -> (HeaderValue, Option<String>) {
     }
 }
 
+/// How an RPC is named in its span and metrics: a method of ours, or one of no known service,
+/// whose path is logged cut short and counted under one label.
+struct RpcName {
+    path: String,
+    service: String,
+    method: String,
+    /// The path asked for, when it names no known method.
+    unknown_path: Option<String>,
+}
+
+impl RpcName {
+    fn of(known: &KnownMethods, uri_path: &str) -> Self {
+        if known.contains(uri_path) {
+            let (service, method) = uri_path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or((uri_path, ""));
+            return Self {
+                path: uri_path.to_owned(),
+                service: service.to_owned(),
+                method: method.to_owned(),
+                unknown_path: None,
+            };
+        }
+        Self {
+            path: UNKNOWN_METHOD.to_owned(),
+            service: UNKNOWN_METHOD.to_owned(),
+            method: UNKNOWN_METHOD.to_owned(),
+            unknown_path: Some(truncated(uri_path, MAX_LOGGED_PATH).to_owned()),
+        }
+    }
+}
+
+/// The RPC's span, as OpenTelemetry's RPC conventions name its fields. A client's request id
+/// that was replaced is logged beside the new one, once.
+fn rpc_span(name: &RpcName, id: &HeaderValue, client_request_id: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %name.path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %name.service,
+        rpc.method = %name.method,
+        url.path = name.unknown_path.as_deref(),
+        request_id = %id.to_str().unwrap_or_default(),
+        client_request_id,
+        rpc.grpc.status_code = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    if let Some(client_request_id) = client_request_id {
+        span.in_scope(|| {
+            tracing::info!(
+                request_id = %id.to_str().unwrap_or_default(),
+                client_request_id = %client_request_id,
+                "the client's request id is not safe to log; a new one replaces it"
+            );
+        });
+    }
+    span
+}
+
 impl<S, B> Service<http::Request<B>> for RpcService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
@@ -147,53 +208,16 @@ where
         let (id, client_request_id) = request_id(request.headers());
         // Handlers read the id from the metadata; from here on it is always there.
         request.headers_mut().insert(REQUEST_ID, id.clone());
-        let uri_path = request.uri().path();
-        let (path, service, method, unknown_path) = if self.known.contains(uri_path) {
-            let (service, method) = uri_path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or((uri_path, ""));
-            (
-                uri_path.to_owned(),
-                service.to_owned(),
-                method.to_owned(),
-                None,
-            )
-        } else {
-            let unknown = UNKNOWN_METHOD.to_owned();
-            let cut = truncated(uri_path, MAX_LOGGED_PATH).to_owned();
-            (unknown.clone(), unknown.clone(), unknown, Some(cut))
-        };
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            url.path = unknown_path.as_deref(),
-            request_id = %id.to_str().unwrap_or_default(),
-            client_request_id = client_request_id.as_deref(),
-            rpc.grpc.status_code = field::Empty,
-            otel.status_code = field::Empty,
-        );
-        if let Some(client_request_id) = &client_request_id {
-            span.in_scope(|| {
-                tracing::info!(
-                    request_id = %id.to_str().unwrap_or_default(),
-                    client_request_id = %client_request_id,
-                    "the client's request id is not safe to log; a new one replaces it"
-                );
-            });
-        }
+        let name = RpcName::of(&self.known, request.uri().path());
+        let span = rpc_span(&name, &id, client_request_id.as_deref());
         // An incoming `traceparent` makes this span a child of the caller's.
         let parent = crate::telemetry::propagation::extract(request.headers());
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
         let observer = Observer {
             span: span.clone(),
-            quiet: service == "grpc.health.v1.Health",
+            quiet: name.service == "grpc.health.v1.Health",
             // Counted under one label: a made-up path must not become a metric of its own.
-            path,
+            path: name.path,
             started: Instant::now(),
             metrics: self.metrics.clone(),
             code: None,

@@ -10,7 +10,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Operation, Store, StoreError,
+    Conn, Operation, Store, StoreError,
     models::ToolCallRow,
     schema::{conversations, messages, tool_calls},
     statement::fixed,
@@ -75,31 +75,14 @@ impl Store {
                 let Some(state) = lock_conversation(&*conn, user, conversation).await? else {
                     return Ok(Submitted::NoConversation);
                 };
-                let (awaited, client_calls) = conversations::table
-                    .filter(conversations::id.eq(conversation.as_uuid()))
-                    .select((
-                        conversations::awaiting_message,
-                        conversations::awaiting_calls,
-                    ))
-                    .first::<(Option<uuid::Uuid>, Option<Vec<String>>)>(conn)
-                    .await?;
-                let client_calls = client_calls.unwrap_or_default();
+                let (awaited, client_calls) = awaited_calls(conn, conversation).await?;
                 if awaited != Some(*message.as_uuid()) {
                     return Ok(Submitted::NotAwaited);
                 }
                 if !state.awaits_tool_results(now) {
                     return Ok(Submitted::Overdue);
                 }
-                let rows = tool_calls::table
-                    .filter(tool_calls::message_id.eq(message.as_uuid()))
-                    .select(ToolCallRow::as_select())
-                    .order(tool_calls::position)
-                    .load::<ToolCallRow>(conn)
-                    .await?;
-                let mut calls = rows
-                    .into_iter()
-                    .map(ToolCall::try_from)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut calls = message_calls(conn, message).await?;
                 if let Some(mismatch) = mismatch(&calls, &client_calls, results) {
                     return Ok(mismatch);
                 }
@@ -110,39 +93,8 @@ impl Store {
                 if service_pending {
                     return Ok(Submitted::StillRunning);
                 }
-                for given in results {
-                    let Some(call) = calls
-                        .iter_mut()
-                        .find(|c| c.provider_call_id == given.provider_call_id)
-                    else {
-                        continue;
-                    };
-                    diesel::update(tool_calls::table.filter(tool_calls::id.eq(call.id.as_uuid())))
-                        .set((
-                            tool_calls::status.eq(<&str>::from(given.status)),
-                            tool_calls::result.eq(Some(&given.result)),
-                        ))
-                        .execute(conn)
-                        .await?;
-                    call.status = given.status;
-                    call.result = Some(given.result.clone());
-                }
-                diesel::update(messages::table.filter(messages::id.eq(message.as_uuid())))
-                    .set(messages::status.eq(<&str>::from(MessageStatus::Complete)))
-                    .execute(conn)
-                    .await?;
-                let revision = fixed(
-                    "UPDATE conversations
-                     SET awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
-                         revision = revision + 1, updated_at = GREATEST(updated_at, $2)
-                     WHERE id = $1
-                     RETURNING revision",
-                )
-                .bind::<SqlUuid, _>(conversation.as_uuid())
-                .bind::<Timestamptz, _>(now)
-                .get_result::<RevisionRow>(conn)
-                .await?
-                .revision;
+                write_results(conn, &mut calls, results).await?;
+                let revision = end_wait(conn, conversation, message, now).await?;
                 Ok(Submitted::Stored { revision, calls })
             })
             .await
@@ -181,4 +133,84 @@ fn mismatch(
         unexpected,
         missing,
     })
+}
+
+/// The message a conversation awaits results for, and the provider ids of the calls of the
+/// client's tools among its calls.
+async fn awaited_calls(
+    conn: &mut Conn,
+    conversation: ConversationId,
+) -> QueryResult<(Option<uuid::Uuid>, Vec<String>)> {
+    let (awaited, client_calls) = conversations::table
+        .filter(conversations::id.eq(conversation.as_uuid()))
+        .select((
+            conversations::awaiting_message,
+            conversations::awaiting_calls,
+        ))
+        .first::<(Option<uuid::Uuid>, Option<Vec<String>>)>(conn)
+        .await?;
+    Ok((awaited, client_calls.unwrap_or_default()))
+}
+
+/// The message's calls, in order.
+async fn message_calls(conn: &mut Conn, message: MessageId) -> Result<Vec<ToolCall>, StoreError> {
+    let rows = tool_calls::table
+        .filter(tool_calls::message_id.eq(message.as_uuid()))
+        .select(ToolCallRow::as_select())
+        .order(tool_calls::position)
+        .load::<ToolCallRow>(conn)
+        .await?;
+    rows.into_iter().map(ToolCall::try_from).collect()
+}
+
+/// Stores each result on its call, and on `calls` as they are returned.
+async fn write_results(
+    conn: &mut Conn,
+    calls: &mut [ToolCall],
+    results: &[GivenResult],
+) -> QueryResult<()> {
+    for given in results {
+        let Some(call) = calls
+            .iter_mut()
+            .find(|c| c.provider_call_id == given.provider_call_id)
+        else {
+            continue;
+        };
+        diesel::update(tool_calls::table.filter(tool_calls::id.eq(call.id.as_uuid())))
+            .set((
+                tool_calls::status.eq(<&str>::from(given.status)),
+                tool_calls::result.eq(Some(&given.result)),
+            ))
+            .execute(conn)
+            .await?;
+        call.status = given.status;
+        call.result = Some(given.result.clone());
+    }
+    Ok(())
+}
+
+/// Completes the message and ends the conversation's wait, moving its revision on. Returns it.
+async fn end_wait(
+    conn: &mut Conn,
+    conversation: ConversationId,
+    message: MessageId,
+    now: DateTime<Utc>,
+) -> QueryResult<Revision> {
+    diesel::update(messages::table.filter(messages::id.eq(message.as_uuid())))
+        .set(messages::status.eq(<&str>::from(MessageStatus::Complete)))
+        .execute(conn)
+        .await?;
+    let revision = fixed(
+        "UPDATE conversations
+         SET awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
+             revision = revision + 1, updated_at = GREATEST(updated_at, $2)
+         WHERE id = $1
+         RETURNING revision",
+    )
+    .bind::<SqlUuid, _>(conversation.as_uuid())
+    .bind::<Timestamptz, _>(now)
+    .get_result::<RevisionRow>(conn)
+    .await?
+    .revision;
+    Ok(revision)
 }

@@ -67,8 +67,22 @@ fn latency() -> Histogram {
 /// The service's metrics, shared by every layer that records them.
 pub struct Metrics {
     registry: Registry,
+    service: ServiceMetrics,
+    turns: TurnMetrics,
+    tools: ToolMetrics,
+}
+
+/// What every RPC, and the dependencies behind them, cost.
+struct ServiceMetrics {
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: HistogramFamily<RpcLabels>,
+    health_checks: Family<ResultLabels, Counter>,
+    db_connections: Family<StateLabels, Gauge>,
+    event_engine_errors: Family<OperationLabels, Counter>,
+}
+
+/// What turns cost and how fast they answer.
+struct TurnMetrics {
     time_to_first_token: Histogram,
     overhead: Histogram,
     active_streams: Gauge,
@@ -76,37 +90,17 @@ pub struct Metrics {
     model_errors: Family<KindLabels, Counter>,
     history_sources: Family<SourceLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
-    health_checks: Family<ResultLabels, Counter>,
-    db_connections: Family<StateLabels, Gauge>,
+}
+
+/// The tools the model calls.
+struct ToolMetrics {
     tool_calls: Family<ToolLabels, Counter>,
     tool_duration: HistogramFamily<ToolLabels>,
     tools_offered: Gauge,
-    event_engine_errors: Family<OperationLabels, Counter>,
 }
 
-/// Where a turn in an existing conversation found the messages the model sees.
-#[derive(Debug, Clone, Copy)]
-pub enum HistorySource {
-    /// Remembered by this replica, and still current when the user message was committed.
-    Memory,
-    /// Remembered, but another write had come first: the turn read the database after all.
-    StaleMemory,
-    Database,
-}
-
-impl HistorySource {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Memory => "memory",
-            Self::StaleMemory => "stale_memory",
-            Self::Database => "database",
-        }
-    }
-}
-
-impl Metrics {
-    pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("chat");
+impl ServiceMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         registry.register(
             "rpc_requests",
@@ -120,6 +114,36 @@ impl Metrics {
             Unit::Seconds,
             rpc_duration.clone(),
         );
+        let health_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "health_checks",
+            "Database checks behind the health service, by result (serving or not_serving)",
+            health_checks.clone(),
+        );
+        let db_connections = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections, by state (in_use or idle)",
+            db_connections.clone(),
+        );
+        let event_engine_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "event_engine_errors",
+            "Failed operations on the engine that carries turn events between replicas (Redis), by operation (append, read, cancel, ping)",
+            event_engine_errors.clone(),
+        );
+        Self {
+            rpc_requests,
+            rpc_duration,
+            health_checks,
+            db_connections,
+            event_engine_errors,
+        }
+    }
+}
+
+impl TurnMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let time_to_first_token = latency();
         registry.register_with_unit(
             "time_to_first_token",
@@ -164,18 +188,20 @@ impl Metrics {
             "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams, user_conversations, conversation_messages)",
             refusals.clone(),
         );
-        let health_checks = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "health_checks",
-            "Database checks behind the health service, by result (serving or not_serving)",
-            health_checks.clone(),
-        );
-        let db_connections = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "db_pool_connections",
-            "Database pool connections, by state (in_use or idle)",
-            db_connections.clone(),
-        );
+        Self {
+            time_to_first_token,
+            overhead,
+            active_streams,
+            tokens,
+            model_errors,
+            history_sources,
+            refusals,
+        }
+    }
+}
+
+impl ToolMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let tool_calls = Family::<ToolLabels, Counter>::default();
         registry.register(
             "tool_calls",
@@ -195,29 +221,45 @@ impl Metrics {
             "Tools from MCP servers offered to the model now",
             tools_offered.clone(),
         );
-        let event_engine_errors = Family::<OperationLabels, Counter>::default();
-        registry.register(
-            "event_engine_errors",
-            "Failed operations on the engine that carries turn events between replicas (Redis), by operation (append, read, cancel, ping)",
-            event_engine_errors.clone(),
-        );
-        Arc::new(Self {
-            registry,
-            rpc_requests,
-            rpc_duration,
-            time_to_first_token,
-            overhead,
-            active_streams,
-            tokens,
-            model_errors,
-            history_sources,
-            refusals,
-            health_checks,
-            db_connections,
+        Self {
             tool_calls,
             tool_duration,
             tools_offered,
-            event_engine_errors,
+        }
+    }
+}
+
+/// Where a turn in an existing conversation found the messages the model sees.
+#[derive(Debug, Clone, Copy)]
+pub enum HistorySource {
+    /// Remembered by this replica, and still current when the user message was committed.
+    Memory,
+    /// Remembered, but another write had come first: the turn read the database after all.
+    StaleMemory,
+    Database,
+}
+
+impl HistorySource {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::StaleMemory => "stale_memory",
+            Self::Database => "database",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("chat");
+        let service = ServiceMetrics::register(&mut registry);
+        let turns = TurnMetrics::register(&mut registry);
+        let tools = ToolMetrics::register(&mut registry);
+        Arc::new(Self {
+            registry,
+            service,
+            turns,
+            tools,
         })
     }
 
@@ -226,18 +268,23 @@ impl Metrics {
             tool: tool.to_owned(),
             outcome,
         };
-        self.tool_calls.get_or_create(&labels).inc();
-        self.tool_duration.get_or_create(&labels).observe(seconds);
+        self.tools.tool_calls.get_or_create(&labels).inc();
+        self.tools
+            .tool_duration
+            .get_or_create(&labels)
+            .observe(seconds);
     }
 
     pub fn record_event_engine_error(&self, operation: &'static str) {
-        self.event_engine_errors
+        self.service
+            .event_engine_errors
             .get_or_create(&OperationLabels { operation })
             .inc();
     }
 
     pub fn set_tools_offered(&self, count: usize) {
-        self.tools_offered
+        self.tools
+            .tools_offered
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
@@ -246,21 +293,26 @@ impl Metrics {
             method: method.to_owned(),
             code: code.to_owned(),
         };
-        self.rpc_requests.get_or_create(&labels).inc();
-        self.rpc_duration.get_or_create(&labels).observe(seconds);
+        self.service.rpc_requests.get_or_create(&labels).inc();
+        self.service
+            .rpc_duration
+            .get_or_create(&labels)
+            .observe(seconds);
     }
 
     /// `total` from the request's arrival, `model` spent waiting for the model's first token.
     pub fn record_first_token(&self, total: f64, model: f64) {
-        self.time_to_first_token.observe(total);
-        self.overhead.observe((total - model).max(0.0));
+        self.turns.time_to_first_token.observe(total);
+        self.turns.overhead.observe((total - model).max(0.0));
     }
 
     pub fn record_tokens(&self, input: u32, output: u32) {
-        self.tokens
+        self.turns
+            .tokens
             .get_or_create(&DirectionLabels { direction: "input" })
             .inc_by(u64::from(input));
-        self.tokens
+        self.turns
+            .tokens
             .get_or_create(&DirectionLabels {
                 direction: "output",
             })
@@ -268,11 +320,15 @@ impl Metrics {
     }
 
     pub fn record_model_error(&self, kind: &'static str) {
-        self.model_errors.get_or_create(&KindLabels { kind }).inc();
+        self.turns
+            .model_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     pub fn record_history_source(&self, source: HistorySource) {
-        self.history_sources
+        self.turns
+            .history_sources
             .get_or_create(&SourceLabels {
                 source: source.label(),
             })
@@ -280,29 +336,35 @@ impl Metrics {
     }
 
     pub fn record_refusal(&self, limit: &'static str) {
-        self.refusals.get_or_create(&LimitLabels { limit }).inc();
+        self.turns
+            .refusals
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     pub fn record_health_check(&self, serving: bool) {
         let result = if serving { "serving" } else { "not_serving" };
-        self.health_checks
+        self.service
+            .health_checks
             .get_or_create(&ResultLabels { result })
             .inc();
     }
 
     /// Counts a stream as active until the returned guard is dropped.
     pub fn stream_started(self: &Arc<Self>) -> ActiveStream {
-        self.active_streams.inc();
+        self.turns.active_streams.inc();
         ActiveStream(self.clone())
     }
 
     /// The metrics in Prometheus' text format, with the pool's current state.
     pub fn render(&self, pool_in_use: usize, pool_idle: usize) -> String {
         let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.db_connections
+        self.service
+            .db_connections
             .get_or_create(&StateLabels { state: "in_use" })
             .set(as_gauge(pool_in_use));
-        self.db_connections
+        self.service
+            .db_connections
             .get_or_create(&StateLabels { state: "idle" })
             .set(as_gauge(pool_idle));
         let mut text = String::new();
@@ -317,7 +379,7 @@ pub struct ActiveStream(Arc<Metrics>);
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        self.0.active_streams.dec();
+        self.0.turns.active_streams.dec();
     }
 }
 
