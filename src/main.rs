@@ -1,3 +1,5 @@
+//! The binary: serve, apply migrations, or mint a development token.
+
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use chat_service::{api::auth::mint_token, config::Settings, store::run_migrations, telemetry};

@@ -1,7 +1,10 @@
+//! `chat.v1.ChatService`: turns streamed to the client, resumed, cancelled and continued with the
+//! client's tool results.
+
 use std::pin::Pin;
 
 use secrecy::SecretString;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -106,21 +109,6 @@ where
         item.map(encode)
             .map_err(|error| Status::from(ApiError::from(error)))
     })
-}
-
-/// The reply's events as the client reads them: the last one, when the stream had no room for
-/// it, after everything else.
-fn reply_stream<T>(
-    events: tokio::sync::mpsc::Receiver<Result<Sequenced, ChatError>>,
-    last_word: tokio::sync::oneshot::Receiver<Result<Sequenced, ChatError>>,
-    encode: fn(Sequenced) -> T,
-) -> impl Stream<Item = Result<T, Status>> + Send + 'static
-where
-    T: Send + 'static,
-{
-    let last_word = futures_util::stream::once(last_word).filter_map(Result::ok);
-    let turn: TurnStream = Box::pin(ReceiverStream::new(events).chain(last_word));
-    responses(turn, encode)
 }
 
 fn message_id(text: &str) -> Result<MessageId, ApiError> {
@@ -278,11 +266,7 @@ impl ChatService for ChatApi {
                 }))
             })
             .collect::<Vec<_>>();
-        let reply = reply_stream(
-            continuation.events,
-            continuation.last_word,
-            encode_continuation,
-        );
+        let reply = responses(continuation.events, encode_continuation);
         Ok(Response::new(Box::pin(
             tokio_stream::iter(stored).chain(reply),
         )))

@@ -1,3 +1,5 @@
+//! `chat.v1.ConversationService`: a user's conversations and their messages.
+
 use tonic::{Request, Response, Status};
 
 use super::{

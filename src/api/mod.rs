@@ -5,12 +5,11 @@ mod chat_service;
 mod conversation_service;
 mod convert;
 mod error;
-pub mod jwks;
 pub mod proto;
 
 use tonic::Request;
 
-pub use auth::{AuthError, AuthSettings, Authenticator, JwtKey};
+pub use auth::{AuthError, AuthSettings, Authenticator, JwtKey, jwks};
 pub use chat_service::ChatApi;
 pub use conversation_service::ConversationApi;
 pub use error::ApiError;

@@ -1,3 +1,5 @@
+//! Conversation queries: listing, reading in pages and deleting a user's conversations.
+
 use std::sync::Arc;
 
 use super::{Admission, ChatError, Identities, Limit, RecentContexts};

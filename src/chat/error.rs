@@ -1,6 +1,8 @@
+//! What a use case fails with, in domain terms; the API maps it to a status in one place.
+
 use std::time::Duration;
 
-use super::admission::Limit;
+use super::limit::Limit;
 use crate::{llm::LlmError, store::StoreError};
 
 /// One invalid field of a request, named as the client spelled it.

@@ -1,3 +1,5 @@
+//! Which user an authenticated subject is, remembered for a while.
+
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},

@@ -1,16 +1,18 @@
 //! Use cases, written in domain terms only: no protobuf, no tonic.
 
-mod admission;
-mod conversations;
+mod limit;
 mod error;
 mod identities;
 mod recent;
+mod admission;
+mod conversations;
 mod turn;
 
-pub use admission::{Admission, Limit, LimitSettings, StorageLimits, StreamPermit};
+pub use admission::{Admission, LimitSettings, StorageLimits, StreamPermit};
 pub use conversations::{ConversationView, Conversations, Page, PageRequest, RESPONSE_TEXT_BYTES};
 pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
+pub use limit::Limit;
 pub use recent::RecentContexts;
 pub use turn::{
     ACCEPTED, Accepted, ClientTool, Completion, Continuation, GivenToolResult,

@@ -1,3 +1,5 @@
+//! The settings as flags and the environment give them, parsed the way the binary parses them.
+
 use std::time::Duration;
 
 use clap::Parser;

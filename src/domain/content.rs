@@ -1,3 +1,5 @@
+//! A user's message text, checked once.
+
 /// The text of a user's message, checked once: not blank, no NUL, and at most a configured number
 /// of characters (Unicode scalar values, not bytes). Stored exactly as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

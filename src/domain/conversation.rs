@@ -1,3 +1,5 @@
+//! Conversations and messages, as the service hands them out.
+
 use chrono::{DateTime, Utc};
 
 use super::ids::{ConversationId, MessageId, ToolCallId};

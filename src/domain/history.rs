@@ -1,3 +1,5 @@
+//! What a replica remembers of a conversation for the model's context.
+
 use super::{
     conversation::{Role, ToolCall},
     ids::MessageId,

@@ -1,3 +1,5 @@
+//! Identifiers: UUIDs by type, so that one kind cannot be passed as another.
+
 use std::fmt;
 
 use uuid::Uuid;

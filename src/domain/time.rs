@@ -1,3 +1,5 @@
+//! Time as the service keeps it.
+
 use chrono::{DateTime, SubsecRound, Utc};
 
 /// The current time at the precision PostgreSQL stores (microseconds), so that a timestamp the

@@ -1,3 +1,5 @@
+//! Tools offered to the model, tool calls and their outcomes.
+
 /// A tool the model may call, as it is offered: its name, what it does, and a JSON Schema of its
 /// arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]

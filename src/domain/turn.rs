@@ -1,3 +1,5 @@
+//! A turn's stored state, its attempts, and the client's id for a request.
+
 /// Where a turn stands. Stored by its lower-case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case")]

@@ -1,3 +1,5 @@
+//! The built-in development model, used when no real one is configured.
+
 use std::time::Duration;
 
 use futures_util::stream;

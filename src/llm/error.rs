@@ -1,3 +1,5 @@
+//! How a model call fails, by kind: what the turn tells its client and what the metrics count.
+
 use std::fmt;
 
 /// Which time limit a model call exceeded.

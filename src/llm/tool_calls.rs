@@ -1,3 +1,5 @@
+//! Tool calls put together from the fragments a model streams.
+
 use super::ModelToolCall;
 
 /// Assembles tool calls from the fragments of a stream: the first fragment of a call carries

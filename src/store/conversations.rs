@@ -1,3 +1,5 @@
+//! Conversations and their messages as their owner reads, lists and deletes them.
+
 use std::collections::HashMap;
 
 use diesel::{

@@ -1,3 +1,5 @@
+//! How a storage operation fails: unavailable (worth retrying) or otherwise.
+
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::PoolError;
 

@@ -1,3 +1,6 @@
+//! The schema's migrations, embedded in the binary and applied once however many processes
+//! start together.
+
 use std::time::Duration;
 
 use diesel::{

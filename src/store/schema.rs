@@ -1,5 +1,6 @@
-// The tables as the migrations create them. Written by hand; tests/e2e/schema.rs renders the
-// migrated database in this layout and fails, printing the expected text, when the two differ.
+//! The tables as the migrations create them, as diesel knows them. Written by hand;
+//! tests/e2e/schema.rs renders the migrated database in this layout and fails, printing the
+//! expected text, when the two differ.
 
 diesel::table! {
     conversations (id) {

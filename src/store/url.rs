@@ -1,3 +1,5 @@
+//! The database's URL, with its password kept as a secret.
+
 use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};

@@ -1,3 +1,5 @@
+//! Users, created on first sight of their subject.
+
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;

@@ -16,7 +16,7 @@ use super::{
     send_message::Turn,
     support::{
         FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp, process::ServiceProcess,
-        wait::eventually,
+        streams::read_to_end, wait::eventually,
     },
     tools::stored_messages,
 };
@@ -56,22 +56,16 @@ impl AsEvent for SubmitToolResultsResponse {
 async fn read<T: AsEvent>(
     stream: Result<tonic::Response<tonic::Streaming<T>>, Status>,
 ) -> Result<Turn, Status> {
-    let mut stream = stream?.into_inner();
-    let mut turn = Turn::default();
-    loop {
-        match stream.message().await {
-            Ok(Some(response)) => turn.events.push(
-                response
-                    .into_event()
-                    .unwrap_or_else(|| panic!("an empty event")),
-            ),
-            Ok(None) => return Ok(turn),
-            Err(status) => {
-                turn.error = Some(status);
-                return Ok(turn);
-            }
-        }
-    }
+    let (responses, error) = read_to_end(&mut stream?.into_inner()).await;
+    let events = responses
+        .into_iter()
+        .map(|response| {
+            response
+                .into_event()
+                .unwrap_or_else(|| panic!("an empty event"))
+        })
+        .collect();
+    Ok(Turn { events, error })
 }
 
 async fn send(

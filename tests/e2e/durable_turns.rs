@@ -18,6 +18,7 @@ use super::{
         FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp,
         process::ServiceProcess,
         redis::{RedisServer, shared_url},
+        streams::read_to_end,
         wait::eventually,
     },
     tools::app_with_tools,
@@ -105,16 +106,10 @@ async fn read_some<T: Numbered>(stream: &mut Streaming<T>, count: usize) -> Seen
 
 /// Reads the rest of the stream.
 async fn read_rest<T: Numbered>(stream: &mut Streaming<T>) -> Seen {
-    let mut seen = Seen::default();
-    loop {
-        match stream.message().await {
-            Ok(Some(response)) => seen.events.push(response.numbered()),
-            Ok(None) => return seen,
-            Err(status) => {
-                seen.error = Some(status);
-                return seen;
-            }
-        }
+    let (responses, error) = read_to_end(stream).await;
+    Seen {
+        events: responses.into_iter().map(Numbered::numbered).collect(),
+        error,
     }
 }
 

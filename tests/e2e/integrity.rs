@@ -2,7 +2,10 @@
 
 use chat_service::api::proto::{SendMessageResponse, send_message_response::Event};
 
-use super::support::{FakeLlm, Script, TestApp};
+use super::support::{
+    FakeLlm, Script, TestApp,
+    streams::{error_at_end, read_to_end},
+};
 
 /// Reads a stream to its end: the concatenated deltas, and whether it completed.
 async fn read_all(
@@ -55,13 +58,7 @@ async fn failed_turn(script: Script) -> tonic::Status {
     fake.script([script]);
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
     let mut stream = app.open_stream("alice", "", "hello").await;
-    loop {
-        match stream.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended without an error"),
-            Err(status) => return status,
-        }
-    }
+    error_at_end(&mut stream).await
 }
 
 #[tokio::test]
@@ -311,14 +308,9 @@ async fn a_tool_call_is_announced_only_once_stored() {
             let mut client =
                 chat_service::api::proto::chat_service_client::ChatServiceClient::new(channel);
             let mut stream = client.send_message(request).await?.into_inner();
-            let mut events = Vec::new();
-            loop {
-                match stream.message().await {
-                    Ok(Some(response)) => events.extend(response.event),
-                    Ok(None) => return Ok::<_, tonic::Status>((events, None)),
-                    Err(status) => return Ok((events, Some(status))),
-                }
-            }
+            let (responses, error) = read_to_end(&mut stream).await;
+            let events: Vec<Event> = responses.into_iter().filter_map(|r| r.event).collect();
+            Ok::<_, tonic::Status>((events, error))
         }
     });
     let waiting = "SELECT count(*) AS n FROM pg_stat_activity \

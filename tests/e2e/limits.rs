@@ -10,6 +10,7 @@ use tonic::{Code, Status, Streaming, transport::Channel};
 
 use super::support::{
     FakeLlm, Script, TestApp,
+    streams::error_at_end,
     wait::{PATIENCE, eventually},
 };
 
@@ -683,17 +684,9 @@ async fn a_reply_the_database_cannot_take_in_time_ends_the_stream_unavailable() 
         &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
     )
     .await;
-    let ended = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the stream ended without an error"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the turn waited on the database for ever"));
+    let ended = tokio::time::timeout(PATIENCE, error_at_end(&mut stream))
+        .await
+        .unwrap_or_else(|_| panic!("the turn waited on the database for ever"));
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(
         ended.message().contains("could not be saved"),

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use super::{
     assert_bad_field,
-    support::{FakeLlm, Script, TestApp, app::without_user_limits},
+    support::{FakeLlm, Script, TestApp, app::without_user_limits, streams::read_to_end},
 };
 
 /// What a client saw of one SendMessage call.
@@ -83,19 +83,12 @@ pub(super) async fn send(
         },
     );
     let mut stream = app.chat().send_message(request).await?.into_inner();
-    let mut turn = Turn::default();
-    loop {
-        match stream.message().await {
-            Ok(Some(response)) => turn
-                .events
-                .push(response.event.unwrap_or_else(|| panic!("an empty event"))),
-            Ok(None) => return Ok(turn),
-            Err(status) => {
-                turn.error = Some(status);
-                return Ok(turn);
-            }
-        }
-    }
+    let (responses, error) = read_to_end(&mut stream).await;
+    let events = responses
+        .into_iter()
+        .map(|response| response.event.unwrap_or_else(|| panic!("an empty event")))
+        .collect();
+    Ok(Turn { events, error })
 }
 
 pub(super) async fn send_ok(

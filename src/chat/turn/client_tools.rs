@@ -3,11 +3,10 @@
 use std::time::Instant;
 
 use secrecy::SecretString;
-use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    events::{Sequenced, ToolResult},
-    service::{ClientTool, Turns},
+    events::ToolResult,
+    service::{ClientTool, TurnStream, Turns},
     spawn::ReplyOrigin,
 };
 use crate::{
@@ -47,9 +46,8 @@ pub struct ToolResultsRequest {
 pub struct Continuation {
     /// The results as stored, in the order of the message's calls.
     pub results: Vec<ToolResult>,
-    /// The rest of the reply, as for [`super::StartedTurn`].
-    pub events: mpsc::Receiver<Result<Sequenced, ChatError>>,
-    pub last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
+    /// The rest of the reply, as a turn's stream gives it.
+    pub events: TurnStream,
 }
 
 /// A few of `ids`, each cut short, for an error message that stays small whatever a client
@@ -169,20 +167,15 @@ impl Turns {
             turn: None,
             cancel: None,
         };
-        let reply = self.spawn_reply(origin, context, offer, permit);
         // Everything it answers is stored already.
-        let _ = reply.commit.send(());
+        let events = self.spawn_reply(origin, context, offer, permit).go_on();
         tracing::info!(
             request_id = %request.request_id,
             conversation_id = %request.conversation,
             user_id = %request.user,
             "turn continued with the client's tool results"
         );
-        Ok(Continuation {
-            results,
-            events: reply.events,
-            last_word: reply.last_word,
-        })
+        Ok(Continuation { results, events })
     }
 
     /// The client's results as they are stored: JSON, within the size allowed for a result.

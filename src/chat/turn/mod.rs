@@ -17,27 +17,27 @@
 //! same request, or a client whose stream broke, follows the turn from where it is, on any
 //! replica.
 
-mod admit;
-mod client_tools;
-mod context;
-mod driver;
-mod events;
-mod follow;
-mod lapsed;
-mod offer;
-mod outcome;
-mod outlet;
-mod persist;
-mod relay;
-mod replay;
-mod retry;
-mod round_plan;
-mod service;
-mod spawn;
 mod state;
-mod task;
+mod events;
+mod service;
+mod context;
+mod outlet;
 mod telemetry;
+mod relay;
+mod task;
+mod persist;
+mod outcome;
+mod round_plan;
 mod tool_round;
+mod driver;
+mod offer;
+mod spawn;
+mod replay;
+mod follow;
+mod retry;
+mod admit;
+mod lapsed;
+mod client_tools;
 
 pub use self::{
     client_tools::{

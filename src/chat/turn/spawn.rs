@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use futures_util::Stream;
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -31,11 +32,11 @@ const EVENT_BUFFER: usize = 16;
 /// A reply task just started, and the means to release it and to hear from it.
 pub(super) struct SpawnedReply {
     /// Fired once the user message is committed; dropped, it aborts the model request.
-    pub commit: oneshot::Sender<()>,
-    pub events: mpsc::Receiver<Result<Sequenced, ChatError>>,
+    commit: oneshot::Sender<()>,
+    events: mpsc::Receiver<Result<Sequenced, ChatError>>,
     /// The reply's last event (`completed` or an error), when `events` had no room for it: it
     /// comes after everything `events` holds.
-    pub last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
+    last_word: oneshot::Receiver<Result<Sequenced, ChatError>>,
 }
 
 impl SpawnedReply {
@@ -43,18 +44,25 @@ impl SpawnedReply {
     /// its client reads them: `accepted`, the reply's, and the last one, when the stream had no
     /// room for it, after everything else.
     pub fn release(self, accepted: Accepted) -> TurnStream {
-        let _ = self.commit.send(());
         use tokio_stream::StreamExt;
         let accepted = Sequenced {
             sequence: ACCEPTED,
             event: TurnEvent::Accepted(accepted),
         };
+        Box::pin(tokio_stream::once(Ok(accepted)).chain(self.reply()))
+    }
+
+    /// Lets the reply go (what it answers is committed) and returns its events as its client
+    /// reads them: the last one, when the stream had no room for it, after everything else.
+    pub fn go_on(self) -> TurnStream {
+        Box::pin(self.reply())
+    }
+
+    fn reply(self) -> impl Stream<Item = Result<Sequenced, ChatError>> + Send + 'static {
+        use tokio_stream::StreamExt;
+        let _ = self.commit.send(());
         let last_word = futures_util::stream::once(self.last_word).filter_map(Result::ok);
-        Box::pin(
-            tokio_stream::once(Ok(accepted))
-                .chain(tokio_stream::wrappers::ReceiverStream::new(self.events))
-                .chain(last_word),
-        )
+        tokio_stream::wrappers::ReceiverStream::new(self.events).chain(last_word)
     }
 }
 

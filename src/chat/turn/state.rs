@@ -137,7 +137,7 @@ pub enum Outcome {
     Stalled,
     /// The server shut down.
     Interrupted,
-    /// The model failed, in the way its error's kind names.
+    /// The model failed, in the way its error's kind names (`timeout`, `connect`...).
     ModelFailed(&'static str),
     /// What the turn made could not be stored.
     StorageFailed,
@@ -155,10 +155,18 @@ impl Outcome {
             Self::Cancelled => "cancelled",
             Self::Stalled => "stalled",
             Self::Interrupted => "interrupted",
-            Self::ModelFailed(kind) => kind,
+            Self::ModelFailed(_) => "model_failed",
             Self::StorageFailed => "storage_failed",
             Self::Lost => "lost",
             Self::ConversationDeleted => "conversation_deleted",
+        }
+    }
+
+    /// How the model failed, when it did.
+    pub fn model_error(self) -> Option<&'static str> {
+        match self {
+            Self::ModelFailed(kind) => Some(kind),
+            _ => None,
         }
     }
 }
@@ -274,24 +282,73 @@ mod tests {
         assert!(!RecordState::Unreadable(TurnState::Completed).may_generate_again());
     }
 
+    /// Every way a reply task ends.
+    const OUTCOMES: [Outcome; 9] = [
+        Outcome::Completed,
+        Outcome::AwaitingToolResults,
+        Outcome::Cancelled,
+        Outcome::Stalled,
+        Outcome::Interrupted,
+        Outcome::ModelFailed("timeout"),
+        Outcome::StorageFailed,
+        Outcome::Lost,
+        Outcome::ConversationDeleted,
+    ];
+
+    /// A state's name, as README's table of states gives it. A new state does not compile
+    /// until it has one.
+    fn name(state: &RecordState) -> &'static str {
+        match state {
+            RecordState::Generating => "generating",
+            RecordState::TakingOver => "taking_over",
+            RecordState::Ended(_) => "ended",
+            RecordState::Unreadable(_) => "unreadable",
+        }
+    }
+
     #[test]
     fn every_outcome_has_a_label_of_its_own() {
-        let outcomes = [
-            Outcome::Completed,
-            Outcome::AwaitingToolResults,
-            Outcome::Cancelled,
-            Outcome::Stalled,
-            Outcome::Interrupted,
-            Outcome::ModelFailed("timeout"),
-            Outcome::StorageFailed,
-            Outcome::Lost,
-            Outcome::ConversationDeleted,
-        ];
-        let labels: std::collections::HashSet<_> = outcomes.iter().map(|o| o.label()).collect();
-        assert_eq!(labels.len(), outcomes.len());
+        let labels: std::collections::HashSet<_> = OUTCOMES.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), OUTCOMES.len());
         assert_ne!(
             Outcome::ConversationDeleted.label(),
             Outcome::Completed.label()
         );
+        assert_eq!(Outcome::ModelFailed("interrupted").label(), "model_failed");
+        assert_ne!(
+            Outcome::ModelFailed("interrupted").label(),
+            Outcome::Interrupted.label()
+        );
+    }
+
+    /// README's "A turn's states" names every state and every outcome, as the types do.
+    #[test]
+    fn the_readme_draws_the_machine_as_the_types_have_it() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### A turn's states")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or_default();
+        let states = [
+            RecordState::Generating,
+            RecordState::TakingOver,
+            RecordState::Ended(TurnEnd::Failed(Failure::Lost)),
+            RecordState::Unreadable(TurnState::Failed),
+        ];
+        for state in &states {
+            let row = format!("| `{}` |", name(state));
+            assert!(section.contains(&row), "README lacks the row {row}");
+        }
+        let rows = section.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            rows,
+            states.len(),
+            "README's table has a state the type lacks"
+        );
+        for outcome in OUTCOMES {
+            let named = format!("`{}`", outcome.label());
+            assert!(section.contains(&named), "README does not name {named}");
+        }
     }
 }

@@ -87,7 +87,7 @@ impl ReplyTask {
         }
     }
 
-    /// Logs the event and tells the client (see [`Outlet::tell`](super::journal::Outlet)).
+    /// Logs the event and tells the client (see [`Outlet::tell`](super::outlet::Outlet::tell)).
     pub(super) async fn tell(&mut self, event: Result<TurnEvent, ChatError>) {
         self.outlet
             .tell(event, self.stall_timeout, &self.shutdown)

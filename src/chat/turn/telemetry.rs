@@ -146,6 +146,7 @@ impl TurnTelemetry {
             input_tokens = usage.map(|u| u.input_tokens),
             output_tokens = usage.map(|u| u.output_tokens),
             outcome = outcome.label(),
+            model_error = outcome.model_error(),
             "turn ended"
         );
     }

@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod otlp;
 pub mod process;
 pub mod redis;
+pub mod streams;
 pub mod tcp_proxy;
 pub mod wait;
 

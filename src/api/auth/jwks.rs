@@ -16,7 +16,7 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet},
 };
 
-use super::auth::{AuthError, ClaimRules};
+use super::claims::{AuthError, ClaimRules};
 
 /// What to fetch, and how often at most.
 #[derive(Debug, Clone)]
