@@ -59,6 +59,24 @@ impl Completion {
     }
 }
 
+/// Whether `event` is the turn's last: anything but a tool call or result told to the client.
+pub fn ends_the_turn(event: &Result<TurnEvent, ChatError>) -> bool {
+    !matches!(event, Ok(TurnEvent::ToolCall(_) | TurnEvent::ToolResult(_)))
+}
+
+/// How the turn ended, if `event` ends it: as the client that was there was told.
+pub fn end_told(event: &Result<TurnEvent, ChatError>) -> Option<TurnEnd> {
+    if !ends_the_turn(event) {
+        return None;
+    }
+    Some(match event {
+        Ok(TurnEvent::Completed(completion)) => completion.end(),
+        Err(error) => TurnEnd::Failed(Failure::of(error)),
+        // Nothing but `completed` or an error ends a turn.
+        Ok(_) => TurnEnd::Failed(Failure::Internal),
+    })
+}
+
 /// An event with its place in the turn.
 #[derive(Debug)]
 pub struct Sequenced {
@@ -115,5 +133,37 @@ mod tests {
             Ok(Err(read)) => assert_eq!(read, failure),
             other => panic!("got {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_completed_or_an_error_ends_a_turn_and_says_how() {
+        let completion = Completion {
+            message: crate::domain::Message {
+                id: crate::domain::MessageId::generate(),
+                conversation_id: ConversationId::generate(),
+                role: crate::domain::Role::Assistant,
+                content: "Hi".into(),
+                status: crate::domain::MessageStatus::Complete,
+                create_time: crate::domain::now(),
+                tool_calls: Vec::new(),
+            },
+            finish_reason: "stop".into(),
+            model: "m".into(),
+            usage: None,
+        };
+        let ended = end_told(&Ok(TurnEvent::Completed(completion)));
+        assert!(
+            matches!(ended, Some(TurnEnd::Completed { finish_reason, .. }) if finish_reason == "stop")
+        );
+        assert_eq!(
+            end_told(&Err(ChatError::NotRead)),
+            Some(TurnEnd::Failed(Failure::NotRead))
+        );
+        let result = ToolResult {
+            provider_call_id: "c".into(),
+            status: ToolCallStatus::Succeeded,
+            result: serde_json::Value::Null,
+        };
+        assert_eq!(end_told(&Ok(TurnEvent::ToolResult(result))), None);
     }
 }

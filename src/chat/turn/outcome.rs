@@ -69,7 +69,7 @@ impl ReplyTask {
         };
         match error {
             // The client is not reading: it learns why when it does.
-            ChatError::NotRead => self.outlet.leave_last(error),
+            ChatError::NotRead => self.leave_last(error),
             // Those who follow the turn learn it ended; a client that went away hears nothing.
             error => self.tell(Err(error)).await,
         }

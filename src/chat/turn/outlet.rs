@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    events::{ACCEPTED, Sequenced, TurnEvent, encode},
-    state::{Failure, TurnEnd},
+    events::{ACCEPTED, Sequenced, TurnEvent, encode, ends_the_turn},
+    state::Failure,
 };
 use crate::{
     chat::ChatError,
@@ -40,8 +40,6 @@ pub(super) struct Outlet {
     pub stalled: bool,
     log: Option<TurnLog>,
     next: u64,
-    /// How the turn ended, once it has.
-    pub end: Option<TurnEnd>,
 }
 
 impl Outlet {
@@ -58,7 +56,6 @@ impl Outlet {
             stalled: false,
             log,
             next: ACCEPTED + 1,
-            end: None,
         }
     }
 
@@ -134,20 +131,11 @@ impl Outlet {
     ) {
         let sequence = self.next;
         self.next += 1;
-        let last = !matches!(event, Ok(TurnEvent::ToolCall(_) | TurnEvent::ToolResult(_)));
-        let failure = event.as_ref().err().map(Failure::of);
-        let payload = match (&event, &failure) {
-            (Ok(event), _) => self.payload(Ok(event)),
-            (Err(_), Some(failure)) => self.payload(Err(failure)),
-            (Err(_), None) => None,
+        let last = ends_the_turn(&event);
+        let payload = match &event {
+            Ok(event) => self.payload(Ok(event)),
+            Err(error) => self.payload(Err(&Failure::of(error))),
         };
-        if last {
-            self.end = Some(match (&event, failure) {
-                (Ok(TurnEvent::Completed(completion)), _) => completion.end(),
-                (_, Some(failure)) => TurnEnd::Failed(failure),
-                _ => TurnEnd::Failed(Failure::Internal),
-            });
-        }
         self.record(sequence, payload, last);
         let Some(client) = self.client.clone() else {
             return;
@@ -191,9 +179,7 @@ impl Outlet {
     pub fn leave_last(&mut self, error: ChatError) {
         let sequence = self.next;
         self.next += 1;
-        let failure = Failure::of(&error);
-        let payload = self.payload(Err(&failure));
-        self.end = Some(TurnEnd::Failed(failure));
+        let payload = self.payload(Err(&Failure::of(&error)));
         self.record(sequence, payload, true);
         self.leave(Err(error));
     }

@@ -107,7 +107,6 @@ impl ReplyTask {
             return;
         };
         let end = self
-            .outlet
             .end
             .clone()
             .unwrap_or(TurnEnd::Failed(Failure::Internal));

@@ -129,6 +129,7 @@ impl Turns {
             metrics: self.runtime.metrics.clone(),
             answered: 0,
             ended_in_store: false,
+            end: None,
         };
         let labels = TurnLabels {
             request_id: request.request_id.to_owned(),

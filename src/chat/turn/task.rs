@@ -6,7 +6,12 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use super::{events::TurnEvent, outlet::Outlet, relay::Stops};
+use super::{
+    events::{TurnEvent, end_told},
+    outlet::Outlet,
+    relay::Stops,
+    state::{Failure, TurnEnd},
+};
 use crate::{
     chat::{ChatError, RecentContexts, StreamPermit},
     domain::{ConversationId, Message, MessageId, MessageStatus, Role, ToolCall, UserId, now},
@@ -44,6 +49,8 @@ pub(super) struct ReplyTask {
     pub answered: i32,
     /// Whether the turn's end was stored with its last reply.
     pub ended_in_store: bool,
+    /// How the turn ended, once its last event was told.
+    pub end: Option<TurnEnd>,
 }
 
 /// What a reply needs to run the tools its model calls.
@@ -89,9 +96,19 @@ impl ReplyTask {
 
     /// Logs the event and tells the client (see [`Outlet::tell`](super::outlet::Outlet::tell)).
     pub(super) async fn tell(&mut self, event: Result<TurnEvent, ChatError>) {
+        if let Some(end) = end_told(&event) {
+            self.end = Some(end);
+        }
         self.outlet
             .tell(event, self.stall_timeout, &self.shutdown)
             .await;
+    }
+
+    /// Leaves `error` for the end of the client's stream, without waiting: the client is not
+    /// reading, and learns why when it does.
+    pub(super) fn leave_last(&mut self, error: ChatError) {
+        self.end = Some(TurnEnd::Failed(Failure::of(&error)));
+        self.outlet.leave_last(error);
     }
 
     pub(super) fn reply(
