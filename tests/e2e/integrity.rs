@@ -362,3 +362,70 @@ async fn a_tool_call_is_announced_only_once_stored() {
     .await;
     assert_eq!(turn_ended().unwrap()["outcome"], "conversation_deleted");
 }
+
+/// A model whose port refuses connections for a moment (it restarts, say) is tried again: its
+/// port comes up 300 ms after the first attempt was refused, and the turn completes as if
+/// nothing had happened.
+#[tokio::test]
+async fn a_model_that_refuses_connections_for_a_moment_is_tried_again() {
+    use chat_service::{
+        api::proto::SendMessageRequest,
+        llm::{ModelSettings, OpenAiSettings},
+    };
+
+    use super::support::{app::llm_settings, logs, wait::eventually};
+    logs::capture();
+    // A port that nothing listens on, until the model comes up there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap();
+    let app = TestApp::spawn_with(|config| {
+        config.model = ModelSettings::OpenAi(OpenAiSettings {
+            max_retries: 6,
+            retry_base_delay: std::time::Duration::from_millis(100),
+            ..llm_settings(format!("http://{addr}/v1"))
+        });
+    })
+    .await;
+    let request_id = format!("refused-{}", uuid::Uuid::new_v4());
+    let mut request = app.request(
+        "alice",
+        SendMessageRequest {
+            content: "Hello".into(),
+            ..Default::default()
+        },
+    );
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
+    let mut chat = app.chat();
+    let turn = tokio::spawn(async move {
+        let mut stream = chat.send_message(request).await?.into_inner();
+        Ok::<_, tonic::Status>(read_to_end(&mut stream).await)
+    });
+
+    let refused = || {
+        logs::lines_containing(&request_id)
+            .into_iter()
+            .filter(|line| line["message"] == "the model request failed; trying again")
+            .count()
+    };
+    eventually("the first attempt is refused", || async { refused() > 0 }).await;
+    // The model is down for 300 ms more: the length of the outage, not a wait for an event.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _model = FakeLlm::start_on(addr).await;
+
+    let (responses, error) = turn.await.unwrap().unwrap();
+    assert!(error.is_none(), "the turn failed: {error:?}");
+    let completed = responses.iter().find_map(|response| match &response.event {
+        Some(Event::Completed(completed)) => completed.message.clone(),
+        _ => None,
+    });
+    let reply = completed.expect("the turn completed");
+    assert!(refused() >= 1);
+    let stored = app.db.messages(&reply.conversation_id).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1].status, "complete");
+    assert_eq!(stored[1].content, reply.content);
+    assert!(!reply.content.is_empty());
+}

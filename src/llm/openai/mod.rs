@@ -208,6 +208,24 @@ impl CompletionStream {
         }
     }
 
+    /// The request of one attempt, with the caller's trace: the upstream gets the model call's
+    /// span as its parent.
+    fn request(&self, body: bytes::Bytes) -> reqwest::RequestBuilder {
+        let mut request = self
+            .inner
+            .client
+            .post(&self.inner.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(body);
+        if let Some(key) = &self.inner.settings.api_key {
+            request = request.bearer_auth(key.expose_secret());
+        }
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        crate::telemetry::propagation::inject_current(&mut trace_headers);
+        request.headers(trace_headers)
+    }
+
     /// Sends the request, retrying connection errors, 429 and 5xx with backoff.
     async fn connect(&mut self) -> Result<(), LlmError> {
         let settings = &self.inner.settings;
@@ -216,20 +234,7 @@ impl CompletionStream {
         loop {
             let sent_at = Instant::now();
             self.first_content_due = (sent_at + settings.first_token_timeout).min(self.deadline);
-            let mut request = self
-                .inner
-                .client
-                .post(&self.inner.endpoint)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .body(body.clone());
-            if let Some(key) = &settings.api_key {
-                request = request.bearer_auth(key.expose_secret());
-            }
-            // The upstream joins our trace: it gets the model call's span as its parent.
-            let mut trace_headers = reqwest::header::HeaderMap::new();
-            crate::telemetry::propagation::inject_current(&mut trace_headers);
-            request = request.headers(trace_headers);
+            let request = self.request(body.clone());
             let outcome = timeout_at(self.first_content_due, request.send()).await;
             let (failed, asked_for) = match outcome {
                 Err(_) => return Err(self.timeout()),
@@ -265,7 +270,11 @@ impl CompletionStream {
             if Instant::now() + delay >= self.deadline {
                 return Err(LlmError::Timeout(TimeoutKind::Total));
             }
-            tracing::debug!(delay_ms = delay.as_millis(), "retrying the model request");
+            tracing::warn!(
+                error = %failed,
+                delay_ms = delay.as_millis(),
+                "the model request failed; trying again"
+            );
             sleep(delay).await;
         }
     }

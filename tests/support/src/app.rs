@@ -65,8 +65,13 @@ pub fn without_user_limits(config: &mut Config) {
 
 /// Settings that point the service at `fake`, with short delays so that failures are quick.
 pub fn fake_llm_settings(fake: &FakeLlm) -> OpenAiSettings {
+    llm_settings(fake.base_url())
+}
+
+/// Settings for a model at `base_url`, with short delays so that failures are quick.
+pub fn llm_settings(base_url: String) -> OpenAiSettings {
     OpenAiSettings {
-        base_url: fake.base_url(),
+        base_url,
         api_key: Some(SecretString::from("test-api-key")),
         model: "fake-model".to_owned(),
         max_output_tokens: Some(512),

@@ -148,6 +148,12 @@ pub struct FakeLlm {
 
 impl FakeLlm {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"))).await
+    }
+
+    /// A fake model listening on `addr`: a port a test kept free, say, to bring the model up
+    /// late.
+    pub async fn start_on(addr: SocketAddr) -> Self {
         let shared = Arc::new(Shared::default());
         let (closed_tx, closed) = watch::channel(0);
         let state = AppState {
@@ -157,7 +163,7 @@ impl FakeLlm {
         let router = Router::new()
             .route("/v1/chat/completions", post(complete))
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
