@@ -50,6 +50,10 @@ impl Title {
         let mut chars = 0;
         for word in content.split_whitespace() {
             let word: String = word.chars().filter(|c| !c.is_control()).collect();
+            // A "word" of control characters only leaves nothing, not a space.
+            if word.is_empty() {
+                continue;
+            }
             let word_chars = word.chars().count();
             let separator = usize::from(!title.is_empty());
             if chars + separator + word_chars > Self::DERIVED_MAX_CHARS {
@@ -207,6 +211,16 @@ mod tests {
         // 16 words of 4 characters and 15 spaces: 79 characters; a 17th word would make 84.
         assert_eq!(title.as_str().chars().count(), 79);
         assert!(title.as_str().ends_with("word"));
+    }
+
+    #[test]
+    fn a_word_of_control_characters_leaves_no_space_behind() {
+        // Found by tests/properties.rs: the title was "a ", which no client may choose.
+        assert_eq!(Title::from_first_message("a\t\0\r").as_str(), "a");
+        assert_eq!(
+            Title::from_first_message("\u{7} b \u{1b} c").as_str(),
+            "b c"
+        );
     }
 
     #[test]
