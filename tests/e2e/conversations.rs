@@ -8,6 +8,7 @@ use tonic::Code;
 
 use super::{
     assert_bad_field,
+    send_message::send_ok,
     support::{TestApp, app::without_user_limits},
 };
 
@@ -359,6 +360,89 @@ async fn list_messages_pages_through_a_long_history_in_order() {
     assert_eq!(sizes, vec![20, 20, 5]);
     let expected: Vec<_> = (1..=45).map(|i| format!("message {i}")).collect();
     assert_eq!(contents, expected);
+}
+
+/// One page of the conversation's messages, read as `alice`.
+async fn messages_page(
+    app: &TestApp,
+    conversation: &str,
+    page_size: i32,
+    page_token: String,
+) -> chat_service::api::proto::ListMessagesResponse {
+    let request = app.request(
+        "alice",
+        ListMessagesRequest {
+            conversation_id: conversation.to_owned(),
+            page_size,
+            page_token,
+        },
+    );
+    app.conversations()
+        .list_messages(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+}
+
+/// A client pages through a conversation while turns add to it, in interleavings drawn from a
+/// few seeds: the pages give every message that was there when the last page was read, once
+/// each, in order.
+#[tokio::test]
+async fn pages_read_while_turns_are_written_give_every_message_once_in_order() {
+    let app = TestApp::spawn_with(without_user_limits).await;
+    for seed in [1_u64, 7, 42, 1_000, 65_537, 4_294_967_311] {
+        let conversation = app.create_conversation("alice", "growing").await;
+        // A linear congruential generator: the plan depends on the seed alone.
+        let mut state = seed;
+        let mut draw = |below: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % below
+        };
+        send_ok(&app, "alice", &conversation, "first").await;
+        let mut written = 2;
+        let (mut seen, mut token, mut ended_at) = (Vec::new(), String::new(), None);
+        let mut plan = Vec::new();
+        while ended_at.is_none() && plan.len() < 16 {
+            if draw(2) == 0 {
+                let turns = 1 + draw(3);
+                plan.push(format!("write {turns}"));
+                for _ in 0..turns {
+                    send_ok(&app, "alice", &conversation, "more").await;
+                    written += 2;
+                }
+            } else {
+                let size = i32::try_from(1 + draw(5)).unwrap();
+                plan.push(format!("read {size}"));
+                let page = messages_page(&app, &conversation, size, token).await;
+                seen.extend(page.messages.into_iter().map(|m| m.id));
+                token = page.next_page_token;
+                if token.is_empty() {
+                    ended_at = Some(written);
+                }
+            }
+        }
+        // What the plan left unread is read now, with no more writes.
+        while ended_at.is_none() {
+            let page = messages_page(&app, &conversation, 3, token).await;
+            seen.extend(page.messages.into_iter().map(|m| m.id));
+            token = page.next_page_token;
+            if token.is_empty() {
+                ended_at = Some(written);
+            }
+        }
+        let stored: Vec<String> = app
+            .db
+            .messages(&conversation)
+            .await
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(stored.len(), written, "seed {seed}, plan {plan:?}");
+        let expected = &stored[..ended_at.unwrap_or(written)];
+        assert_eq!(seen, expected, "seed {seed}, plan {plan:?}");
+    }
 }
 
 #[tokio::test]
