@@ -25,7 +25,7 @@ impl ReplyTask {
             // Nothing was relayed. Had the user message been committed after all (its request
             // went away in between), its turn ends as failed, so that a retry generates it.
             if self.turn.is_some() {
-                self.end = Some(TurnEnd::Failed(Failure::Unavailable));
+                self.end.told(TurnEnd::Failed(Failure::Unavailable));
                 self.end_turn().await;
             }
             return;

@@ -5,7 +5,7 @@ use super::{
     events::{Completion, TurnEvent},
     persist::Stored,
     relay::{Ending, Relayed, tool_call},
-    state::{Failure, Outcome, RecordedEnd, TurnEnd},
+    state::{EndState, Failure, Outcome, RecordedEnd, TurnEnd},
     task::ReplyTask,
 };
 use crate::{
@@ -63,7 +63,7 @@ impl ReplyTask {
             Stored::TakenOver => return Ok(self.taken_over().await),
             Stored::ConversationGone => Outcome::ConversationDeleted,
             Stored::At(_) | Stored::AtUnknownPlace => {
-                self.ended_in_store = self.turn.is_some();
+                self.end = EndState::Stored;
                 outcome
             }
         };
@@ -109,7 +109,7 @@ impl ReplyTask {
             }
             Stored::TakenOver => return Ok(self.taken_over().await),
         }
-        self.ended_in_store = self.turn.is_some();
+        self.end = EndState::Stored;
         for call in &reply.tool_calls {
             self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
         }

@@ -3,7 +3,7 @@
 
 use super::{
     context::recent_message,
-    state::{Failure, Outcome, RecordedEnd, TurnEnd},
+    state::{Outcome, RecordedEnd, TurnEnd},
     task::ReplyTask,
 };
 use crate::{
@@ -102,14 +102,10 @@ impl ReplyTask {
     /// database; then closes its log. Tried a few times: a turn left generating would be taken
     /// for lost only once this replica stops.
     pub(super) async fn end_turn(&mut self) {
-        let Some(key) = self.turn.filter(|_| !self.ended_in_store) else {
+        let (Some(key), Some(end)) = (self.turn, self.end.to_store()) else {
             self.outlet.close_log();
             return;
         };
-        let end = self
-            .end
-            .clone()
-            .unwrap_or(TurnEnd::Failed(Failure::Internal));
         let mut delays = reply_store_backoff();
         loop {
             match record_end(&self.store, key, TurnState::Generating, &end).await {

@@ -15,7 +15,7 @@ use super::{
     outlet::Outlet,
     persist::record_end,
     service::{TurnStream, Turns},
-    state::{Failure, TurnEnd},
+    state::{EndState, Failure, TurnEnd},
     task::{ReplyTask, ToolRounds},
     telemetry::{TurnLabels, TurnTelemetry},
 };
@@ -128,8 +128,7 @@ impl Turns {
             tools,
             metrics: self.runtime.metrics.clone(),
             answered: 0,
-            ended_in_store: false,
-            end: None,
+            end: EndState::Open,
         };
         let labels = TurnLabels {
             request_id: request.request_id.to_owned(),

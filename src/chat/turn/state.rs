@@ -125,6 +125,37 @@ impl Failure {
     }
 }
 
+/// Where a reply task stands with its turn's end.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum EndState {
+    /// No last event told yet.
+    #[default]
+    Open,
+    /// Told, and to be stored by a statement of its own once the reply is over.
+    Told(TurnEnd),
+    /// Stored with the reply's own write: nothing is left to store.
+    Stored,
+}
+
+impl EndState {
+    /// The turn's last event was told, ending it so; an end stored already stays stored.
+    pub fn told(&mut self, end: TurnEnd) {
+        if *self != Self::Stored {
+            *self = Self::Told(end);
+        }
+    }
+
+    /// What is left to store once the reply is over: nothing once stored; a turn that was never
+    /// told an end failed for a reason of ours.
+    pub fn to_store(&self) -> Option<TurnEnd> {
+        match self {
+            Self::Open => Some(TurnEnd::Failed(Failure::Internal)),
+            Self::Told(end) => Some(end.clone()),
+            Self::Stored => None,
+        }
+    }
+}
+
 /// What became of a turn, as its telemetry labels it: one value for each way a reply task
 /// can end, so that no end is labelled as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,5 +381,17 @@ mod tests {
             let named = format!("`{}`", outcome.label());
             assert!(section.contains(&named), "README does not name {named}");
         }
+    }
+
+    #[test]
+    fn an_end_stored_with_the_reply_is_not_stored_again() {
+        let mut end = EndState::default();
+        assert_eq!(end.to_store(), Some(TurnEnd::Failed(Failure::Internal)));
+        end.told(TurnEnd::Failed(Failure::Cancelled));
+        assert_eq!(end.to_store(), Some(TurnEnd::Failed(Failure::Cancelled)));
+        end = EndState::Stored;
+        end.told(TurnEnd::Failed(Failure::NotRead));
+        assert_eq!(end, EndState::Stored);
+        assert_eq!(end.to_store(), None);
     }
 }

@@ -10,7 +10,7 @@ use super::{
     events::{TurnEvent, end_told},
     outlet::Outlet,
     relay::Stops,
-    state::{Failure, TurnEnd},
+    state::{EndState, Failure, TurnEnd},
 };
 use crate::{
     chat::{ChatError, RecentContexts, StreamPermit},
@@ -47,10 +47,8 @@ pub(super) struct ReplyTask {
     pub metrics: Arc<Metrics>,
     /// How many tool results the reply has sent: the next one's place among them.
     pub answered: i32,
-    /// Whether the turn's end was stored with its last reply.
-    pub ended_in_store: bool,
-    /// How the turn ended, once its last event was told.
-    pub end: Option<TurnEnd>,
+    /// How the turn ended, once its last event was told, and whether that is stored yet.
+    pub end: EndState,
 }
 
 /// What a reply needs to run the tools its model calls.
@@ -97,7 +95,7 @@ impl ReplyTask {
     /// Logs the event and tells the client (see [`Outlet::tell`](super::outlet::Outlet::tell)).
     pub(super) async fn tell(&mut self, event: Result<TurnEvent, ChatError>) {
         if let Some(end) = end_told(&event) {
-            self.end = Some(end);
+            self.end.told(end);
         }
         self.outlet
             .tell(event, self.stall_timeout, &self.shutdown)
@@ -107,7 +105,7 @@ impl ReplyTask {
     /// Leaves `error` for the end of the client's stream, without waiting: the client is not
     /// reading, and learns why when it does.
     pub(super) fn leave_last(&mut self, error: ChatError) {
-        self.end = Some(TurnEnd::Failed(Failure::of(&error)));
+        self.end.told(TurnEnd::Failed(Failure::of(&error)));
         self.outlet.leave_last(error);
     }
 
