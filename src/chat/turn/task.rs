@@ -92,7 +92,8 @@ impl ReplyTask {
         }
     }
 
-    /// Logs the event and tells the client (see [`Outlet::tell`](super::outlet::Outlet::tell)).
+    /// Keeps how the turn ended, if the event ends it, then logs the event and tells the client
+    /// (see [`Outlet::tell`](super::outlet::Outlet::tell)).
     pub(super) async fn tell(&mut self, event: Result<TurnEvent, ChatError>) {
         if let Some(end) = end_told(&event) {
             self.end.told(end);
