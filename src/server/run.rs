@@ -44,6 +44,14 @@ struct Services {
     conversations: ConversationServiceServer<ConversationApi>,
 }
 
+/// What the chat and conversation services are built on.
+struct ServiceParts {
+    store: Store,
+    model: Arc<dyn ChatModel>,
+    admission: Arc<Admission>,
+    identities: Identities,
+}
+
 /// What runs beside the server until it has stopped, and the means to stop it.
 struct Background {
     /// Tool servers' connections and the event engine: up until every reply is over.
@@ -75,23 +83,24 @@ impl Application {
         let metrics = Metrics::new();
         let stopping = CancellationToken::new();
         let tools_stop = CancellationToken::new();
-        let admission = Admission::new(config.limits.clone(), metrics.clone());
-        let identities = Identities::new(store.clone());
-        let runtime = turn_runtime(
-            &config,
-            &store,
-            &metrics,
-            (&admission, &identities),
-            &tools_stop,
-        )
-        .await?;
+        let parts = ServiceParts {
+            admission: Admission::new(config.limits.clone(), metrics.clone()),
+            identities: Identities::new(store.clone()),
+            store,
+            model,
+        };
+        let runtime = turn_runtime(&config, &parts, &metrics, &tools_stop).await?;
         let (reporter, health_monitor) =
-            watch_health(&config, &store, &runtime, &metrics, &stopping).await;
+            watch_health(&config, &parts.store, &runtime, &metrics, &stopping).await;
         let metrics_stop = CancellationToken::new();
-        let metrics_server =
-            serve_metrics(&config, metrics_listener, &metrics, &store, &metrics_stop);
+        let metrics_server = serve_metrics(
+            &config,
+            metrics_listener,
+            &metrics,
+            &parts.store,
+            &metrics_stop,
+        );
         let health = HealthServer::new(HealthService::from_health_reporter(reporter));
-        let parts = (store, model, admission, identities);
         let (services, turns) = services(&config, parts, &runtime, health);
         let lease_stop = CancellationToken::new();
         let background = Background {
@@ -108,7 +117,8 @@ impl Application {
             &config,
             listener,
             services,
-            (metrics, authenticator),
+            metrics,
+            authenticator,
             drain,
             past_the_grace(stopping, grace),
         )
@@ -169,24 +179,23 @@ fn serve_metrics(
 /// be up either: events reach it once it is.
 async fn turn_runtime(
     config: &Config,
-    store: &Store,
+    parts: &ServiceParts,
     metrics: &Arc<Metrics>,
-    (admission, identities): (&Arc<Admission>, &Identities),
     tools_stop: &CancellationToken,
 ) -> Result<TurnRuntime, StartupError> {
     let toolbox = Toolbox::start(config.tools.clone(), metrics.clone(), tools_stop);
     let events = TurnEvents::start(&config.events, metrics.clone(), tools_stop.clone())?;
     let replica = uuid::Uuid::now_v7();
     // The lease is held before the first turn starts, so that no turn looks lost.
-    if let Err(error) = store.renew_lease(replica, config.turns.lease).await {
+    if let Err(error) = parts.store.renew_lease(replica, config.turns.lease).await {
         tracing::warn!(error = %error, "taking this replica's lease failed; trying again");
     }
     Ok(TurnRuntime {
         metrics: metrics.clone(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        admission: admission.clone(),
-        identities: identities.clone(),
+        admission: parts.admission.clone(),
+        identities: parts.identities.clone(),
         toolbox,
         events,
         replica,
@@ -197,10 +206,16 @@ async fn turn_runtime(
 /// `health`; and the turns behind them.
 fn services(
     config: &Config,
-    (store, model, admission, identities): (Store, Arc<dyn ChatModel>, Arc<Admission>, Identities),
+    parts: ServiceParts,
     runtime: &TurnRuntime,
     health: HealthServer<HealthService>,
 ) -> (Services, Turns) {
+    let ServiceParts {
+        store,
+        model,
+        admission,
+        identities,
+    } = parts;
     let caller = Caller::new(identities.clone(), admission.clone());
     let recent = Arc::new(RecentContexts::new(config.turns.history_messages));
     let send_message_limit = api::max_send_message_bytes(config.turns.max_message_chars);
@@ -263,7 +278,8 @@ async fn serve(
     config: &Config,
     listener: TcpListener,
     services: Services,
-    (metrics, authenticator): (Arc<Metrics>, Authenticator),
+    metrics: Arc<Metrics>,
+    authenticator: Authenticator,
     drain: impl Future<Output = ()>,
     deadline: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
