@@ -13,7 +13,10 @@ use diesel_async::{
 
 use secrecy::ExposeSecret;
 
-use super::{DatabaseUrl, Store, migrations::run_migrations, schema::service_secrets};
+use super::{
+    DatabaseUrl, Store, migrations::run_migrations, reply_batches::ReplyQueue,
+    schema::service_secrets,
+};
 
 /// Which database the service keeps its data in, and how it connects.
 #[derive(Debug, Clone)]
@@ -81,14 +84,20 @@ impl Store {
         }
         let pool = open_pool(url, settings);
         let page_token_key = load_page_token_key(&pool, url).await?;
-        Ok(Self {
+        let mut store = Self {
             pool,
             page_token_key,
             unavailable: Arc::default(),
             url: url.clone(),
             connect_timeout: settings.connect_timeout,
             query_timeout: settings.query_timeout,
-        })
+            replies: None,
+        };
+        // A quarter of the pool at most writes replies, so that turns that are starting always
+        // find connections for their users' messages.
+        let transactions = settings.max_connections / 4;
+        store.replies = Some(ReplyQueue::start(store.clone(), transactions));
+        Ok(store)
     }
 }
 
@@ -108,6 +117,11 @@ fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnecti
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(url).await?;
             conn.batch_execute(&statement_timeout)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            // The statement that creates a conversation is prepared last: the statement
+            // counter of `tests/statements.rs` takes it for the end of the set-up.
+            super::replies::prepare_reply_statement(&conn)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             super::user_messages::prepare_turn_statements(&conn)

@@ -10,6 +10,7 @@ mod leases;
 mod migrations;
 mod models;
 mod replies;
+mod reply_batches;
 mod schema;
 mod statement;
 mod tool_results;
@@ -59,6 +60,8 @@ pub struct Store {
     connect_timeout: std::time::Duration,
     /// How long one store function may take on its connection.
     query_timeout: std::time::Duration,
+    /// Where replies wait to be written together; `None` in the store that writes them.
+    replies: Option<reply_batches::ReplyQueue>,
 }
 
 /// Whether PostgreSQL answers, asked on a connection outside the pool: a pool that load has
@@ -179,40 +182,41 @@ impl Store {
         close_unless_successful: bool,
         work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let span = tracing::info_span!(
-            "db",
-            otel.name = operation.name,
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = operation.verb,
-        );
-        async move {
-            let mut conn = Borrowed {
-                conn: Some(self.connection().await?),
-                close: close_unless_successful,
-            };
-            // PostgreSQL cancels a statement at the query timeout; this is for a server that does
-            // not answer at all.
-            let limit = self.query_timeout + QUERY_TIMEOUT_MARGIN;
-            let Some(pooled) = conn.conn.as_mut() else {
-                return Err(StoreError::Unavailable("no connection".to_owned()));
-            };
-            match tokio::time::timeout(limit, work(pooled)).await {
-                Ok(Ok(value)) => {
-                    conn.close = false;
-                    Ok(value)
-                }
-                Ok(Err(error)) => Err(error),
-                Err(_) => {
-                    conn.close = true;
-                    Err(StoreError::Unavailable(format!(
-                        "no answer within {limit:?}"
-                    )))
-                }
+        self.on_connection(close_unless_successful, work)
+            .instrument(client_span(operation))
+            .await
+    }
+
+    /// [`Store::run_on_connection`] without a span of its own: for work done on behalf of
+    /// callers who each have theirs.
+    async fn on_connection<T>(
+        &self,
+        close_unless_successful: bool,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = Borrowed {
+            conn: Some(self.connection().await?),
+            close: close_unless_successful,
+        };
+        // PostgreSQL cancels a statement at the query timeout; this is for a server that does
+        // not answer at all.
+        let limit = self.query_timeout + QUERY_TIMEOUT_MARGIN;
+        let Some(pooled) = conn.conn.as_mut() else {
+            return Err(StoreError::Unavailable("no connection".to_owned()));
+        };
+        match tokio::time::timeout(limit, work(pooled)).await {
+            Ok(Ok(value)) => {
+                conn.close = false;
+                Ok(value)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                conn.close = true;
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {limit:?}"
+                )))
             }
         }
-        .instrument(span)
-        .await
     }
 
     async fn connection(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
@@ -221,6 +225,18 @@ impl Store {
             StoreError::from(error)
         })
     }
+}
+
+/// A client span that follows the OpenTelemetry database conventions, so that every store
+/// function is traced the same way.
+fn client_span(operation: Operation) -> tracing::Span {
+    tracing::info_span!(
+        "db",
+        otel.name = operation.name,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation.verb,
+    )
 }
 
 /// A pooled connection that goes back to the pool when dropped, or, with `close`, is closed

@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use super::{
-    Conn, Operation, Store, StoreError,
+    Conn,
     statement::{Binds, Fixed, fixed},
 };
 use crate::domain::{Message, MessageId, Revision, ToolCallStatus, UserId};
@@ -132,7 +132,7 @@ struct ReplyRow {
 }
 
 /// [`APPEND_REPLY`] for `reply`, of `turn` if it has one.
-async fn append_reply(
+pub(super) async fn append_reply(
     mut conn: &Conn,
     user: UserId,
     reply: &Message,
@@ -146,7 +146,7 @@ async fn append_reply(
 
 /// [`APPEND_REPLY_WITH_CALLS`] for `reply`, of `turn` if it has one, awaiting the client's
 /// results of `awaiting` if given.
-async fn append_reply_with_calls(
+pub(super) async fn append_reply_with_calls(
     mut conn: &Conn,
     user: UserId,
     reply: &Message,
@@ -276,28 +276,26 @@ pub struct Awaiting {
     pub until: DateTime<Utc>,
 }
 
-impl Store {
-    /// Stores the assistant's reply with its tool calls and moves the conversation's update
-    /// time forward, atomically, and returns the new revision. With `awaiting`, the reply awaits
-    /// the results of those of its calls that the client runs, and the conversation takes no
-    /// user message meanwhile. Nothing is written if the conversation was deleted meanwhile, or
-    /// if the reply's turn is no longer in the state `turn` expects.
-    pub async fn store_reply(
-        &self,
-        user: UserId,
-        reply: &Message,
-        awaiting: Option<&Awaiting>,
-        turn: Option<&ReplyOf<'_>>,
-    ) -> Result<ReplyStored, StoreError> {
-        let operation = Operation::new("INSERT", "INSERT messages tool_calls");
-        self.run(operation, async |conn| {
-            // One statement either way, atomic by itself: one round trip.
-            Ok(if reply.tool_calls.is_empty() {
-                append_reply(&*conn, user, reply, turn).await?
-            } else {
-                append_reply_with_calls(&*conn, user, reply, awaiting, turn).await?
-            })
-        })
-        .await
-    }
+/// Prepares [`APPEND_REPLY`], which travels in one flight with its transaction when replies are
+/// written together (see `begin`), by running it once where it can find nothing to change.
+pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
+    let nowhere = uuid::Uuid::nil();
+    let reply = Message {
+        id: MessageId::from_uuid(nowhere),
+        conversation_id: crate::domain::ConversationId::from_uuid(nowhere),
+        role: crate::domain::Role::Assistant,
+        content: String::new(),
+        status: crate::domain::MessageStatus::Complete,
+        create_time: crate::domain::now(),
+        tool_calls: Vec::new(),
+    };
+    let turn = ReplyOf {
+        turn: reply.id,
+        attempt: crate::domain::FIRST_ATTEMPT,
+        deltas: &[],
+        ends: None,
+        while_state: crate::domain::TurnState::Generating,
+    };
+    append_reply(conn, UserId::from_uuid(nowhere), &reply, Some(&turn)).await?;
+    Ok(())
 }

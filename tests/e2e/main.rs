@@ -19,6 +19,7 @@ mod limits;
 mod migrations;
 mod operability;
 mod ordering;
+mod reply_batches;
 mod rollout;
 mod schema;
 mod send_message;
