@@ -107,9 +107,7 @@ fn kind(sql: &str) -> &'static str {
     match sql {
         "BEGIN" => "BEGIN",
         "COMMIT" => "COMMIT",
-        _ if sql.starts_with("WITH locked AS") && sql.contains("INSERT INTO turns") => {
-            "write user message"
-        }
+        _ if sql.starts_with("WITH touched AS") => "write user message",
         _ if sql.starts_with("WITH locked AS") && sql.contains("INSERT INTO tool_calls") => {
             "write reply with calls"
         }
@@ -174,9 +172,8 @@ async fn turn(app: &TestApp, conversation_id: &str, request_id: &str) -> String 
     }
 }
 
-/// The user's message with its turn, in one flight: `BEGIN`, the write (which locks the
-/// conversation first, in the same statement), `COMMIT`.
-const FIRST_FLIGHT: [&str; 3] = ["BEGIN", "write user message", "COMMIT"];
+/// The user's message with its turn, in one flight: `BEGIN`, the lock, the write, `COMMIT`.
+const FIRST_FLIGHT: [&str; 4] = ["BEGIN", "lock conversation", "write user message", "COMMIT"];
 
 /// The first flight, then the reply with the turn's end in one statement.
 fn plain_turn() -> Vec<&'static str> {
