@@ -8,6 +8,7 @@ use chat_service::api::proto::{
     CancelTurnRequest, Disconnect, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
     SendMessageResponse, ToolDefinition, resume_turn_response, send_message_response::Event,
 };
+use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tonic::{Code, Status, Streaming};
 
@@ -19,6 +20,7 @@ use super::{
         process::ServiceProcess,
         redis::{RedisServer, shared_url},
         streams::read_to_end,
+        tcp_proxy::TcpProxy,
         wait::eventually,
     },
     tools::app_with_tools,
@@ -969,4 +971,166 @@ async fn readiness_waits_for_redis_only_when_told_to() {
         status(&gated).await == ServingStatus::Serving
     })
     .await;
+}
+
+/// PostgreSQL and Redis go away at once and come back, under 20 streaming clients with request
+/// ids on two replicas. Whatever a client saw completed is stored once, every accepted message is
+/// stored, every failure is a status a client retries, and every request completes once both
+/// are back.
+#[tokio::test]
+async fn postgresql_and_redis_restarting_together_lose_and_double_nothing() {
+    const CLIENTS: usize = 20;
+    let database = TestDatabase::new().await;
+    let proxy = TcpProxy::to_postgres().await;
+    let mut redis = RedisServer::start().await;
+    let fake = FakeLlm::start().await;
+    // A gate of its own for each reply: one released before its stream waits keeps its permit.
+    let gates: Vec<Arc<Notify>> = (0..CLIENTS).map(|_| Arc::new(Notify::new())).collect();
+    fake.script(
+        gates
+            .iter()
+            .map(|gate| Script::paused(&["Hello"], gate, &[" world."])),
+    );
+    let mut settings = replica_settings(&fake, &redis.url(), "2s");
+    settings.extend([
+        (
+            "DATABASE_URL",
+            proxy
+                .through(&database.url)
+                .expose()
+                .expose_secret()
+                .to_owned(),
+        ),
+        ("CHAT_DB_ACQUIRE_TIMEOUT", "1s".to_owned()),
+        ("CHAT_DB_CONNECT_TIMEOUT", "1s".to_owned()),
+    ]);
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+    let replicas = [&a, &b];
+    let user = |i: usize| format!("user-{i}");
+    let request_id = |i: usize| format!("turn-of-{i}");
+
+    // Every client's turn is accepted and streaming.
+    let mut streams = Vec::new();
+    for i in 0..CLIENTS {
+        let replica = replicas[i % 2];
+        let request = replica.request(
+            &user(i),
+            message("Hi", &request_id(i), Disconnect::Continue),
+        );
+        let mut stream = replica
+            .chat()
+            .send_message(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let seen = read_some(&mut stream, 2).await;
+        streams.push((seen.user_message_id(), stream));
+    }
+
+    // Both engines go away at once, and meanwhile the model finishes every reply.
+    proxy.cut();
+    redis.stop().await;
+    for gate in &gates {
+        gate.notify_one();
+    }
+    let mut completed = vec![None; CLIENTS];
+    for (i, (_, stream)) in streams.iter_mut().enumerate() {
+        let rest = read_rest(stream).await;
+        completed[i] = told(i, "while both engines were away", &rest);
+    }
+    redis.restart().await;
+    proxy.restore();
+
+    // Each client retries its request on the other replica, as a client told UNAVAILABLE does,
+    // until its turn completes; every try ends, with the turn or a status to retry.
+    for i in 0..CLIENTS {
+        let replica = replicas[(i + 1) % 2];
+        let reply = tokio::time::timeout(super::support::wait::PATIENCE, async {
+            loop {
+                let request = replica.request(
+                    &user(i),
+                    message("Hi", &request_id(i), Disconnect::Continue),
+                );
+                let retried = match replica.chat().send_message(request).await {
+                    Ok(response) => read_rest(&mut response.into_inner()).await,
+                    Err(status) => Seen {
+                        events: Vec::new(),
+                        error: Some(status),
+                    },
+                };
+                if let Some(reply) = told(i, "retried", &retried) {
+                    break reply;
+                }
+                // A client's pause before it tries again.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("request {i} never completed once both engines were back"));
+        if let Some(earlier) = &completed[i] {
+            assert_eq!(&reply, earlier, "request {i}: a second reply to one turn");
+        }
+        completed[i] = Some(reply);
+    }
+
+    for (i, (accepted, _)) in streams.iter().enumerate() {
+        let id = request_id(i);
+        let stored_turns = database
+            .count(&format!(
+                "SELECT count(*) AS n FROM turns WHERE request_key = '{id}'"
+            ))
+            .await;
+        assert_eq!(stored_turns, 1, "request {i}: one turn per request id");
+        let user_messages = database
+            .count(&format!(
+                "SELECT count(*) AS n FROM messages WHERE id = '{accepted}' AND role = 'user'"
+            ))
+            .await;
+        assert_eq!(
+            user_messages, 1,
+            "request {i}: the accepted message is stored"
+        );
+        let replies = database
+            .count(&format!(
+                "SELECT count(*) AS n FROM messages WHERE turn_id = '{accepted}' \
+                 AND role = 'assistant' AND status = 'complete'"
+            ))
+            .await;
+        assert_eq!(replies, 1, "request {i}: one complete reply stored");
+        if let Some((message_id, text)) = &completed[i] {
+            let stored = database
+                .count(&format!(
+                    "SELECT count(*) AS n FROM messages WHERE id = '{message_id}' \
+                     AND content = '{}'",
+                    text.replace('\'', "''")
+                ))
+                .await;
+            assert_eq!(
+                stored, 1,
+                "request {i}: the reply stored is the one it was shown"
+            );
+        }
+    }
+}
+
+/// The reply a client saw completed (its id and text), or `None` after checking that its stream
+/// failed with a status a client retries.
+fn told(client: usize, when: &str, seen: &Seen) -> Option<(String, String)> {
+    match &seen.error {
+        None => {
+            let completed = seen.completed();
+            let message = completed.message.unwrap_or_else(|| panic!("no message"));
+            Some((message.id, message.content))
+        }
+        Some(status) => {
+            assert!(
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Aborted | Code::Cancelled
+                ),
+                "client {client}, {when}: {status:?}"
+            );
+            None
+        }
+    }
 }

@@ -1,32 +1,12 @@
 use std::time::Duration;
 
-use chat_service::{
-    api::proto::{ListConversationsRequest, send_message_response::Event},
-    store::DatabaseUrl,
-};
+use chat_service::api::proto::{ListConversationsRequest, send_message_response::Event};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use secrecy::ExposeSecret;
-
-use super::support::{FakeLlm, Script, TestApp, database::server_url, tcp_proxy::TcpProxy};
-
-/// `url` with its host and port replaced by `addr`.
-fn via(url: &DatabaseUrl, addr: std::net::SocketAddr) -> DatabaseUrl {
-    let text = url.expose();
-    let text = text.expose_secret();
-    let authority_start = text.find("://").map_or(0, |i| i + 3);
-    let path_start = text[authority_start..]
-        .find('/')
-        .map_or(text.len(), |i| i + authority_start);
-    let host_start = text[authority_start..path_start]
-        .rfind('@')
-        .map_or(authority_start, |i| i + authority_start + 1);
-    let rewritten = format!("{}{addr}{}", &text[..host_start], &text[path_start..]);
-    DatabaseUrl::parse(&rewritten).unwrap_or_else(|e| panic!("{e}"))
-}
+use super::support::{FakeLlm, Script, TestApp, tcp_proxy::TcpProxy};
 
 async fn next_status(
     stream: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
@@ -41,24 +21,9 @@ async fn next_status(
 
 #[tokio::test]
 async fn health_follows_the_database_and_goes_not_serving_on_shutdown() {
-    let postgres = server_url();
-    let postgres = postgres.expose();
-    let target = tokio::net::lookup_host(
-        postgres
-            .expose_secret()
-            .split('@')
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or("127.0.0.1:5432"),
-    )
-    .await
-    .ok()
-    .and_then(|mut addrs| addrs.next())
-    .unwrap_or_else(|| panic!("cannot resolve the PostgreSQL address"));
-    let proxy = TcpProxy::start(target).await;
-    let proxy_addr = proxy.addr;
+    let proxy = TcpProxy::to_postgres().await;
     let mut app = TestApp::spawn_with(|config| {
-        config.database.url = via(&config.database.url, proxy_addr);
+        config.database.url = proxy.through(&config.database.url);
         config.database.pool.acquire_timeout = Duration::from_millis(500);
         config.database.pool.connect_timeout = Duration::from_millis(500);
     })

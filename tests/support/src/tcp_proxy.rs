@@ -1,11 +1,13 @@
 //! A TCP proxy between the service and PostgreSQL that a test can cut and restore, to play a
-//! database outage.
+//! database outage or restart.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
+use chat_service::store::DatabaseUrl;
+use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -60,6 +62,45 @@ impl TcpProxy {
         let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
         link.up = false;
         link.cut.cancel();
+    }
+
+    /// A proxy to the PostgreSQL the tests use.
+    pub async fn to_postgres() -> Self {
+        let url = crate::database::server_url();
+        let url = url.expose();
+        let authority = url
+            .expose_secret()
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("127.0.0.1:5432")
+            .to_owned();
+        let target = tokio::net::lookup_host(authority.as_str())
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .unwrap_or_else(|| panic!("cannot resolve the PostgreSQL address {authority}"));
+        Self::start(target).await
+    }
+
+    /// `url` with its host and port replaced by this proxy's.
+    pub fn through(&self, url: &DatabaseUrl) -> DatabaseUrl {
+        let text = url.expose();
+        let text = text.expose_secret();
+        let authority_start = text.find("://").map_or(0, |i| i + 3);
+        let path_start = text[authority_start..]
+            .find('/')
+            .map_or(text.len(), |i| i + authority_start);
+        let host_start = text[authority_start..path_start]
+            .rfind('@')
+            .map_or(authority_start, |i| i + authority_start + 1);
+        let rewritten = format!(
+            "{}{}{}",
+            &text[..host_start],
+            self.addr,
+            &text[path_start..]
+        );
+        DatabaseUrl::parse(&rewritten).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn restore(&self) {
