@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 pub use dev::DevModel;
 pub use error::{LlmError, TimeoutKind};
 pub use openai::{OpenAiModel, OpenAiSettings};
+pub use tool_calls::{IndexOutOfRange, MAX_TOOL_CALLS, ToolCallAssembler};
 
 use crate::domain::{Role, ToolSpec};
 
