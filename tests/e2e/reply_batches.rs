@@ -154,6 +154,37 @@ async fn writers(db: &TestDatabase, messages: &[MessageId]) -> Vec<String> {
     found
 }
 
+/// Writes the first reply, held up by a lock on its conversation, and queues the others behind
+/// it, then lets it go: the first is written alone, and the others wait together. Returns what
+/// the others were answered.
+async fn write_behind_a_held_up_reply(
+    db: &TestDatabase,
+    store: &Store,
+    user: UserId,
+    replies: &[Message],
+    turns: &[(ConversationId, MessageId)],
+    outcome: &serde_json::Value,
+) -> Vec<Result<ReplyStored, StoreError>> {
+    let mut blocker = hold_up_replies(db, turns[0].0).await;
+    let first = tokio::spawn({
+        let (store, reply, turn, outcome) = (
+            store.clone(),
+            replies[0].clone(),
+            turns[0].1,
+            outcome.clone(),
+        );
+        async move { write(&store, user, &reply, turn, &outcome).await }
+    });
+    waits_for_the_lock(db).await;
+    let mut rest: Vec<Write<'_>> = (1..replies.len())
+        .map(|i| write(store, user, &replies[i], turns[i].1, outcome))
+        .collect();
+    queue(&mut rest).await;
+    execute(&mut blocker, "COMMIT").await;
+    assert_eq!(first.await.unwrap().unwrap(), ReplyStored::At(2));
+    futures_util::future::join_all(rest).await
+}
+
 #[tokio::test]
 async fn replies_that_wait_together_share_one_transaction_and_each_hears_its_own_answer() {
     let db = TestDatabase::new().await;
@@ -179,29 +210,12 @@ async fn replies_that_wait_together_share_one_transaction_and_each_hears_its_own
     ))
     .await;
 
-    let mut blocker = hold_up_replies(&db, turns[0].0).await;
-    let first = tokio::spawn({
-        let (store, reply, turn, outcome) = (
-            store.clone(),
-            replies[0].clone(),
-            turns[0].1,
-            outcome.clone(),
-        );
-        async move { write(&store, user, &reply, turn, &outcome).await }
-    });
-    waits_for_the_lock(&db).await;
-    let mut rest: Vec<Write<'_>> = (1..4)
-        .map(|i| write(&store, user, &replies[i], turns[i].1, &outcome))
-        .collect();
-    queue(&mut rest).await;
-    execute(&mut blocker, "COMMIT").await;
-
-    assert_eq!(first.await.unwrap().unwrap(), ReplyStored::At(2));
-    let answers: Vec<_> = futures_util::future::join_all(rest)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let answers: Vec<_> =
+        write_behind_a_held_up_reply(&db, &store, user, &replies, &turns, &outcome)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
     assert_eq!(
         answers,
         [
@@ -251,25 +265,9 @@ async fn a_reply_that_fails_among_others_fails_alone() {
     // transaction it shares.
     replies[2].id = turns[1].1;
 
-    let mut blocker = hold_up_replies(&db, turns[0].0).await;
-    let first = tokio::spawn({
-        let (store, reply, turn, outcome) = (
-            store.clone(),
-            replies[0].clone(),
-            turns[0].1,
-            outcome.clone(),
-        );
-        async move { write(&store, user, &reply, turn, &outcome).await }
-    });
-    waits_for_the_lock(&db).await;
-    let mut rest: Vec<Write<'_>> = (1..4)
-        .map(|i| write(&store, user, &replies[i], turns[i].1, &outcome))
-        .collect();
-    queue(&mut rest).await;
-    execute(&mut blocker, "COMMIT").await;
-
-    assert_eq!(first.await.unwrap().unwrap(), ReplyStored::At(2));
-    let mut answers = futures_util::future::join_all(rest).await.into_iter();
+    let mut answers = write_behind_a_held_up_reply(&db, &store, user, &replies, &turns, &outcome)
+        .await
+        .into_iter();
     assert_eq!(answers.next().unwrap().unwrap(), ReplyStored::At(2));
     let failed = answers.next().unwrap();
     assert!(
