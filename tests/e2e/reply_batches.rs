@@ -185,18 +185,24 @@ async fn write_behind_a_held_up_reply(
     futures_util::future::join_all(rest).await
 }
 
-#[tokio::test]
-async fn replies_that_wait_together_share_one_transaction_and_each_hears_its_own_answer() {
-    let db = TestDatabase::new().await;
-    let store = store(&db).await;
+/// Alice, with four conversations whose turns are generating.
+async fn alice_with_four_turns(store: &Store) -> (UserId, Vec<(ConversationId, MessageId)>) {
     let user = store
         .ensure_user(&Subject::parse("alice").unwrap())
         .await
         .unwrap();
     let mut turns = Vec::new();
     for _ in 0..4 {
-        turns.push(conversation_with_a_turn(&store, user).await);
+        turns.push(conversation_with_a_turn(store, user).await);
     }
+    (user, turns)
+}
+
+#[tokio::test]
+async fn replies_that_wait_together_share_one_transaction_and_each_hears_its_own_answer() {
+    let db = TestDatabase::new().await;
+    let store = store(&db).await;
+    let (user, turns) = alice_with_four_turns(&store).await;
     let outcome = serde_json::json!({"finish_reason": "stop"});
     let replies: Vec<Message> = turns
         .iter()
@@ -248,14 +254,7 @@ async fn replies_that_wait_together_share_one_transaction_and_each_hears_its_own
 async fn a_reply_that_fails_among_others_fails_alone() {
     let db = TestDatabase::new().await;
     let store = store(&db).await;
-    let user = store
-        .ensure_user(&Subject::parse("alice").unwrap())
-        .await
-        .unwrap();
-    let mut turns = Vec::new();
-    for _ in 0..4 {
-        turns.push(conversation_with_a_turn(&store, user).await);
-    }
+    let (user, turns) = alice_with_four_turns(&store).await;
     let outcome = serde_json::json!({"finish_reason": "stop"});
     let mut replies: Vec<Message> = turns
         .iter()
