@@ -19,8 +19,15 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 pub use self::{
-    auth::AuthArgs, database::DatabaseArgs, events::EventArgs, limits::LimitArgs, model::ModelArgs,
-    server::ServerArgs, telemetry::TelemetryArgs, tools::ToolArgs, turns::TurnArgs,
+    auth::AuthArgs,
+    database::DatabaseArgs,
+    events::EventArgs,
+    limits::LimitArgs,
+    model::ModelArgs,
+    server::ServerArgs,
+    telemetry::TelemetryArgs,
+    tools::{ToolArgs, parse_mcp_config},
+    turns::TurnArgs,
 };
 use crate::server::Config;
 

@@ -77,7 +77,7 @@ impl ToolArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| invalid(SETTING, format!("{}: {e}", path.display())))?;
-                parse_servers(&text)?
+                parse_mcp_config(&text)?
             }
         };
         Ok(ToolSettings {
@@ -88,8 +88,8 @@ impl ToolArgs {
     }
 }
 
-/// The servers a configuration file names, in the order of their names.
-fn parse_servers(text: &str) -> Result<Vec<McpServerSettings>, ConfigError> {
+/// The servers a `CHAT_MCP_CONFIG` file names, in the order of their names.
+pub fn parse_mcp_config(text: &str) -> Result<Vec<McpServerSettings>, ConfigError> {
     let file: McpConfigFile = serde_json::from_str(text)
         .map_err(|e| invalid(SETTING, format!("not an MCP configuration: {e}")))?;
     file.mcp_servers
@@ -157,7 +157,7 @@ mod tests {
     use super::*;
 
     fn refused(text: &str) -> String {
-        match parse_servers(text) {
+        match parse_mcp_config(text) {
             Ok(servers) => panic!("accepted: {servers:?}"),
             Err(error) => error.to_string(),
         }
@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn servers_are_read_in_the_shape_mcp_clients_use() {
-        let servers = parse_servers(
+        let servers = parse_mcp_config(
             r#"{"mcpServers": {
                 "web": {"url": "https://robot:pa55word@tools.example/mcp", "headers": {"Authorization": "Bearer s3cret"}},
                 "tasks": {"type": "http", "url": "http://tasks:8000/mcp", "forwardBearerToken": true}

@@ -32,6 +32,9 @@ pub enum LlmError {
     Malformed(String),
     #[error("the model's stream broke off: {0}")]
     Interrupted(String),
+    /// The reply, or one event of it, is larger than the service accepts.
+    #[error("the model's reply is too large: {0}")]
+    Oversized(String),
     #[error("the model timed out: {0}")]
     Timeout(TimeoutKind),
 }
@@ -49,6 +52,7 @@ impl LlmError {
             Self::Http { status } => format!("the model refused the request (HTTP {status})"),
             Self::Malformed(_) => "the model sent a malformed stream".to_owned(),
             Self::Interrupted(_) => "the model's stream broke off".to_owned(),
+            Self::Oversized(_) => "the model's reply is larger than the service accepts".to_owned(),
             Self::Timeout(kind) => format!("the model timed out: {kind}"),
         }
     }
@@ -60,6 +64,7 @@ impl LlmError {
             Self::Http { .. } => "http",
             Self::Malformed(_) => "malformed",
             Self::Interrupted(_) => "interrupted",
+            Self::Oversized(_) => "oversized",
             Self::Timeout(_) => "timeout",
         }
     }

@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 
 pub use dev::DevModel;
 pub use error::{LlmError, TimeoutKind};
-pub use openai::{OpenAiModel, OpenAiSettings};
+pub use openai::{MAX_EVENT_BYTES, MAX_REPLY_BYTES, OpenAiModel, OpenAiSettings, ReplyReader};
 pub use tool_calls::{IndexOutOfRange, MAX_TOOL_CALLS, ToolCallAssembler};
 
 use crate::domain::{Role, ToolSpec};

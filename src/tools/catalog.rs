@@ -8,10 +8,10 @@ use std::{
 use crate::{domain::ToolSpec, telemetry::metrics::Metrics};
 
 /// The most tools of one server that are offered: each goes into every model request.
-pub(super) const MAX_TOOLS_PER_SERVER: usize = 128;
+pub const MAX_TOOLS_PER_SERVER: usize = 128;
 
 /// Whether models take `name` as a function's name: 1 to 64 ASCII letters, digits, `_`, `-`.
-fn is_model_name(name: &str) -> bool {
+pub fn is_model_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -21,7 +21,7 @@ fn is_model_name(name: &str) -> bool {
 
 /// A tool as one server lists it.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct ListedTool {
+pub struct ListedTool {
     pub name: String,
     pub description: String,
     pub parameters: serde_json::Value,
@@ -60,7 +60,7 @@ impl Catalog {
     /// Every server's tools under one namespace (at most [`MAX_TOOLS_PER_SERVER`] of each). A name that two servers both use is given,
     /// on each of them, as `<server>__<tool>`, so that no tool hides another and no name
     /// depends on which server answered first.
-    fn build(servers: &[(String, Option<Vec<ListedTool>>)]) -> Self {
+    pub fn build(servers: &[(String, Option<Vec<ListedTool>>)]) -> Self {
         let mut uses: HashMap<&str, usize> = HashMap::new();
         for (_, tools) in servers {
             for tool in tools.iter().flatten() {

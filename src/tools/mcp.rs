@@ -13,8 +13,7 @@ use http::{HeaderName, HeaderValue};
 use rmcp::{
     ClientHandler, Peer, RoleClient, ServiceError, ServiceExt,
     model::{
-        CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-        ProtocolVersion,
+        CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
     },
     service::{NotificationContext, RunningService},
     transport::{
@@ -27,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ToolFailure, ToolOutcome,
-    catalog::{ListedTool, Shared},
+    answers::{MAX_ERROR_BYTES, listed_tools, tool_outcome, truncate},
+    catalog::Shared,
 };
 
 /// One server, as configured.
@@ -181,14 +181,7 @@ impl McpServer {
             })
         }) {
             Ok(tools) => {
-                let tools = tools
-                    .into_iter()
-                    .map(|tool| ListedTool {
-                        name: tool.name.into_owned(),
-                        description: tool.description.map(|d| d.into_owned()).unwrap_or_default(),
-                        parameters: serde_json::Value::Object((*tool.input_schema).clone()),
-                    })
-                    .collect::<Vec<_>>();
+                let tools = listed_tools(tools);
                 let count = tools.len();
                 self.catalog.update(self.index, self.name(), Some(tools));
                 tracing::info!(server = %self.name(), tools = count, "listed the MCP server's tools");
@@ -267,7 +260,7 @@ impl McpServer {
             peer.call_tool(params).await
         };
         match result {
-            Ok(result) => self.outcome(result),
+            Ok(result) => tool_outcome(result, self.max_result_bytes),
             Err(ServiceError::McpError(error)) => ToolOutcome::Failed(ToolFailure::ToolError(
                 truncate(error.message.into_owned(), MAX_ERROR_BYTES),
             )),
@@ -287,33 +280,7 @@ impl McpServer {
             }
         }
     }
-
-    /// A tool's result as the conversation keeps it: its structured content if it has some,
-    /// else its text; an error result is a failed call whose message is the tool's text.
-    fn outcome(&self, result: CallToolResult) -> ToolOutcome {
-        let text = result
-            .content
-            .iter()
-            .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if result.is_error == Some(true) {
-            return ToolOutcome::Failed(ToolFailure::ToolError(truncate(text, MAX_ERROR_BYTES)));
-        }
-        let value = match result.structured_content {
-            Some(value) => value,
-            None => serde_json::Value::String(text),
-        };
-        let size = serde_json::to_vec(&value).map_or(usize::MAX, |bytes| bytes.len());
-        if size > self.max_result_bytes {
-            return ToolOutcome::Failed(ToolFailure::TooLarge(self.max_result_bytes));
-        }
-        ToolOutcome::Succeeded(value)
-    }
 }
-
-/// The most of a tool's own error message that is kept.
-const MAX_ERROR_BYTES: usize = 4096;
 
 /// The longest a server may take to list its tools.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -328,17 +295,6 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
         .without_max_times()
         .with_jitter()
         .build()
-}
-
-fn truncate(mut text: String, max_bytes: usize) -> String {
-    if text.len() > max_bytes {
-        let mut end = max_bytes;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// The client side of a connection: says who we are, and relists the tools when the server

@@ -2,6 +2,7 @@
 //! Streamable HTTP ([`mcp`]); their names are made unique across servers ([`catalog`]). Knows
 //! nothing of gRPC, storage or the model.
 
+mod answers;
 mod catalog;
 mod mcp;
 mod outcome;
@@ -14,7 +15,8 @@ use tracing::Instrument;
 
 use crate::telemetry::metrics::Metrics;
 
-pub use self::catalog::Catalog;
+pub use self::answers::{MAX_ERROR_BYTES, listed_tools, tool_outcome};
+pub use self::catalog::{Catalog, ListedTool, MAX_TOOLS_PER_SERVER, is_model_name};
 use self::mcp::McpServer;
 pub use self::{
     mcp::McpServerSettings,

@@ -168,8 +168,8 @@ impl JwksKeys {
         }
         self.write().last_attempt = Some(Instant::now());
         match self.fetch().await {
-            Ok((set, lifetime)) => {
-                let (by_kid, unnamed) = self.usable_keys(set);
+            Ok((published, lifetime)) => {
+                let (by_kid, unnamed) = self.usable_keys(published);
                 tracing::info!(
                     url = %self.settings.url,
                     keys = by_kid.len() + unnamed.len(),
@@ -189,7 +189,7 @@ impl JwksKeys {
         }
     }
 
-    async fn fetch(&self) -> Result<(JwkSet, Duration), FetchError> {
+    async fn fetch(&self) -> Result<(Vec<PublishedKey>, Duration), FetchError> {
         let response = self.client.get(self.settings.url.clone()).send().await?;
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status().as_u16()));
@@ -207,30 +207,27 @@ impl JwksKeys {
             }
             body.extend_from_slice(&chunk);
         }
-        let set = serde_json::from_slice(&body).map_err(FetchError::NotAKeySet)?;
-        Ok((set, lifetime))
+        let keys = published_keys(&body).map_err(FetchError::NotAKeySet)?;
+        Ok((keys, lifetime))
     }
 
-    /// The keys this service can verify with, by `kid` and without one. Symmetric keys are
-    /// never taken from a set: the set is public, so anyone could sign with them.
-    fn usable_keys(&self, set: JwkSet) -> (KeysByKid, Vec<Arc<VerifyingKey>>) {
+    /// The published keys by `kid`, and those without one, each with the validation of its
+    /// algorithm.
+    fn usable_keys(&self, published: Vec<PublishedKey>) -> (KeysByKid, Vec<Arc<VerifyingKey>>) {
         let mut by_kid = HashMap::new();
         let mut unnamed = Vec::new();
-        for jwk in set.keys {
-            let Some(algorithm) = algorithm_of(&jwk) else {
-                tracing::debug!(kid = ?jwk.common.key_id, "skipping a key of a kind not supported");
-                continue;
-            };
-            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-                tracing::debug!(kid = ?jwk.common.key_id, "skipping a key that does not parse");
-                continue;
-            };
+        for PublishedKey {
+            kid,
+            algorithm,
+            key,
+        } in published
+        {
             let key = Arc::new(VerifyingKey {
                 key,
                 algorithm,
                 validation: self.rules.validation(algorithm),
             });
-            match jwk.common.key_id {
+            match kid {
                 Some(kid) => {
                     by_kid.insert(kid, key);
                 }
@@ -247,6 +244,39 @@ impl JwksKeys {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
         self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A key of a set that this service can verify with.
+pub struct PublishedKey {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    pub key: DecodingKey,
+}
+
+/// The keys of a JSON Web Key Set's document that this service can verify with, in its order.
+/// Symmetric keys are never taken: the set is public, so anyone could sign with them. Keys of a
+/// kind not supported, or whose algorithm does not fit them, are skipped.
+pub fn published_keys(document: &[u8]) -> Result<Vec<PublishedKey>, serde_json::Error> {
+    let set: JwkSet = serde_json::from_slice(document)?;
+    Ok(set
+        .keys
+        .into_iter()
+        .filter_map(|jwk| {
+            let Some(algorithm) = algorithm_of(&jwk) else {
+                tracing::debug!(kid = ?jwk.common.key_id, "skipping a key of a kind not supported");
+                return None;
+            };
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                tracing::debug!(kid = ?jwk.common.key_id, "skipping a key that does not parse");
+                return None;
+            };
+            Some(PublishedKey {
+                kid: jwk.common.key_id,
+                algorithm,
+                key,
+            })
+        })
+        .collect())
 }
 
 /// The algorithm a key verifies: the one it names, if it fits the key, or the usual one for

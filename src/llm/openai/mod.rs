@@ -1,26 +1,24 @@
 //! OpenAI-compatible Chat Completions over HTTP with server-sent events: the protocol spoken by
 //! OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio, LiteLLM and most gateways.
 
+mod reply_reader;
 mod retries;
+mod sse;
 mod wire;
 
-use std::{collections::VecDeque, error::Error as _, pin::Pin, sync::Arc, time::Duration};
+use std::{error::Error as _, pin::Pin, sync::Arc, time::Duration};
 
-use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{StreamExt, stream};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_stream::Stream;
 
+pub use self::reply_reader::{MAX_EVENT_BYTES, MAX_REPLY_BYTES, ReplyReader};
 use self::retries::{backoff, retry_after};
 use self::wire::{
-    Chunk, RequestBody, StreamOptions, WireFunction, WireFunctionCall, WireMessage, WireTool,
-    WireToolCall,
+    RequestBody, StreamOptions, WireFunction, WireFunctionCall, WireMessage, WireTool, WireToolCall,
 };
-use super::{
-    ChatModel, LlmError, ModelEvent, ModelRequest, ModelStream, TimeoutKind, TokenUsage,
-    tool_calls::ToolCallAssembler,
-};
+use super::{ChatModel, LlmError, ModelEvent, ModelRequest, ModelStream, TimeoutKind};
 
 /// How to reach the model and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -101,26 +99,19 @@ impl ChatModel for OpenAiModel {
     }
 }
 
-type SseStream =
-    Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+type BodyStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
 
-/// One reply being generated: connects (with retries), then turns SSE chunks into events.
+/// One reply being generated: connects (with retries), then reads the body's events.
 struct CompletionStream {
     inner: Arc<Inner>,
     /// Encoded once; every attempt sends the same bytes without copying them.
     body: Result<bytes::Bytes, LlmError>,
     deadline: Instant,
-    events: Option<SseStream>,
-    /// When the current attempt's first content (text or tool call) is due.
+    body_stream: Option<BodyStream>,
+    /// When the current attempt's first content (text or tool call) is due. Until the reader has
+    /// seen content, only this applies; after it, the idle timeout between reads.
     first_content_due: Instant,
-    /// Whether content has arrived; before it, only `first_content_due` applies. Chunks without
-    /// content (a role announcement, keep-alive comments) do not count: a model may announce
-    /// itself at once and then think for a long time.
-    saw_content: bool,
-    pending: VecDeque<ModelEvent>,
-    tool_calls: ToolCallAssembler,
-    usage: Option<TokenUsage>,
-    finish_reason: Option<String>,
+    reader: ReplyReader,
     done: bool,
 }
 
@@ -177,32 +168,28 @@ impl CompletionStream {
             inner,
             body,
             deadline,
-            events: None,
+            body_stream: None,
             first_content_due: deadline,
-            saw_content: false,
-            pending: VecDeque::new(),
-            tool_calls: ToolCallAssembler::default(),
-            usage: None,
-            finish_reason: None,
+            reader: ReplyReader::default(),
             done: false,
         }
     }
 
     async fn next(&mut self) -> Option<Result<ModelEvent, LlmError>> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(event) = self.reader.next_event() {
                 return Some(Ok(event));
             }
             if self.done {
                 return None;
             }
-            let step = match self.events.is_some() {
+            let step = match self.body_stream.is_some() {
                 false => self.connect().await,
-                true => self.read_chunk().await,
+                true => self.read_body().await,
             };
             if let Err(error) = step {
                 self.done = true;
-                self.events = None;
+                self.body_stream = None;
                 return Some(Err(error));
             }
         }
@@ -239,7 +226,7 @@ impl CompletionStream {
             let (failed, asked_for) = match outcome {
                 Err(_) => return Err(self.timeout()),
                 Ok(Ok(response)) if response.status().is_success() => {
-                    self.events = Some(Box::pin(response.bytes_stream().eventsource()));
+                    self.body_stream = Some(Box::pin(response.bytes_stream()));
                     return Ok(());
                 }
                 Ok(Ok(response)) => {
@@ -279,108 +266,39 @@ impl CompletionStream {
         }
     }
 
-    async fn read_chunk(&mut self) -> Result<(), LlmError> {
-        let due = if self.saw_content {
+    /// Reads the body until it yields events, ends or fails.
+    async fn read_body(&mut self) -> Result<(), LlmError> {
+        let due = if self.reader.saw_content() {
             (Instant::now() + self.inner.settings.idle_timeout).min(self.deadline)
         } else {
             self.first_content_due
         };
-        let Some(events) = self.events.as_mut() else {
+        let Some(body) = self.body_stream.as_mut() else {
             return Ok(());
         };
-        let event = match timeout_at(due, events.next()).await {
+        match timeout_at(due, body.next()).await {
             Err(_) => return Err(self.timeout()),
-            Ok(None) if self.finish_reason.is_some() => {
-                self.finish();
-                return Ok(());
-            }
             Ok(None) => {
-                return Err(LlmError::Interrupted(
-                    "the stream ended before the reply was finished".to_owned(),
-                ));
+                self.body_stream = None;
+                self.reader.end()?;
             }
-            Ok(Some(Err(EventStreamError::Transport(error)))) => {
-                return Err(LlmError::Interrupted(describe(&error)));
-            }
-            Ok(Some(Err(error))) => return Err(LlmError::Malformed(error.to_string())),
-            Ok(Some(Ok(event))) => event,
-        };
-        let data = event.data.trim();
-        if data == "[DONE]" {
+            Ok(Some(Err(error))) => return Err(LlmError::Interrupted(describe(&error))),
+            Ok(Some(Ok(bytes))) => self.reader.push(&bytes)?,
+        }
+        if self.reader.is_finished() {
             self.finish();
-            return Ok(());
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        let chunk: Chunk = serde_json::from_str(data)
-            .map_err(|e| LlmError::Malformed(format!("a chunk is not valid JSON: {e}")))?;
-        self.take_chunk(chunk)
-    }
-
-    /// Queues what a chunk of the reply holds.
-    fn take_chunk(&mut self, chunk: Chunk) -> Result<(), LlmError> {
-        if let Some(error) = chunk.error {
-            return Err(LlmError::Interrupted(format!(
-                "the model reported an error: {}",
-                error.message
-            )));
-        }
-        for choice in chunk.choices {
-            if let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) {
-                self.saw_content = true;
-                self.pending.push_back(ModelEvent::Delta(text));
-            }
-            for call in choice.delta.tool_calls {
-                self.saw_content = true;
-                let function = call.function.as_ref();
-                self.tool_calls
-                    .push(
-                        call.index,
-                        call.id.as_deref(),
-                        function.and_then(|f| f.name.as_deref()),
-                        function.and_then(|f| f.arguments.as_deref()),
-                    )
-                    .map_err(|out_of_range| {
-                        LlmError::Malformed(format!(
-                            "tool call index {} is beyond {}",
-                            out_of_range.0,
-                            super::tool_calls::MAX_TOOL_CALLS
-                        ))
-                    })?;
-            }
-            if let Some(reason) = choice.finish_reason {
-                self.finish_reason = Some(reason);
-            }
-        }
-        if let Some(usage) = chunk.usage {
-            self.usage = Some(TokenUsage {
-                input_tokens: usage.prompt_tokens,
-                output_tokens: usage.completion_tokens,
-            });
         }
         Ok(())
     }
 
-    /// Queues the tool calls, usage and finish, and lets the rest of the response drain in the
-    /// background so that its connection goes back to the pool.
+    /// Lets the rest of the response drain in the background, so that its connection goes back
+    /// to the pool.
     fn finish(&mut self) {
-        for call in std::mem::take(&mut self.tool_calls).finish() {
-            self.pending.push_back(ModelEvent::ToolCall(call));
-        }
-        if let Some(usage) = self.usage {
-            self.pending.push_back(ModelEvent::Usage(usage));
-        }
-        let reason = self
-            .finish_reason
-            .take()
-            .unwrap_or_else(|| "stop".to_owned());
-        self.pending.push_back(ModelEvent::Finished { reason });
         self.done = true;
-        if let Some(mut events) = self.events.take() {
+        if let Some(mut body) = self.body_stream.take() {
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                    while events.next().await.is_some() {}
+                    while body.next().await.is_some() {}
                 })
                 .await;
             });
@@ -390,7 +308,7 @@ impl CompletionStream {
     fn timeout(&self) -> LlmError {
         LlmError::Timeout(if Instant::now() >= self.deadline {
             TimeoutKind::Total
-        } else if self.saw_content {
+        } else if self.reader.saw_content() {
             TimeoutKind::Idle
         } else {
             TimeoutKind::FirstToken
