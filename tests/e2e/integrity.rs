@@ -92,6 +92,53 @@ async fn a_tool_call_index_beyond_any_real_reply_is_a_malformed_reply() {
     assert!(status.message().contains("malformed"), "{status:?}");
 }
 
+/// A model that writes on and on is cut off at the reply limit: the client is told, what it was
+/// shown is not stored as a reply, and its message stays.
+#[tokio::test]
+async fn a_reply_beyond_the_size_limit_fails_and_stores_no_reply() {
+    let fake = FakeLlm::start().await;
+    let delta = "x".repeat(chat_service::llm::MAX_REPLY_BYTES / 4);
+    fake.script([Script::Reply {
+        deltas: vec![delta.clone(); 5],
+        delay: std::time::Duration::ZERO,
+        usage: None,
+    }]);
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let mut stream = app.open_stream("alice", "", "write forever").await;
+    let (events, status) = read_to_end(&mut stream).await;
+    let status = status.unwrap_or_else(|| panic!("the reply completed"));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("larger than the service accepts"),
+        "{status:?}"
+    );
+    let shown: usize = events
+        .iter()
+        .filter_map(|response| match &response.event {
+            Some(Event::Delta(delta)) => Some(delta.text.len()),
+            _ => None,
+        })
+        .sum();
+    assert!(
+        shown <= chat_service::llm::MAX_REPLY_BYTES,
+        "{shown} bytes shown"
+    );
+    let conversation = events
+        .iter()
+        .find_map(|response| match &response.event {
+            Some(Event::Accepted(accepted)) => Some(accepted.conversation_id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("never accepted"));
+    let stored = app.db.messages(&conversation).await;
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the user's message is stored: {stored:?}"
+    );
+    assert_eq!(stored[0].content, "write forever");
+}
+
 #[tokio::test]
 async fn a_reply_whose_connection_was_cut_is_stored_on_another() {
     let fake = FakeLlm::start().await;
