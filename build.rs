@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
     let includes = [PathBuf::from("proto"), include];
     tonic_prost_build::configure()
+        // prost's codec with a small first send buffer per call (src/api/codec.rs).
+        .codec_path("crate::api::codec::LeanCodec")
         .file_descriptor_set_path(out_dir.join("chat_v1_descriptor.bin"))
         .compile_protos(&protos, &includes)?;
 

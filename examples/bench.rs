@@ -5,6 +5,7 @@
 //!     cargo build --release && cargo run --release --example bench -- [OPTION...] [SCENARIO...]
 //!
 //! Scenarios: streams-1, streams-50, streams-50-keyed, streams-500, streams-50-redis, slow-2000,
+//! slow-10000 (only when named),
 //! reads (default: all of them). streams-50-keyed names every request with a `request_id`, as a
 //! client built to retry does. streams-50-redis runs a second server that relays turn events
 //! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). soak-1000 holds
@@ -81,6 +82,36 @@ const SLOW_SHAPE: Shape = Shape {
     chunks: 20,
     chunk_delay_ms: 1000,
 };
+
+/// A replica's open streams at scale, named on the command line only: 10,000 clients arrive
+/// over 10 s, as users do rather than in one instant, and each stream stays open for about
+/// 60 s, so that all are open at once for most of a minute.
+const MANY_SLOW: SlowScenario = SlowScenario {
+    name: "slow-10000",
+    concurrency: 10_000,
+    arrivals: Duration::from_secs(10),
+    shape: Shape {
+        ttft_ms: 10,
+        chunks: 60,
+        chunk_delay_ms: 1000,
+    },
+};
+
+const SLOW: SlowScenario = SlowScenario {
+    name: "slow-2000",
+    concurrency: 2000,
+    arrivals: Duration::ZERO,
+    shape: SLOW_SHAPE,
+};
+
+/// Streams held open to read what each costs in memory.
+struct SlowScenario {
+    name: &'static str,
+    concurrency: usize,
+    /// Over how long the clients arrive, evenly spaced; zero: all at once.
+    arrivals: Duration,
+    shape: Shape,
+}
 
 /// The shape the upstream answers with now; changed between scenarios.
 #[derive(Default)]
@@ -831,9 +862,11 @@ async fn slow_streams(
     server: &Server,
     upstream: &UpstreamShape,
     database: &DatabaseUrl,
-    concurrency: usize,
+    scenario: &SlowScenario,
 ) -> Result<(), String> {
-    upstream.set(SLOW_SHAPE);
+    let concurrency = scenario.concurrency;
+    upstream.set(scenario.shape);
+    let started = tokio::time::Instant::now();
     let (baseline, _) = server.memory_kib();
     let pool = channels(server.addr, concurrency.div_ceil(100)).await;
     let open = Arc::new(AtomicU64::new(0));
@@ -842,7 +875,9 @@ async fn slow_streams(
             let channel = pool[i % pool.len()].clone();
             let token = token(&format!("slow{i}"));
             let open = open.clone();
+            let arrives = started + scenario.arrivals.mul_f64(i as f64 / concurrency as f64);
             tokio::spawn(async move {
+                tokio::time::sleep_until(arrives).await;
                 let mut client = ChatServiceClient::new(channel);
                 let request = authorized(
                     SendMessageRequest {
@@ -895,8 +930,8 @@ async fn slow_streams(
     let per_stream = (with_streams.saturating_sub(baseline)) as f64 / concurrency as f64;
     println!(
         "| {concurrency} slow streams ({} chunks, {} ms apart) | {:.1} MiB → {:.1} MiB | {per_stream:.1} KiB | {completed} | {:.1} | {stored}/{} |",
-        SLOW_SHAPE.chunks,
-        SLOW_SHAPE.chunk_delay_ms,
+        scenario.shape.chunks,
+        scenario.shape.chunk_delay_ms,
         baseline as f64 / 1024.0,
         with_streams as f64 / 1024.0,
         peak as f64 / 1024.0,
@@ -1046,10 +1081,12 @@ const COMPARED_WITH_DIRECT: usize = 500;
 
 /// Every scenario's name, in the order they run.
 fn scenario_names() -> impl Iterator<Item = &'static str> {
-    TURN_SCENARIOS
-        .iter()
-        .map(|(name, ..)| *name)
-        .chain([SOAK.0, "slow-2000", "reads"])
+    TURN_SCENARIOS.iter().map(|(name, ..)| *name).chain([
+        SOAK.0,
+        SLOW.name,
+        MANY_SLOW.name,
+        "reads",
+    ])
 }
 
 /// A whole number of at least 1. clap's own range check would name u64::MAX as the limit.
@@ -1178,11 +1215,17 @@ fn main() {
             let scenario = TurnScenario { concurrency, seconds, keyed: true, redis: Some(&redis_url) };
             failures.extend(streams(&[&replicas[0], &replicas[1]], &upstream_shape, SOAK_SHAPE, &database, scenario, Some(direct)).await.err());
         }
-        if options.wants("slow-2000") {
+        let many_slow = options.scenarios.iter().any(|name| name == MANY_SLOW.name);
+        if options.wants(SLOW.name) || many_slow {
             println!();
             println!("| scenario | server RSS idle → with streams | per stream | completed | peak RSS (MiB) | messages stored |");
             println!("|---|---|---|---|---|---|");
-            failures.extend(slow_streams(&server, &upstream_shape, &database, 2000).await.err());
+        }
+        if options.wants(SLOW.name) {
+            failures.extend(slow_streams(&server, &upstream_shape, &database, &SLOW).await.err());
+        }
+        if many_slow {
+            failures.extend(slow_streams(&server, &upstream_shape, &database, &MANY_SLOW).await.err());
         }
         if options.wants("reads") {
             println!();

@@ -47,9 +47,9 @@ fn encode(sequenced: Sequenced) -> SendMessageResponse {
             user_message: Some(convert::message(accepted.user_message)),
         }),
         TurnEvent::Delta(text) => Event::Delta(MessageDelta { text }),
-        TurnEvent::ToolCall(call) => Event::ToolCall(convert::tool_call(call)),
-        TurnEvent::ToolResult(result) => Event::ToolResult(convert::tool_result(result)),
-        TurnEvent::Completed(completion) => Event::Completed(completed(completion)),
+        TurnEvent::ToolCall(call) => Event::ToolCall(convert::tool_call(*call)),
+        TurnEvent::ToolResult(result) => Event::ToolResult(convert::tool_result(*result)),
+        TurnEvent::Completed(completion) => Event::Completed(completed(*completion)),
     };
     SendMessageResponse {
         event: Some(event),
@@ -74,12 +74,12 @@ fn encode_continuation(sequenced: Sequenced) -> SubmitToolResultsResponse {
     let event = match sequenced.event {
         TurnEvent::Accepted(_) => None,
         TurnEvent::Delta(text) => Some(ContinuationEvent::Delta(MessageDelta { text })),
-        TurnEvent::ToolCall(call) => Some(ContinuationEvent::ToolCall(convert::tool_call(call))),
+        TurnEvent::ToolCall(call) => Some(ContinuationEvent::ToolCall(convert::tool_call(*call))),
         TurnEvent::ToolResult(result) => {
-            Some(ContinuationEvent::ToolResult(convert::tool_result(result)))
+            Some(ContinuationEvent::ToolResult(convert::tool_result(*result)))
         }
         TurnEvent::Completed(completion) => {
-            Some(ContinuationEvent::Completed(completed(completion)))
+            Some(ContinuationEvent::Completed(completed(*completion)))
         }
     };
     SubmitToolResultsResponse { event }
@@ -262,7 +262,7 @@ impl ChatService for ChatApi {
             .map(|result| {
                 Ok(encode_continuation(Sequenced {
                     sequence: 0,
-                    event: TurnEvent::ToolResult(result),
+                    event: TurnEvent::ToolResult(Box::new(result)),
                 }))
             })
             .collect::<Vec<_>>();

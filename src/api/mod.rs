@@ -1,6 +1,7 @@
 //! The gRPC edge: authentication, protobuf <-> domain, and failures as statuses.
 
 pub mod auth;
+mod codec;
 mod chat_service;
 mod conversation_service;
 mod convert;

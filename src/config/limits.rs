@@ -39,7 +39,12 @@ pub struct LimitArgs {
     pub max_streams_per_user: u32,
 
     /// Replies this replica streams at once.
-    #[arg(long, env = "CHAT_MAX_STREAMS", default_value_t = 4096, global = true)]
+    #[arg(
+        long,
+        env = "CHAT_MAX_STREAMS",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub max_streams: u32,
 
     /// How many of its newest messages GetConversation returns at most; older ones are read

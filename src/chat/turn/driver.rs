@@ -26,7 +26,7 @@ impl ReplyTask {
             // went away in between), its turn ends as failed, so that a retry generates it.
             if self.turn.is_some() {
                 self.end.told(TurnEnd::Failed(Failure::Unavailable));
-                self.end_turn().await;
+                Box::pin(self.end_turn()).await;
             }
             return;
         };
@@ -46,18 +46,21 @@ impl ReplyTask {
             usage = add(usage, relayed.usage);
             relayed.usage = usage;
             self.outlet.stalled = matches!(relayed.ending, relay::Ending::Stalled);
-            let outcome = match self.tool_round(&mut relayed, &mut telemetry).await {
+            // What comes after a round is boxed: the task is as large as its largest state,
+            // and relaying, where a reply spends its life, needs a third of what storing its
+            // end does.
+            let outcome = match Box::pin(self.tool_round(&mut relayed, &mut telemetry)).await {
                 Some(Round::Next(next)) => {
                     model = next;
                     continue;
                 }
                 Some(Round::Ended(outcome)) => outcome,
-                None => self.settle(relayed).await,
+                None => Box::pin(self.settle(relayed)).await,
             };
             // The client has heard the end: its stream no longer counts while the end is stored.
             telemetry.turn_ended(usage, outcome);
             self.permit = None;
-            self.end_turn().await;
+            Box::pin(self.end_turn()).await;
             return;
         }
     }

@@ -10,18 +10,20 @@ use crate::{
     llm::TokenUsage,
 };
 
-/// What the client learns while the reply is generated, in this order.
+/// What the client learns while the reply is generated, in this order. The events that come
+/// once a turn are boxed, so that a delta, the event of which there are many, is what sizes
+/// every slot of the channels that carry them (boxing changes nothing of how they are encoded).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TurnEvent {
     /// The user's message is stored: the turn's first event.
-    Accepted(Accepted),
+    Accepted(Box<Accepted>),
     Delta(String),
     /// A call the model asked for, stored.
-    ToolCall(ToolCall),
+    ToolCall(Box<ToolCall>),
     /// A call's result, stored.
-    ToolResult(ToolResult),
-    Completed(Completion),
+    ToolResult(Box<ToolResult>),
+    Completed(Box<Completion>),
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -151,7 +153,7 @@ mod tests {
             model: "m".into(),
             usage: None,
         };
-        let ended = end_told(&Ok(TurnEvent::Completed(completion)));
+        let ended = end_told(&Ok(TurnEvent::Completed(Box::new(completion))));
         assert!(
             matches!(ended, Some(TurnEnd::Completed { finish_reason, .. }) if finish_reason == "stop")
         );
@@ -164,6 +166,6 @@ mod tests {
             status: ToolCallStatus::Succeeded,
             result: serde_json::Value::Null,
         };
-        assert_eq!(end_told(&Ok(TurnEvent::ToolResult(result))), None);
+        assert_eq!(end_told(&Ok(TurnEvent::ToolResult(Box::new(result)))), None);
     }
 }

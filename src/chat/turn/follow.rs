@@ -181,10 +181,10 @@ impl Turns {
         if cursor < ACCEPTED {
             let accepted = Sequenced {
                 sequence: ACCEPTED,
-                event: TurnEvent::Accepted(Accepted {
+                event: TurnEvent::Accepted(Box::new(Accepted {
                     conversation_id: record.conversation_id,
                     user_message: record.user_message.clone(),
-                }),
+                })),
             };
             if !send(Ok(accepted)).await {
                 return;

@@ -250,7 +250,7 @@ mod tests {
         };
         let written = [
             entry(2, TurnEvent::Delta("stored ".into())),
-            entry(3, TurnEvent::ToolCall(call)),
+            entry(3, TurnEvent::ToolCall(Box::new(call))),
             entry(4, TurnEvent::Delta("Hel".into())),
             entry(5, TurnEvent::Delta("lo".into())),
         ];

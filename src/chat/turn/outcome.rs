@@ -111,7 +111,8 @@ impl ReplyTask {
         }
         self.end = EndState::Stored;
         for call in &reply.tool_calls {
-            self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
+            self.tell(Ok(TurnEvent::ToolCall(Box::new(call.clone()))))
+                .await;
         }
         let completion = Completion {
             message: reply,
@@ -119,7 +120,8 @@ impl ReplyTask {
             model: self.model_name.clone(),
             usage: relayed.usage,
         };
-        self.tell(Ok(TurnEvent::Completed(completion))).await;
+        self.tell(Ok(TurnEvent::Completed(Box::new(completion))))
+            .await;
         Ok(Outcome::Completed)
     }
 }

@@ -19,10 +19,10 @@ pub(super) fn replay(
 ) -> Vec<Result<Sequenced, ChatError>> {
     let mut events = vec![Ok(Sequenced {
         sequence: ACCEPTED,
-        event: TurnEvent::Accepted(Accepted {
+        event: TurnEvent::Accepted(Box::new(Accepted {
             conversation_id: record.conversation_id,
             user_message: record.user_message.clone(),
-        }),
+        })),
     })];
     let mut push = |event: TurnEvent| {
         let sequence = ACCEPTED + events.len() as u64;
@@ -56,7 +56,7 @@ fn reply_events(reply: &StoredReply) -> Vec<TurnEvent> {
             sent.status = ToolCallStatus::Requested;
             sent.result = None;
         }
-        events.push(TurnEvent::ToolCall(sent));
+        events.push(TurnEvent::ToolCall(Box::new(sent)));
     }
     let mut answered: Vec<(i32, usize)> = reply
         .answer_order
@@ -67,11 +67,11 @@ fn reply_events(reply: &StoredReply) -> Vec<TurnEvent> {
     answered.sort_unstable();
     for (_, index) in answered {
         if let Some(call) = reply.message.tool_calls.get(index) {
-            events.push(TurnEvent::ToolResult(ToolResult {
+            events.push(TurnEvent::ToolResult(Box::new(ToolResult {
                 provider_call_id: call.provider_call_id.clone(),
                 status: call.status,
                 result: call.result.clone().unwrap_or_default(),
-            }));
+            })));
         }
     }
     events
@@ -87,12 +87,12 @@ fn last_event(state: RecordState, last_message: Option<Message>) -> Result<TurnE
                 usage,
             }),
             Some(message),
-        ) => Ok(TurnEvent::Completed(Completion {
+        ) => Ok(TurnEvent::Completed(Box::new(Completion {
             message,
             finish_reason,
             model,
             usage,
-        })),
+        }))),
         (RecordState::Ended(TurnEnd::Failed(failure)), _) => Err(failure),
         // Its end was never stored: the replica that generated it stopped.
         (RecordState::TakingOver, _) => Err(Failure::Lost),

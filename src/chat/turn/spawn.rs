@@ -29,6 +29,10 @@ use crate::{
 /// How many events may wait for a slow client before the model is made to wait too.
 const EVENT_BUFFER: usize = 16;
 
+// The channel allocates its slots 32 at a time, each the size of an event: the events that come
+// once a turn are boxed (`TurnEvent`), so that every open stream does not pay for the largest.
+const _: () = assert!(std::mem::size_of::<Result<Sequenced, ChatError>>() <= 48);
+
 /// A reply task just started, and the means to release it and to hear from it.
 pub(super) struct SpawnedReply {
     /// Fired once the user message is committed; dropped, it aborts the model request.
@@ -47,7 +51,7 @@ impl SpawnedReply {
         use tokio_stream::StreamExt;
         let accepted = Sequenced {
             sequence: ACCEPTED,
-            event: TurnEvent::Accepted(accepted),
+            event: TurnEvent::Accepted(Box::new(accepted)),
         };
         Box::pin(tokio_stream::once(Ok(accepted)).chain(self.reply()))
     }

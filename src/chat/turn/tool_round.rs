@@ -111,7 +111,8 @@ impl ReplyTask {
             Err(outcome) => return Some(Round::Ended(outcome)),
         };
         for call in &message.tool_calls {
-            self.tell(Ok(TurnEvent::ToolCall(call.clone()))).await;
+            self.tell(Ok(TurnEvent::ToolCall(Box::new(call.clone()))))
+                .await;
         }
         if let Some(outcome) = self.run_calls(&mut message, &plan.runs).await {
             let waited = plan.awaiting.is_some().then_some(message.id);
@@ -131,7 +132,8 @@ impl ReplyTask {
                 model: self.model_name.clone(),
                 usage: relayed.usage,
             };
-            self.tell(Ok(TurnEvent::Completed(completion))).await;
+            self.tell(Ok(TurnEvent::Completed(Box::new(completion))))
+                .await;
             return Some(Round::Ended(Outcome::AwaitingToolResults));
         }
         self.next_model_call(&message, telemetry).map(Round::Next)
@@ -303,7 +305,7 @@ impl ReplyTask {
             status,
             result,
         };
-        self.tell(Ok(TurnEvent::ToolResult(event))).await;
+        self.tell(Ok(TurnEvent::ToolResult(Box::new(event)))).await;
         Ok(())
     }
 }
