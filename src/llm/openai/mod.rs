@@ -266,7 +266,7 @@ impl CompletionStream {
         }
     }
 
-    /// Reads the body until it yields events, ends or fails.
+    /// Reads the next bytes of the body, which may complete events, end the reply or fail it.
     async fn read_body(&mut self) -> Result<(), LlmError> {
         let due = if self.reader.saw_content() {
             (Instant::now() + self.inner.settings.idle_timeout).min(self.deadline)
