@@ -47,7 +47,7 @@ impl ReplyTask {
             relayed.usage = usage;
             self.outlet.stalled = matches!(relayed.ending, relay::Ending::Stalled);
             // What comes after a round is boxed: the task is as large as its largest state,
-            // and relaying, where a reply spends its life, needs a third of what storing its
+            // and relaying, where a reply spends its life, needs half of what storing its
             // end does.
             let outcome = match Box::pin(self.tool_round(&mut relayed, &mut telemetry)).await {
                 Some(Round::Next(next)) => {
