@@ -33,6 +33,9 @@ const CONVERSATION: &str = "conversation";
 /// (4 MiB), so that no stored conversation can produce a response a client refuses.
 pub const RESPONSE_TEXT_BYTES: usize = 2 * 1024 * 1024;
 
+// A reply the model may write fits in one response.
+const _: () = assert!(crate::llm::MAX_REPLY_BYTES <= RESPONSE_TEXT_BYTES);
+
 /// A conversation with a window of its newest messages.
 #[derive(Debug, Clone)]
 pub struct ConversationView {

@@ -109,8 +109,11 @@ struct CompletionStream {
     deadline: Instant,
     body_stream: Option<BodyStream>,
     /// When the current attempt's first content (text or tool call) is due. Until the reader has
-    /// seen content, only this applies; after it, the idle timeout between reads.
+    /// seen content, only this applies; after it, the idle timeout.
     first_content_due: Instant,
+    /// When the last server-sent event arrived: the idle timeout runs from there, so that
+    /// keep-alive comments do not keep a stalled stream alive.
+    last_event_at: Instant,
     reader: ReplyReader,
     done: bool,
 }
@@ -170,6 +173,7 @@ impl CompletionStream {
             deadline,
             body_stream: None,
             first_content_due: deadline,
+            last_event_at: now,
             reader: ReplyReader::default(),
             done: false,
         }
@@ -269,7 +273,7 @@ impl CompletionStream {
     /// Reads the next bytes of the body, which may complete events, end the reply or fail it.
     async fn read_body(&mut self) -> Result<(), LlmError> {
         let due = if self.reader.saw_content() {
-            (Instant::now() + self.inner.settings.idle_timeout).min(self.deadline)
+            (self.last_event_at + self.inner.settings.idle_timeout).min(self.deadline)
         } else {
             self.first_content_due
         };
@@ -283,7 +287,13 @@ impl CompletionStream {
                 self.reader.end()?;
             }
             Ok(Some(Err(error))) => return Err(LlmError::Interrupted(describe(&error))),
-            Ok(Some(Ok(bytes))) => self.reader.push(&bytes)?,
+            Ok(Some(Ok(bytes))) => {
+                let read_before = self.reader.events_read();
+                self.reader.push(&bytes)?;
+                if self.reader.events_read() != read_before {
+                    self.last_event_at = Instant::now();
+                }
+            }
         }
         if self.reader.is_finished() {
             self.finish();

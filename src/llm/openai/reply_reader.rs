@@ -15,9 +15,10 @@ use crate::llm::{
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// The most a reply's text and tool calls may take together, in bytes: several times the
-/// longest reply a model writes (128,000 tokens are about 512 KiB of text), and a quarter of
-/// the largest response a client accepts, so that the stored reply can always be read back.
-pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// longest reply a model writes (128,000 tokens are about 512 KiB of text), and no more than the
+/// text one response carries (`chat::RESPONSE_TEXT_BYTES`), so that a stored reply can always
+/// be read back.
+pub const MAX_REPLY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Reads one reply. Feed it the body with [`ReplyReader::push`] and [`ReplyReader::end`], and
 /// take the events with [`ReplyReader::next_event`]: deltas as they come, then the tool calls,
@@ -27,6 +28,8 @@ pub struct ReplyReader {
     sse: SseDecoder,
     /// The data of events decoded but not yet read.
     data: VecDeque<String>,
+    /// Server-sent events read so far, keep-alive comments not counted.
+    events_read: u64,
     events: VecDeque<ModelEvent>,
     tool_calls: ToolCallAssembler,
     usage: Option<TokenUsage>,
@@ -41,6 +44,7 @@ impl Default for ReplyReader {
         Self {
             sse: SseDecoder::new(MAX_EVENT_BYTES),
             data: VecDeque::new(),
+            events_read: 0,
             events: VecDeque::new(),
             tool_calls: ToolCallAssembler::default(),
             usage: None,
@@ -62,6 +66,7 @@ impl ReplyReader {
         // how the body happens to be split into reads changes nothing.
         let decoded = self.sse.push(bytes, &mut self.data);
         while let Some(data) = self.data.pop_front() {
+            self.events_read += 1;
             self.take_event(&data)?;
             if self.finished {
                 self.data.clear();
@@ -100,6 +105,12 @@ impl ReplyReader {
     /// content, since a model may announce itself at once and then think for a long time.
     pub fn saw_content(&self) -> bool {
         self.saw_content
+    }
+
+    /// How many server-sent events have been read: a stream that sends only keep-alive comments
+    /// makes no progress.
+    pub fn events_read(&self) -> u64 {
+        self.events_read
     }
 
     /// Whether the reply has ended: the events it holds are its last.
@@ -246,11 +257,12 @@ mod tests {
     fn a_reply_longer_than_the_limit_is_refused() {
         let delta = format!(
             "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
-            "x".repeat(MAX_REPLY_BYTES / 2)
+            "x".repeat(MAX_REPLY_BYTES / 4)
         );
         let mut reader = ReplyReader::default();
-        assert_eq!(reader.push(delta.as_bytes()), Ok(()));
-        assert_eq!(reader.push(delta.as_bytes()), Ok(()));
+        for _ in 0..4 {
+            assert_eq!(reader.push(delta.as_bytes()), Ok(()));
+        }
         assert!(matches!(
             reader.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"!\"}}]}\n\n"),
             Err(LlmError::Oversized(_))
