@@ -113,6 +113,20 @@ impl LocalLog {
         self.changes.send_modify(|version| *version += 1);
     }
 
+    /// Resolves once the log is closed: the turn has ended and its end is stored.
+    pub async fn closed(&self) {
+        let mut changes = self.changes.subscribe();
+        // Marked seen before the check: a close after it wakes the wait.
+        while !{
+            changes.borrow_and_update();
+            self.lock().closed
+        } {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn entries(&self) -> Vec<Entry> {
         self.lock().entries.clone()
     }
@@ -184,6 +198,22 @@ mod tests {
             payload: bytes::Bytes::from(sequence.to_string()),
             last,
         }
+    }
+
+    #[tokio::test]
+    async fn closed_waits_for_the_close() {
+        let log = Arc::new(LocalLog::new());
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move { log.closed().await }
+        });
+        log.append(entry(1, true));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the last entry is not the close");
+        log.close();
+        waiting.await.unwrap();
+        // A log closed already answers at once.
+        log.closed().await;
     }
 
     async fn sequences(mut entries: Entries) -> Vec<u64> {

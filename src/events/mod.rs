@@ -150,6 +150,13 @@ impl TurnEvents {
         }
     }
 
+    /// Resolves once the turn, generated here, has ended and its end is stored (its log closes
+    /// then); `None` if this replica does not generate it.
+    pub fn ended_here(&self, key: TurnKey) -> Option<impl Future<Output = ()> + use<>> {
+        let log = self.local.find(key)?;
+        Some(async move { log.closed().await })
+    }
+
     /// Every event of the turn written so far, as far as they can be found: for a turn whose
     /// replica stopped, what it had sent.
     pub async fn written(&self, key: TurnKey) -> Result<Vec<Entry>, EventsError> {

@@ -16,7 +16,9 @@ use super::{
     assert_bad_field,
     limits::small_window_client,
     support::{
-        FakeLlm, FakeToolServer, Script, TestApp, TestDatabase, mcp,
+        FakeLlm, FakeToolServer, Script, TestApp, TestDatabase,
+        database::execute,
+        mcp,
         process::ServiceProcess,
         redis::{RedisServer, shared_url},
         streams::read_to_end,
@@ -537,17 +539,22 @@ async fn a_client_that_stops_reading_a_turn_that_goes_on_is_let_go_and_resumes_t
     assert_eq!(stored, [("complete".to_owned(), text)]);
 }
 
-#[tokio::test]
-async fn cancel_turn_stops_the_turn_and_stores_what_was_streamed() {
+/// Alice's turn, its model stalled after "Partial", with her stream open and what she saw of it.
+async fn a_stalled_turn() -> (FakeLlm, TestApp, Streaming<SendMessageResponse>, Seen) {
     let fake = FakeLlm::start().await;
     fake.script([Script::Stall {
         deltas: vec!["Partial".into()],
     }]);
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
-
     let request = app.request("alice", message("Hi", "", Disconnect::Continue));
     let mut stream = app.chat().send_message(request).await.unwrap().into_inner();
     let seen = read_some(&mut stream, 2).await;
+    (fake, app, stream, seen)
+}
+
+#[tokio::test]
+async fn cancel_turn_stops_the_turn_and_stores_what_was_streamed() {
+    let (fake, app, mut stream, seen) = a_stalled_turn().await;
     let turn = seen.user_message_id();
     let request = app.request(
         "alice",
@@ -567,6 +574,46 @@ async fn cancel_turn_stops_the_turn_and_stores_what_was_streamed() {
     // Cancelling a turn that has ended changes nothing.
     let request = app.request("alice", CancelTurnRequest { message_id: turn });
     app.chat().cancel_turn(request).await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_turn_answers_only_once_the_turn_s_end_is_stored() {
+    let (_fake, app, _stream, seen) = a_stalled_turn().await;
+    let turn = seen.user_message_id();
+    // The cut-off reply's write waits for the conversation's row, which the test holds.
+    let mut blocker = app.db.connect().await;
+    let conversation = conversation_of(&seen);
+    execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    let request = app.request(
+        "alice",
+        CancelTurnRequest {
+            message_id: turn.clone(),
+        },
+    );
+    let mut chat = app.chat();
+    let cancel = tokio::spawn(async move { chat.cancel_turn(request).await });
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    eventually("the cut-off reply's write waits for the row", || async {
+        app.db.count(waiting).await == 1
+    })
+    .await;
+    // Stopped, but its end is not stored: CancelTurn has not answered...
+    assert_eq!(turn_state(&app.db, &turn).await.0, "generating");
+    assert!(
+        !cancel.is_finished(),
+        "CancelTurn answered before the end was stored"
+    );
+    execute(&mut blocker, "COMMIT").await;
+    // ...and once it has, the end is stored.
+    cancel.await.unwrap().unwrap();
+    assert_eq!(turn_state(&app.db, &turn).await.0, "cancelled");
+    let stored = replies(&app.db, &conversation).await;
+    assert_eq!(stored, [("cancelled".to_owned(), "Partial".to_owned())]);
 }
 
 #[tokio::test]

@@ -85,8 +85,12 @@ impl Turns {
             return Ok(());
         }
         let key = live_key(&record);
-        // Read first, so that the end is not missed.
-        let following = self.runtime.events.read(key, ACCEPTED);
+        // Found or read first, so that the end is not missed.
+        let ended_here = self.runtime.events.ended_here(key);
+        let following = match ended_here {
+            Some(_) => None,
+            None => Some(self.runtime.events.read(key, ACCEPTED)),
+        };
         self.runtime
             .events
             .cancel(message)
@@ -102,7 +106,13 @@ impl Turns {
         }
             })?;
         let ended = async {
-            if let Ok(mut entries) = following {
+            // Generated here: its log closes once its end is stored.
+            if let Some(ended) = ended_here {
+                return ended.await;
+            }
+            // Generated elsewhere: its last event comes through the events engine, and then
+            // its record says when the end is stored.
+            if let Some(Ok(mut entries)) = following {
                 while let Some(read) = entries.next().await {
                     match read {
                         // Told; its end is being stored.

@@ -164,19 +164,21 @@ impl Turns {
         offer: Offer,
         caller: Option<&SecretString>,
         request: &ModelRequest,
-    ) -> Option<ToolRounds> {
+    ) -> Option<Box<ToolRounds>> {
         // Only a reply that may call tools needs its request again, for the next round.
         let runs_tools = self.runtime.toolbox.is_configured() || !offer.client.is_empty();
-        runs_tools.then(|| ToolRounds {
-            toolbox: self.runtime.toolbox.clone(),
-            catalog: offer.catalog,
-            client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
-            results_wait: self.settings.tool_results_timeout,
-            caller: caller.cloned(),
-            model: self.model.clone(),
-            request: request.clone(),
-            rounds: 0,
-            max_rounds: self.settings.max_tool_rounds,
+        runs_tools.then(|| {
+            Box::new(ToolRounds {
+                toolbox: self.runtime.toolbox.clone(),
+                catalog: offer.catalog,
+                client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
+                results_wait: self.settings.tool_results_timeout,
+                caller: caller.cloned(),
+                model: self.model.clone(),
+                request: request.clone(),
+                rounds: 0,
+                max_rounds: self.settings.max_tool_rounds,
+            })
         })
     }
 

@@ -156,6 +156,36 @@ impl EndState {
     }
 }
 
+/// The tool rounds of a reply that runs the tools its model calls: how many it has had, and
+/// how many it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundBudget {
+    pub run: u32,
+    pub max: u32,
+}
+
+/// What comes after a round of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRound {
+    /// The round's calls are stored and run, and the model is asked again with their results
+    /// (or the reply waits for the results of the client's tools).
+    ToolRound,
+    /// The reply is stored as the round left it: complete, cut off or failed.
+    Settle,
+}
+
+/// Decides what follows a round: a tool round only when the model finished by calling tools,
+/// and the reply runs tools (`budget`) with rounds left. A reply that may run no more rounds
+/// is settled with its calls kept, each failed for the round limit.
+pub fn after_round(finished: bool, calls: usize, budget: Option<RoundBudget>) -> AfterRound {
+    match budget {
+        Some(RoundBudget { run, max }) if finished && calls > 0 && run < max => {
+            AfterRound::ToolRound
+        }
+        _ => AfterRound::Settle,
+    }
+}
+
 /// What became of a turn, as its telemetry labels it: one value for each way a reply task
 /// can end, so that no end is labelled as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +411,18 @@ mod tests {
             let named = format!("`{}`", outcome.label());
             assert!(section.contains(&named), "README does not name {named}");
         }
+    }
+
+    #[test]
+    fn only_a_finished_round_with_calls_and_rounds_left_runs_tools() {
+        let left = Some(RoundBudget { run: 1, max: 3 });
+        let spent = Some(RoundBudget { run: 3, max: 3 });
+        assert_eq!(after_round(true, 2, left), AfterRound::ToolRound);
+        // No calls, cut short or failed, no rounds left, or tools not run here: settled.
+        assert_eq!(after_round(true, 0, left), AfterRound::Settle);
+        assert_eq!(after_round(false, 2, left), AfterRound::Settle);
+        assert_eq!(after_round(true, 2, spent), AfterRound::Settle);
+        assert_eq!(after_round(true, 2, None), AfterRound::Settle);
     }
 
     #[test]

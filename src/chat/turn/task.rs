@@ -10,7 +10,7 @@ use super::{
     events::{TurnEvent, end_told},
     outlet::Outlet,
     relay::Stops,
-    state::{EndState, Failure, TurnEnd},
+    state::{EndState, Failure, RoundBudget, TurnEnd},
 };
 use crate::{
     chat::{ChatError, RecentContexts, StreamPermit},
@@ -43,7 +43,7 @@ pub(super) struct ReplyTask {
     /// Cancelled when anyone cancels the turn.
     pub cancel: Option<CancelWatch>,
     /// When the service runs the tools the model calls: what it needs for that.
-    pub tools: Option<ToolRounds>,
+    pub tools: Option<Box<ToolRounds>>,
     pub metrics: Arc<Metrics>,
     /// How many tool results the reply has sent: the next one's place among them.
     pub answered: i32,
@@ -71,6 +71,13 @@ pub(super) struct ToolRounds {
 }
 
 impl ToolRounds {
+    pub fn budget(&self) -> RoundBudget {
+        RoundBudget {
+            run: self.rounds,
+            max: self.max_rounds,
+        }
+    }
+
     /// When the wait for the client's results, beginning now, is over.
     pub fn results_deadline(&self) -> chrono::DateTime<chrono::Utc> {
         let now = now();
@@ -141,7 +148,6 @@ pub(super) fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option
     }
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;

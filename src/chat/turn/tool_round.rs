@@ -10,7 +10,7 @@ use super::{
     context::{recent_message, replay},
     events::{Completion, ToolResult, TurnEvent},
     persist::Stored,
-    relay::{Ending, Relayed},
+    relay::Relayed,
     round_plan::plan_round,
     state::Outcome,
     task::{ReplyTask, ToolRounds},
@@ -62,6 +62,20 @@ fn start_calls(
         .collect()
 }
 
+/// Asks the model to go on, with the round's calls and results in its context.
+fn next_model_call(
+    tools: &mut ToolRounds,
+    message: &Message,
+    telemetry: &mut TurnTelemetry,
+) -> ModelStream {
+    tools.rounds += 1;
+    replay(recent_message(message), &mut tools.request.messages);
+    tools.request.may_call_tools = tools.rounds < tools.max_rounds;
+    telemetry.next_model_call();
+    let span = telemetry.model_span().clone();
+    span.in_scope(|| tools.model.stream(tools.request.clone()))
+}
+
 /// What comes after a round of tool calls.
 pub(super) enum Round {
     /// The model's next answer.
@@ -80,44 +94,44 @@ enum CutShort {
 }
 
 impl ReplyTask {
-    /// Runs the tools the model just called, if this reply runs tools and has rounds left; `None`
-    /// leaves the reply to be settled as it is.
+    /// Runs the tools the model just called (the round's decision, `state::after_round`, is
+    /// that this reply runs them and has rounds left), and asks the model to go on; or ends the
+    /// turn when the reply waits for the client's tools, or the round is cut short.
     pub(super) async fn tool_round(
         &mut self,
-        relayed: &mut Relayed,
+        relayed: Relayed,
+        tools: &mut ToolRounds,
         telemetry: &mut TurnTelemetry,
-    ) -> Option<Round> {
-        let tools = self.tools.as_ref()?;
-        if !matches!(relayed.ending, Ending::Finished)
-            || relayed.calls.is_empty()
-            || tools.rounds >= tools.max_rounds
-        {
-            return None;
-        }
-        let calls = std::mem::take(&mut relayed.calls);
+    ) -> Round {
+        let Relayed {
+            text,
+            deltas,
+            calls,
+            usage,
+            ..
+        } = relayed;
         let plan = plan_round(calls, &tools.client_tools, tools.results_deadline());
         let status = match plan.awaiting {
             Some(_) => MessageStatus::AwaitingToolResults,
             None => MessageStatus::Complete,
         };
-        let mut message = self.reply(std::mem::take(&mut relayed.text), plan.calls, status);
-        let deltas = std::mem::take(&mut relayed.deltas);
+        let mut message = self.reply(text, plan.calls, status);
         // The calls are stored before anyone hears of them.
         let revision = match self
             .store_round(&message, plan.awaiting.as_ref(), &deltas)
             .await
         {
             Ok(revision) => revision,
-            Err(outcome) => return Some(Round::Ended(outcome)),
+            Err(outcome) => return Round::Ended(outcome),
         };
         for call in &message.tool_calls {
             self.tell(Ok(TurnEvent::ToolCall(Box::new(call.clone()))))
                 .await;
         }
-        if let Some(outcome) = self.run_calls(&mut message, &plan.runs).await {
+        if let Some(outcome) = self.run_calls(tools, &mut message, &plan.runs).await {
             let waited = plan.awaiting.is_some().then_some(message.id);
             self.end_cut_round(waited).await;
-            return Some(Round::Ended(outcome));
+            return Round::Ended(outcome);
         }
         if let Some(revision) = revision {
             let remembered = recent_message(&message);
@@ -130,13 +144,13 @@ impl ReplyTask {
                 message,
                 finish_reason: "tool_calls".to_owned(),
                 model: self.model_name.clone(),
-                usage: relayed.usage,
+                usage,
             };
             self.tell(Ok(TurnEvent::Completed(Box::new(completion))))
                 .await;
-            return Some(Round::Ended(Outcome::AwaitingToolResults));
+            return Round::Ended(Outcome::AwaitingToolResults);
         }
-        self.next_model_call(&message, telemetry).map(Round::Next)
+        Round::Next(next_model_call(tools, &message, telemetry))
     }
 
     /// Stores the round's reply with its calls. `Ok` with its place when it is known; `Err`
@@ -175,27 +189,16 @@ impl ReplyTask {
         }
     }
 
-    /// Asks the model to go on, with the round's calls and results in its context.
-    fn next_model_call(
-        &mut self,
-        message: &Message,
-        telemetry: &mut TurnTelemetry,
-    ) -> Option<ModelStream> {
-        let tools = self.tools.as_mut()?;
-        tools.rounds += 1;
-        replay(recent_message(message), &mut tools.request.messages);
-        tools.request.may_call_tools = tools.rounds < tools.max_rounds;
-        telemetry.next_model_call();
-        let span = telemetry.model_span().clone();
-        Some(span.in_scope(|| tools.model.stream(tools.request.clone())))
-    }
-
     /// Runs the message's calls that `runs` marks, in parallel, storing each result as it comes
     /// and then telling the client. Cut short by the client or by shutdown, the calls still
     /// running are cancelled (on the tool server too) and stored as failed. `Some` with the
     /// outcome if the turn ends here.
-    async fn run_calls(&mut self, message: &mut Message, runs: &[bool]) -> Option<Outcome> {
-        let tools = self.tools.as_ref()?;
+    async fn run_calls(
+        &mut self,
+        tools: &ToolRounds,
+        message: &mut Message,
+        runs: &[bool],
+    ) -> Option<Outcome> {
         let catalog = tools.catalog.clone();
         let mut running = start_calls(tools, message, runs);
         // Calls that are not run here count as answered.
