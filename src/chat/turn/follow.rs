@@ -106,13 +106,11 @@ impl Turns {
         }
             })?;
         let ended = async {
-            // Generated here: its log closes once its end is stored.
-            if let Some(ended) = ended_here {
-                return ended.await;
-            }
-            // Generated elsewhere: its last event comes through the events engine, and then
-            // its record says when the end is stored.
-            if let Some(Ok(mut entries)) = following {
+            if let Some(closed) = ended_here {
+                // Generated here: its log closes once its end is stored (or storing it failed).
+                closed.await;
+            } else if let Some(Ok(mut entries)) = following {
+                // Generated elsewhere: its last event comes through the events engine.
                 while let Some(read) = entries.next().await {
                     match read {
                         // Told; its end is being stored.
@@ -123,7 +121,8 @@ impl Turns {
                     }
                 }
             }
-            // The turn's end is stored, or is about to be.
+            // The turn's end is stored, or is about to be: its record says. Here, at its first
+            // read, unless storing the end failed.
             loop {
                 match self.store.find_turn(user, message).await {
                     Ok(Some(record)) if RecordState::of(&record) == RecordState::Generating => {}
