@@ -113,14 +113,12 @@ impl LocalLog {
         self.changes.send_modify(|version| *version += 1);
     }
 
-    /// Resolves once the log is closed: the turn has ended and its end is stored.
+    /// Resolves once the log is closed: the turn has ended, and its end is stored (or storing
+    /// it failed).
     pub async fn closed(&self) {
+        // Subscribed before the check: a close after it wakes the wait.
         let mut changes = self.changes.subscribe();
-        // Marked seen before the check: a close after it wakes the wait.
-        while !{
-            changes.borrow_and_update();
-            self.lock().closed
-        } {
+        while !self.lock().closed {
             if changes.changed().await.is_err() {
                 return;
             }
@@ -207,6 +205,8 @@ mod tests {
             let log = log.clone();
             async move { log.closed().await }
         });
+        // The waiting task runs at each yield: first to wait, then to see the append.
+        tokio::task::yield_now().await;
         log.append(entry(1, true));
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "the last entry is not the close");

@@ -150,8 +150,8 @@ impl TurnEvents {
         }
     }
 
-    /// Resolves once the turn, generated here, has ended and its end is stored (its log closes
-    /// then); `None` if this replica does not generate it.
+    /// Resolves once the turn, generated here, has ended: its log closes once its end is stored,
+    /// or storing it failed. `None` if this replica does not generate it.
     pub fn ended_here(&self, key: TurnKey) -> Option<impl Future<Output = ()> + use<>> {
         let log = self.local.find(key)?;
         Some(async move { log.closed().await })

@@ -36,8 +36,8 @@ pub(super) enum Phase {
     Generating(ModelStream),
     /// The round finished by calling tools that this reply runs: the calls are stored with the
     /// round's text (`Store::store_reply`), run, and each result stored as it comes
-    /// (`Store::store_tool_result`). Emits `tool_call`s and `tool_result`s, and `completed`
-    /// when the reply then waits for the client's tools.
+    /// (`Store::store_tool_result`). Emits `tool_call`s and `tool_result`s; then `completed`
+    /// when the reply waits for the client's tools, or the error that cut the round short.
     ToolRound(Box<Relayed>, Box<ToolRounds>),
     /// The round left the reply as it is: stored complete or cut off, with the turn's end
     /// (`Store::store_reply`), or its failure told. Emits `tool_call`s and `completed`, or the

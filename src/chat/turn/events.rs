@@ -97,13 +97,35 @@ enum Logged<E, F> {
     Failed(F),
 }
 
+/// The most a worker thread keeps of the buffer events are encoded in: one large event (a
+/// reply's `completed`) does not hold its size for good.
+const SCRATCH_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The event as the turn's log keeps it: encoded in a buffer the thread reuses, then copied
+/// out at its exact size. A log holds every event of the turn until it ends, and a buffer of
+/// its own per event would hold at least 128 bytes for a delta of a few, and cost a second
+/// allocation to share it.
 pub(super) fn encode(event: Result<&TurnEvent, &Failure>) -> Bytes {
     let logged = match event {
         Ok(event) => Logged::Event(event),
         Err(failure) => Logged::Failed(failure),
     };
-    // Serialising these types cannot fail: no maps with non-string keys, no foreign types.
-    Bytes::from(serde_json::to_vec(&logged).unwrap_or_default())
+    SCRATCH.with_borrow_mut(|buffer| {
+        buffer.clear();
+        // Serialising these types cannot fail: no maps with non-string keys, no foreign types.
+        let encoded = match serde_json::to_writer(&mut *buffer, &logged) {
+            Ok(()) => Bytes::copy_from_slice(buffer),
+            Err(_) => Bytes::new(),
+        };
+        if buffer.capacity() > SCRATCH_KEPT {
+            *buffer = Vec::new();
+        }
+        encoded
+    })
 }
 
 pub(super) fn decode(payload: &[u8]) -> Result<Result<TurnEvent, Failure>, ChatError> {
@@ -133,6 +155,16 @@ mod tests {
         };
         match decode(&encode(Err(&failure))) {
             Ok(Err(read)) => assert_eq!(read, failure),
+            other => panic!("got {other:?}"),
+        }
+        // A large event, then a small one: nothing of the first is left in the second.
+        let large = TurnEvent::Delta("x".repeat(3 * SCRATCH_KEPT));
+        assert_eq!(
+            encode(Ok(&large)).len(),
+            3 * SCRATCH_KEPT + r#"{"event":{"delta":""}}"#.len()
+        );
+        match decode(&encode(Ok(&event))) {
+            Ok(Ok(TurnEvent::Delta(text))) => assert_eq!(text, "héllo"),
             other => panic!("got {other:?}"),
         }
     }
