@@ -1,6 +1,6 @@
 //! A reply from start to end, as one state machine: [`Phase`] names where a reply stands and
 //! holds only what that needs; [`ReplyTask::run`] takes one transition a step until the turn
-//! has ended. Each transition is one function, and its durable effect one store call; the
+//! has ended. Each transition is one function, and each of its writes one store call; the
 //! decisions between them are pure (`state::after_round`).
 
 use tokio::sync::oneshot;
