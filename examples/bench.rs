@@ -6,7 +6,8 @@
 //!
 //! Scenarios: streams-1, streams-50, streams-50-keyed, streams-500, streams-50-redis, slow-2000,
 //! slow-10000 (only when named),
-//! reads (default: all of them). streams-50-keyed names every request with a `request_id`, as a
+//! reads, search (only when named; a user with 10,000 messages among 1,000,000) (default: all of
+//! them). streams-50-keyed names every request with a `request_id`, as a
 //! client built to retry does. streams-50-redis runs a second server that relays turn events
 //! through Redis (`CHAT_BENCH_REDIS_URL`, by default redis://127.0.0.1:6379). soak-1000 holds
 //! 1,000 users with request ids on two such servers for ten minutes, against a model of 200 ms to
@@ -42,8 +43,8 @@ use chat_service::{
         AuthSettings, JwtKey,
         auth::mint_token,
         proto::{
-            GetConversationRequest, ListConversationsRequest, SendMessageRequest,
-            chat_service_client::ChatServiceClient,
+            GetConversationRequest, ListConversationsRequest, SearchConversationsRequest,
+            SendMessageRequest, chat_service_client::ChatServiceClient,
             conversation_service_client::ConversationServiceClient, send_message_response::Event,
         },
     },
@@ -1050,6 +1051,261 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
     measure("GetConversation", 500, 1000).await;
 }
 
+/// The search scenario's data: this many users with this many conversations of this many
+/// messages each (100 × 100 × 100: a user with 10,000 messages in a database of 1,000,000).
+const SEARCH_USERS: usize = 100;
+const SEARCH_CONVERSATIONS: usize = 100;
+const SEARCH_MESSAGES: usize = 100;
+/// Words a message of the search scenario holds.
+const SEARCH_WORDS: usize = 20;
+
+/// The search scenario's vocabulary: 8,000 made-up words of three of these syllables, the n-th
+/// (from 0) made of syllables n / 400, n / 20 % 20 and n % 20.
+const SYLLABLES: [&str; 20] = [
+    "ka", "lo", "mi", "ne", "ru", "sa", "te", "vi", "do", "pe", "zu", "ga", "ho", "ji", "fa", "bu",
+    "ce", "wy", "xo", "qi",
+];
+
+/// A message's text: `SEARCH_WORDS` words of the vocabulary, drawn with a skew like a
+/// language's: the first word is about 5 % of a text's words, the 100th 0.08 %, the 4,000th
+/// 0.005 %. `row` is a column of the row, so that the text is drawn anew for every row.
+fn search_text(row: &str) -> String {
+    let syllables = SYLLABLES.map(|s| format!("'{s}'")).join(", ");
+    format!(
+        "(SELECT string_agg(s[r.n / 400 + 1] || s[r.n / 20 % 20 + 1] || s[r.n % 20 + 1], ' ')
+          FROM (SELECT floor(8000 * power(random(), 3))::int AS n
+                FROM generate_series(1, {SEARCH_WORDS} + 0 * {row})) r,
+               (SELECT ARRAY[{syllables}] AS s) v)"
+    )
+}
+
+/// The vocabulary's n-th word (from 1), as the scenario's queries name them.
+fn search_word(n: usize) -> String {
+    let i = n - 1;
+    format!(
+        "{}{}{}",
+        SYLLABLES[i / 400],
+        SYLLABLES[i / 20 % 20],
+        SYLLABLES[i % 20]
+    )
+}
+
+/// SearchConversations for one user with 10,000 messages among 1,000,000: the latency of each
+/// kind of query, the plans PostgreSQL chose, and what indexing costs a message's write.
+async fn search(server: &Server, database: &DatabaseUrl) {
+    let token = token("searcher-1");
+    let channel = channels(server.addr, 1).await.remove(0);
+    let mut client = ConversationServiceClient::new(channel);
+    let mut conn = AsyncPgConnection::establish(database.expose().expose_secret())
+        .await
+        .expect("connect");
+
+    // What the words cost a write: the same 100,000 messages with the trigger that fills their
+    // words (and so with their GIN entries), and without it.
+    let seed_conversation = "INSERT INTO users (id, subject) VALUES (gen_random_uuid(), 'writer');
+        INSERT INTO conversations (id, user_id, title)
+        SELECT '01900000-0000-7000-8000-00000000beef', id, 'writes' FROM users WHERE subject = 'writer'";
+    conn.batch_execute(seed_conversation).await.expect("seed");
+    let mut write_cost = async |with_words: bool| {
+        let role = if with_words { "origin" } else { "replica" };
+        let insert = format!(
+            "SET session_replication_role = {role};
+             INSERT INTO messages (id, conversation_id, role, content, status, sequence)
+             SELECT gen_random_uuid(), '01900000-0000-7000-8000-00000000beef', 'user', {}, 'complete', g
+             FROM generate_series(1, 100000) g;",
+            search_text("g")
+        );
+        conn.batch_execute(
+            "DELETE FROM messages WHERE conversation_id = '01900000-0000-7000-8000-00000000beef'",
+        )
+        .await
+        .expect("delete");
+        conn.batch_execute("VACUUM messages").await.expect("vacuum");
+        let started = Instant::now();
+        conn.batch_execute(&insert).await.expect("insert");
+        let elapsed = started.elapsed();
+        conn.batch_execute("SET session_replication_role = origin")
+            .await
+            .expect("reset");
+        elapsed.as_secs_f64() * 1e6 / 100_000.0
+    };
+    let (bare, words) = (write_cost(false).await, write_cost(true).await);
+    let (bare_again, words_again) = (write_cost(false).await, write_cost(true).await);
+    conn.batch_execute(
+        "DELETE FROM messages WHERE conversation_id = '01900000-0000-7000-8000-00000000beef'",
+    )
+    .await
+    .expect("clean up");
+    println!(
+        "Writing 100,000 messages of {SEARCH_WORDS} words in one statement, per message: {bare:.1} and {bare_again:.1} µs without their words (trigger off), {words:.1} and {words_again:.1} µs with them and their GIN entries."
+    );
+
+    let seeded = Instant::now();
+    conn.batch_execute(&format!(
+        "INSERT INTO users (id, subject)
+         SELECT gen_random_uuid(), 'searcher-' || u FROM generate_series(1, {SEARCH_USERS}) u;
+         INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
+         SELECT gen_random_uuid(), u.id, 'conversation ' || g, now(), now() - g * interval '1 second', {SEARCH_MESSAGES}
+         FROM users u, generate_series(1, {SEARCH_CONVERSATIONS}) g WHERE u.subject LIKE 'searcher-%';
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
+         SELECT gen_random_uuid(), c.id, CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                {}, 'complete', now(), g
+         FROM (SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
+               WHERE u.subject LIKE 'searcher-%') c, generate_series(1, {SEARCH_MESSAGES}) g
+         -- Users write at the same time: one user's messages are spread over the table.
+         ORDER BY g, c.id;",
+        search_text("g")
+    ))
+    .await
+    .expect("seed");
+    conn.batch_execute("VACUUM ANALYZE messages")
+        .await
+        .expect("vacuum");
+    conn.batch_execute("ANALYZE").await.expect("analyze");
+    println!(
+        "Seeded {} messages in {:.0} s.",
+        SEARCH_USERS * SEARCH_CONVERSATIONS * SEARCH_MESSAGES,
+        seeded.elapsed().as_secs_f64()
+    );
+    println!();
+    println!(
+        "| query | matching messages of the user | of all users | runs | seen by the client: p50 | p90 | p99 | max (ms) | inside the service: p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+
+    let (common, second, medium, other, rare) = (
+        search_word(1),
+        search_word(2),
+        search_word(100),
+        search_word(200),
+        search_word(4000),
+    );
+    let queries = [
+        format!("{common}"),
+        format!("{medium}"),
+        format!("{rare}"),
+        format!("{common} {medium}"),
+        format!("\"{common} {second}\""),
+        format!("{medium} or {other}"),
+        format!("{medium} -{common}"),
+    ];
+    let durations = server.read_durations.clone();
+    let mut all = Vec::new();
+    for query in &queries {
+        let counts = |scope: &str| {
+            format!(
+                "SELECT count(*) AS n FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 JOIN users u ON u.id = c.user_id
+                 WHERE {scope} m.search_vector @@ websearch_to_tsquery('simple', '{}')",
+                query.replace('\'', "''")
+            )
+        };
+        let mine = count(&mut conn, &counts("u.subject = 'searcher-1' AND")).await;
+        let everyone = count(&mut conn, &counts("")).await;
+        let runs = 200;
+        let mut latencies = Vec::with_capacity(runs);
+        durations.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let response = client
+                .search_conversations(authorized(
+                    SearchConversationsRequest {
+                        query: query.clone(),
+                        page_size: 20,
+                        page_token: String::new(),
+                    },
+                    &token,
+                ))
+                .await
+                .expect("search")
+                .into_inner();
+            assert_eq!(response.matches.is_empty(), mine == 0, "{query}");
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        let logged_by = Instant::now() + Duration::from_secs(5);
+        let mut inside = loop {
+            let logged = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if logged.len() >= runs || Instant::now() > logged_by {
+                break logged;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        all.extend_from_slice(&latencies);
+        println!(
+            "| `{query}` | {mine} | {everyone} | {runs} | {} | {} |",
+            summary(&mut latencies),
+            median_and_p99(&mut inside)
+        );
+    }
+    println!(
+        "| all of them | | | {} | {} | |",
+        all.len(),
+        summary(&mut all)
+    );
+
+    // The plans, for the most common word and a rare one, as the service runs them.
+    let user_id: String = {
+        #[derive(QueryableByName)]
+        struct User {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            id: String,
+        }
+        use diesel_async::RunQueryDsl;
+        sql_query("SELECT id::text AS id FROM users WHERE subject = 'searcher-1'")
+            .get_result::<User>(&mut conn)
+            .await
+            .expect("user")
+            .id
+    };
+    // As the service runs them: the common word from the user's messages, the rare one from
+    // the index.
+    conn.batch_execute(&format!(
+        "PREPARE from_the_user(uuid, text, real, uuid, bigint) AS {};
+         PREPARE from_the_index(uuid, text, real, uuid, bigint) AS {}",
+        chat_service::store::SEARCH_FROM_THE_USER,
+        chat_service::store::SEARCH_FROM_THE_INDEX
+    ))
+    .await
+    .expect("prepare");
+    for (query, statement) in [(&common, "from_the_user"), (&rare, "from_the_index")] {
+        let plan = explain(&mut conn, &format!(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE {statement}('{user_id}', '{query}', NULL, NULL, 21)"
+        ))
+        .await;
+        println!();
+        println!("EXPLAIN of `{query}` ({statement}):");
+        println!();
+        println!("```");
+        println!("{plan}");
+        println!("```");
+    }
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+async fn explain(conn: &mut AsyncPgConnection, statement: &str) -> String {
+    use diesel_async::RunQueryDsl;
+    let lines: Vec<PlanLine> = sql_query(statement).load(conn).await.expect("explain");
+    lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn count(conn: &mut AsyncPgConnection, statement: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    sql_query(statement)
+        .get_result::<Count>(conn)
+        .await
+        .expect("count")
+        .n
+}
+
 /// The turn scenarios: name, users, and seconds measured unless `--seconds` says otherwise.
 const TURN_SCENARIOS: [(&str, usize, u64); 5] = [
     ("streams-1", 1, 10),
@@ -1086,6 +1342,7 @@ fn scenario_names() -> impl Iterator<Item = &'static str> {
         SLOW.name,
         MANY_SLOW.name,
         "reads",
+        "search",
     ])
 }
 
@@ -1232,6 +1489,11 @@ fn main() {
             println!("| request | runs | seen by the client: p50 | p90 | p99 | max (ms) | inside the service: p50 | p99 |");
             println!("|---|---|---|---|---|---|---|---|");
             reads(&server, &database).await;
+        }
+        // Seeding a million messages takes minutes: only when named.
+        if options.scenarios.iter().any(|name| name == "search") {
+            println!();
+            search(&server, &database).await;
         }
         failures
     });

@@ -68,10 +68,14 @@ fn main() -> ExitCode {
         let telemetry =
             telemetry::init(&config.log, config.otel.as_ref()).map_err(|e| e.to_string())?;
         let outcome = match cli.command {
-            Some(Command::Migrate) => run_migrations(&config.database.url)
-                .await
-                .map(|applied| tracing::info!(versions = ?applied, "migrations applied"))
-                .map_err(|e| format!("applying migrations to {} failed: {e}", config.database.url)),
+            Some(Command::Migrate) => {
+                run_migrations(&config.database.url, &config.database.search_config)
+                    .await
+                    .map(|applied| tracing::info!(versions = ?applied, "migrations applied"))
+                    .map_err(|e| {
+                        format!("applying migrations to {} failed: {e}", config.database.url)
+                    })
+            }
             _ => chat_service::run(config).await.map_err(|e| e.to_string()),
         };
         // Delivers the last spans; blocking, so off the async threads.

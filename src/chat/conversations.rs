@@ -6,7 +6,7 @@ use super::{Admission, ChatError, Identities, Limit, RecentContexts};
 use crate::{
     domain::{
         Conversation, ConversationCursor, ConversationId, Message, MessageCursor, PageSize,
-        PageTokenCodec, Title, UserId, now,
+        PageTokenCodec, SearchCursor, SearchHit, SearchQuery, Title, UserId, now,
     },
     store::Store,
 };
@@ -186,6 +186,60 @@ impl Conversations {
             items,
             next_page_token,
         })
+    }
+
+    /// The user's conversations that match `query`, best first, a page at a time.
+    pub async fn search(
+        &self,
+        user: UserId,
+        query: &SearchQuery,
+        page: PageRequest<'_>,
+    ) -> Result<Page<SearchHit>, ChatError> {
+        let after = match page.token {
+            "" => None,
+            token => Some(
+                self.tokens
+                    .decode_search(user, query, token)
+                    .map_err(|e| ChatError::invalid(PAGE_TOKEN_FIELD, e))?,
+            ),
+        };
+        let hits = self
+            .store
+            .search_conversations(user, query, after, page.size.get() + 1)
+            .await?;
+        Ok(paginate(hits, page.size, |last| {
+            let cursor = SearchCursor {
+                rank: last.rank,
+                conversation: last.conversation.id,
+            };
+            self.tokens.encode_search(user, query, &cursor)
+        }))
+    }
+
+    /// Gives the conversation the client's title, which the model will not replace.
+    pub async fn rename(
+        &self,
+        user: UserId,
+        id: ConversationId,
+        title: Title,
+    ) -> Result<Conversation, ChatError> {
+        self.store
+            .rename_conversation(user, id, &title)
+            .await?
+            .ok_or(ChatError::NotFound(CONVERSATION))
+    }
+
+    /// The conversation as it is, without its messages.
+    pub async fn conversation(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Conversation, ChatError> {
+        self.store
+            .conversation_with_newest_messages(user, id, 0)
+            .await?
+            .map(|(conversation, _)| conversation)
+            .ok_or(ChatError::NotFound(CONVERSATION))
     }
 
     pub async fn delete(&self, user: UserId, id: ConversationId) -> Result<(), ChatError> {

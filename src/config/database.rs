@@ -1,5 +1,5 @@
 //! DATABASE_URL, CHAT_DB_MAX_CONNECTIONS, CHAT_DB_CONNECT_TIMEOUT, CHAT_DB_ACQUIRE_TIMEOUT,
-//! CHAT_DB_QUERY_TIMEOUT, CHAT_SKIP_MIGRATIONS
+//! CHAT_DB_QUERY_TIMEOUT, CHAT_SKIP_MIGRATIONS, CHAT_SEARCH_CONFIG
 
 use std::time::Duration;
 
@@ -7,7 +7,9 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{ConfigError, invalid, secret};
-use crate::store::{DEFAULT_DATABASE_URL, DatabaseSettings, DatabaseUrl, PoolSettings};
+use crate::store::{
+    DEFAULT_DATABASE_URL, DatabaseSettings, DatabaseUrl, PoolSettings, SearchConfig,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -39,6 +41,17 @@ pub struct DatabaseArgs {
     /// Do not apply migrations at start-up (run `chat-service migrate` separately).
     #[arg(long, env = "CHAT_SKIP_MIGRATIONS", global = true)]
     pub skip_migrations: bool,
+
+    /// PostgreSQL text search configuration that messages are indexed and searched with:
+    /// `simple` matches words as written in any language; `english`, `german`… also match
+    /// other forms of a word. Applies to messages written from then on.
+    #[arg(
+        long,
+        env = "CHAT_SEARCH_CONFIG",
+        default_value = "simple",
+        global = true
+    )]
+    pub search_config: String,
 }
 
 impl DatabaseArgs {
@@ -60,6 +73,8 @@ impl DatabaseArgs {
                 query_timeout: self.db_query_timeout,
             },
             migrate_on_start: !self.skip_migrations,
+            search_config: SearchConfig::parse(&self.search_config)
+                .map_err(|e| invalid("CHAT_SEARCH_CONFIG", e.to_string()))?,
         })
     }
 }

@@ -6,6 +6,7 @@ mod conversation;
 mod history;
 mod ids;
 mod page;
+mod search;
 mod time;
 mod tool;
 mod turn;
@@ -18,6 +19,10 @@ pub use history::{RecentHistory, RecentMessage, Revision};
 pub use ids::{ConversationId, InvalidId, MessageId, Subject, ToolCallId, UserId};
 pub use page::{
     ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,
+};
+pub use search::{
+    InvalidSearchQuery, MATCH_END, MATCH_START, SearchCursor, SearchHit, SearchQuery, SnippetPart,
+    snippet_parts,
 };
 pub use time::now;
 pub use tool::{InvalidToolDefinition, ToolSpec};

@@ -6,7 +6,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::ids::{ConversationId, MessageId, UserId};
+use super::{
+    ids::{ConversationId, MessageId, UserId},
+    search::{SearchCursor, SearchQuery},
+};
 
 /// How many items a page may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +61,18 @@ pub struct MessageCursor {
 /// What a page token belongs to. A token is valid only for the listing that produced it, so a
 /// token taken from one user's or one conversation's listing is refused anywhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PageTokenScope {
+enum PageTokenScope<'a> {
     Conversations {
         user: UserId,
     },
     Messages {
         user: UserId,
         conversation: ConversationId,
+    },
+    /// A search's results: a token is good only for the query that produced it.
+    Search {
+        user: UserId,
+        query: &'a str,
     },
 }
 
@@ -99,7 +107,7 @@ impl PageTokenCodec {
     pub fn encode_conversations(&self, user: UserId, cursor: &ConversationCursor) -> String {
         self.encode(
             PageTokenScope::Conversations { user },
-            cursor.update_time,
+            cursor.update_time.timestamp_micros(),
             *cursor.id.as_uuid(),
         )
     }
@@ -109,7 +117,8 @@ impl PageTokenCodec {
         user: UserId,
         token: &str,
     ) -> Result<ConversationCursor, InvalidPageToken> {
-        let (update_time, id) = self.decode(PageTokenScope::Conversations { user }, token)?;
+        let (micros, id) = self.decode(PageTokenScope::Conversations { user }, token)?;
+        let update_time = DateTime::from_timestamp_micros(micros).ok_or(InvalidPageToken)?;
         Ok(ConversationCursor {
             update_time,
             id: ConversationId::from_uuid(id),
@@ -125,7 +134,7 @@ impl PageTokenCodec {
         let scope = PageTokenScope::Messages { user, conversation };
         // The time field, which tokens from before messages had sequences filled with the
         // message's time, is not read any more; those tokens still work.
-        self.encode(scope, DateTime::UNIX_EPOCH, *cursor.after.as_uuid())
+        self.encode(scope, 0, *cursor.after.as_uuid())
     }
 
     pub fn decode_messages(
@@ -141,10 +150,49 @@ impl PageTokenCodec {
         })
     }
 
-    fn encode(&self, scope: PageTokenScope, time: DateTime<Utc>, id: Uuid) -> String {
+    pub fn encode_search(
+        &self,
+        user: UserId,
+        query: &SearchQuery,
+        cursor: &SearchCursor,
+    ) -> String {
+        let scope = PageTokenScope::Search {
+            user,
+            query: query.as_str(),
+        };
+        let rank = i64::from(cursor.rank.to_bits());
+        self.encode(scope, rank, *cursor.conversation.as_uuid())
+    }
+
+    pub fn decode_search(
+        &self,
+        user: UserId,
+        query: &SearchQuery,
+        token: &str,
+    ) -> Result<SearchCursor, InvalidPageToken> {
+        let scope = PageTokenScope::Search {
+            user,
+            query: query.as_str(),
+        };
+        let (rank, id) = self.decode(scope, token)?;
+        let rank = u32::try_from(rank)
+            .map(f32::from_bits)
+            .map_err(|_| InvalidPageToken)?;
+        if !rank.is_finite() {
+            return Err(InvalidPageToken);
+        }
+        Ok(SearchCursor {
+            rank,
+            conversation: ConversationId::from_uuid(id),
+        })
+    }
+
+    /// A token: the version, the cursor's ordering key and id, and the tag that binds them to
+    /// their scope.
+    fn encode(&self, scope: PageTokenScope<'_>, key: i64, id: Uuid) -> String {
         let mut token = Vec::with_capacity(PAYLOAD_LEN + TAG_LEN);
         token.push(VERSION);
-        token.extend_from_slice(&time.timestamp_micros().to_be_bytes());
+        token.extend_from_slice(&key.to_be_bytes());
         token.extend_from_slice(id.as_bytes());
         let tag = self.mac(scope, &token).finalize().into_bytes();
         token.extend_from_slice(&tag[..TAG_LEN]);
@@ -153,9 +201,9 @@ impl PageTokenCodec {
 
     fn decode(
         &self,
-        scope: PageTokenScope,
+        scope: PageTokenScope<'_>,
         token: &str,
-    ) -> Result<(DateTime<Utc>, Uuid), InvalidPageToken> {
+    ) -> Result<(i64, Uuid), InvalidPageToken> {
         let bytes = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| InvalidPageToken)?;
@@ -167,13 +215,12 @@ impl PageTokenCodec {
             .verify_truncated_left(tag)
             .map_err(|_| InvalidPageToken)?;
 
-        let micros = i64::from_be_bytes(payload[1..9].try_into().map_err(|_| InvalidPageToken)?);
-        let time = DateTime::from_timestamp_micros(micros).ok_or(InvalidPageToken)?;
+        let key = i64::from_be_bytes(payload[1..9].try_into().map_err(|_| InvalidPageToken)?);
         let id = Uuid::from_slice(&payload[9..]).map_err(|_| InvalidPageToken)?;
-        Ok((time, id))
+        Ok((key, id))
     }
 
-    fn mac(&self, scope: PageTokenScope, payload: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, scope: PageTokenScope<'_>, payload: &[u8]) -> Hmac<Sha256> {
         // Any key length is accepted by HMAC, so this cannot fail.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
@@ -187,6 +234,11 @@ impl PageTokenCodec {
                 mac.update(b"messages\0");
                 mac.update(user.as_uuid().as_bytes());
                 mac.update(conversation.as_uuid().as_bytes());
+            }
+            PageTokenScope::Search { user, query } => {
+                mac.update(b"search\0");
+                mac.update(user.as_uuid().as_bytes());
+                mac.update(query.as_bytes());
             }
         }
         mac.update(payload);
@@ -243,7 +295,7 @@ mod tests {
         );
         // As the previous release made them: the message's time in the time field.
         let scope = PageTokenScope::Messages { user, conversation };
-        let old = codec().encode(scope, now(), *message.as_uuid());
+        let old = codec().encode(scope, now().timestamp_micros(), *message.as_uuid());
         assert_eq!(
             codec().decode_messages(user, conversation, &old),
             Ok(MessageCursor { after: message })
@@ -271,6 +323,33 @@ mod tests {
         let other_key = PageTokenCodec::new(b"another key".to_vec());
         assert_eq!(
             other_key.decode_conversations(alice, &token),
+            Err(InvalidPageToken)
+        );
+    }
+
+    #[test]
+    fn search_tokens_hold_only_for_their_user_and_query() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let query = |text| SearchQuery::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let cursor = SearchCursor {
+            rank: 0.060_793_02,
+            conversation: ConversationId::generate(),
+        };
+        let token = codec().encode_search(alice, &query("red fox"), &cursor);
+        assert_eq!(
+            codec().decode_search(alice, &query("red fox"), &token),
+            Ok(cursor)
+        );
+        assert_eq!(
+            codec().decode_search(alice, &query("red wolf"), &token),
+            Err(InvalidPageToken)
+        );
+        assert_eq!(
+            codec().decode_search(bob, &query("red fox"), &token),
+            Err(InvalidPageToken)
+        );
+        assert_eq!(
+            codec().decode_conversations(alice, &token),
             Err(InvalidPageToken)
         );
     }

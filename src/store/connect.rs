@@ -14,7 +14,7 @@ use diesel_async::{
 use secrecy::ExposeSecret;
 
 use super::{
-    DatabaseUrl, Store, migrations::run_migrations, reply_batches::ReplyQueue,
+    DatabaseUrl, SearchConfig, Store, migrations::run_migrations, reply_batches::ReplyQueue,
     schema::service_secrets,
 };
 
@@ -25,6 +25,8 @@ pub struct DatabaseSettings {
     pub pool: PoolSettings,
     /// Apply pending migrations at start-up, rather than leaving it to `chat-service migrate`.
     pub migrate_on_start: bool,
+    /// How messages are split into words for search.
+    pub search_config: SearchConfig,
 }
 
 /// How the pool behaves.
@@ -56,6 +58,15 @@ pub enum ConnectError {
         database: String,
         reason: String,
     },
+    #[error(
+        "CHAT_SEARCH_CONFIG names {config:?}, which {url} has no text search configuration of \
+         ({reason}). Name one the database has (psql's \\dF lists them), such as simple or english"
+    )]
+    SearchConfig {
+        url: DatabaseUrl,
+        config: String,
+        reason: String,
+    },
     #[error("applying migrations to {url} failed: {reason}")]
     Migrate { url: DatabaseUrl, reason: String },
     #[error(
@@ -72,7 +83,7 @@ impl Store {
         let (url, settings) = (&database.url, &database.pool);
         ensure_database_exists(url, settings.connect_timeout).await?;
         if database.migrate_on_start {
-            let applied = run_migrations(url)
+            let applied = run_migrations(url, &database.search_config)
                 .await
                 .map_err(|e| ConnectError::Migrate {
                     url: url.clone(),
@@ -82,8 +93,9 @@ impl Store {
                 tracing::info!(versions = ?applied, "applied database migrations");
             }
         }
-        let pool = open_pool(url, settings);
+        let pool = open_pool(url, settings, &database.search_config);
         let page_token_key = load_page_token_key(&pool, url).await?;
+        check_search_config(&pool, url, &database.search_config).await?;
         let mut store = Self {
             pool,
             page_token_key,
@@ -101,22 +113,29 @@ impl Store {
     }
 }
 
-fn open_pool(url: &DatabaseUrl, settings: &PoolSettings) -> Pool<AsyncPgConnection> {
+fn open_pool(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+    search: &SearchConfig,
+) -> Pool<AsyncPgConnection> {
     let mut config = ManagerConfig::default();
     // A checkout costs no round trip; a broken connection shows up as an error on first use
     // and is then discarded by the pool.
     config.recycling_method = RecyclingMethod::Fast;
     // PostgreSQL itself cancels a statement that runs past the query timeout, so that one that
     // timed out has certainly not happened.
-    let statement_timeout = format!(
-        "SET statement_timeout = {}",
-        settings.query_timeout.as_millis()
+    // The messages a connection writes are indexed for search in the configuration its
+    // searches use (the trigger reads `chat.search_config`). Both are sent in one round trip.
+    let session = format!(
+        "SET statement_timeout = {}; {}",
+        settings.query_timeout.as_millis(),
+        search.set_statement()
     );
     config.custom_setup = Box::new(move |url| {
-        let statement_timeout = statement_timeout.clone();
+        let session = session.clone();
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(url).await?;
-            conn.batch_execute(&statement_timeout)
+            conn.batch_execute(&session)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             // The statement that creates a conversation is prepared last: the statement
@@ -179,6 +198,26 @@ async fn load_page_token_key(
             url: url.clone(),
             reason: e.to_string(),
         })
+}
+
+/// Fails unless the database has the text search configuration the service indexes and searches
+/// with: a name it lacks would otherwise fail every message's write.
+async fn check_search_config(
+    pool: &Pool<AsyncPgConnection>,
+    url: &DatabaseUrl,
+    search: &SearchConfig,
+) -> Result<(), ConnectError> {
+    let failed = |reason: String| ConnectError::SearchConfig {
+        url: url.clone(),
+        config: search.as_str().to_owned(),
+        reason,
+    };
+    let mut conn = pool.get().await.map_err(|e| failed(e.to_string()))?;
+    diesel::sql_query("SELECT chat_search_config()")
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| failed(e.to_string()))
 }
 
 async fn ensure_database_exists(url: &DatabaseUrl, timeout: Duration) -> Result<(), ConnectError> {

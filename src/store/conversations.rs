@@ -17,8 +17,8 @@ use super::{
     statement::fixed,
 };
 use crate::domain::{
-    Conversation, ConversationCursor, ConversationId, Message, MessageCursor, Role, ToolCall,
-    UserId,
+    Conversation, ConversationCursor, ConversationId, Message, MessageCursor, Role, Title,
+    ToolCall, UserId,
 };
 
 const CREATE: Operation = Operation::new("INSERT", "INSERT conversations");
@@ -26,6 +26,7 @@ const LIST: Operation = Operation::new("SELECT", "SELECT conversations");
 const GET: Operation = Operation::new("SELECT", "SELECT conversations messages");
 const LIST_MESSAGES: Operation = Operation::new("SELECT", "SELECT messages");
 const DELETE: Operation = Operation::new("DELETE", "DELETE conversations");
+const RENAME: Operation = Operation::new("UPDATE", "UPDATE conversations");
 
 /// How many messages may be written between two statements of one read before its tool calls
 /// could miss one.
@@ -42,8 +43,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.run(CREATE, async |conn| {
             let created = fixed(
-                "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
-                 SELECT $1, $2, $3, $4, $5
+                "INSERT INTO conversations (id, user_id, title, title_source, created_at, updated_at)
+                 SELECT $1, $2, $3, CASE WHEN $3 = '' THEN 'derived' ELSE 'client' END, $4, $5
                  WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $6",
             )
             .bind::<SqlUuid, _>(conversation.id.as_uuid())
@@ -174,6 +175,31 @@ impl Store {
             }
             let calls = tool_calls_of(conn, &rows).await?;
             Ok(Some(with_tool_calls(conversation, rows, calls)?))
+        })
+        .await
+    }
+
+    /// Gives the user's conversation the title the client chose, for good: the model will not
+    /// replace it. The conversation as it now is, or `None` if the user has no such conversation.
+    /// Its update time stays: renaming is not activity that reorders the user's list.
+    pub async fn rename_conversation(
+        &self,
+        user: UserId,
+        id: ConversationId,
+        title: &Title,
+    ) -> Result<Option<Conversation>, StoreError> {
+        self.run(RENAME, async |conn| {
+            let rows = fixed(
+                "UPDATE conversations SET title = $3, title_source = 'client'
+                 WHERE id = $1 AND user_id = $2
+                 RETURNING id, title, created_at, updated_at",
+            )
+            .bind::<SqlUuid, _>(id.as_uuid())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Text, _>(title.as_str())
+            .load::<ConversationRow>(conn)
+            .await?;
+            Ok(rows.into_iter().next().map(Conversation::from))
         })
         .await
     }

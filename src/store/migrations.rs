@@ -11,7 +11,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use secrecy::ExposeSecret;
 
-use super::DatabaseUrl;
+use super::{DatabaseUrl, SearchConfig};
 
 /// What diesel_migrations runs on: the async connection, driven synchronously.
 type Connection = AsyncConnectionWrapper<AsyncPgConnection>;
@@ -26,18 +26,29 @@ const MIGRATION_LOCK: i64 = 0x6368_6174_6d69_6772;
 #[error("{0}")]
 pub struct MigrationError(String);
 
-/// Applies every migration not yet applied, returning the versions it applied.
-pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
+/// Applies every migration not yet applied, returning the versions it applied. Messages they
+/// index for search are indexed in `search`'s configuration.
+pub async fn run_migrations(
+    url: &DatabaseUrl,
+    search: &SearchConfig,
+) -> Result<Vec<String>, MigrationError> {
     let url = url.clone();
+    let search = search.clone();
     // diesel_migrations is synchronous; the wrapper drives the async connection on a runtime of
     // its own, which must not be the caller's.
-    tokio::task::spawn_blocking(move || migrate_blocking(&url))
+    tokio::task::spawn_blocking(move || migrate_blocking(&url, &search))
         .await
         .map_err(|e| MigrationError(format!("migration task failed: {e}")))?
 }
 
-fn migrate_blocking(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
+fn migrate_blocking(
+    url: &DatabaseUrl,
+    search: &SearchConfig,
+) -> Result<Vec<String>, MigrationError> {
     let mut conn = Connection::establish(url.expose().expose_secret())
+        .map_err(|e| MigrationError(e.to_string()))?;
+    sql_query(search.set_statement())
+        .execute(&mut conn)
         .map_err(|e| MigrationError(e.to_string()))?;
     wait_for_migration_lock(&mut conn)?;
     let applied = conn

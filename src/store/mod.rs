@@ -12,6 +12,7 @@ mod models;
 mod replies;
 mod reply_batches;
 mod schema;
+mod search;
 mod statement;
 mod tool_results;
 mod turn_records;
@@ -34,6 +35,9 @@ pub use error::StoreError;
 pub use leases::LapsedTurn;
 pub use migrations::{MigrationError, run_migrations};
 pub use replies::{Awaiting, ReplyOf, ReplyStored, TurnEnding};
+pub use search::{
+    InvalidSearchConfig, SEARCH_FROM_THE_INDEX, SEARCH_FROM_THE_USER, SearchConfig, Tsvector,
+};
 pub use tool_results::{GivenResult, Submitted};
 pub use turn_records::{StoredReply, TurnRecord};
 pub use turns::ConversationState;

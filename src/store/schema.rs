@@ -13,10 +13,14 @@ diesel::table! {
         awaiting_message -> Nullable<Uuid>,
         awaiting_calls -> Nullable<Array<Text>>,
         awaiting_until -> Nullable<Timestamptz>,
+        title_source -> Text,
     }
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::Tsvector;
+
     messages (id) {
         id -> Uuid,
         conversation_id -> Uuid,
@@ -28,6 +32,7 @@ diesel::table! {
         turn_id -> Nullable<Uuid>,
         turn_attempt -> Nullable<Int4>,
         deltas -> Nullable<Array<Int4>>,
+        search_vector -> Nullable<Tsvector>,
     }
 }
 

@@ -1,10 +1,11 @@
 use std::collections::HashSet;
 
 use chat_service::api::proto::{
-    CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
-    ListConversationsRequest, ListMessagesRequest, MessageStatus, Role,
+    Conversation, CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
+    ListConversationsRequest, ListMessagesRequest, MessageStatus, Role, UpdateConversationRequest,
 };
-use tonic::Code;
+use prost_types::FieldMask;
+use tonic::{Code, Status};
 
 use super::{
     assert_bad_field,
@@ -595,4 +596,143 @@ async fn unknown_ids_are_not_found() {
         .await
         .expect_err("found");
     assert_eq!(status.code(), Code::NotFound);
+}
+
+/// Asks to update `user`'s conversation `id` to `title`, with `mask` as the update mask (`None`:
+/// no mask at all).
+async fn update(
+    app: &TestApp,
+    user: &str,
+    id: &str,
+    title: &str,
+    mask: Option<&[&str]>,
+) -> Result<Conversation, Status> {
+    let request = app.request(
+        user,
+        UpdateConversationRequest {
+            conversation: Some(Conversation {
+                id: id.to_owned(),
+                title: title.to_owned(),
+                ..Default::default()
+            }),
+            update_mask: mask.map(|paths| FieldMask {
+                paths: paths.iter().map(|&p| p.to_owned()).collect(),
+            }),
+        },
+    );
+    Ok(app
+        .conversations()
+        .update_conversation(request)
+        .await?
+        .into_inner())
+}
+
+#[tokio::test]
+async fn update_renames_for_good_without_reordering_the_list() {
+    let app = TestApp::spawn().await;
+    let older = app.create_conversation("alice", "").await;
+    let newer = app.create_conversation("alice", "Newer").await;
+    let before = list_page(&app, "alice", 0, "").await.0;
+    assert_eq!(before, [newer.clone(), older.clone()]);
+
+    let renamed = update(&app, "alice", &older, "  Trip to Lisbon ", Some(&["title"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(renamed.id, older);
+    assert_eq!(renamed.title, "Trip to Lisbon");
+    // Renaming is not activity: the update time stays, and so does the list's order.
+    assert_eq!(renamed.update_time, renamed.create_time);
+    assert_eq!(list_page(&app, "alice", 0, "").await.0, before);
+    // The client chose it: the model will not replace it.
+    let chosen = format!(
+        "SELECT count(*) AS n FROM conversations
+         WHERE id = '{older}' AND title = 'Trip to Lisbon' AND title_source = 'client'"
+    );
+    assert_eq!(app.db.count(&chosen).await, 1);
+
+    // Without a mask, the fields given a value; output-only fields in a mask are ignored.
+    let renamed = update(&app, "alice", &older, "Lisbon", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(renamed.title, "Lisbon");
+    let renamed = update(
+        &app,
+        "alice",
+        &older,
+        "Porto",
+        Some(&["id", "update_time", "title"]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(renamed.title, "Porto");
+    let renamed = update(&app, "alice", &older, "Faro", Some(&["*"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(renamed.title, "Faro");
+
+    // Nothing given and no mask: nothing changes, and the conversation comes back as it is.
+    let unchanged = update(&app, "alice", &older, "", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(unchanged.title, "Faro");
+    let unchanged = update(&app, "alice", &older, "Ignored", Some(&["create_time"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(unchanged.title, "Faro");
+    // A title created with the conversation is the client's too.
+    let created = format!(
+        "SELECT count(*) AS n FROM conversations WHERE id = '{newer}' AND title_source = 'client'"
+    );
+    assert_eq!(app.db.count(&created).await, 1);
+}
+
+#[tokio::test]
+async fn bad_updates_are_refused_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app.create_conversation("alice", "Kept").await;
+    let before = app.db.snapshot().await;
+
+    let refused = [
+        ("conversation.title", "", Some(&["title"][..])),
+        ("conversation.title", "two\nlines", Some(&["title"][..])),
+        ("conversation.title", &"t".repeat(201), None),
+        ("update_mask", "New", Some(&["title", "color"][..])),
+        ("update_mask", "New", Some(&["messages"][..])),
+    ];
+    for (field, title, mask) in refused {
+        let status = update(&app, "alice", &id, title, mask)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{title:?} with {mask:?} was accepted"));
+        assert_bad_field(&status, field);
+    }
+    let status = update(&app, "alice", "not-a-uuid", "New", None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a malformed id was accepted"));
+    assert_bad_field(&status, "conversation.id");
+    let status = app
+        .conversations()
+        .update_conversation(app.request("alice", UpdateConversationRequest::default()))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("an update without a conversation was accepted"));
+    assert_bad_field(&status, "conversation");
+
+    // Someone else's conversation, or one that does not exist, is not found.
+    for (user, conversation) in [
+        ("bob", id.as_str()),
+        ("alice", "01900000-0000-7000-8000-000000000000"),
+    ] {
+        let status = update(&app, user, conversation, "Mine now", Some(&["title"]))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} renamed {conversation}"));
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
+    // The one call that made a change made bob a user; nothing else changed.
+    app.db
+        .run_sql("DELETE FROM users WHERE subject = 'bob'")
+        .await;
+    assert_eq!(app.db.snapshot().await, before);
 }

@@ -22,6 +22,7 @@ mod ordering;
 mod reply_batches;
 mod rollout;
 mod schema;
+mod search;
 mod send_message;
 mod startup;
 mod tools;

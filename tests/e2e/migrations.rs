@@ -4,8 +4,8 @@
 //! service then works on the result.
 
 use chat_service::{
-    api::proto::{GetConversationRequest, ListMessagesRequest},
-    store::run_migrations,
+    api::proto::{GetConversationRequest, ListMessagesRequest, SearchConversationsRequest},
+    store::{SearchConfig, run_migrations},
 };
 use diesel::{QueryableByName, sql_query, sql_types::BigInt};
 use diesel_async::RunQueryDsl;
@@ -105,7 +105,7 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
     }
     db.run_sql(PREVIOUS_APPEND).await;
 
-    let applied = run_migrations(&db.url)
+    let applied = run_migrations(&db.url, &SearchConfig::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -118,7 +118,11 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
             "20261126000008",
             "20261126000009",
             "20261127000010",
-            "20261127000011"
+            "20261127000011",
+            "20261206000012",
+            "20261206000013",
+            "20261206000014",
+            "20261206000015"
         ]
     );
 
@@ -222,4 +226,134 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
         newest.messages.last().map(|m| m.content.as_str()),
         Some("counted 4")
     );
+}
+
+/// Every migration before search, and the first of search's, which only changes the catalog
+/// and can run while the previous release still writes.
+const BEFORE_SEARCH: [(&str, &str); 12] = [
+    APPLIED_BY_HAND[0],
+    APPLIED_BY_HAND[1],
+    APPLIED_BY_HAND[2],
+    (
+        "20261126000004",
+        include_str!("../../migrations/2026-11-26-000004_number_existing_messages/up.sql"),
+    ),
+    (
+        "20261126000005",
+        include_str!("../../migrations/2026-11-26-000005_message_sequence_index/up.sql"),
+    ),
+    (
+        "20261126000006",
+        include_str!("../../migrations/2026-11-26-000006_require_message_sequence/up.sql"),
+    ),
+    (
+        "20261126000007",
+        include_str!("../../migrations/2026-11-26-000007_drop_chronological_index/up.sql"),
+    ),
+    (
+        "20261126000008",
+        include_str!("../../migrations/2026-11-26-000008_await_client_tool_results/up.sql"),
+    ),
+    (
+        "20261126000009",
+        include_str!("../../migrations/2026-11-26-000009_validate_message_status/up.sql"),
+    ),
+    (
+        "20261127000010",
+        include_str!("../../migrations/2026-11-27-000010_durable_turns/up.sql"),
+    ),
+    (
+        "20261127000011",
+        include_str!("../../migrations/2026-11-27-000011_validate_interrupted_status/up.sql"),
+    ),
+    (
+        "20261206000012",
+        include_str!("../../migrations/2026-12-06-000012_message_search_vector/up.sql"),
+    ),
+];
+
+/// Alice's conversation as the previous release left it: one message naming Lisbon, and 12,000
+/// more, so that filling in their words takes more than one batch.
+const BEFORE_SEARCH_DATA: &str = "
+    INSERT INTO users (id, subject) VALUES ('01900000-0000-7000-8000-00000000a11c', 'alice');
+    INSERT INTO conversations (id, user_id, title, revision) VALUES
+        ('01900000-0000-7000-8000-0000000000c1', '01900000-0000-7000-8000-00000000a11c', 'old', 12001);
+    INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence) VALUES
+        ('01900000-0000-7000-8000-000000000011', '01900000-0000-7000-8000-0000000000c1', 'user',
+         'An old question about the trams of Lisbon', 'complete', '2026-01-01 00:00:01+00', 1);
+    INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
+    SELECT gen_random_uuid(), '01900000-0000-7000-8000-0000000000c1', 'assistant',
+           'filler ' || g, 'complete', '2026-01-01 00:00:02+00', g + 1
+    FROM generate_series(1, 12000) g;";
+
+/// The previous release adding a reply while this one's migrations run: it names no search
+/// configuration, and writes no words of its own.
+const PREVIOUS_REPLY: &str = "WITH touched AS (
+         UPDATE conversations SET revision = revision + 1
+         WHERE id = '01900000-0000-7000-8000-0000000000c1'
+         RETURNING id, revision
+     )
+     INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
+     SELECT '01900000-0000-7000-8000-000000000012', id, 'assistant',
+            'Tram 28 crosses the Alfama', 'complete', now(), revision
+     FROM touched";
+
+#[tokio::test]
+async fn messages_stored_before_search_are_found_once_migrated() {
+    let db = TestDatabase::empty().await;
+    db.run_sql(MIGRATIONS_TABLE).await;
+    for (version, up) in BEFORE_SEARCH {
+        if version == "20261206000012" {
+            db.run_sql(BEFORE_SEARCH_DATA).await;
+        }
+        db.run_sql(up).await;
+        db.run_sql(&format!(
+            "INSERT INTO __diesel_schema_migrations (version) VALUES ('{version}')"
+        ))
+        .await;
+    }
+    db.run_sql(PREVIOUS_REPLY).await;
+    let without_words = "SELECT count(*) AS n FROM messages WHERE search_vector IS NULL";
+    assert_eq!(db.count(without_words).await, 12_001);
+
+    let applied = run_migrations(&db.url, &SearchConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        applied,
+        ["20261206000013", "20261206000014", "20261206000015"]
+    );
+    assert_eq!(db.count(without_words).await, 0);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) AS n FROM pg_index
+             WHERE indexrelid = 'messages_search_idx'::regclass AND indisvalid"
+        )
+        .await,
+        1
+    );
+
+    let fake = FakeLlm::start().await;
+    let url = db.url.clone();
+    let app = TestApp::with_fake_llm(&fake, move |config| config.database.url = url).await;
+    for (query, message) in [
+        ("lisbon", "01900000-0000-7000-8000-000000000011"),
+        ("alfama", "01900000-0000-7000-8000-000000000012"),
+    ] {
+        let found = app
+            .conversations()
+            .search_conversations(app.request(
+                "alice",
+                SearchConversationsRequest {
+                    query: query.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner()
+            .matches;
+        let found: Vec<&str> = found.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(found, [message], "{query}");
+    }
 }

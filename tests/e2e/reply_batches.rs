@@ -10,8 +10,8 @@ use chat_service::{
         Subject, Title, TurnState, UserId, now,
     },
     store::{
-        DatabaseSettings, NewTurn, PoolSettings, ReplyOf, ReplyStored, Store, StoreError,
-        TurnEnding,
+        DatabaseSettings, NewTurn, PoolSettings, ReplyOf, ReplyStored, SearchConfig, Store,
+        StoreError, TurnEnding,
     },
 };
 use diesel_async::AsyncPgConnection;
@@ -34,6 +34,7 @@ async fn store(db: &TestDatabase) -> Store {
             query_timeout: Duration::from_secs(30),
         },
         migrate_on_start: false,
+        search_config: SearchConfig::default(),
     };
     Store::connect(&settings).await.unwrap()
 }

@@ -76,6 +76,8 @@ fn diesel_type(postgres: &str) -> &'static str {
         "bool" => "Bool",
         "_text" => "Array<Text>",
         "_int4" => "Array<Int4>",
+        // Not among diesel's own types: schema.rs names it, and `render` imports it.
+        "tsvector" => "Tsvector",
         other => panic!("no diesel type is mapped for the PostgreSQL type {other}: add it here"),
     }
 }
@@ -104,9 +106,16 @@ fn render(columns: &[Column], foreign_keys: &[ForeignKey]) -> String {
                 "{} has no primary key, which diesel::table! needs",
                 column.table_name
             );
+            text.push_str("diesel::table! {\n");
+            if columns
+                .iter()
+                .any(|c| c.table_name == column.table_name && c.type_name == "tsvector")
+            {
+                text.push_str("    use diesel::sql_types::*;\n    use crate::store::Tsvector;\n\n");
+            }
             let _ = write!(
                 text,
-                "diesel::table! {{\n    {} ({}) {{\n",
+                "    {} ({}) {{\n",
                 column.table_name, column.primary_key
             );
             tables.push(&column.table_name);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use chat_service::store::{DatabaseUrl, quote_identifier, run_migrations};
+use chat_service::store::{DatabaseUrl, SearchConfig, quote_identifier, run_migrations};
 use diesel::{QueryableByName, sql_query, sql_types::BigInt};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use secrecy::ExposeSecret;
@@ -147,9 +147,12 @@ async fn template() -> &'static str {
                     &format!("CREATE DATABASE {}", quote_identifier(&building)),
                 )
                 .await;
-                run_migrations(&server_url().with_database(&building))
-                    .await
-                    .unwrap_or_else(|e| panic!("migrating the template database: {e}"));
+                run_migrations(
+                    &server_url().with_database(&building),
+                    &SearchConfig::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("migrating the template database: {e}"));
                 execute(
                     &mut admin,
                     &format!(

@@ -1,0 +1,2 @@
+-- Nothing to undo: the column goes with the migration that added it.
+SELECT 1;

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY messages_search_idx;
