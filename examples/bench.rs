@@ -1181,9 +1181,9 @@ async fn search(server: &Server, database: &DatabaseUrl) {
         search_word(4000),
     );
     let queries = [
-        format!("{common}"),
-        format!("{medium}"),
-        format!("{rare}"),
+        common.clone(),
+        medium.clone(),
+        rare.clone(),
         format!("{common} {medium}"),
         format!("\"{common} {second}\""),
         format!("{medium} or {other}"),

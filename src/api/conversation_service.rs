@@ -5,12 +5,12 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiError, Caller, convert,
     proto::{
-        self, ConversationMatch, CreateConversationRequest, CreateConversationResponse,
+        ConversationMatch, CreateConversationRequest, CreateConversationResponse,
         DeleteConversationRequest, DeleteConversationResponse, GetConversationRequest,
         GetConversationResponse, ListConversationsRequest, ListConversationsResponse,
         ListMessagesRequest, ListMessagesResponse, SearchConversationsRequest,
         SearchConversationsResponse, SnippetPart, UpdateConversationRequest,
-        conversation_service_server::ConversationService,
+        UpdateConversationResponse, conversation_service_server::ConversationService,
     },
 };
 use crate::{
@@ -231,7 +231,7 @@ impl ConversationService for ConversationApi {
     async fn update_conversation(
         &self,
         request: Request<UpdateConversationRequest>,
-    ) -> Result<Response<proto::Conversation>, Status> {
+    ) -> Result<Response<UpdateConversationResponse>, Status> {
         let user = self.caller.user(&request).await?;
         let update = update(request.get_ref())?;
         let conversation = match update.title {
@@ -239,6 +239,8 @@ impl ConversationService for ConversationApi {
             None => self.conversations.conversation(user, update.id).await,
         }
         .map_err(ApiError::from)?;
-        Ok(Response::new(convert::conversation(conversation)))
+        Ok(Response::new(UpdateConversationResponse {
+            conversation: Some(convert::conversation(conversation)),
+        }))
     }
 }

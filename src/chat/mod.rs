@@ -6,6 +6,7 @@ mod identities;
 mod recent;
 mod admission;
 mod conversations;
+mod titles;
 mod turn;
 
 pub use admission::{Admission, LimitSettings, StorageLimits, StreamPermit};
@@ -14,6 +15,7 @@ pub use error::{ChatError, FieldViolation};
 pub use identities::Identities;
 pub use limit::Limit;
 pub use recent::RecentContexts;
+pub use titles::Titler;
 pub use turn::{
     ACCEPTED, Accepted, ClientTool, Completion, Continuation, GivenToolResult,
     MAX_TOOL_RESULTS_BYTES, Sequenced, ToolResult, ToolResultsRequest, TurnEvent, TurnRequest,

@@ -1,5 +1,5 @@
 //! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS,
-//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS, CHAT_TOOL_RESULTS_TIMEOUT
+//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS, CHAT_TOOL_RESULTS_TIMEOUT, CHAT_TITLES
 
 use std::time::Duration;
 
@@ -10,6 +10,17 @@ use crate::chat::TurnSettings;
 
 #[derive(Debug, Clone, Args)]
 pub struct TurnArgs {
+    /// Whether the model names each new conversation after its first reply, in the background
+    /// (`true` or `false`). A title the client set is never replaced.
+    #[arg(
+        long,
+        env = "CHAT_TITLES",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub titles: bool,
+
     /// System prompt sent before the conversation.
     #[arg(long, env = "CHAT_SYSTEM_PROMPT", global = true)]
     pub system_prompt: Option<String>,
@@ -95,6 +106,7 @@ impl TurnArgs {
             max_tool_rounds: self.max_tool_rounds,
             tool_results_timeout: self.tool_results_timeout,
             lease: Duration::from_secs(10),
+            titles: self.titles,
         })
     }
 }

@@ -72,6 +72,30 @@ impl Title {
         Self(title)
     }
 
+    /// A title from the model's answer: its first line with text, without the quotes, stars,
+    /// hashes or "Title:" that models wrap titles in, on one line and cut at a word boundary to
+    /// at most [`Title::DERIVED_MAX_CHARS`] characters. `None` when nothing is left.
+    pub fn from_model(answer: &str) -> Option<Self> {
+        let line = answer
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())?;
+        let decoration = |c: char| {
+            matches!(
+                c,
+                '"' | '\'' | '*' | '#' | '`' | '_' | '“' | '”' | '«' | '»'
+            )
+        };
+        let line = line.trim_matches(|c: char| decoration(c) || c.is_whitespace());
+        let line = ["Title:", "title:", "TITLE:"]
+            .iter()
+            .find_map(|label| line.strip_prefix(label))
+            .unwrap_or(line);
+        let line = line.trim_matches(|c: char| decoration(c) || c.is_whitespace() || c == '.');
+        let title = Self::from_first_message(line);
+        (!title.is_empty()).then_some(title)
+    }
+
     /// A title read back from storage, where only valid titles are written.
     pub fn from_stored(text: String) -> Self {
         Self(text)
@@ -185,6 +209,30 @@ pub enum ToolCallStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_titles_lose_their_wrapping_and_stay_short() {
+        let title = |answer: &str| Title::from_model(answer).map(Title::into_string);
+        assert_eq!(title("Trip to Lisbon"), Some("Trip to Lisbon".to_owned()));
+        assert_eq!(
+            title("\n  \"Trip to Lisbon.\"\nA second line"),
+            Some("Trip to Lisbon".to_owned())
+        );
+        assert_eq!(
+            title("**Title:** Trip to Lisbon"),
+            Some("Trip to Lisbon".to_owned())
+        );
+        assert_eq!(
+            title("# «Voyage à Lisbonne»"),
+            Some("Voyage à Lisbonne".to_owned())
+        );
+        assert_eq!(title("Tab\there"), Some("Tab here".to_owned()));
+        assert_eq!(title(""), None);
+        assert_eq!(title(" \n \"\" \n"), None);
+        let long = title(&"word ".repeat(40)).unwrap_or_default();
+        assert!(long.chars().count() <= Title::DERIVED_MAX_CHARS, "{long}");
+        assert!(long.ends_with("word"), "{long}");
+    }
 
     #[test]
     fn client_titles_are_trimmed_and_bounded() {

@@ -27,6 +27,7 @@ const GET: Operation = Operation::new("SELECT", "SELECT conversations messages")
 const LIST_MESSAGES: Operation = Operation::new("SELECT", "SELECT messages");
 const DELETE: Operation = Operation::new("DELETE", "DELETE conversations");
 const RENAME: Operation = Operation::new("UPDATE", "UPDATE conversations");
+const TITLE_SOURCE: Operation = Operation::new("SELECT", "SELECT conversations");
 
 /// How many messages may be written between two statements of one read before its tool calls
 /// could miss one.
@@ -200,6 +201,50 @@ impl Store {
             .load::<ConversationRow>(conn)
             .await?;
             Ok(rows.into_iter().next().map(Conversation::from))
+        })
+        .await
+    }
+
+    /// Whether the user's conversation still has the title derived from its first message: the
+    /// one the model may replace.
+    pub async fn has_derived_title(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<bool, StoreError> {
+        self.run(TITLE_SOURCE, async |conn| {
+            let derived = diesel::select(exists(
+                conversations::table
+                    .filter(conversations::id.eq(id.as_uuid()))
+                    .filter(conversations::user_id.eq(user.as_uuid()))
+                    .filter(conversations::title_source.eq("derived")),
+            ))
+            .get_result::<bool>(conn)
+            .await?;
+            Ok(derived)
+        })
+        .await
+    }
+
+    /// Gives the user's conversation the model's title, unless the client chose one meanwhile.
+    /// Whether it did.
+    pub async fn name_conversation(
+        &self,
+        user: UserId,
+        id: ConversationId,
+        title: &Title,
+    ) -> Result<bool, StoreError> {
+        self.run(RENAME, async |conn| {
+            let named = fixed(
+                "UPDATE conversations SET title = $3, title_source = 'model'
+                 WHERE id = $1 AND user_id = $2 AND title_source = 'derived'",
+            )
+            .bind::<SqlUuid, _>(id.as_uuid())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Text, _>(title.as_str())
+            .execute(conn)
+            .await?;
+            Ok(named > 0)
         })
         .await
     }

@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::{Operation, Store, StoreError, statement::fixed};
+use super::{Conn, Operation, Store, StoreError, statement::fixed};
 use crate::domain::{
     Conversation, ConversationId, MessageId, SearchCursor, SearchHit, SearchQuery, Title, UserId,
     snippet_parts,
@@ -138,11 +138,26 @@ pub const SEARCH_FROM_THE_USER: &str = search_with!(
      )"
 );
 
-/// Up to this many messages in the whole database holding the words, as PostgreSQL estimates
-/// them, the search starts from the index; beyond, from the user's own messages. Measured on a
-/// database of 1,000,000 messages (BENCHMARKS.md): the index is faster until the matches in the
-/// database outnumber a heavy user's messages a few times over.
-const FROM_THE_INDEX_BELOW: f64 = 20_000.0;
+/// Which way in costs less: from the index when the messages of the whole database that hold
+/// the words (PostgreSQL's estimate) are fewer than half the user's own messages, from the
+/// user's messages otherwise. Both read about one row of the table per message they look at;
+/// the index also reads the words' posting lists, which for a common word (or a rare one beside
+/// a common one) are long, hence the half. Measured on 1,000,000 messages (BENCHMARKS.md).
+fn from_the_index(matches_everywhere: Option<f64>, users_messages: i64) -> bool {
+    // An estimate that could not be read: the user's own messages bound the cost.
+    matches_everywhere.is_some_and(|matches| matches * 2.0 < users_messages as f64)
+}
+
+/// About how many messages the user has: each conversation's revision counts the writes that
+/// added its messages.
+const USERS_MESSAGES: &str =
+    "SELECT COALESCE(sum(revision), 0)::bigint AS n FROM conversations WHERE user_id = $1";
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
 
 /// PostgreSQL's estimate of how many messages, of every user, hold the words of `query`: what
 /// it would plan with, from the column's statistics.
@@ -161,11 +176,11 @@ fn planned_rows(plan: &str) -> Option<f64> {
     plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()
 }
 
-/// `text` as an SQL string literal. The server's standard_conforming_strings is on (the default
-/// since PostgreSQL 9.1), so only quotes need doubling; a query holds no NUL (see
-/// [`SearchQuery`]).
+/// `text` as an SQL string literal in the escape syntax (`E'…'`), which reads backslashes the
+/// same whatever the server's standard_conforming_strings says: quotes and backslashes are
+/// doubled. A query holds no NUL (see [`SearchQuery`]).
 fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 #[derive(QueryableByName)]
@@ -212,20 +227,28 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError> {
         self.run(SEARCH, async |conn| {
+            // Both asked in one round trip.
+            let conn: &Conn = conn;
+            let (mut for_estimate, mut for_count) = (conn, conn);
             let estimate = diesel::sql_query(format!("{ESTIMATE}{})", literal(query.as_str())))
-                .get_result::<Plan>(conn)
-                .await?;
-            let search = match planned_rows(&estimate.json) {
-                Some(rows) if rows < FROM_THE_INDEX_BELOW => SEARCH_FROM_THE_INDEX,
-                _ => SEARCH_FROM_THE_USER,
+                .get_result::<Plan>(&mut for_estimate);
+            let users_messages = fixed(USERS_MESSAGES)
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .get_result::<Count>(&mut for_count);
+            let (estimate, users_messages) = futures_util::try_join!(estimate, users_messages)?;
+            let search = if from_the_index(planned_rows(&estimate.json), users_messages.n) {
+                SEARCH_FROM_THE_INDEX
+            } else {
+                SEARCH_FROM_THE_USER
             };
+            let mut conn = conn;
             let rows = fixed(search)
                 .bind::<SqlUuid, _>(user.as_uuid())
                 .bind::<Text, _>(query.as_str())
                 .bind::<Nullable<Float4>, _>(after.map(|c| c.rank))
                 .bind::<Nullable<SqlUuid>, _>(after.map(|c| *c.conversation.as_uuid()))
                 .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-                .load::<HitRow>(conn)
+                .load::<HitRow>(&mut conn)
                 .await?;
             Ok(rows.into_iter().map(SearchHit::from).collect())
         })
@@ -244,7 +267,15 @@ mod tests {
         assert_eq!(planned_rows(plan), Some(14728.0));
         assert_eq!(planned_rows("[]"), None);
         assert_eq!(planned_rows("not json"), None);
-        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("it's"), "E'it''s'");
+        // Few matches beside many own messages go through the index; anything else, or no
+        // estimate, through the user's messages.
+        assert!(from_the_index(Some(1_000.0), 10_000));
+        assert!(!from_the_index(Some(5_000.0), 10_000));
+        assert!(!from_the_index(Some(640_000.0), 10_000));
+        assert!(!from_the_index(None, 10_000));
+        assert!(!from_the_index(Some(0.0), 0));
+        assert_eq!(literal(r"a\' OR true --"), r"E'a\\'' OR true --'");
     }
 
     #[test]

@@ -25,6 +25,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -90,6 +95,7 @@ struct TurnMetrics {
     model_errors: Family<KindLabels, Counter>,
     history_sources: Family<SourceLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
+    titles: Family<OutcomeLabels, Counter>,
 }
 
 /// The tools the model calls.
@@ -188,6 +194,12 @@ impl TurnMetrics {
             "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams, user_conversations, conversation_messages)",
             refusals.clone(),
         );
+        let titles = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "conversation_titles",
+            "New conversations the model was to name, by outcome (named; kept: the client named it, or the model gave no title; failed; skipped: too many at once)",
+            titles.clone(),
+        );
         Self {
             time_to_first_token,
             overhead,
@@ -196,6 +208,7 @@ impl TurnMetrics {
             model_errors,
             history_sources,
             refusals,
+            titles,
         }
     }
 }
@@ -332,6 +345,13 @@ impl Metrics {
             .get_or_create(&SourceLabels {
                 source: source.label(),
             })
+            .inc();
+    }
+
+    pub fn record_title(&self, outcome: &'static str) {
+        self.turns
+            .titles
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

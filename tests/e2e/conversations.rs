@@ -624,7 +624,9 @@ async fn update(
         .conversations()
         .update_conversation(request)
         .await?
-        .into_inner())
+        .into_inner()
+        .conversation
+        .unwrap_or_default())
 }
 
 #[tokio::test]

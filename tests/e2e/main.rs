@@ -25,6 +25,7 @@ mod schema;
 mod search;
 mod send_message;
 mod startup;
+mod titles;
 mod tools;
 mod transport;
 

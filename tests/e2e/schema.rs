@@ -113,9 +113,9 @@ fn render(columns: &[Column], foreign_keys: &[ForeignKey]) -> String {
             {
                 text.push_str("    use diesel::sql_types::*;\n    use crate::store::Tsvector;\n\n");
             }
-            let _ = write!(
+            let _ = writeln!(
                 text,
-                "    {} ({}) {{\n",
+                "    {} ({}) {{",
                 column.table_name, column.primary_key
             );
             tables.push(&column.table_name);

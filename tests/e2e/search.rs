@@ -203,8 +203,9 @@ async fn search_finds_only_the_callers_conversations_best_first_with_the_matchin
     assert_eq!(titles(&search(&app, "bob", "zebra").await), ["bob's"]);
     assert_eq!(titles(&search(&app, "bob", "lisbon").await), ["bob's"]);
 
-    // Nothing but punctuation finds nothing, and is no error.
+    // Nothing but punctuation finds nothing, and is no error; nor do quotes and backslashes.
     assert!(search(&app, "alice", "!!! ???").await.is_empty());
+    assert!(search(&app, "alice", r"o'clock \' -- \").await.is_empty());
 }
 
 #[tokio::test]

@@ -116,6 +116,7 @@ mod tests {
 
     fn settings(messages: usize, chars: usize, prompt: Option<&str>) -> TurnSettings {
         TurnSettings {
+            titles: false,
             max_message_chars: 10_000,
             history_messages: messages,
             history_chars: chars,

@@ -6,7 +6,7 @@ use super::{
     persist::Stored,
     relay::{Ending, Relayed, tool_call},
     state::{EndState, Failure, Outcome, RecordedEnd, TurnEnd},
-    task::ReplyTask,
+    task::{FirstExchange, ReplyTask},
 };
 use crate::{
     chat::ChatError,
@@ -114,6 +114,8 @@ impl ReplyTask {
             self.tell(Ok(TurnEvent::ToolCall(Box::new(call.clone()))))
                 .await;
         }
+        // Told first, so that the title costs the reply nothing.
+        let replied = self.first_exchange.is_some().then(|| reply.content.clone());
         let completion = Completion {
             message: reply,
             finish_reason,
@@ -122,6 +124,10 @@ impl ReplyTask {
         };
         self.tell(Ok(TurnEvent::Completed(Box::new(completion))))
             .await;
+        if let (Some(first), Some(replied)) = (self.first_exchange.take(), replied) {
+            let FirstExchange { titler, said } = *first;
+            titler.name_after(self.user, self.conversation_id, said, replied);
+        }
         Ok(Outcome::Completed)
     }
 }

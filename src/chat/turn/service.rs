@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::events::Sequenced;
 use crate::{
-    chat::{Admission, ChatError, Identities, recent::RecentContexts},
+    chat::{Admission, ChatError, Identities, Titler, recent::RecentContexts},
     domain::{ConversationId, RequestKey, UserId},
     events::TurnEvents,
     llm::ChatModel,
@@ -43,6 +43,8 @@ pub struct TurnSettings {
     pub tool_results_timeout: Duration,
     /// How long this replica's turns outlive it: it renews its lease while it runs.
     pub lease: Duration,
+    /// Whether the model names a conversation after its first reply.
+    pub titles: bool,
 }
 
 /// A tool the client runs, as the client defined it.
@@ -107,6 +109,8 @@ pub struct Turns {
     pub(super) model: Arc<dyn ChatModel>,
     pub(super) settings: Arc<TurnSettings>,
     pub(super) runtime: TurnRuntime,
+    /// Names new conversations, when titles are on.
+    pub(super) titler: Option<Arc<Titler>>,
 }
 
 impl Turns {
@@ -117,12 +121,21 @@ impl Turns {
         settings: TurnSettings,
         runtime: TurnRuntime,
     ) -> Self {
+        let titler = settings.titles.then(|| {
+            Arc::new(Titler::new(
+                model.clone(),
+                store.clone(),
+                runtime.metrics.clone(),
+                runtime.shutdown.clone(),
+            ))
+        });
         Self {
             store,
             recent,
             model,
             settings: Arc::new(settings),
             runtime,
+            titler,
         }
     }
 }

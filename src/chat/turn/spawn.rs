@@ -16,7 +16,7 @@ use super::{
     persist::record_end,
     service::{TurnStream, Turns},
     state::{EndState, Failure, TurnEnd},
-    task::{ReplyTask, ToolRounds},
+    task::{FirstExchange, ReplyTask, ToolRounds},
     telemetry::{TurnLabels, TurnTelemetry},
 };
 use crate::{
@@ -114,6 +114,7 @@ impl Turns {
         let detached = request.turn.is_some_and(|turn| turn.detached);
         let outlet = Outlet::new(sender, last_word_tx, log, detached);
         let conversation_id = request.conversation_id;
+        let first_exchange = self.first_exchange(&context);
         let model_request = build_context(&self.settings, context, offer.specs());
         let tools = self.tool_rounds(offer, request.bearer, &model_request);
         let task = ReplyTask {
@@ -133,6 +134,7 @@ impl Turns {
             metrics: self.runtime.metrics.clone(),
             answered: 0,
             end: EndState::Open,
+            first_exchange,
         };
         let labels = TurnLabels {
             request_id: request.request_id.to_owned(),
@@ -155,6 +157,19 @@ impl Turns {
             commit: commit_tx,
             events,
             last_word,
+        }
+    }
+
+    /// The conversation's first message, when this turn answers it and the model names
+    /// conversations: the context then holds that message alone.
+    fn first_exchange(&self, context: &[RecentMessage]) -> Option<Box<FirstExchange>> {
+        let titler = self.titler.as_ref()?;
+        match context {
+            [first] => Some(Box::new(FirstExchange {
+                titler: titler.clone(),
+                said: first.content.clone(),
+            })),
+            _ => None,
         }
     }
 

@@ -13,7 +13,7 @@ use super::{
     state::{EndState, Failure, RoundBudget, TurnEnd},
 };
 use crate::{
-    chat::{ChatError, RecentContexts, StreamPermit},
+    chat::{ChatError, RecentContexts, StreamPermit, Titler},
     domain::{ConversationId, Message, MessageId, MessageStatus, Role, ToolCall, UserId, now},
     events::{CancelWatch, TurnKey},
     llm::{ChatModel, ModelRequest, TokenUsage},
@@ -49,6 +49,15 @@ pub(super) struct ReplyTask {
     pub answered: i32,
     /// How the turn ended, once its last event was told, and whether that is stored yet.
     pub end: EndState,
+    /// For a conversation's first turn, when the model names conversations: the first message,
+    /// for the title the model writes once the reply is complete.
+    pub first_exchange: Option<Box<FirstExchange>>,
+}
+
+/// The first message of a conversation, and who names the conversation after it.
+pub(super) struct FirstExchange {
+    pub titler: Arc<Titler>,
+    pub said: String,
 }
 
 /// What a reply needs to run the tools its model calls.

@@ -42,6 +42,9 @@ pub fn test_config(database: &TestDatabase) -> Config {
         "--shutdown-grace=5s",
         "--health-check-interval=100ms",
         "--log-format=pretty",
+        // A title is a model call of its own, in the background: tests that script the model
+        // turn by turn would see it take their next script. tests/e2e/titles.rs turns it on.
+        "--titles=false",
     ];
     let command = <Settings as clap::Args>::augment_args(clap::Command::new("chat-service"))
         .mut_args(|arg| arg.env(None::<&str>));

@@ -26,8 +26,8 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `binary` on `database`, with the test secret, ephemeral ports, JSON logs, and
-    /// `settings` (environment variables) on top.
+    /// Starts `binary` on `database`, with the test secret, ephemeral ports, JSON logs, no
+    /// model-written titles, and `settings` (environment variables) on top.
     pub async fn start(binary: &str, database: &TestDatabase, settings: &[(&str, &str)]) -> Self {
         let url = database.url.expose();
         let mut command = tokio::process::Command::new(binary);
@@ -39,6 +39,8 @@ impl ServiceProcess {
             .env("CHAT_METRICS_ADDR", "127.0.0.1:0")
             .env("CHAT_LOG_FORMAT", "json")
             .env("CHAT_SHUTDOWN_GRACE", "1s")
+            // As in `test_config`: a title would be a model call the test did not script.
+            .env("CHAT_TITLES", "false")
             .envs(settings.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
