@@ -7,6 +7,8 @@
 //! - [`chat`] holds the use cases: a turn, and reading and deleting conversations;
 //! - [`store`] (PostgreSQL), [`llm`] (the model), [`tools`] (MCP servers) and [`events`] (a
 //!   turn's live events, in process or through Redis Streams) are the ports the use cases drive;
+//! - [`transfer`] writes a user's conversations out and reads them back in (`chat-service
+//!   export` and `import`), on the store alone;
 //! - [`domain`] is the shared vocabulary and depends on nothing else in the crate.
 //!
 //! [`telemetry`] (logs, traces, metrics) is used by every layer and depends on none of them.
@@ -21,6 +23,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod transfer;
 
 pub use server::{Application, Config, StartupError};
 

@@ -2,7 +2,14 @@
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
-use chat_service::{api::auth::mint_token, config::Settings, store::run_migrations, telemetry};
+use chat_service::{
+    Config,
+    api::auth::mint_token,
+    config::Settings,
+    domain::Subject,
+    store::{Store, run_migrations},
+    telemetry, transfer,
+};
 use clap::{Parser, Subcommand};
 
 /// Keeps allocation cheap however long the service runs: with glibc's allocator, a heap once
@@ -29,6 +36,20 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Write every conversation of a user to standard output, in the export format (JSON Lines;
+    /// see README, "Export and import").
+    Export {
+        /// The user, by the `sub` of their tokens.
+        #[arg(long)]
+        user: String,
+    },
+    /// Read conversations from standard input into a user's: this service's export, or
+    /// ChatGPT's conversations.json. Each is stored whole or refused whole; a summary follows.
+    Import {
+        /// The user, by the `sub` of their tokens; created if new.
+        #[arg(long)]
+        user: String,
+    },
     /// Print an access token that this configuration accepts (development mode or CHAT_JWT_SECRET).
     Token {
         /// The user the token stands for (its `sub`).
@@ -76,6 +97,8 @@ fn main() -> ExitCode {
                         format!("applying migrations to {} failed: {e}", config.database.url)
                     })
             }
+            Some(Command::Export { user }) => export(&config, &user).await,
+            Some(Command::Import { user }) => import(&config, &user).await,
             _ => chat_service::run(config).await.map_err(|e| e.to_string()),
         };
         // Delivers the last spans; blocking, so off the async threads.
@@ -85,6 +108,54 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+async fn store_and_subject(config: &Config, user: &str) -> Result<(Store, Subject), String> {
+    let subject = Subject::parse(user).ok_or_else(|| {
+        format!("--user {user:?} is not a user: give the `sub` of their tokens (1 to 255 bytes, no control characters)")
+    })?;
+    let store = Store::connect(&config.database)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((store, subject))
+}
+
+async fn export(config: &Config, user: &str) -> Result<(), String> {
+    let (store, subject) = store_and_subject(config, user).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let exported = transfer::export(&store, &subject, &mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "exported {} conversations ({} messages) of {user}",
+        exported.conversations, exported.messages
+    );
+    Ok(())
+}
+
+async fn import(config: &Config, user: &str) -> Result<(), String> {
+    let (store, subject) = store_and_subject(config, user).await?;
+    let input = std::io::BufReader::new(std::io::stdin().lock());
+    let imported = transfer::import(&store, &subject, input)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (place, reason) in &imported.refused {
+        eprintln!("refused {place}: {reason}");
+    }
+    eprintln!(
+        "imported {} conversations ({} messages) into {user}; refused {}",
+        imported.conversations,
+        imported.messages,
+        imported.refused.len()
+    );
+    if imported.refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} conversations were refused (listed above); the others are stored",
+            imported.refused.len()
+        ))
     }
 }
 

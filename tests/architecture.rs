@@ -15,7 +15,7 @@ use std::{
 
 /// Each top-level module and the modules it may use. `config` is the outermost: it builds every
 /// layer's settings, so nothing may use it (but the binary, which is not part of the library).
-const ALLOWED: [(&str, &[&str]); 10] = [
+const ALLOWED: [(&str, &[&str]); 11] = [
     (
         "config",
         &[
@@ -48,6 +48,7 @@ const ALLOWED: [(&str, &[&str]); 10] = [
         "chat",
         &["store", "llm", "tools", "events", "telemetry", "domain"],
     ),
+    ("transfer", &["store", "telemetry", "domain"]),
     ("store", &["telemetry", "domain"]),
     ("llm", &["telemetry", "domain"]),
     ("tools", &["telemetry", "domain"]),

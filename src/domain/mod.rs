@@ -1,6 +1,7 @@
 //! The service's vocabulary: identifiers, messages and paging, each parsed once at the edge so that
 //! the rest of the code can rely on it being valid. Depends on nothing else in the crate.
 
+mod archive;
 mod content;
 mod conversation;
 mod history;
@@ -11,6 +12,7 @@ mod time;
 mod tool;
 mod turn;
 
+pub use archive::{ArchivedConversation, ArchivedMessage, ArchivedToolCall, TitleSource};
 pub use content::{InvalidContent, MessageContent};
 pub use conversation::{
     Conversation, InvalidTitle, Message, MessageStatus, Role, Title, ToolCall, ToolCallStatus,

@@ -14,6 +14,7 @@ mod reply_batches;
 mod schema;
 mod search;
 mod statement;
+mod transfer;
 mod tool_results;
 mod turn_records;
 mod turns;

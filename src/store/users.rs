@@ -8,6 +8,21 @@ use super::{Operation, Store, StoreError, schema::users};
 use crate::domain::{Subject, UserId};
 
 impl Store {
+    /// The user the subject names, if the service has seen it.
+    pub async fn find_user(&self, subject: &Subject) -> Result<Option<UserId>, StoreError> {
+        let operation = Operation::new("SELECT", "SELECT users");
+        self.run(operation, async |conn| {
+            let id = users::table
+                .filter(users::subject.eq(subject.as_str()))
+                .select(users::id)
+                .first::<Uuid>(conn)
+                .await
+                .optional()?;
+            Ok(id.map(UserId::from_uuid))
+        })
+        .await
+    }
+
     /// The user the subject names, created on first sight.
     pub async fn ensure_user(&self, subject: &Subject) -> Result<UserId, StoreError> {
         let operation = Operation::new("SELECT/INSERT", "SELECT/INSERT users");

@@ -26,6 +26,7 @@ mod search;
 mod send_message;
 mod startup;
 mod titles;
+mod transfer;
 mod tools;
 mod transport;
 
