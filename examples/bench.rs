@@ -949,6 +949,19 @@ async fn slow_streams(
     Ok(())
 }
 
+/// The durations the service logged for its last `runs` read calls. It logs each call as it
+/// ends, and its log is read on another thread: this waits up to 5 s for all of them.
+async fn logged_durations(durations: &std::sync::Mutex<Vec<f64>>, runs: usize) -> Vec<f64> {
+    let logged_by = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if logged.len() >= runs || Instant::now() > logged_by {
+            return logged;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn reads(server: &Server, database: &DatabaseUrl) {
     let token = token("reader");
     let channel = channels(server.addr, 1).await.remove(0);
@@ -1027,15 +1040,7 @@ async fn reads(server: &Server, database: &DatabaseUrl) {
             }
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         }
-        // The service logs each call as it ends; its log is read on another thread.
-        let logged_by = Instant::now() + Duration::from_secs(5);
-        let mut inside = loop {
-            let logged = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if logged.len() >= runs || Instant::now() > logged_by {
-                break logged;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let mut inside = logged_durations(&durations, runs).await;
         let label = match name {
             "GetConversation" => format!("{name}, 1,000 messages"),
             _ => format!("{name}, page size {page_size}"),
@@ -1222,14 +1227,7 @@ async fn search(server: &Server, database: &DatabaseUrl) {
             assert_eq!(response.matches.is_empty(), mine == 0, "{query}");
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         }
-        let logged_by = Instant::now() + Duration::from_secs(5);
-        let mut inside = loop {
-            let logged = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if logged.len() >= runs || Instant::now() > logged_by {
-                break logged;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let mut inside = logged_durations(&durations, runs).await;
         all.extend_from_slice(&latencies);
         println!(
             "| `{query}` | {mine} | {everyone} | {runs} | {} | {} |",

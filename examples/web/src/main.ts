@@ -1,9 +1,9 @@
-// The chat page: connect with a token, list conversations a page at a time, open one, send a
-// message and watch the reply stream in, stop it, delete a conversation.
+// The chat page: connect with a token, list conversations a page at a time, search them, open
+// one, send a message and watch the reply stream in, stop it, delete a conversation.
 import "./style.css";
 
 import { createApi, describeError, type Api, type CallReport } from "./api";
-import { conversationItem, MessageView } from "./render";
+import { conversationItem, MessageView, searchResult } from "./render";
 import { Role } from "./gen/chat/v1/resources_pb";
 
 const PAGE_SIZE = 20;
@@ -21,6 +21,9 @@ const ui = {
   error: byId<HTMLDivElement>("error"),
   newConversation: byId<HTMLButtonElement>("new-conversation"),
   conversations: byId<HTMLUListElement>("conversations"),
+  search: byId<HTMLFormElement>("search"),
+  searchQuery: byId<HTMLInputElement>("search-query"),
+  searchResults: byId<HTMLUListElement>("search-results"),
   more: byId<HTMLButtonElement>("more-conversations"),
   title: byId<HTMLHeadingElement>("title"),
   delete: byId<HTMLButtonElement>("delete"),
@@ -94,6 +97,25 @@ async function loadConversations(more: boolean): Promise<void> {
   nextPageToken = page.nextPageToken;
   ui.more.hidden = nextPageToken === "";
   highlight();
+}
+
+/** Shows the conversations that match the query, best first; an empty query shows the list. */
+async function search(): Promise<void> {
+  const query = ui.searchQuery.value.trim();
+  const searching = query !== "";
+  ui.searchResults.hidden = !searching;
+  ui.conversations.hidden = searching;
+  ui.more.hidden = searching || nextPageToken === "";
+  if (!searching) {
+    ui.searchResults.replaceChildren();
+    return;
+  }
+  const client = connected();
+  const found = await client.call("SearchConversations", (options) =>
+    client.conversations.searchConversations({ query, pageSize: PAGE_SIZE }, options),
+  );
+  ui.searchResults.replaceChildren(...found.matches.map(searchResult));
+  if (!found.matches.length) ui.searchResults.append(Object.assign(document.createElement("li"), { className: "empty", textContent: "Nothing found" }));
 }
 
 function highlight(): void {
@@ -238,15 +260,25 @@ ui.connect.addEventListener("submit", (event) => {
   });
 });
 
-ui.conversations.addEventListener("click", (event) => {
-  // The open conversation's link changes no address: reload it instead.
+// The open conversation's link changes no address: reload it instead.
+function reloadWhenOpen(event: Event): void {
   const link = (event.target as Element).closest("a");
   if (link && link.hash === location.hash) {
     event.preventDefault();
     void action(route);
   }
-});
+}
+ui.conversations.addEventListener("click", reloadWhenOpen);
+ui.searchResults.addEventListener("click", reloadWhenOpen);
 ui.more.addEventListener("click", () => void action(() => loadConversations(true)));
+ui.search.addEventListener("submit", (event) => {
+  event.preventDefault();
+  void action(search);
+});
+// Clearing the box (its × or Escape) brings the list back; Enter submits the form.
+ui.searchQuery.addEventListener("search", () => {
+  if (!ui.searchQuery.value) void action(search);
+});
 ui.newConversation.addEventListener("click", () => {
   if (location.hash) location.hash = "";
   else void action(route);

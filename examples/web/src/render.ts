@@ -2,6 +2,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
 import type { MessageCompleted, ToolResult } from "./gen/chat/v1/chat_service_pb";
+import type { ConversationMatch } from "./gen/chat/v1/conversation_service_pb";
 import {
   MessageStatus,
   Role,
@@ -32,6 +33,22 @@ export function conversationItem(conversation: Conversation): HTMLLIElement {
     const time = element("time", "", timestampDate(conversation.updateTime).toLocaleString());
     item.append(time);
   }
+  return item;
+}
+
+/** A search result: the conversation, and the words of its best message that matched, marked. */
+export function searchResult(match: ConversationMatch): HTMLLIElement {
+  const conversation = match.conversation;
+  const item = element("li");
+  item.dataset.id = conversation?.id ?? "";
+  item.dataset.messageId = match.messageId;
+  const link = element("a", "", conversation?.title || "Untitled");
+  link.href = `#/c/${conversation?.id ?? ""}`;
+  const snippet = element("p", "snippet");
+  snippet.append(
+    ...match.snippet.map((part) => (part.highlighted ? element("mark", "", part.text) : document.createTextNode(part.text))),
+  );
+  item.append(link, snippet);
   return item;
 }
 

@@ -118,6 +118,16 @@ const model = createServer(async (request, response) => {
   modelRequests.push(parsed);
   const { messages } = parsed;
   const asked = messages.findLast((m) => m.role === "user")?.content ?? "";
+  if (messages[0]?.role === "system" && messages[0].content.startsWith("Write a title")) {
+    // The service asks for a title once a new conversation's first reply is told.
+    const city = /weather in (\w+)/.exec(asked)?.[1];
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    response.write(chunk({ role: "assistant", content: "" }));
+    response.write(chunk({ content: city ? `"Weather in ${city}"` : `"A friendly hello"` }));
+    response.write(chunk({}, "stop"));
+    response.end("data: [DONE]\n\n");
+    return;
+  }
   if (asked.includes("fail")) {
     response.writeHead(500, { "content-type": "application/json" });
     response.end(JSON.stringify({ error: { message: "the fake model's own words" } }));
@@ -414,6 +424,38 @@ test("the page shows the x-request-id of the last call", limit, async () => {
   assert.equal(line.method, "/chat.v1.ConversationService/GetConversation");
 });
 
+test("search finds a conversation by its words, marks them, and opens it", limit, async () => {
+  const id = await openId();
+  await newConversation();
+  await page.fill("#search-query", "model");
+  await page.press("#search-query", "Enter");
+  await page.waitForSelector("#status[data-method=SearchConversations][data-code=OK]");
+  const shown = await page.$$eval("#search-results li[data-id]", (items) =>
+    items.map((item) => ({ id: item.dataset.id, marked: [...item.querySelectorAll("mark")].map((m) => m.textContent) })),
+  );
+  // What the service found, in its order, with its words marked as the service marked them.
+  const found = await clients(token("alice")).conversations.searchConversations({ query: "model" });
+  assert.deepEqual(
+    shown,
+    found.matches.map((m) => ({ id: m.conversation.id, marked: m.snippet.filter((p) => p.highlighted).map((p) => p.text) })),
+  );
+  assert.deepEqual(shown.find((r) => r.id === id)?.marked, ["model"]);
+  assert.equal(await page.isHidden("#conversations"), true);
+
+  await page.click(`#search-results li[data-id="${id}"] a`);
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored]");
+  assert.equal(await openId(), id);
+
+  // Nothing found says so; clearing the box brings the list back.
+  await page.fill("#search-query", "zebra");
+  await page.press("#search-query", "Enter");
+  await page.waitForSelector("#search-results li.empty");
+  await page.fill("#search-query", "");
+  await page.dispatchEvent("#search-query", "search");
+  await page.waitForSelector("#search-results[hidden]", { state: "attached" });
+  assert.equal(await page.isVisible("#conversations"), true);
+});
+
 /** The last reply as the page shows it: its text segments and tool calls, in order. */
 const shownReply = () =>
   lastReply()
@@ -626,9 +668,34 @@ test("the same page from an origin the service does not allow is refused by CORS
   }
 });
 
+/** Asks `check` until it returns something, for effects no event announces; at most 10 s. */
+async function eventually(check) {
+  for (const deadline = Date.now() + 10_000; ; ) {
+    const value = await check();
+    if (value) return value;
+    assert.ok(Date.now() < deadline, "the expected state was never reached");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+test("the model names a new conversation; the page shows its title", limit, async () => {
+  const alice = clients(token("alice"));
+  const found = await alice.conversations.searchConversations({ query: '"weather in Lisbon"' });
+  const id = found.matches[0].conversation.id;
+  // Named in the background once its first reply was told.
+  await eventually(async () => {
+    const { conversation } = await alice.conversations.getConversation({ conversationId: id });
+    return conversation.title === "Weather in Lisbon";
+  });
+  // A fresh page lists it, and opens it, under the model's title.
+  await page.evaluate((opened) => (location.hash = `#/c/${opened}`), id);
+  await page.reload();
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored] .tool-call[data-status=succeeded]");
+  assert.equal(await page.textContent("#title"), "Weather in Lisbon");
+  assert.equal(await page.textContent(`#conversations li[data-id="${id}"] a`), "Weather in Lisbon");
+});
+
 test("a screenshot of the page", limit, async () => {
-  const link = page.locator("#conversations li a", { hasText: "What's the weather in Lisbon?" });
-  await link.click();
   await page.waitForSelector("#messages li[data-role=assistant][data-state=stored] .tool-call[data-status=succeeded]");
   const file = path.join(results, "chat-page.png");
   await page.screenshot({ path: file });
