@@ -80,12 +80,8 @@ impl Title {
             .lines()
             .map(str::trim)
             .find(|line| !line.is_empty())?;
-        let decoration = |c: char| {
-            matches!(
-                c,
-                '"' | '\'' | '*' | '#' | '`' | '_' | '“' | '”' | '«' | '»'
-            )
-        };
+        let decoration =
+            |c: char| matches!(c, '"' | '\'' | '*' | '#' | '`' | '“' | '”' | '«' | '»');
         let line = line.trim_matches(|c: char| decoration(c) || c.is_whitespace());
         let line = ["Title:", "title:", "TITLE:"]
             .iter()
@@ -227,6 +223,7 @@ mod tests {
             Some("Voyage à Lisbonne".to_owned())
         );
         assert_eq!(title("Tab\there"), Some("Tab here".to_owned()));
+        assert_eq!(title("__init__ files"), Some("__init__ files".to_owned()));
         assert_eq!(title(""), None);
         assert_eq!(title(" \n \"\" \n"), None);
         let long = title(&"word ".repeat(40)).unwrap_or_default();

@@ -277,7 +277,9 @@ const BEFORE_SEARCH: [(&str, &str); 12] = [
 const BEFORE_SEARCH_DATA: &str = "
     INSERT INTO users (id, subject) VALUES ('01900000-0000-7000-8000-00000000a11c', 'alice');
     INSERT INTO conversations (id, user_id, title, revision) VALUES
-        ('01900000-0000-7000-8000-0000000000c1', '01900000-0000-7000-8000-00000000a11c', 'old', 12001);
+        ('01900000-0000-7000-8000-0000000000c1', '01900000-0000-7000-8000-00000000a11c', 'old', 12001),
+        ('01900000-0000-7000-8000-0000000000c4', '01900000-0000-7000-8000-00000000a11c', 'Named, empty', 0),
+        ('01900000-0000-7000-8000-0000000000c5', '01900000-0000-7000-8000-00000000a11c', '', 0);
     INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence) VALUES
         ('01900000-0000-7000-8000-000000000011', '01900000-0000-7000-8000-0000000000c1', 'user',
          'An old question about the trams of Lisbon', 'complete', '2026-01-01 00:00:01+00', 1);
@@ -324,6 +326,18 @@ async fn messages_stored_before_search_are_found_once_migrated() {
         ["20261206000013", "20261206000014", "20261206000015"]
     );
     assert_eq!(db.count(without_words).await, 0);
+    // The title the client gave a conversation that has no message yet stays the client's; a
+    // conversation named after its first message, or not named yet, may be named by the model.
+    assert_eq!(
+        db.count(
+            "SELECT count(*) AS n FROM conversations
+             WHERE (id = '01900000-0000-7000-8000-0000000000c4' AND title_source = 'client')
+                OR (id IN ('01900000-0000-7000-8000-0000000000c1',
+                           '01900000-0000-7000-8000-0000000000c5') AND title_source = 'derived')"
+        )
+        .await,
+        3
+    );
     assert_eq!(
         db.count(
             "SELECT count(*) AS n FROM pg_index
