@@ -14,12 +14,18 @@ fuzz_target!(|data: &[u8]| {
     if let Some(title) = Title::from_model(text) {
         let title = title.as_str();
         assert!(!title.trim().is_empty());
-        assert!(title.chars().count() <= Title::DERIVED_MAX_CHARS, "{title:?}");
+        assert!(
+            title.chars().count() <= Title::DERIVED_MAX_CHARS,
+            "{title:?}"
+        );
         assert!(!title.chars().any(char::is_control), "{title:?}");
     }
     let parts = snippet_parts(text);
     assert!(parts.iter().all(|part| !part.text.is_empty()));
     let joined: String = parts.iter().map(|part| part.text.as_str()).collect();
-    let unmarked: String = text.chars().filter(|&c| c != MATCH_START && c != MATCH_END).collect();
+    let unmarked: String = text
+        .chars()
+        .filter(|&c| c != MATCH_START && c != MATCH_END)
+        .collect();
     assert_eq!(joined, unmarked);
 });
