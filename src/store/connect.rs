@@ -125,7 +125,8 @@ fn open_pool(
     // PostgreSQL itself cancels a statement that runs past the query timeout, so that one that
     // timed out has certainly not happened.
     // The messages a connection writes are indexed for search in the configuration its
-    // searches use (the trigger reads `chat.search_config`). Both are sent in one round trip.
+    // searches use (`chat_search_vector` reads `chat.search_config`). Both are sent in one
+    // round trip.
     let session = format!(
         "SET statement_timeout = {}; {}",
         settings.query_timeout.as_millis(),

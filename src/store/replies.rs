@@ -57,8 +57,9 @@ macro_rules! reply_writes {
     () => {
         "inserted AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at,
-                                   sequence, turn_id, turn_attempt, deltas)
-             SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10 FROM touched
+                                   sequence, turn_id, turn_attempt, deltas, search_vector)
+             SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10, chat_search_vector($6)
+             FROM touched
          ), ended AS (
              UPDATE turns SET state = $11, outcome = $12, ended_at = now()
              WHERE id = $8 AND attempt = $9 AND state = 'generating' AND $11::text IS NOT NULL

@@ -1,7 +1,7 @@
 //! Full-text search over a user's messages, on PostgreSQL's own text search: each message's
-//! words are kept in `messages.search_vector` (filled by a trigger, indexed with GIN), and a
-//! query is read by `websearch_to_tsquery`, so that quotes, `or` and `-word` work as in a web
-//! search box.
+//! words are kept in `messages.search_vector` (computed as each message is written, indexed with
+//! GIN), and a query is read by `websearch_to_tsquery`, so that quotes, `or` and `-word` work as
+//! in a web search box.
 
 use chrono::{DateTime, Utc};
 use diesel::{

@@ -40,8 +40,9 @@ const APPEND_USER_MESSAGE: &str = "WITH touched AS (
                 OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8))
          RETURNING id, revision
      ), inserted AS (
-         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
-         SELECT $5, id, 'user', $6, 'complete', $3, revision FROM touched
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
+                               search_vector)
+         SELECT $5, id, 'user', $6, 'complete', $3, revision, chat_search_vector($6) FROM touched
      ), started AS (
          INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica, created_at)
          SELECT $5, $2, id, $8, $9, $10, $3 FROM touched
@@ -159,8 +160,9 @@ async fn insert_conversation(
                     OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10))
              RETURNING id
          ), first AS (
-             INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
-             SELECT $5, id, $6, $7, $8, $4, 1 FROM created
+             INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
+                                   search_vector)
+             SELECT $5, id, $6, $7, $8, $4, 1, chat_search_vector($7) FROM created
          ), started AS (
              INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica, created_at)
              SELECT $5, $2, id, $10, $11, $12, $4 FROM created

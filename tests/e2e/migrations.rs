@@ -122,7 +122,8 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
             "20261206000012",
             "20261206000013",
             "20261206000014",
-            "20261206000015"
+            "20261206000015",
+            "20261206000016"
         ]
     );
 
@@ -323,8 +324,21 @@ async fn messages_stored_before_search_are_found_once_migrated() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         applied,
-        ["20261206000013", "20261206000014", "20261206000015"]
+        [
+            "20261206000013",
+            "20261206000014",
+            "20261206000015",
+            "20261206000016"
+        ]
     );
+    assert_eq!(db.count(without_words).await, 0);
+    // The previous release still writes while it is replaced; its messages get their words.
+    db.run_sql(
+        &PREVIOUS_REPLY
+            .replace("000000000012", "000000000013")
+            .replace("Tram 28 crosses the Alfama", "The miradouro above Graça"),
+    )
+    .await;
     assert_eq!(db.count(without_words).await, 0);
     // The title the client gave a conversation that has no message yet stays the client's; a
     // conversation named after its first message, or not named yet, may be named by the model.
@@ -353,6 +367,7 @@ async fn messages_stored_before_search_are_found_once_migrated() {
     for (query, message) in [
         ("lisbon", "01900000-0000-7000-8000-000000000011"),
         ("alfama", "01900000-0000-7000-8000-000000000012"),
+        ("miradouro", "01900000-0000-7000-8000-000000000013"),
     ] {
         let found = app
             .conversations()

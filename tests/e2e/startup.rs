@@ -55,6 +55,28 @@ async fn without_migrations_an_empty_database_is_reported_as_not_migrated() {
     );
 }
 
+#[tokio::test]
+async fn a_search_configuration_the_database_lacks_stops_start_up_with_a_message_naming_it() {
+    let db = TestDatabase::unused();
+    drop(
+        Application::build(test_config(&db))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let mut config = test_config(&db);
+    config.database.search_config =
+        chat_service::store::SearchConfig::parse("klingon").unwrap_or_else(|e| panic!("{e}"));
+    let error = Application::build(config)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("started with a search configuration the database lacks"));
+    assert!(matches!(error, StartupError::Database(_)), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("CHAT_SEARCH_CONFIG"), "{message}");
+    assert!(message.contains("\"klingon\""), "{message}");
+    assert!(message.contains("simple or english"), "{message}");
+}
+
 /// Runs `chat-service token --user alice` (which reads the whole configuration) with only
 /// `settings` in its environment.
 fn token_with(settings: &[(&str, &str)]) -> std::process::Output {
