@@ -852,6 +852,12 @@ async fn a_turn_logs_one_line_when_it_starts_and_one_when_it_ends_without_its_co
     assert_eq!(ended["output_tokens"], 2);
     assert!(ended["duration_ms"].as_f64().is_some());
     assert!(ended["time_to_first_token_ms"].as_f64().is_some());
+    // From the model's end to the stored outcome: part of the turn, so no longer than it.
+    let after_model = ended["after_model_ms"].as_f64();
+    assert!(
+        after_model.is_some_and(|after| ended["duration_ms"].as_f64() >= Some(after)),
+        "{ended}"
+    );
     // The internal user id, a UUID, not the token's subject.
     let logged_user = ended["user_id"].as_str().unwrap_or_default();
     assert!(uuid::Uuid::parse_str(logged_user).is_ok(), "{logged_user}");

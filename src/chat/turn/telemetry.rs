@@ -36,6 +36,8 @@ pub(super) struct TurnTelemetry {
     first_received: Option<Instant>,
     /// Time to first token as the client saw it, and the part of it spent waiting for the model.
     first_token: Option<(Duration, Duration)>,
+    /// When the model's last stream ended: what follows is storing the turn's outcome.
+    model_ended: Option<Instant>,
     /// The model's name and provider, for the spans of later rounds.
     model: String,
     provider: &'static str,
@@ -79,6 +81,7 @@ impl TurnTelemetry {
             model_started: Instant::now(),
             first_received: None,
             first_token: None,
+            model_ended: None,
         }
     }
 
@@ -116,6 +119,7 @@ impl TurnTelemetry {
         finish_reason: Option<&str>,
         failure: Option<&LlmError>,
     ) {
+        self.model_ended = Some(Instant::now());
         let span = std::mem::replace(&mut self.model_span, Span::none());
         if let Some(usage) = usage {
             span.record("gen_ai.usage.input_tokens", i64::from(usage.input_tokens));
@@ -143,6 +147,7 @@ impl TurnTelemetry {
             duration_ms = self.received_at.elapsed().as_secs_f64() * 1000.0,
             time_to_first_token_ms = first_token.map(|(total, _)| total.as_secs_f64() * 1000.0),
             model_time_to_first_token_ms = first_token.map(|(_, model)| model.as_secs_f64() * 1000.0),
+            after_model_ms = self.model_ended.map(|at| at.elapsed().as_secs_f64() * 1000.0),
             input_tokens = usage.map(|u| u.input_tokens),
             output_tokens = usage.map(|u| u.output_tokens),
             outcome = outcome.label(),
