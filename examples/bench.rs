@@ -210,6 +210,9 @@ struct Server {
     /// The service's own overhead per turn, from its `turn ended` log lines: time to first
     /// token minus the time it waited for the model's first token.
     overheads: Arc<std::sync::Mutex<Vec<f64>>>,
+    /// From the model's end to the turn's stored outcome, per turn (`after_model_ms`; builds
+    /// before it log none).
+    ends: Arc<std::sync::Mutex<Vec<f64>>>,
     /// How long each read RPC took inside the service, from its `rpc finished` log lines.
     read_durations: Arc<std::sync::Mutex<Vec<f64>>>,
 }
@@ -247,6 +250,8 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let overheads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let logged = overheads.clone();
+        let ends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ends_logged = ends.clone();
         let read_durations = Arc::new(std::sync::Mutex::new(Vec::new()));
         let reads_logged = read_durations.clone();
         // Reads the log as a log shipper would, so that logging costs what it costs in production.
@@ -275,6 +280,12 @@ impl Server {
                             .unwrap_or_else(|e| e.into_inner())
                             .push(total - model);
                     }
+                    if let Some(after_model) = entry["after_model_ms"].as_f64() {
+                        ends_logged
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(after_model);
+                    }
                 }
             }
         });
@@ -285,6 +296,7 @@ impl Server {
             child,
             addr: addr.parse().expect("address"),
             overheads,
+            ends,
             read_durations,
         }
     }
@@ -795,12 +807,13 @@ async fn streams(
         .max()
         .unwrap_or(0);
     let stored = stored(database, &total.message_ids).await;
-    let mut inside: Vec<f64> = servers
-        .iter()
-        .flat_map(|server| {
-            std::mem::take(&mut *server.overheads.lock().unwrap_or_else(|e| e.into_inner()))
-        })
-        .collect();
+    let mut inside = logged_by(servers, |server| &server.overheads);
+    let mut ends = logged_by(servers, |server| &server.ends);
+    let ends = if ends.is_empty() {
+        "– | –".to_owned()
+    } else {
+        median_and_p99(&mut ends)
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut overheads: Vec<f64> = total
         .overheads
@@ -827,7 +840,7 @@ async fn streams(
         (false, n) => format!(", {n} replicas"),
     };
     println!(
-        "| {concurrency} streams{via}{settings_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {statements} | {redis_calls} | {:.1} | {:.2} s ({:.1} %) | {}/{} |",
+        "| {concurrency} streams{via}{settings_label}, {seconds} s | {} | {} | {} | {} | {rate:.1} | {against_direct} | {} | {:.3} | {:.3} | {statements} | {redis_calls} | {:.1} | {:.2} s ({:.1} %) | {}/{} | {ends} |",
         summary(&mut overheads),
         median_and_p99(&mut to_model),
         median_and_p99(&mut back),
@@ -847,6 +860,19 @@ async fn streams(
         0 => Ok(()),
         errors => Err(format!("{scenario}: {errors} turns failed")),
     }
+}
+
+/// What every replica's log said of one figure since it was last taken.
+fn logged_by(
+    servers: &[&Server],
+    figure: impl Fn(&Server) -> &std::sync::Mutex<Vec<f64>>,
+) -> Vec<f64> {
+    servers
+        .iter()
+        .flat_map(|server| {
+            std::mem::take(&mut *figure(server).lock().unwrap_or_else(|e| e.into_inner()))
+        })
+        .collect()
 }
 
 /// Fails when fewer of a scenario's messages are stored than its completed turns returned.
@@ -1314,8 +1340,8 @@ const TURN_SCENARIOS: [(&str, usize, u64); 5] = [
 ];
 
 /// The head of the turn scenarios' table.
-const TURN_TABLE_HEADER: &str = "| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | statements/turn | Redis commands/turn | server peak RSS (MiB) | CPU steal | messages stored |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const TURN_TABLE_HEADER: &str = "| scenario | overhead seen by the client: p50 | p90 | p99 | max (ms) | of it on the way to the model: p50 | p99 | on the way back: p50 | p99 | inside the service: p50 | p90 | p99 | max (ms) | turns/s | direct client turns/s (service's share) | errors | server CPU ms/turn | PostgreSQL CPU ms/turn | statements/turn | Redis commands/turn | server peak RSS (MiB) | CPU steal | messages stored | model's end to stored outcome: p50 | p99 (ms) |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The soak: users on two replicas that share turn events through Redis, every request with a
 /// request id, against a slower model; measured for ten minutes unless `--seconds` says otherwise.
