@@ -107,7 +107,7 @@ fn kind(sql: &str) -> &'static str {
     match sql {
         "BEGIN" => "BEGIN",
         "COMMIT" => "COMMIT",
-        _ if sql.starts_with("WITH touched AS") => "write user message",
+        _ if sql.starts_with("WITH RECURSIVE tip AS") => "write user message",
         _ if sql.starts_with("WITH locked AS") && sql.contains("INSERT INTO tool_calls") => {
             "write reply with calls"
         }
@@ -118,6 +118,7 @@ fn kind(sql: &str) -> &'static str {
         _ if sql.starts_with("SELECT m.id, m.content, m.status") => "read replies",
         _ if sql.starts_with("UPDATE tool_calls") => "store tool result",
         _ if sql.starts_with("SELECT m.id, m.role, m.content") => "read history",
+        _ if sql.starts_with("WITH RECURSIVE path AS") => "read branch",
         _ if sql.starts_with(r#"INSERT INTO "users""#) => "create user",
         _ if sql.starts_with(r#"SELECT "users"."id""#) => "find user",
         _ => "other",

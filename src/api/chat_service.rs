@@ -23,7 +23,7 @@ use crate::{
         ChatError, ClientTool, Completion, GivenToolResult, Sequenced, ToolResultsRequest,
         TurnEvent, TurnRequest, TurnStream, Turns,
     },
-    domain::{ConversationId, MessageId, RequestKey},
+    domain::{ConversationId, MessageId, Placement, RequestKey},
 };
 
 /// `chat.v1.ChatService`.
@@ -154,6 +154,8 @@ impl ChatService for ChatApi {
                 ConversationId::parse(id).map_err(|e| ApiError::invalid("conversation_id", e))?,
             ),
         };
+        let placement = Placement::parse(&message.parent_message_id)
+            .map_err(|e| ApiError::invalid("parent_message_id", e))?;
         let request_key = RequestKey::parse(message.request_id)
             .map_err(|e| ApiError::invalid("request_id", e))?;
         let detached = match Disconnect::try_from(message.on_disconnect) {
@@ -177,6 +179,7 @@ impl ChatService for ChatApi {
             tools: client_tools(message.tools),
             request_key,
             detached,
+            placement,
         };
         let turn = self.turns.start(turn).await.map_err(ApiError::from)?;
         Ok(Response::new(Box::pin(responses(turn, encode))))

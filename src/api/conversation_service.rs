@@ -9,13 +9,14 @@ use super::{
         DeleteConversationRequest, DeleteConversationResponse, GetConversationRequest,
         GetConversationResponse, ListConversationsRequest, ListConversationsResponse,
         ListMessagesRequest, ListMessagesResponse, SearchConversationsRequest,
-        SearchConversationsResponse, SnippetPart, UpdateConversationRequest,
-        UpdateConversationResponse, conversation_service_server::ConversationService,
+        SearchConversationsResponse, SnippetPart, SwitchBranchRequest, SwitchBranchResponse,
+        UpdateConversationRequest, UpdateConversationResponse,
+        conversation_service_server::ConversationService,
     },
 };
 use crate::{
     chat::{Conversations, PageRequest},
-    domain::{ConversationId, PageSize, SearchHit, SearchQuery, Title},
+    domain::{ConversationId, MessageId, PageSize, SearchHit, SearchQuery, Title},
 };
 
 /// `chat.v1.ConversationService`: decode, call one use case, encode.
@@ -165,7 +166,11 @@ impl ConversationService for ConversationApi {
             .map_err(ApiError::from)?;
         Ok(Response::new(GetConversationResponse {
             conversation: Some(convert::conversation(view.conversation)),
-            messages: view.messages.into_iter().map(convert::message).collect(),
+            messages: view
+                .messages
+                .into_iter()
+                .map(convert::branch_message)
+                .collect(),
             has_older_messages: view.has_older_messages,
         }))
     }
@@ -187,7 +192,11 @@ impl ConversationService for ConversationApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(ListMessagesResponse {
-            messages: page.items.into_iter().map(convert::message).collect(),
+            messages: page
+                .items
+                .into_iter()
+                .map(convert::branch_message)
+                .collect(),
             next_page_token: page.next_page_token,
         }))
     }
@@ -241,6 +250,31 @@ impl ConversationService for ConversationApi {
         .map_err(ApiError::from)?;
         Ok(Response::new(UpdateConversationResponse {
             conversation: Some(convert::conversation(conversation)),
+        }))
+    }
+
+    async fn switch_branch(
+        &self,
+        request: Request<SwitchBranchRequest>,
+    ) -> Result<Response<SwitchBranchResponse>, Status> {
+        let user = self.caller.user(&request).await?;
+        let message = request.get_ref();
+        let id = conversation_id(&message.conversation_id)?;
+        let to = MessageId::parse(&message.message_id)
+            .map_err(|e| ApiError::invalid("message_id", e))?;
+        let view = self
+            .conversations
+            .switch_branch(user, id, to)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(SwitchBranchResponse {
+            conversation: Some(convert::conversation(view.conversation)),
+            messages: view
+                .messages
+                .into_iter()
+                .map(convert::branch_message)
+                .collect(),
+            has_older_messages: view.has_older_messages,
         }))
     }
 }

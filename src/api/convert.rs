@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::proto;
 use crate::{
     chat::ToolResult,
-    domain::{Conversation, Message, MessageStatus, Role, ToolCall, ToolCallStatus},
+    domain::{BranchMessage, Conversation, Message, MessageStatus, Role, ToolCall, ToolCallStatus},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -34,6 +34,24 @@ pub fn message(message: Message) -> proto::Message {
         create_time: Some(timestamp(message.create_time)),
         status: status(message.status).into(),
         tool_calls: message.tool_calls.into_iter().map(tool_call).collect(),
+        parent_id: String::new(),
+        sibling_index: 0,
+        sibling_count: 0,
+    }
+}
+
+/// A message as a branch shows it: with the message it follows (the nil UUID for a first
+/// message) and its place among its siblings.
+pub fn branch_message(shown: BranchMessage) -> proto::Message {
+    let place = shown.place;
+    proto::Message {
+        parent_id: place
+            .parent
+            .map_or(uuid::Uuid::nil(), |parent| *parent.as_uuid())
+            .to_string(),
+        sibling_index: place.sibling_index,
+        sibling_count: place.sibling_count,
+        ..message(shown.message)
     }
 }
 

@@ -44,6 +44,9 @@ pub struct StorageLimits {
     /// one is still stored. Counted by the conversation's revision: the messages added since the
     /// service began counting them.
     pub messages_per_conversation: i64,
+    /// A message the client names as the parent of a new one takes it only while fewer than
+    /// this many follow it: its edits, or the replies regenerated for it.
+    pub siblings_per_message: i64,
 }
 
 /// When a refused stream is worth trying again: replies take seconds.
@@ -166,6 +169,7 @@ mod tests {
             storage: StorageLimits {
                 conversations_per_user: 10,
                 messages_per_conversation: 10,
+                siblings_per_message: 10,
             },
         };
         Admission::new(settings, Metrics::new())

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use super::{Admission, ChatError, Identities, Limit, RecentContexts};
 use crate::{
     domain::{
-        Conversation, ConversationCursor, ConversationId, Message, MessageCursor, PageSize,
-        PageTokenCodec, SearchCursor, SearchHit, SearchQuery, Title, UserId, now,
+        BranchMessage, Conversation, ConversationCursor, ConversationId, Message, MessageCursor,
+        MessageId, PageSize, PageTokenCodec, SearchCursor, SearchHit, SearchQuery, Title, UserId,
+        now,
     },
-    store::Store,
+    store::{MessagesPage, Store},
 };
 
 /// Which page of a listing the client asked for.
@@ -40,8 +41,8 @@ const _: () = assert!(crate::llm::MAX_REPLY_BYTES <= RESPONSE_TEXT_BYTES);
 #[derive(Debug, Clone)]
 pub struct ConversationView {
     pub conversation: Conversation,
-    /// Oldest first.
-    pub messages: Vec<Message>,
+    /// The newest of its current branch, oldest first.
+    pub messages: Vec<BranchMessage>,
     /// Whether the conversation has messages older than the window.
     pub has_older_messages: bool,
 }
@@ -141,7 +142,11 @@ impl Conversations {
             .ok_or(ChatError::NotFound(CONVERSATION))?;
         let mut has_older_messages = newest.len() > self.window;
         newest.truncate(self.window);
-        let kept = fitting(&newest, RESPONSE_TEXT_BYTES, false);
+        let kept = fitting(
+            newest.iter().map(|m| &m.message),
+            RESPONSE_TEXT_BYTES,
+            false,
+        );
         has_older_messages |= kept < newest.len();
         newest.truncate(kept);
         newest.reverse();
@@ -152,12 +157,30 @@ impl Conversations {
         })
     }
 
+    /// Makes the branch through `message` the current one, and returns the conversation as
+    /// [`Conversations::get`] then does.
+    pub async fn switch_branch(
+        &self,
+        user: UserId,
+        id: ConversationId,
+        message: MessageId,
+    ) -> Result<ConversationView, ChatError> {
+        match self.store.switch_branch(user, id, message).await? {
+            None => return Err(ChatError::NotFound(CONVERSATION)),
+            Some(false) => return Err(ChatError::NotFound("message")),
+            Some(true) => {}
+        }
+        // What this replica remembers of the conversation is one line, which it is no longer.
+        self.recent.forget(id);
+        self.get(user, id).await
+    }
+
     pub async fn list_messages(
         &self,
         user: UserId,
         id: ConversationId,
         page: PageRequest<'_>,
-    ) -> Result<Page<Message>, ChatError> {
+    ) -> Result<Page<BranchMessage>, ChatError> {
         let after = match page.token {
             "" => None,
             token => Some(
@@ -166,18 +189,31 @@ impl Conversations {
                     .map_err(|e| ChatError::invalid(PAGE_TOKEN_FIELD, e))?,
             ),
         };
-        let mut items = self
+        let mut items = match self
             .store
             .list_messages(user, id, after, page.size.get() + 1)
             .await?
-            .ok_or(ChatError::NotFound(CONVERSATION))?;
+        {
+            MessagesPage::Found(items) => items,
+            MessagesPage::NoConversation => return Err(ChatError::NotFound(CONVERSATION)),
+            MessagesPage::BranchChanged => {
+                return Err(ChatError::FailedPrecondition(
+                    "the conversation's current branch changed since this page token was \
+                     issued: list its messages again from the first page"
+                        .to_owned(),
+                ));
+            }
+        };
         // A page whose text would not fit ends early; its token continues after what it holds.
-        let kept = fitting(&items, RESPONSE_TEXT_BYTES, true).min(page.size.get());
+        let kept = fitting(items.iter().map(|m| &m.message), RESPONSE_TEXT_BYTES, true)
+            .min(page.size.get());
         let more = kept < items.len();
         items.truncate(kept);
         let next_page_token = match items.last() {
             Some(last) if more => {
-                let cursor = MessageCursor { after: last.id };
+                let cursor = MessageCursor {
+                    after: last.message.id,
+                };
                 self.tokens.encode_messages(user, id, &cursor)
             }
             _ => String::new(),
@@ -274,7 +310,11 @@ fn paginate<T>(
 
 /// How many of `messages`, from the first, fit in `budget` bytes of text. With `at_least_one`, the
 /// first always counts, so that a reader paging through makes progress whatever its size.
-fn fitting(messages: &[Message], budget: usize, at_least_one: bool) -> usize {
+fn fitting<'a>(
+    messages: impl IntoIterator<Item = &'a Message>,
+    budget: usize,
+    at_least_one: bool,
+) -> usize {
     let mut used = 0usize;
     let mut count = 0;
     for message in messages {

@@ -8,6 +8,7 @@ pub enum Limit {
     ReplicaStreams,
     UserConversations,
     ConversationMessages,
+    MessageSiblings,
 }
 
 impl Limit {
@@ -19,6 +20,7 @@ impl Limit {
             Self::ReplicaStreams => "replica_streams",
             Self::UserConversations => "user_conversations",
             Self::ConversationMessages => "conversation_messages",
+            Self::MessageSiblings => "message_siblings",
         }
     }
 
@@ -39,6 +41,9 @@ impl Limit {
             }
             Self::ConversationMessages => {
                 "this conversation holds as many messages as allowed (CHAT_MAX_MESSAGES_PER_CONVERSATION); start a new one"
+            }
+            Self::MessageSiblings => {
+                "as many messages as allowed follow this one already (CHAT_MAX_SIBLINGS): edit or regenerate another"
             }
         }
     }

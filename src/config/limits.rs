@@ -75,6 +75,10 @@ pub struct LimitArgs {
         global = true
     )]
     pub max_messages_per_conversation: i64,
+
+    /// Messages that may follow one message: its edits, or the replies regenerated for it.
+    #[arg(long, env = "CHAT_MAX_SIBLINGS", default_value_t = 32, global = true)]
+    pub max_siblings: i64,
 }
 
 impl LimitArgs {
@@ -103,11 +107,15 @@ impl LimitArgs {
                 "must be at least 1",
             ));
         }
+        if self.max_siblings < 1 {
+            return Err(invalid("CHAT_MAX_SIBLINGS", "must be at least 1"));
+        }
         Ok(LimitSettings {
             conversation_window: self.get_conversation_messages,
             storage: StorageLimits {
                 conversations_per_user: self.max_conversations_per_user,
                 messages_per_conversation: self.max_messages_per_conversation,
+                siblings_per_message: self.max_siblings,
             },
             user_requests_per_second: self.user_requests_per_second,
             user_request_burst: self.user_request_burst,

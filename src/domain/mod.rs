@@ -10,6 +10,7 @@ mod page;
 mod search;
 mod time;
 mod tool;
+mod tree;
 mod turn;
 
 pub use archive::{ArchivedConversation, ArchivedMessage, ArchivedToolCall, TitleSource};
@@ -28,4 +29,5 @@ pub use search::{
 };
 pub use time::now;
 pub use tool::{InvalidToolDefinition, ToolSpec};
+pub use tree::{BranchMessage, Placement, Tree, TreeNode, TreePlace};
 pub use turn::{Attempt, FIRST_ATTEMPT, InvalidRequestKey, RequestKey, TurnState};

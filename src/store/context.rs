@@ -3,7 +3,7 @@
 
 use diesel::{
     prelude::*,
-    sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{BigInt, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::RunQueryDsl;
 
@@ -27,6 +27,29 @@ const MESSAGES_BEFORE: &str = "SELECT m.id, m.role, m.content,
      WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence < $3
      ORDER BY m.sequence DESC
      LIMIT $4";
+
+/// The path of a user's conversation from message `$3` up towards its root, `$3` first: at most
+/// `$4` messages, each assistant message with its tool calls in the order the model made them.
+/// Every message on it was committed before any message that follows it.
+const BRANCH_UP_TO: &str = "WITH RECURSIVE path AS (
+         SELECT m.id, m.parent_id, m.role, m.content, 1 AS depth
+         FROM messages m JOIN conversations c ON c.id = m.conversation_id
+         WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.id = $3
+         UNION ALL
+         SELECT m.id, m.parent_id, m.role, m.content, p.depth + 1
+         FROM path p JOIN messages m ON m.id = p.parent_id
+         WHERE p.depth < $4 AND m.conversation_id = $2
+     )
+     SELECT p.id, p.role, p.content,
+         CASE WHEN p.role = 'assistant' THEN (
+             SELECT jsonb_agg(jsonb_build_object(
+                 'id', t.id, 'provider_call_id', t.provider_call_id, 'name', t.name,
+                 'arguments', t.arguments, 'status', t.status, 'result', t.result
+             ) ORDER BY t.position)
+             FROM tool_calls t WHERE t.message_id = p.id
+         ) END AS tool_calls
+     FROM path p
+     ORDER BY p.depth";
 
 #[derive(QueryableByName)]
 struct ContextRow {
@@ -102,6 +125,7 @@ impl ContextRow {
 }
 
 const BEFORE: Operation = Operation::new("SELECT", "SELECT messages");
+const BRANCH: Operation = Operation::new("SELECT", "SELECT messages");
 
 impl Store {
     /// The newest `limit` of the messages before `sequence` in the user's conversation, oldest
@@ -121,6 +145,33 @@ impl Store {
                 .bind::<SqlUuid, _>(conversation.as_uuid())
                 .bind::<BigInt, _>(sequence)
                 .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+                .load::<ContextRow>(conn)
+                .await?;
+            rows.into_iter()
+                .rev()
+                .map(ContextRow::into_recent)
+                .collect()
+        })
+        .await
+    }
+
+    /// The newest `limit` messages of the branch that ends at `leaf` in the user's
+    /// conversation, `leaf` included, oldest first, with their tool calls and results: the
+    /// model's context for a message that follows `leaf`. Empty if the conversation holds no
+    /// such message.
+    pub async fn branch_up_to(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        leaf: MessageId,
+        limit: usize,
+    ) -> Result<Vec<RecentMessage>, StoreError> {
+        self.run(BRANCH, async |conn| {
+            let rows = fixed(BRANCH_UP_TO)
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<SqlUuid, _>(conversation.as_uuid())
+                .bind::<SqlUuid, _>(leaf.as_uuid())
+                .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX))
                 .load::<ContextRow>(conn)
                 .await?;
             rows.into_iter()

@@ -1,7 +1,5 @@
 //! Conversations and their messages as their owner reads, lists and deletes them.
 
-use std::collections::HashMap;
-
 use diesel::{
     dsl::exists,
     prelude::*,
@@ -11,14 +9,15 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::{
-    Conn, Operation, Store, StoreError,
+    Conn, Operation, Store, StoreError, branches,
+    message_reads::{tool_calls_of, with_tool_calls},
     models::{ConversationRow, MessageRow, ToolCallRow},
     schema::{conversations, messages, tool_calls},
     statement::fixed,
 };
 use crate::domain::{
-    Conversation, ConversationCursor, ConversationId, Message, MessageCursor, Role, Title,
-    ToolCall, UserId,
+    BranchMessage, Conversation, ConversationCursor, ConversationId, Message, MessageCursor,
+    MessageId, Title, TreePlace, UserId,
 };
 
 const CREATE: Operation = Operation::new("INSERT", "INSERT conversations");
@@ -91,65 +90,78 @@ impl Store {
         .await
     }
 
-    /// The conversation with up to `newest` of its newest messages, newest first, or `None` if
-    /// the user has no such conversation.
+    /// The conversation with up to `newest` of the newest messages of its current branch,
+    /// newest first, or `None` if the user has no such conversation.
     pub async fn conversation_with_newest_messages(
         &self,
         user: UserId,
         id: ConversationId,
         newest: usize,
-    ) -> Result<Option<(Conversation, Vec<Message>)>, StoreError> {
-        let newest = i64::try_from(newest).unwrap_or(i64::MAX);
-        self.run(GET, async |conn| {
+    ) -> Result<Option<(Conversation, Vec<BranchMessage>)>, StoreError> {
+        let window = i64::try_from(newest).unwrap_or(i64::MAX);
+        self.run(GET, async |exclusive| {
             // The three queries are sent together and answered in one round trip; each is
-            // limited to the user's own conversation by itself.
-            let conn: &Conn = conn;
+            // limited to the user's own conversation by itself. They read the conversation as
+            // one line, which it is unless its leaf ever jumped.
+            let conn: &Conn = exclusive;
             let (mut for_conversation, mut for_messages, mut for_calls) = (conn, conn, conn);
             let conversation = conversations::table
                 .filter(conversations::id.eq(id.as_uuid()))
                 .filter(conversations::user_id.eq(user.as_uuid()))
-                .select(ConversationRow::as_select())
-                .load::<ConversationRow>(&mut for_conversation);
+                .select((
+                    ConversationRow::as_select(),
+                    conversations::leaf_id,
+                    conversations::leaf_jumps,
+                ))
+                .load::<(ConversationRow, Option<Uuid>, i64)>(&mut for_conversation);
             let newest_ids = messages::table
                 .inner_join(conversations::table)
                 .filter(conversations::user_id.eq(user.as_uuid()))
                 .filter(messages::conversation_id.eq(id.as_uuid()))
                 .order(messages::sequence.desc())
-                .limit(newest);
+                .limit(window);
             let rows = newest_ids
                 .select(MessageRow::as_select())
                 .load::<MessageRow>(&mut for_messages);
             // The calls are read by a statement of their own, which may see a few messages
             // written since the one above: a wider window still covers every message it read.
-            let calls_window = newest_ids.limit(newest.saturating_add(CALLS_WINDOW_MARGIN));
+            let calls_window = newest_ids.limit(window.saturating_add(CALLS_WINDOW_MARGIN));
             let calls = tool_calls::table
                 .filter(tool_calls::message_id.eq_any(calls_window.select(messages::id)))
                 .select(ToolCallRow::as_select())
                 .order((tool_calls::message_id, tool_calls::position))
                 .load::<ToolCallRow>(&mut for_calls);
             let (conversation, rows, calls) = futures_util::try_join!(conversation, rows, calls)?;
-            let Some(conversation) = conversation.into_iter().next() else {
+            let Some((conversation, leaf, leaf_jumps)) = conversation.into_iter().next() else {
                 return Ok(None);
             };
-            let messages = with_tool_calls(id, rows, calls)?;
+            let messages = match (leaf_jumps, leaf) {
+                (0, _) | (_, None) => in_line(id, rows, calls)?,
+                (_, Some(leaf)) => {
+                    let leaf = MessageId::from_uuid(leaf);
+                    branches::newest_on_branch(exclusive, id, leaf, newest).await?
+                }
+            };
             Ok(Some((Conversation::from(conversation), messages)))
         })
         .await
     }
 
-    /// Up to `limit` messages of the user's conversation after `after`, oldest first, or `None`
-    /// if the user has no such conversation.
+    /// Up to `limit` messages of the current branch of the user's conversation after `after`,
+    /// oldest first.
     pub async fn list_messages(
         &self,
         user: UserId,
         conversation: ConversationId,
         after: Option<MessageCursor>,
         limit: usize,
-    ) -> Result<Option<Vec<Message>>, StoreError> {
+    ) -> Result<MessagesPage, StoreError> {
         self.run(LIST_MESSAGES, async |conn| {
+            // Read as one line first: what every conversation that never branched is.
             let mut query = messages::table
                 .inner_join(conversations::table)
                 .filter(conversations::user_id.eq(user.as_uuid()))
+                .filter(conversations::leaf_jumps.eq(0))
                 .filter(messages::conversation_id.eq(conversation.as_uuid()))
                 .select(MessageRow::as_select())
                 .order(messages::sequence.asc())
@@ -170,10 +182,51 @@ impl Store {
                 query = query.filter(messages::sequence.nullable().gt(cursor_sequence));
             }
             let rows = query.load::<MessageRow>(conn).await?;
-            // An empty page is the only case where ownership is still unknown.
-            if rows.is_empty() && !owns_conversation(conn, user, conversation).await? {
+            if !rows.is_empty() {
+                let calls = tool_calls_of(conn, &rows).await?;
+                return Ok(MessagesPage::Found(in_line(conversation, rows, calls)?));
+            }
+            // An empty page: the conversation may be missing, or branched, or read to its end.
+            let leaf = conversations::table
+                .filter(conversations::id.eq(conversation.as_uuid()))
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .select((conversations::leaf_id, conversations::leaf_jumps))
+                .first::<(Option<Uuid>, i64)>(conn)
+                .await
+                .optional()?;
+            let leaf = match leaf {
+                None => return Ok(MessagesPage::NoConversation),
+                Some((Some(leaf), jumps)) if jumps > 0 => MessageId::from_uuid(leaf),
+                Some(_) => return Ok(MessagesPage::Found(Vec::new())),
+            };
+            let after = after.map(|cursor| cursor.after);
+            Ok(
+                match branches::branch_page(conn, conversation, leaf, after, limit).await? {
+                    Some(page) => MessagesPage::Found(page),
+                    None => MessagesPage::BranchChanged,
+                },
+            )
+        })
+        .await
+    }
+
+    /// Every message of the user's conversation, of every branch, in the order they were
+    /// written, or `None` if the user has no such conversation.
+    pub async fn every_message(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<Option<Vec<Message>>, StoreError> {
+        self.run(LIST_MESSAGES, async |conn| {
+            if !owns_conversation(conn, user, conversation).await? {
                 return Ok(None);
             }
+            let rows = messages::table
+                .filter(messages::conversation_id.eq(conversation.as_uuid()))
+                .select(MessageRow::as_select())
+                .order(messages::sequence.asc())
+                .load::<MessageRow>(conn)
+                .await?;
             let calls = tool_calls_of(conn, &rows).await?;
             Ok(Some(with_tool_calls(conversation, rows, calls)?))
         })
@@ -285,46 +338,30 @@ pub(super) async fn owns_conversation(
     Ok(owned)
 }
 
-/// The tool calls of the given messages, in the order the model made them.
-async fn tool_calls_of(
-    conn: &mut Conn,
-    rows: &[MessageRow],
-) -> Result<Vec<ToolCallRow>, StoreError> {
-    // Only assistant messages carry tool calls; skip the query when there are none.
-    let candidates: Vec<Uuid> = rows
-        .iter()
-        .filter(|row| row.role.0 == Role::Assistant)
-        .map(|row| row.id)
-        .collect();
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(tool_calls::table
-        .filter(tool_calls::message_id.eq_any(&candidates))
-        .select(ToolCallRow::as_select())
-        .order((tool_calls::message_id, tool_calls::position))
-        .load::<ToolCallRow>(conn)
-        .await?)
-}
-
-/// Messages with their tool calls attached.
-fn with_tool_calls(
+/// A conversation's messages as one line: each follows the one before it, without siblings.
+fn in_line(
     conversation: ConversationId,
     rows: Vec<MessageRow>,
-    call_rows: Vec<ToolCallRow>,
-) -> Result<Vec<Message>, StoreError> {
-    let mut calls: HashMap<Uuid, Vec<ToolCall>> = HashMap::new();
-    for row in call_rows {
-        calls
-            .entry(row.message_id)
-            .or_default()
-            .push(ToolCall::try_from(row)?);
-    }
-    Ok(rows
+    calls: Vec<ToolCallRow>,
+) -> Result<Vec<BranchMessage>, StoreError> {
+    let parents: Vec<Option<Uuid>> = rows.iter().map(|row| row.parent_id).collect();
+    Ok(with_tool_calls(conversation, rows, calls)?
         .into_iter()
-        .map(|row| {
-            let message_calls = calls.remove(&row.id).unwrap_or_default();
-            row.into_message(conversation, message_calls)
+        .zip(parents)
+        .map(|(message, parent)| BranchMessage {
+            message,
+            place: TreePlace::in_line(parent.map(MessageId::from_uuid)),
         })
         .collect())
+}
+
+/// A page of a conversation's messages, or why there is none.
+#[derive(Debug)]
+pub enum MessagesPage {
+    /// Oldest first; empty past the end.
+    Found(Vec<BranchMessage>),
+    /// The user has no such conversation.
+    NoConversation,
+    /// The page's cursor is not on the conversation's current branch.
+    BranchChanged,
 }

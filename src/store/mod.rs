@@ -2,11 +2,13 @@
 //! takes the owner's [`UserId`](crate::domain::UserId) and filters by it, so that a row belonging
 //! to someone else looks exactly like a missing one.
 
+mod branches;
 mod connect;
 mod context;
 mod conversations;
 mod error;
 mod leases;
+mod message_reads;
 mod migrations;
 mod models;
 mod replies;
@@ -32,6 +34,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier};
+pub use conversations::MessagesPage;
 pub use error::StoreError;
 pub use leases::LapsedTurn;
 pub use migrations::{MigrationError, run_migrations};
@@ -43,7 +46,7 @@ pub use tool_results::{GivenResult, Submitted};
 pub use turn_records::{StoredReply, TurnRecord};
 pub use turns::ConversationState;
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
-pub use user_messages::{NewTurn, UserMessageStored};
+pub use user_messages::{AppendLimits, NewTurn, PlaceRefused, Placed, UserMessageStored};
 
 /// The server the service and its tools use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/chat";

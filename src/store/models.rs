@@ -74,6 +74,7 @@ pub struct MessageRow {
     pub content: String,
     pub status: Stored<MessageStatus>,
     pub created_at: DateTime<Utc>,
+    pub parent_id: Option<Uuid>,
 }
 
 impl MessageRow {

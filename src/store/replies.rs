@@ -21,15 +21,32 @@ use crate::domain::{Message, MessageId, Revision, ToolCallStatus, UserId};
 /// in that state with outcome `$12`. A reply of a turn is written only while the turn's attempt
 /// is in state `$13`: a replica that took over a turn whose lease ran out has ended it, and the
 /// replica that had it, if it still runs, must not write after that. The conversation's row is
-/// locked before the turn's, in the order a deletion takes them.
+/// locked before the turn's, in the order a deletion takes them; both locks return the rows'
+/// latest state, even after waiting for another transaction.
+///
+/// The reply `follows` the conversation's leaf and becomes the leaf, while the leaf has not
+/// jumped to another branch since its turn started: turns taken at once on one branch line up in
+/// the order they are written, as they always did. After a jump, it follows its own turn's
+/// newest message, and becomes the leaf only if that message is the leaf.
 macro_rules! reply_locks {
     () => {
         "WITH locked AS MATERIALIZED (
-             SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+             SELECT id, leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth, leaf_jumps
+             FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
          ), owned AS MATERIALIZED (
-             SELECT id FROM turns
+             SELECT id, leaf_jumps FROM turns
              WHERE id = $8 AND attempt = $9 AND state = $13 AND EXISTS (SELECT 1 FROM locked)
              FOR NO KEY UPDATE
+         ), follows AS MATERIALIZED (
+             SELECT l.leaf_id AS id, l.leaf_depth AS depth, true AS moves_leaf FROM locked l
+             WHERE NOT EXISTS (SELECT 1 FROM owned o WHERE o.leaf_jumps <> l.leaf_jumps)
+             UNION ALL
+             (SELECT m.id, m.depth, m.id IS NOT DISTINCT FROM l.leaf_id
+              FROM locked l, owned o, messages m
+              WHERE o.leaf_jumps <> l.leaf_jumps AND m.conversation_id = $1
+                AND (m.id = $8 OR (m.turn_id = $8 AND m.turn_attempt = $9))
+              ORDER BY m.sequence DESC
+              LIMIT 1)
          ), "
     };
 }
@@ -41,7 +58,10 @@ macro_rules! reply_touches {
         concat!(
             "touched AS (
                  UPDATE conversations
-                 SET updated_at = GREATEST(updated_at, $3), revision = revision + 1",
+                 SET updated_at = GREATEST(updated_at, $3), revision = revision + 1,
+                     leaf_id = CASE WHEN (SELECT moves_leaf FROM follows) THEN $4 ELSE leaf_id END,
+                     leaf_depth = CASE WHEN (SELECT moves_leaf FROM follows)
+                                       THEN (SELECT depth FROM follows) + 1 ELSE leaf_depth END",
             $extra,
             "
                  WHERE id = $1 AND user_id = $2
@@ -57,8 +77,10 @@ macro_rules! reply_writes {
     () => {
         "inserted AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at,
-                                   sequence, turn_id, turn_attempt, deltas, search_vector)
-             SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10, chat_search_vector($6)
+                                   sequence, turn_id, turn_attempt, deltas, search_vector,
+                                   parent_id, depth)
+             SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10, chat_search_vector($6),
+                    (SELECT id FROM follows), (SELECT depth FROM follows) + 1
              FROM touched
          ), ended AS (
              UPDATE turns SET state = $11, outcome = $12, ended_at = now()

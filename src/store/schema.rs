@@ -14,6 +14,9 @@ diesel::table! {
         awaiting_calls -> Nullable<Array<Text>>,
         awaiting_until -> Nullable<Timestamptz>,
         title_source -> Text,
+        leaf_id -> Nullable<Uuid>,
+        leaf_depth -> Nullable<Int4>,
+        leaf_jumps -> Int8,
     }
 }
 
@@ -33,6 +36,8 @@ diesel::table! {
         turn_attempt -> Nullable<Int4>,
         deltas -> Nullable<Array<Int4>>,
         search_vector -> Nullable<Tsvector>,
+        parent_id -> Nullable<Uuid>,
+        depth -> Nullable<Int4>,
     }
 }
 
@@ -79,6 +84,7 @@ diesel::table! {
         outcome -> Nullable<Jsonb>,
         created_at -> Timestamptz,
         ended_at -> Nullable<Timestamptz>,
+        leaf_jumps -> Nullable<Int8>,
     }
 }
 

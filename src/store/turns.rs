@@ -126,15 +126,24 @@ pub(super) async fn lock_conversation(
     let state = conversations::table
         .filter(conversations::id.eq(conversation.as_uuid()))
         .filter(conversations::user_id.eq(user.as_uuid()))
-        .select((conversations::revision, conversations::awaiting_until))
+        .select((
+            conversations::revision,
+            conversations::awaiting_until,
+            conversations::leaf_id,
+            conversations::leaf_jumps,
+        ))
         .for_no_key_update()
-        .first::<(Revision, Option<DateTime<Utc>>)>(&mut conn)
+        .first::<(Revision, Option<DateTime<Utc>>, Option<uuid::Uuid>, i64)>(&mut conn)
         .await
         .optional()?;
-    Ok(state.map(|(revision, awaiting_until)| ConversationState {
-        revision,
-        awaiting_until,
-    }))
+    Ok(state.map(
+        |(revision, awaiting_until, leaf, leaf_jumps)| ConversationState {
+            revision,
+            awaiting_until,
+            leaf: leaf.map(MessageId::from_uuid),
+            leaf_jumps,
+        },
+    ))
 }
 
 pub(super) async fn commit(mut conn: &Conn) -> QueryResult<()> {
@@ -147,6 +156,10 @@ pub struct ConversationState {
     pub revision: Revision,
     /// Until when a reply in it awaits results of tools the client runs, if one does.
     pub awaiting_until: Option<DateTime<Utc>>,
+    /// Its current leaf: the message a new one goes on from.
+    pub leaf: Option<MessageId>,
+    /// How many times its leaf jumped to another branch: 0 while it is one line.
+    pub leaf_jumps: i64,
 }
 
 impl ConversationState {

@@ -14,7 +14,7 @@ use super::{
     turns::{ConversationState, begin, commit, lock_conversation},
 };
 use crate::domain::{
-    Conversation, ConversationId, Message, MessageId, Revision, Role, Title, UserId,
+    Conversation, ConversationId, Message, MessageId, Placement, Revision, Role, Title, UserId,
 };
 
 /// Adds the user's message to a conversation and moves the conversation forward: its update
@@ -28,28 +28,74 @@ use crate::domain::{
 /// retry costs no statement of its own on the way of a first try. Returns the new revision, or
 /// none if the user has no such conversation (or it is full, or waits, or the id is taken); then
 /// nothing is written.
-const APPEND_USER_MESSAGE: &str = "WITH touched AS (
+///
+/// The message follows the conversation's leaf and becomes the leaf; or, with `$12`, the place
+/// the client chose: after message `$11` of this conversation, or as a first message when `$11`
+/// is null. A chosen place is refused (`refusal`) when it names no message of the conversation,
+/// when a turn on the path from the root to it is still generating (its reply would land below
+/// the new message), or when `$13` messages follow it already. A chosen place that is not the
+/// leaf is a jump: `leaf_jumps` counts it, and the turn keeps the count it started with. The
+/// conversation's row is locked by this transaction before this statement runs (`begin`), so
+/// what it reads of the row is its latest state.
+const APPEND_USER_MESSAGE: &str = "WITH RECURSIVE tip AS MATERIALIZED (
+         SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
+         FROM conversations WHERE id = $1 AND user_id = $2
+     ), parent AS MATERIALIZED (
+         SELECT leaf_id AS id, leaf_depth AS depth FROM tip WHERE NOT $12
+         UNION ALL
+         SELECT m.id, m.depth FROM messages m
+         WHERE $12 AND $11::uuid IS NOT NULL AND m.id = $11 AND m.conversation_id = $1
+           AND EXISTS (SELECT 1 FROM tip)
+         UNION ALL
+         SELECT NULL::uuid, -1 WHERE $12 AND $11::uuid IS NULL AND EXISTS (SELECT 1 FROM tip)
+     ), above (id, parent_id) AS (
+         SELECT m.id, m.parent_id FROM messages m JOIN parent p ON m.id = p.id WHERE $12
+         UNION ALL
+         SELECT m.id, m.parent_id FROM messages m JOIN above a ON m.id = a.parent_id
+     ), refusal AS MATERIALIZED (
+         SELECT CASE
+             WHEN NOT $12 OR NOT EXISTS (SELECT 1 FROM tip) THEN NULL
+             WHEN NOT EXISTS (SELECT 1 FROM parent) THEN 'parent_missing'
+             WHEN EXISTS (SELECT 1 FROM above a JOIN turns t ON t.id = a.id
+                          WHERE t.state = 'generating') THEN 'branch_generating'
+             WHEN (SELECT count(*) FROM messages
+                   WHERE conversation_id = $1
+                     AND parent_id IS NOT DISTINCT FROM (SELECT id FROM parent)) >= $13
+                 THEN 'siblings_full'
+         END AS reason
+     ), touched AS (
          UPDATE conversations
          SET updated_at = GREATEST(updated_at, $3),
              title = CASE WHEN title = '' THEN $4 ELSE title END,
              revision = revision + 1,
-             awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL
+             awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
+             leaf_id = $5,
+             leaf_depth = (SELECT depth FROM parent) + 1,
+             leaf_jumps = leaf_jumps
+                 + CASE WHEN $12 AND (SELECT id FROM parent) IS DISTINCT FROM leaf_id THEN 1 ELSE 0 END
          WHERE id = $1 AND user_id = $2 AND revision < $7
            AND (awaiting_until IS NULL OR awaiting_until <= $3)
            AND ($8::text IS NULL
                 OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8))
-         RETURNING id, revision
+           AND EXISTS (SELECT 1 FROM parent) AND (SELECT reason FROM refusal) IS NULL
+         RETURNING id, revision, leaf_jumps
      ), inserted AS (
          INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
-                               search_vector)
-         SELECT $5, id, 'user', $6, 'complete', $3, revision, chat_search_vector($6) FROM touched
+                               search_vector, parent_id, depth)
+         SELECT $5, id, 'user', $6, 'complete', $3, revision, chat_search_vector($6),
+                (SELECT id FROM parent), (SELECT depth FROM parent) + 1
+         FROM touched
      ), started AS (
-         INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica, created_at)
-         SELECT $5, $2, id, $8, $9, $10, $3 FROM touched
+         INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica,
+                            created_at, leaf_jumps)
+         SELECT $5, $2, id, $8, $9, $10, $3, leaf_jumps FROM touched
      )
      SELECT (SELECT revision FROM touched) AS revision,
          $8::text IS NOT NULL AND (SELECT revision FROM touched) IS NULL
-             AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8) AS key_taken";
+             AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8) AS key_taken,
+         (SELECT id FROM parent) AS parent_id,
+         (SELECT leaf_jumps FROM touched) AS leaf_jumps,
+         (SELECT reason FROM refusal) AS refusal";
 
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
 
@@ -62,50 +108,98 @@ struct UserMessageRow {
     revision: Option<Revision>,
     #[diesel(sql_type = Bool)]
     key_taken: bool,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    parent_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    leaf_jumps: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    refusal: Option<String>,
+}
+
+/// Where a user's message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// Its place in the order of the conversation's messages.
+    pub sequence: Revision,
+    /// The message it follows; `None` for a first message.
+    pub parent: Option<MessageId>,
+    /// Whether the conversation is still one line, never branched: then the messages before
+    /// this one in the conversation's order are exactly its branch.
+    pub in_line: bool,
+}
+
+impl Placed {
+    fn new(sequence: Revision, parent: Option<uuid::Uuid>, leaf_jumps: i64) -> Self {
+        Self {
+            sequence,
+            parent: parent.map(MessageId::from_uuid),
+            in_line: leaf_jumps == 0,
+        }
+    }
+}
+
+/// Why the place a client chose for its message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceRefused {
+    /// The conversation has no such message.
+    ParentMissing,
+    /// A turn on the path to it is still generating.
+    BranchGenerating,
+    /// As many messages as may follow it do.
+    SiblingsFull,
 }
 
 /// What became of a user's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserMessageStored {
-    /// Stored, at this place in the conversation: its sequence.
-    At(Revision),
+    /// Stored, at this place in the conversation.
+    At(Placed),
     /// Not stored: a turn with the same request id exists, so the request is a retry of it.
     RequestKeyTaken,
     /// Not stored: the conversation's state, as it was locked, says why (`None`: the user has
     /// no such conversation, or as many as they may when it was to be created).
     Refused(Option<ConversationState>),
+    /// Not stored: the place the client chose cannot take it.
+    PlaceRefused(PlaceRefused),
 }
 
 /// What [`APPEND_USER_MESSAGE`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UserAppended {
-    /// Written, taking the conversation to this revision: the message's sequence.
-    At(Revision),
+    /// Written, there.
+    At(Placed),
     /// Not written: the user has no such conversation, or it refused the message.
     Refused,
+    /// Not written: the place the client chose cannot take it.
+    PlaceRefused(PlaceRefused),
     /// Not written: the turn's request id is taken by an earlier turn.
     KeyTaken,
 }
 
 impl UserAppended {
-    fn revision(self) -> Option<Revision> {
+    fn placed(self) -> Option<Placed> {
         match self {
-            Self::At(revision) => Some(revision),
-            Self::Refused | Self::KeyTaken => None,
+            Self::At(placed) => Some(placed),
+            Self::Refused | Self::PlaceRefused(_) | Self::KeyTaken => None,
         }
     }
 }
 
-/// [`APPEND_USER_MESSAGE`] for `message`, which starts `turn`. An empty `title_if_unnamed`
-/// leaves the title as it is.
+/// [`APPEND_USER_MESSAGE`] for `message`, which starts `turn`, at `placement`. An empty
+/// `title_if_unnamed` leaves the title as it is.
 async fn write_user_message(
     mut conn: &Conn,
     user: UserId,
     message: &Message,
     title_if_unnamed: &str,
-    max_revision: Revision,
+    limits: &AppendLimits,
     turn: &NewTurn,
 ) -> QueryResult<UserAppended> {
+    let (parent, chosen) = match turn.placement {
+        Placement::AfterLeaf => (None, false),
+        Placement::After(parent) => (Some(*parent.as_uuid()), true),
+        Placement::AsRoot => (None, true),
+    };
     let row = fixed(APPEND_USER_MESSAGE)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
         .bind::<SqlUuid, _>(user.as_uuid())
@@ -113,22 +207,44 @@ async fn write_user_message(
         .bind::<Text, _>(title_if_unnamed)
         .bind::<SqlUuid, _>(message.id.as_uuid())
         .bind::<Text, _>(&message.content)
-        .bind::<BigInt, _>(max_revision)
+        .bind::<BigInt, _>(limits.max_revision)
         .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
         .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
         .bind::<SqlUuid, _>(turn.replica)
+        .bind::<Nullable<SqlUuid>, _>(parent)
+        .bind::<Bool, _>(chosen)
+        .bind::<BigInt, _>(limits.max_siblings)
         .get_result::<UserMessageRow>(&mut conn)
         .await?;
     Ok(match row {
         UserMessageRow {
             revision: Some(revision),
+            parent_id,
+            leaf_jumps,
             ..
-        } => UserAppended::At(revision),
+        } => UserAppended::At(Placed::new(revision, parent_id, leaf_jumps.unwrap_or(0))),
         UserMessageRow {
             key_taken: true, ..
         } => UserAppended::KeyTaken,
+        UserMessageRow {
+            refusal: Some(reason),
+            ..
+        } => UserAppended::PlaceRefused(match reason.as_str() {
+            "parent_missing" => PlaceRefused::ParentMissing,
+            "branch_generating" => PlaceRefused::BranchGenerating,
+            _ => PlaceRefused::SiblingsFull,
+        }),
         UserMessageRow { .. } => UserAppended::Refused,
     })
+}
+
+/// How far a conversation may grow, as a user's message is added.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendLimits {
+    /// The message is written only while the conversation's revision is below this.
+    pub max_revision: Revision,
+    /// A place the client chose takes the message only while fewer follow it.
+    pub max_siblings: i64,
 }
 
 /// What [`insert_conversation`] did.
@@ -153,19 +269,21 @@ async fn insert_conversation(
 ) -> QueryResult<CreatedRow> {
     fixed(
         "WITH created AS (
-             INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
-             SELECT $1, $2, $3, $4, $4, 1
+             INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision,
+                                        leaf_id, leaf_depth)
+             SELECT $1, $2, $3, $4, $4, 1, $5, 0
              WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
                AND ($10::text IS NULL
                     OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10))
              RETURNING id
          ), first AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
-                                   search_vector)
-             SELECT $5, id, $6, $7, $8, $4, 1, chat_search_vector($7) FROM created
+                                   search_vector, parent_id, depth)
+             SELECT $5, id, $6, $7, $8, $4, 1, chat_search_vector($7), NULL, 0 FROM created
          ), started AS (
-             INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica, created_at)
-             SELECT $5, $2, id, $10, $11, $12, $4 FROM created
+             INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica,
+                                created_at, leaf_jumps)
+             SELECT $5, $2, id, $10, $11, $12, $4, 0 FROM created
          )
          SELECT EXISTS (SELECT 1 FROM created) AS created,
              $10::text IS NOT NULL
@@ -196,6 +314,8 @@ pub struct NewTurn {
     pub request_hash: Option<Vec<u8>>,
     /// The replica that generates it.
     pub replica: uuid::Uuid,
+    /// Where its message goes in the conversation's tree.
+    pub placement: Placement,
 }
 
 impl Store {
@@ -211,8 +331,13 @@ impl Store {
         first: &Message,
         max_conversations: i64,
         turn: &NewTurn,
-        placed: oneshot::Sender<Option<Revision>>,
+        placed: oneshot::Sender<Option<Placed>>,
     ) -> Result<UserMessageStored, StoreError> {
+        let first_place = Placed {
+            sequence: 1,
+            parent: None,
+            in_line: true,
+        };
         self.run_transaction_by_hand(START_CONVERSATION, async |conn| {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the write, COMMIT (see `begin`).
@@ -220,12 +345,12 @@ impl Store {
                 let row =
                     insert_conversation(conn, user, conversation, first, max_conversations, turn)
                         .await?;
-                let _ = placed.send(row.created.then_some(1));
+                let _ = placed.send(row.created.then_some(first_place));
                 Ok::<_, diesel::result::Error>(row)
             };
             let ((), row, ()) = futures_util::try_join!(begin(conn), write, commit(conn))?;
             Ok(match row {
-                CreatedRow { created: true, .. } => UserMessageStored::At(1),
+                CreatedRow { created: true, .. } => UserMessageStored::At(first_place),
                 CreatedRow {
                     key_taken: true, ..
                 } => UserMessageStored::RequestKeyTaken,
@@ -235,30 +360,32 @@ impl Store {
         .await
     }
 
-    /// Adds the user's message to one of their conversations, naming the conversation
-    /// `title_if_unnamed` if it has no title yet, while its revision is below `max_revision`, it
-    /// awaits no tool results, and the turn's request id (if it has one) is not taken. Returns
-    /// the new revision, which is the message's sequence, once committed; else nothing is
+    /// Adds the user's message to one of their conversations, at the place its turn names,
+    /// naming the conversation `title_if_unnamed` if it has no title yet, while the conversation
+    /// is within `limits`, it awaits no tool results, and the turn's request id (if it has one)
+    /// is not taken. Returns where the message was placed once committed; else nothing is
     /// written, and the answer says why.
     ///
-    /// `placed` hears the message's sequence (or `None`: not written) as soon as it is final,
-    /// before the commit. Without a request id, that is when the conversation's row is locked:
-    /// from then on nobody else can write to the conversation or delete it. With one, it is
-    /// when the message is written, which claims the id: a twin request racing it on another
-    /// conversation waits in the unique index for this transaction's end.
+    /// `placed` hears the message's place (or `None`: not written) as soon as it is final,
+    /// before the commit. For a message that goes on from the leaf without a request id, that is
+    /// when the conversation's row is locked: from then on nobody else can write to the
+    /// conversation or delete it. Otherwise it is when the message is written, which checks the
+    /// chosen place and claims the id: a twin request racing it on another conversation waits
+    /// in the unique index for this transaction's end.
     pub async fn append_user_message(
         &self,
         user: UserId,
         message: &Message,
         title_if_unnamed: &Title,
-        max_revision: Revision,
+        limits: AppendLimits,
         turn: &NewTurn,
-        placed: oneshot::Sender<Option<Revision>>,
+        placed: oneshot::Sender<Option<Placed>>,
     ) -> Result<UserMessageStored, StoreError> {
         let title = title_if_unnamed.as_str();
-        let (placed_by_lock, placed_by_write) = match turn.request_key {
-            None => (Some(placed), None),
-            Some(_) => (None, Some(placed)),
+        let by_lock = turn.request_key.is_none() && !turn.placement.is_chosen();
+        let (placed_by_lock, placed_by_write) = match by_lock {
+            true => (Some(placed), None),
+            false => (None, Some(placed)),
         };
         self.run_transaction_by_hand(APPEND, async |conn| {
             let conn: &Conn = conn;
@@ -266,9 +393,13 @@ impl Store {
             let lock = async {
                 let state = lock_conversation(conn, user, message.conversation_id).await?;
                 let next = state
-                    .filter(|state| state.revision < max_revision)
+                    .filter(|state| state.revision < limits.max_revision)
                     .filter(|state| !state.awaits_tool_results(message.create_time))
-                    .map(|state| state.revision + 1);
+                    .map(|state| Placed {
+                        sequence: state.revision + 1,
+                        parent: state.leaf,
+                        in_line: state.leaf_jumps == 0,
+                    });
                 if let Some(placed) = placed_by_lock {
                     let _ = placed.send(next);
                 }
@@ -276,19 +407,23 @@ impl Store {
             };
             let write = async {
                 let appended =
-                    write_user_message(conn, user, message, title, max_revision, turn).await?;
+                    write_user_message(conn, user, message, title, &limits, turn).await?;
                 if let Some(placed) = placed_by_write {
-                    let _ = placed.send(appended.revision());
+                    let _ = placed.send(appended.placed());
                 }
                 Ok(appended)
             };
             let ((), (expected, state), appended, ()) =
                 futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
-            if appended == UserAppended::KeyTaken {
-                return Ok(UserMessageStored::RequestKeyTaken);
+            match appended {
+                UserAppended::KeyTaken => return Ok(UserMessageStored::RequestKeyTaken),
+                UserAppended::PlaceRefused(why) if state.is_some() => {
+                    return Ok(UserMessageStored::PlaceRefused(why));
+                }
+                _ => {}
             }
-            let appended = appended.revision();
-            if appended != expected {
+            let appended = appended.placed();
+            if by_lock && appended != expected {
                 // Only if the statements ran out of order, which `begin` rules out.
                 return Err(StoreError::Corrupt(format!(
                     "the message was written at {appended:?}, not at {expected:?} as its lock said"
@@ -324,9 +459,14 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         request_key: None,
         request_hash: None,
         replica: uuid::Uuid::nil(),
+        placement: Placement::AfterLeaf,
+    };
+    let limits = AppendLimits {
+        max_revision: 0,
+        max_siblings: 0,
     };
     lock_conversation(conn, nobody, nowhere).await?;
-    write_user_message(conn, nobody, &message, "", 0, &turn).await?;
+    write_user_message(conn, nobody, &message, "", &limits, &turn).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
     insert_conversation(conn, nobody, &conversation, &message, 0, &turn).await?;
     Ok(())

@@ -65,7 +65,7 @@ pub async fn export(
         else {
             continue;
         };
-        let Some(messages) = store.list_messages(user, id, None, usize::MAX).await? else {
+        let Some(messages) = store.every_message(user, id).await? else {
             continue;
         };
         exported.conversations += 1;

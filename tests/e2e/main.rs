@@ -29,6 +29,7 @@ mod titles;
 mod transfer;
 mod tools;
 mod transport;
+mod tree_migration;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;

@@ -123,7 +123,9 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
             "20261206000013",
             "20261206000014",
             "20261206000015",
-            "20261206000016"
+            "20261206000016",
+            "20261207000017",
+            "20261207000018"
         ]
     );
 
@@ -328,7 +330,9 @@ async fn messages_stored_before_search_are_found_once_migrated() {
             "20261206000013",
             "20261206000014",
             "20261206000015",
-            "20261206000016"
+            "20261206000016",
+            "20261207000017",
+            "20261207000018"
         ]
     );
     assert_eq!(db.count(without_words).await, 0);

@@ -6,8 +6,8 @@ use std::{pin::Pin, task::Poll, time::Duration};
 
 use chat_service::{
     domain::{
-        Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageId, MessageStatus, Role,
-        Subject, Title, TurnState, UserId, now,
+        Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageId, MessageStatus, Placement,
+        Role, Subject, Title, TurnState, UserId, now,
     },
     store::{
         DatabaseSettings, NewTurn, PoolSettings, ReplyOf, ReplyStored, SearchConfig, Store,
@@ -62,6 +62,7 @@ async fn conversation_with_a_turn(store: &Store, user: UserId) -> (ConversationI
         request_key: None,
         request_hash: None,
         replica: uuid::Uuid::now_v7(),
+        placement: Placement::AfterLeaf,
     };
     let (placed, _) = tokio::sync::oneshot::channel();
     store

@@ -16,10 +16,10 @@ use crate::{
     chat::{ChatError, Limit, StreamPermit},
     domain::{
         Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent, MessageId,
-        MessageStatus, RecentHistory, RecentMessage, Revision, Role, Title, UserId, now,
+        MessageStatus, RecentHistory, RecentMessage, Role, Title, UserId, now,
     },
     events::{CancelWatch, TurnKey},
-    store::{NewTurn, StoreError, UserMessageStored},
+    store::{AppendLimits, NewTurn, PlaceRefused, Placed, StoreError, UserMessageStored},
     telemetry::metrics::HistorySource,
 };
 
@@ -50,7 +50,7 @@ struct ReplyMakings {
 /// What became of the user's message.
 enum Appended {
     /// Stored, at this place in the conversation.
-    Committed(Revision),
+    Committed(Placed),
     /// Not stored: the request's id names a turn already, which this request retries.
     RequestKeyTaken,
     /// Not stored: the user has no such conversation.
@@ -59,6 +59,8 @@ enum Appended {
     Full(Limit),
     /// Not stored: a reply in the conversation awaits the client's tool results, until then.
     AwaitingToolResults(chrono::DateTime<chrono::Utc>),
+    /// Not stored: the place the client chose in the conversation cannot take it.
+    PlaceRefused(PlaceRefused),
 }
 
 /// Where the user's message goes.
@@ -101,8 +103,8 @@ impl Turns {
         let commit = self.store_user_message(request.user, target, user_message, turn, placed_tx);
         let ask_model = self.ask_model(&request, &admitted, placed, makings);
         let (committed, reply) = tokio::join!(commit, ask_model);
-        let sequence = match committed {
-            Ok(Appended::Committed(sequence)) => sequence,
+        let placed = match committed {
+            Ok(Appended::Committed(placed)) => placed,
             // A retry of a request this service has seen is the same turn: found by the write
             // itself, or, when its twin was let in first meanwhile, by the unique index.
             Ok(Appended::RequestKeyTaken) | Err(ChatError::Duplicate) => {
@@ -118,12 +120,14 @@ impl Turns {
             failed => return Err(self.never_started(user_message.id, failed.err()).await),
         };
         let Admitted { user_message, .. } = admitted;
-        self.recent.record(
-            request.user,
-            conversation_id,
-            sequence,
-            recent_message(&user_message),
-        );
+        if placed.in_line {
+            self.recent.record(
+                request.user,
+                conversation_id,
+                placed.sequence,
+                recent_message(&user_message),
+            );
+        }
         tracing::info!(
             request_id = %request.request_id,
             conversation_id = %conversation_id,
@@ -144,16 +148,26 @@ impl Turns {
         let text = std::mem::take(&mut request.content);
         let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
-        let request_hash = request
-            .request_key
-            .as_ref()
-            .map(|_| request_hash(request.conversation, content.as_str(), &request.tools));
+        let request_hash = request.request_key.as_ref().map(|_| {
+            request_hash(
+                request.conversation,
+                content.as_str(),
+                &request.tools,
+                request.placement,
+            )
+        });
         let offer = self.offer(request.tools.clone())?;
         // Held by the reply task until the reply ends.
         let permit = self.runtime.admission.open_stream(request.user)?;
         let time = now();
         let title = Title::from_first_message(content.as_str());
         let target = match request.conversation {
+            None if request.placement.is_chosen() => {
+                return Err(ChatError::invalid(
+                    "parent_message_id",
+                    "names a message of a conversation: give conversation_id too",
+                ));
+            }
             None => Target::New(Conversation {
                 id: ConversationId::generate(),
                 title,
@@ -167,6 +181,7 @@ impl Turns {
             request_key: request.request_key.as_ref().map(|k| k.as_str().to_owned()),
             request_hash,
             replica: self.runtime.replica,
+            placement: request.placement,
         };
         // Watched before the turn is committed, so that no cancel finds it unwatched.
         let cancel = self.runtime.events.watch_cancel(user_message.id);
@@ -191,10 +206,10 @@ impl Turns {
         &self,
         request: &TurnRequest,
         admitted: &Admitted,
-        placed: oneshot::Receiver<Option<Revision>>,
+        placed: oneshot::Receiver<Option<Placed>>,
         makings: ReplyMakings,
     ) -> Result<Option<SpawnedReply>, ChatError> {
-        let Ok(Some(sequence)) = placed.await else {
+        let Ok(Some(placed)) = placed.await else {
             return Ok(None);
         };
         let Admitted {
@@ -202,7 +217,7 @@ impl Turns {
             user_message,
             ..
         } = admitted;
-        let mut context = self.history_before(request.user, target, sequence).await?;
+        let mut context = self.history_before(request.user, target, placed).await?;
         context.push(recent_message(user_message));
         let origin = ReplyOrigin {
             user: request.user,
@@ -233,6 +248,20 @@ impl Turns {
             }
             Appended::Full(limit) => self.runtime.admission.storage_refusal(limit),
             Appended::AwaitingToolResults(until) => awaiting_tool_results(until),
+            Appended::PlaceRefused(PlaceRefused::ParentMissing) => {
+                ChatError::NotFound("parent message")
+            }
+            Appended::PlaceRefused(PlaceRefused::BranchGenerating) => {
+                ChatError::FailedPrecondition(
+                    "a reply on the way to parent_message_id is still being generated: wait for \
+                     its turn to end, or cancel it with CancelTurn"
+                        .to_owned(),
+                )
+            }
+            Appended::PlaceRefused(PlaceRefused::SiblingsFull) => self
+                .runtime
+                .admission
+                .storage_refusal(Limit::MessageSiblings),
             Appended::Committed(_) | Appended::RequestKeyTaken => {
                 ChatError::Internal("a stored message taken for a refused one".to_owned())
             }
@@ -252,14 +281,16 @@ impl Turns {
         })
     }
 
-    /// The newest messages before the user's message at `sequence`, oldest first: from memory
-    /// when this replica remembers the conversation exactly up to there, else from the
-    /// database, which is then remembered.
+    /// The newest messages of the branch before the user's message, oldest first. In a
+    /// conversation that is one line, those are the messages before it in the conversation's
+    /// order: from memory when this replica remembers the conversation exactly up to there,
+    /// else from the database, which is then remembered. In a branched one, the path to its
+    /// parent, from the database: what a replica remembers is one line.
     async fn history_before(
         &self,
         user: UserId,
         target: &Target,
-        sequence: Revision,
+        placed: Placed,
     ) -> Result<Vec<RecentMessage>, ChatError> {
         let id = match target {
             Target::New(_) => {
@@ -273,7 +304,16 @@ impl Turns {
             Target::Existing { id, .. } => *id,
         };
         let metrics = &self.runtime.metrics;
-        let before = sequence - 1;
+        let limit = self.settings.history_messages;
+        if !placed.in_line {
+            self.recent.forget(id);
+            metrics.record_history_source(HistorySource::Database);
+            let Some(parent) = placed.parent else {
+                return Ok(Vec::new());
+            };
+            return Ok(self.store.branch_up_to(user, id, parent, limit).await?);
+        }
+        let before = placed.sequence - 1;
         let source = match self.recent.get(user, id) {
             Some(remembered) if remembered.revision == before => {
                 metrics.record_history_source(HistorySource::Memory);
@@ -286,7 +326,7 @@ impl Turns {
         metrics.record_history_source(source);
         let messages = self
             .store
-            .messages_before(user, id, sequence, self.settings.history_messages)
+            .messages_before(user, id, placed.sequence, limit)
             .await?;
         let context = messages.clone();
         let history = RecentHistory {
@@ -305,7 +345,7 @@ impl Turns {
         target: &Target,
         message: &Message,
         turn: &NewTurn,
-        placed: oneshot::Sender<Option<Revision>>,
+        placed: oneshot::Sender<Option<Placed>>,
     ) -> Result<Appended, ChatError> {
         let limits = self.runtime.admission.storage();
         let stored = match target {
@@ -321,15 +361,20 @@ impl Turns {
                         Err(duplicate) => duplicate,
                     })?;
                 return Ok(match created {
-                    UserMessageStored::At(sequence) => Appended::Committed(sequence),
+                    UserMessageStored::At(placed) => Appended::Committed(placed),
                     UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
-                    UserMessageStored::Refused(_) => Appended::Full(Limit::UserConversations),
+                    UserMessageStored::Refused(_) | UserMessageStored::PlaceRefused(_) => {
+                        Appended::Full(Limit::UserConversations)
+                    }
                 });
             }
             Target::Existing { title, .. } => {
-                let max = limits.messages_per_conversation;
+                let limits = AppendLimits {
+                    max_revision: limits.messages_per_conversation,
+                    max_siblings: limits.siblings_per_message,
+                };
                 self.store
-                    .append_user_message(user, message, title, max, turn, placed)
+                    .append_user_message(user, message, title, limits, turn, placed)
                     .await
                     .map_err(|e| match duplicate_turn(e) {
                         Ok(other) => ChatError::from(other),
@@ -339,8 +384,9 @@ impl Turns {
         };
         // Nothing written: the conversation's state, as it was locked, says why.
         Ok(match stored {
-            UserMessageStored::At(sequence) => Appended::Committed(sequence),
+            UserMessageStored::At(placed) => Appended::Committed(placed),
             UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
+            UserMessageStored::PlaceRefused(why) => Appended::PlaceRefused(why),
             UserMessageStored::Refused(None) => Appended::Missing,
             UserMessageStored::Refused(Some(state)) => match state.awaiting_until {
                 Some(until) if state.awaits_tool_results(message.create_time) => {

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{ConversationId, UserId},
+    domain::{ConversationId, Placement, UserId},
     events::TurnKey,
     store::TurnRecord,
 };
@@ -22,6 +22,7 @@ pub(super) fn request_hash(
     conversation: Option<ConversationId>,
     content: &str,
     tools: &[ClientTool],
+    placement: Placement,
 ) -> Vec<u8> {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -39,6 +40,16 @@ pub(super) fn request_hash(
         field(tool.name.as_bytes());
         field(tool.description.as_bytes());
         field(tool.parameters_json.as_bytes());
+    }
+    // A request that goes on from the leaf hashes as it did before the tree: the hashes of the
+    // turns stored then still match their retries.
+    match placement {
+        Placement::AfterLeaf => {}
+        Placement::After(parent) => {
+            field(b"after");
+            field(parent.to_string().as_bytes());
+        }
+        Placement::AsRoot => field(b"as root"),
     }
     hash.finalize().to_vec()
 }
@@ -178,6 +189,7 @@ impl Turns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::MessageId;
 
     #[test]
     fn the_hash_tells_apart_what_a_retry_must_repeat() {
@@ -187,11 +199,31 @@ mod tests {
             parameters_json: String::new(),
         };
         let id = ConversationId::generate();
-        let base = request_hash(Some(id), "hello", &[tool("a")]);
-        assert_eq!(base, request_hash(Some(id), "hello", &[tool("a")]));
-        assert_ne!(base, request_hash(None, "hello", &[tool("a")]));
-        assert_ne!(base, request_hash(Some(id), "hello!", &[tool("a")]));
-        assert_ne!(base, request_hash(Some(id), "hello", &[tool("b")]));
-        assert_ne!(base, request_hash(Some(id), "hello", &[]));
+        let hash = |conversation, content, tools: &[ClientTool], placement| {
+            request_hash(conversation, content, tools, placement)
+        };
+        let leaf = Placement::AfterLeaf;
+        let base = hash(Some(id), "hello", &[tool("a")], leaf);
+        assert_eq!(base, hash(Some(id), "hello", &[tool("a")], leaf));
+        assert_ne!(base, hash(None, "hello", &[tool("a")], leaf));
+        assert_ne!(base, hash(Some(id), "hello!", &[tool("a")], leaf));
+        assert_ne!(base, hash(Some(id), "hello", &[tool("b")], leaf));
+        assert_ne!(base, hash(Some(id), "hello", &[], leaf));
+        let parent = MessageId::generate();
+        let after = hash(Some(id), "hello", &[tool("a")], Placement::After(parent));
+        assert_ne!(base, after);
+        assert_ne!(
+            after,
+            hash(Some(id), "hello", &[tool("a")], Placement::AsRoot)
+        );
+        assert_ne!(
+            after,
+            hash(
+                Some(id),
+                "hello",
+                &[tool("a")],
+                Placement::After(MessageId::generate())
+            )
+        );
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::events::Sequenced;
 use crate::{
     chat::{Admission, ChatError, Identities, Titler, recent::RecentContexts},
-    domain::{ConversationId, RequestKey, UserId},
+    domain::{ConversationId, Placement, RequestKey, UserId},
     events::TurnEvents,
     llm::ChatModel,
     store::Store,
@@ -75,6 +75,8 @@ pub struct TurnRequest {
     pub request_key: Option<RequestKey>,
     /// Whether the turn goes on when the client goes away.
     pub detached: bool,
+    /// Where the user's message goes in the conversation's tree.
+    pub placement: Placement,
 }
 
 /// A turn's events as its client reads them, `accepted` first. Dropping the stream of a turn
