@@ -9,6 +9,7 @@
 use chat_service_test_support as support;
 
 mod auth;
+mod branches;
 mod client_tools;
 mod conversations;
 mod durable_turns;
