@@ -1,7 +1,8 @@
 //! What `chat-service import` reads from a file: a line of this service's export, or a
 //! conversation of ChatGPT's. Whatever the bytes, parsing never panics, and what it accepts is
 //! what the database can store: no NUL in any text, titles on one line within their bound, and
-//! from ChatGPT only the user's and the assistant's words, none of them blank.
+//! from ChatGPT only the user's and the assistant's words, none of them blank; and messages that
+//! make a tree, each following one written before it.
 #![no_main]
 
 use chat_service::{
@@ -25,6 +26,7 @@ fn storable(conversation: &ArchivedConversation) {
     let title = conversation.title.as_str();
     assert!(title.chars().count() <= Title::MAX_CHARS, "{title:?}");
     assert!(!title.chars().any(char::is_control), "{title:?}");
+    assert!(conversation.parents().is_ok(), "{:?}", conversation.parents());
     for message in &conversation.messages {
         assert!(!message.content.contains('\0'));
         for call in &message.tool_calls {

@@ -28,7 +28,7 @@ pub enum TitleSource {
     Model,
 }
 
-/// A conversation to store as it was elsewhere: its messages in order.
+/// A conversation to store as it was elsewhere: its messages in the order they were written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchivedConversation {
     pub title: Title,
@@ -36,10 +36,65 @@ pub struct ArchivedConversation {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub messages: Vec<ArchivedMessage>,
+    /// Which of `messages` is the current leaf; `None`: the last.
+    pub leaf: Option<usize>,
+}
+
+impl ArchivedConversation {
+    /// The index of each message's parent in `messages` (`None` for a first message). A tree
+    /// is built from messages already written: a parent comes before its child, and the leaf
+    /// is one of the messages.
+    pub fn parents(&self) -> Result<Vec<Option<usize>>, InvalidTree> {
+        let parents: Vec<Option<usize>> = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(at, message)| match message.parent {
+                ArchivedParent::Previous => at.checked_sub(1),
+                ArchivedParent::Root => None,
+                ArchivedParent::Message(parent) => Some(parent),
+            })
+            .collect();
+        if let Some(at) = parents
+            .iter()
+            .enumerate()
+            .position(|(at, parent)| parent.is_some_and(|parent| parent >= at))
+        {
+            return Err(InvalidTree::ParentNotBefore(at));
+        }
+        match self.leaf {
+            Some(leaf) if leaf >= self.messages.len() => Err(InvalidTree::LeafMissing(leaf)),
+            _ => Ok(parents),
+        }
+    }
+}
+
+/// Why an archived conversation's messages do not make a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTree {
+    #[error("message {0} must follow a message that comes before it")]
+    ParentNotBefore(usize),
+    #[error("{0} is not the index of one of its messages")]
+    LeafMissing(usize),
+}
+
+/// The message an archived message follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchivedParent {
+    /// The one before it; none for the first.
+    #[default]
+    Previous,
+    /// None, though messages come before it: the conversation starts anew (an edited first
+    /// message).
+    Root,
+    /// The message at this index of the conversation's messages, which comes before it.
+    Message(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchivedMessage {
+    /// The message it follows.
+    pub parent: ArchivedParent,
     pub role: Role,
     /// Never holds NUL, which PostgreSQL's text cannot.
     pub content: String,

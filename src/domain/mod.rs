@@ -13,7 +13,10 @@ mod tool;
 mod tree;
 mod turn;
 
-pub use archive::{ArchivedConversation, ArchivedMessage, ArchivedToolCall, TitleSource};
+pub use archive::{
+    ArchivedConversation, ArchivedMessage, ArchivedParent, ArchivedToolCall, InvalidTree,
+    TitleSource,
+};
 pub use content::{InvalidContent, MessageContent};
 pub use conversation::{
     Conversation, InvalidTitle, Message, MessageStatus, Role, Title, ToolCall, ToolCallStatus,

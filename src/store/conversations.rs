@@ -211,24 +211,40 @@ impl Store {
     }
 
     /// Every message of the user's conversation, of every branch, in the order they were
-    /// written, or `None` if the user has no such conversation.
+    /// written, each with the message it follows; and the conversation's current leaf. `None`
+    /// if the user has no such conversation.
     pub async fn every_message(
         &self,
         user: UserId,
         conversation: ConversationId,
-    ) -> Result<Option<Vec<Message>>, StoreError> {
+    ) -> Result<Option<WholeConversation>, StoreError> {
         self.run(LIST_MESSAGES, async |conn| {
-            if !owns_conversation(conn, user, conversation).await? {
+            let leaf = conversations::table
+                .filter(conversations::id.eq(conversation.as_uuid()))
+                .filter(conversations::user_id.eq(user.as_uuid()))
+                .select(conversations::leaf_id)
+                .first::<Option<Uuid>>(conn)
+                .await
+                .optional()?;
+            let Some(leaf) = leaf else {
                 return Ok(None);
-            }
+            };
             let rows = messages::table
                 .filter(messages::conversation_id.eq(conversation.as_uuid()))
                 .select(MessageRow::as_select())
                 .order(messages::sequence.asc())
                 .load::<MessageRow>(conn)
                 .await?;
+            let parents: Vec<Option<MessageId>> = rows
+                .iter()
+                .map(|row| row.parent_id.map(MessageId::from_uuid))
+                .collect();
             let calls = tool_calls_of(conn, &rows).await?;
-            Ok(Some(with_tool_calls(conversation, rows, calls)?))
+            let messages = with_tool_calls(conversation, rows, calls)?;
+            Ok(Some(WholeConversation {
+                messages: messages.into_iter().zip(parents).collect(),
+                leaf: leaf.map(MessageId::from_uuid),
+            }))
         })
         .await
     }
@@ -323,21 +339,6 @@ impl Store {
     }
 }
 
-pub(super) async fn owns_conversation(
-    conn: &mut Conn,
-    user: UserId,
-    id: ConversationId,
-) -> Result<bool, StoreError> {
-    let owned = diesel::select(exists(
-        conversations::table
-            .filter(conversations::id.eq(id.as_uuid()))
-            .filter(conversations::user_id.eq(user.as_uuid())),
-    ))
-    .get_result::<bool>(conn)
-    .await?;
-    Ok(owned)
-}
-
 /// A conversation's messages as one line: each follows the one before it, without siblings.
 fn in_line(
     conversation: ConversationId,
@@ -353,6 +354,14 @@ fn in_line(
             place: TreePlace::in_line(parent.map(MessageId::from_uuid)),
         })
         .collect())
+}
+
+/// Every message of a conversation, as an export writes it.
+#[derive(Debug)]
+pub struct WholeConversation {
+    /// In the order they were written, each with the message it follows.
+    pub messages: Vec<(Message, Option<MessageId>)>,
+    pub leaf: Option<MessageId>,
 }
 
 /// A page of a conversation's messages, or why there is none.

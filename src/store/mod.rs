@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub use connect::{ConnectError, DatabaseSettings, PoolSettings, quote_identifier};
-pub use conversations::MessagesPage;
+pub use conversations::{MessagesPage, WholeConversation};
 pub use error::StoreError;
 pub use leases::LapsedTurn;
 pub use migrations::{MigrationError, run_migrations};

@@ -39,6 +39,8 @@ struct ImportedMessageRow<'a> {
     status: &'static str,
     created_at: chrono::DateTime<chrono::Utc>,
     sequence: i64,
+    parent_id: Option<Uuid>,
+    depth: i32,
 }
 
 #[derive(Insertable)]
@@ -102,7 +104,21 @@ impl Store {
             .iter()
             .map(|_| *MessageId::generate().as_uuid())
             .collect();
-        let messages = message_rows(id, archived, &message_ids);
+        let parents = archived
+            .parents()
+            .map_err(|e| StoreError::Corrupt(format!("an archived conversation: {e}")))?;
+        let messages = message_rows(id, archived, &message_ids, &parents);
+        let leaf = archived
+            .leaf
+            .or(messages.len().checked_sub(1))
+            .and_then(|at| messages.get(at))
+            .map(|leaf| (leaf.id, leaf.depth));
+        // A conversation that is not one line is read as a tree.
+        let branched = parents
+            .iter()
+            .enumerate()
+            .any(|(at, parent)| *parent != at.checked_sub(1))
+            || leaf.is_some_and(|(id, _)| Some(id) != messages.last().map(|m| m.id));
         let calls = tool_call_rows(archived, &message_ids);
         self.run_transaction_by_hand(IMPORT, async |conn| {
             diesel::sql_query("BEGIN").execute(conn).await?;
@@ -116,6 +132,9 @@ impl Store {
                     conversations::updated_at.eq(archived.update_time),
                     conversations::revision
                         .eq(i64::try_from(archived.messages.len()).unwrap_or(i64::MAX)),
+                    conversations::leaf_id.eq(leaf.map(|(id, _)| id)),
+                    conversations::leaf_depth.eq(leaf.map(|(_, depth)| depth)),
+                    conversations::leaf_jumps.eq(i64::from(branched)),
                 ))
                 .execute(conn)
                 .await?;
@@ -139,18 +158,23 @@ impl Store {
 }
 
 /// The archived conversation's messages as rows of the conversation `id`, numbered from 1 in
-/// order, with the given ids.
+/// order, with the given ids, each after the parent `parents` names (by index, always an
+/// earlier one).
 fn message_rows<'a>(
     id: ConversationId,
     archived: &'a ArchivedConversation,
     message_ids: &[Uuid],
+    parents: &[Option<usize>],
 ) -> Vec<ImportedMessageRow<'a>> {
-    archived
+    let mut rows: Vec<ImportedMessageRow<'a>> = Vec::with_capacity(archived.messages.len());
+    for ((message, &message_id), (sequence, parent)) in archived
         .messages
         .iter()
         .zip(message_ids)
-        .zip(1..)
-        .map(|((message, &message_id), sequence)| ImportedMessageRow {
+        .zip((1..).zip(parents))
+    {
+        let parent = parent.and_then(|at| rows.get(at));
+        rows.push(ImportedMessageRow {
             id: message_id,
             conversation_id: *id.as_uuid(),
             role: message.role.into(),
@@ -158,8 +182,11 @@ fn message_rows<'a>(
             status: message.status.into(),
             created_at: message.create_time,
             sequence,
-        })
-        .collect()
+            parent_id: parent.map(|parent| parent.id),
+            depth: parent.map_or(0, |parent| parent.depth.saturating_add(1)),
+        });
+    }
+    rows
 }
 
 /// The tool calls of the archived conversation's messages, in each message's order.

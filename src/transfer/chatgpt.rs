@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::domain::{
-    ArchivedConversation, ArchivedMessage, MessageStatus, Role, Title, TitleSource,
+    ArchivedConversation, ArchivedMessage, ArchivedParent, MessageStatus, Role, Title, TitleSource,
 };
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +149,7 @@ impl ChatGptConversation {
                     _ => MessageStatus::Complete,
                 };
                 Some(ArchivedMessage {
+                    parent: ArchivedParent::Previous,
                     role,
                     content,
                     status,
@@ -164,6 +165,7 @@ impl ChatGptConversation {
             create_time,
             update_time,
             messages,
+            leaf: None,
         })
     }
 }

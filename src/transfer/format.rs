@@ -1,6 +1,6 @@
 //! This service's export format, JSON Lines, version 1: a header line, then one line per
-//! conversation with its messages in order and their tool calls. Times are RFC 3339 in UTC with
-//! microseconds; ids are the service's, for reference, and are not read back.
+//! conversation with its messages in the order they were written and their tool calls. Times are
+//! RFC 3339 in UTC with microseconds; ids are the service's, for reference, and are not read back.
 //!
 //! ```text
 //! {"format":"chat-service.conversations","version":1}
@@ -9,13 +9,21 @@
 //!               "tool_calls":[{"id":"call_1","name":…,"arguments":{…},"status":"succeeded",
 //!                              "result":{…}}]}]}
 //! ```
+//!
+//! A message follows the one before it. Only a conversation with branches says otherwise: a
+//! message's `"parent"` is the index in `messages` of the one it follows, when that is another;
+//! `"root": true` marks another first message (an edited first message); the conversation's
+//! `"leaf"` is the index of its current leaf, when that is not the last message. Lines without
+//! them, as every export before branches wrote, are read as one line.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    ArchivedConversation, ArchivedMessage, ArchivedToolCall, Conversation, Message, MessageStatus,
-    Role, Title, TitleSource, ToolCallStatus,
+    ArchivedConversation, ArchivedMessage, ArchivedParent, ArchivedToolCall, Conversation,
+    InvalidTree, Message, MessageId, MessageStatus, Role, Title, TitleSource, ToolCallStatus,
 };
 
 pub const FORMAT: &str = "chat-service.conversations";
@@ -54,6 +62,9 @@ pub struct ConversationFields {
     pub title_source: TitleSource,
     pub create_time: String,
     pub update_time: String,
+    /// The index in `messages` of the current leaf, when that is not the last message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<usize>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,6 +73,12 @@ pub struct MessageLine {
     /// Not read back.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
+    /// The index in `messages` of the message this one follows, when that is not the one before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<usize>,
+    /// Whether this message follows none, though messages come before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root: bool,
     pub role: Role,
     pub content: String,
     pub status: MessageStatus,
@@ -144,20 +161,32 @@ fn storable_json(
 }
 
 impl ConversationLine {
-    /// The line for a stored conversation and its messages, in order.
-    pub fn of(conversation: &Conversation, source: TitleSource, messages: Vec<Message>) -> Self {
-        Self {
-            conversation: ConversationFields {
-                id: conversation.id.to_string(),
-                title: conversation.title.as_str().to_owned(),
-                title_source: source,
-                create_time: time_text(conversation.create_time),
-                update_time: time_text(conversation.update_time),
-            },
-            messages: messages
-                .into_iter()
-                .map(|message| MessageLine {
+    /// The line for a stored conversation and its messages, in the order they were written,
+    /// each with the message it follows, and its current leaf.
+    pub fn of(
+        conversation: &Conversation,
+        source: TitleSource,
+        messages: Vec<(Message, Option<MessageId>)>,
+        leaf: Option<MessageId>,
+    ) -> Self {
+        let index: HashMap<MessageId, usize> = messages
+            .iter()
+            .enumerate()
+            .map(|(at, (message, _))| (message.id, at))
+            .collect();
+        let last = messages.len().checked_sub(1);
+        let leaf = leaf
+            .and_then(|leaf| index.get(&leaf).copied())
+            .filter(|leaf| Some(*leaf) != last);
+        let lines = messages
+            .into_iter()
+            .enumerate()
+            .map(|(at, (message, parent))| {
+                let parent = parent.and_then(|parent| index.get(&parent).copied());
+                MessageLine {
                     id: message.id.to_string(),
+                    parent: parent.filter(|parent| Some(*parent) != at.checked_sub(1)),
+                    root: parent.is_none() && at > 0,
                     role: message.role,
                     content: message.content,
                     status: message.status,
@@ -173,8 +202,19 @@ impl ConversationLine {
                             result: call.result,
                         })
                         .collect(),
-                })
-                .collect(),
+                }
+            })
+            .collect();
+        Self {
+            conversation: ConversationFields {
+                id: conversation.id.to_string(),
+                title: conversation.title.as_str().to_owned(),
+                title_source: source,
+                create_time: time_text(conversation.create_time),
+                update_time: time_text(conversation.update_time),
+                leaf,
+            },
+            messages: lines,
         }
     }
 
@@ -187,18 +227,35 @@ impl ConversationLine {
             .into_iter()
             .map(MessageLine::into_archived)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ArchivedConversation {
+        let archived = ArchivedConversation {
             title,
             title_source: fields.title_source,
             create_time: parse_time("conversation.create_time", &fields.create_time)?,
             update_time: parse_time("conversation.update_time", &fields.update_time)?,
             messages,
-        })
+            leaf: fields.leaf,
+        };
+        match archived.parents() {
+            Ok(_) => Ok(archived),
+            Err(e @ InvalidTree::LeafMissing(_)) => Err(invalid("conversation.leaf", e)),
+            Err(e @ InvalidTree::ParentNotBefore(_)) => Err(invalid("messages.parent", e)),
+        }
     }
 }
 
 impl MessageLine {
     fn into_archived(self) -> Result<ArchivedMessage, InvalidLine> {
+        let parent = match (self.parent, self.root) {
+            (None, false) => ArchivedParent::Previous,
+            (None, true) => ArchivedParent::Root,
+            (Some(parent), false) => ArchivedParent::Message(parent),
+            (Some(_), true) => {
+                return Err(invalid(
+                    "messages.root",
+                    "a message that follows a parent is not a first message",
+                ));
+            }
+        };
         let tool_calls = self
             .tool_calls
             .into_iter()
@@ -216,6 +273,7 @@ impl MessageLine {
             })
             .collect::<Result<Vec<_>, InvalidLine>>()?;
         Ok(ArchivedMessage {
+            parent,
             role: self.role,
             content: storable("messages.content", self.content)?,
             status: self.status,

@@ -65,12 +65,12 @@ pub async fn export(
         else {
             continue;
         };
-        let Some(messages) = store.every_message(user, id).await? else {
+        let Some(whole) = store.every_message(user, id).await? else {
             continue;
         };
         exported.conversations += 1;
-        exported.messages += messages.len();
-        let line = ConversationLine::of(&conversation, source, messages);
+        exported.messages += whole.messages.len();
+        let line = ConversationLine::of(&conversation, source, whole.messages, whole.leaf);
         serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;
     }

@@ -3,13 +3,21 @@
 
 use std::process::Stdio;
 
-use chat_service::api::proto::{GetConversationRequest, ListConversationsRequest};
+use chat_service::api::proto::{
+    GetConversationRequest, ListConversationsRequest, Message, SendMessageRequest,
+    SwitchBranchRequest,
+};
 use tokio::io::AsyncWriteExt;
 
 use super::{
     send_message::send_ok,
-    support::{FakeLlm, Script, TestApp, TestDatabase, app::without_user_limits},
+    support::{
+        FakeLlm, Script, TestApp, TestDatabase, app::without_user_limits, streams::read_to_end,
+    },
 };
+
+/// The parent that makes a message another first one.
+const ROOT: &str = "00000000-0000-0000-0000-000000000000";
 
 /// What one run of the binary left.
 struct Run {
@@ -280,7 +288,12 @@ async fn bad_input_is_refused_with_its_line_and_nothing_is_half_written() {
     let bad_role = r#"{"conversation":{"title":"Bad","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z"},"messages":[{"role":"user","content":"kept?","status":"complete","create_time":"2026-11-01T10:00:00Z"},{"role":"wizard","content":"no","status":"complete","create_time":"2026-11-01T10:00:00Z"}]}"#;
     let nul = r#"{"conversation":{"title":"Nul","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z"},"messages":[{"role":"user","content":"a\u0000b","status":"complete","create_time":"2026-11-01T10:00:00Z"}]}"#;
     let bad_time = r#"{"conversation":{"title":"Time","title_source":"client","create_time":"yesterday","update_time":"2026-11-01T10:00:00Z"},"messages":[]}"#;
-    let input = format!("{header}\n{good}\n{bad_role}\n\n{nul}\n{bad_time}\nnot json\n");
+    // Its first message follows its second: not a tree written in order.
+    let forward = r#"{"conversation":{"title":"Forward","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z"},"messages":[{"parent":1,"role":"user","content":"a","status":"complete","create_time":"2026-11-01T10:00:00Z"},{"role":"assistant","content":"b","status":"complete","create_time":"2026-11-01T10:00:00Z"}]}"#;
+    let no_leaf = r#"{"conversation":{"title":"Leaf","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z","leaf":4},"messages":[{"role":"user","content":"a","status":"complete","create_time":"2026-11-01T10:00:00Z"}]}"#;
+    let input = format!(
+        "{header}\n{good}\n{bad_role}\n\n{nul}\n{bad_time}\nnot json\n{forward}\n{no_leaf}\n"
+    );
     let run = chat_service(&db, &["import", "--user", "alice"], input.as_bytes()).await;
     assert!(!run.success);
     for expected in [
@@ -288,7 +301,9 @@ async fn bad_input_is_refused_with_its_line_and_nothing_is_half_written() {
         "refused line 5: messages.content: holds a NUL character",
         "refused line 6: conversation.create_time: \"yesterday\" is not an RFC 3339 time",
         "refused line 7: not valid JSON for this format",
-        "imported 1 conversations (1 messages) into alice; refused 4",
+        "refused line 8: messages.parent: message 0 must follow a message that comes before it",
+        "refused line 9: conversation.leaf: 4 is not the index of one of its messages",
+        "imported 1 conversations (1 messages) into alice; refused 6",
     ] {
         assert!(
             run.stderr.contains(expected),
@@ -332,5 +347,145 @@ async fn bad_input_is_refused_with_its_line_and_nothing_is_half_written() {
         db.count("SELECT count(*) AS n FROM users WHERE subject = 'nobody'")
             .await,
         0
+    );
+}
+
+/// Alice's message `content` in `conversation`, after `parent`.
+async fn send_after(app: &TestApp, conversation: &str, parent: &str, content: &str) {
+    let request = app.request(
+        "alice",
+        SendMessageRequest {
+            conversation_id: conversation.to_owned(),
+            content: content.to_owned(),
+            parent_message_id: parent.to_owned(),
+            ..Default::default()
+        },
+    );
+    let mut stream = app
+        .chat()
+        .send_message(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let (_, error) = read_to_end(&mut stream).await;
+    assert!(error.is_none(), "{error:?}");
+}
+
+async fn branch_of(app: &TestApp, user: &str, conversation: &str) -> Vec<Message> {
+    app.conversations()
+        .get_conversation(app.request(
+            user,
+            GetConversationRequest {
+                conversation_id: conversation.to_owned(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+        .messages
+}
+
+#[tokio::test]
+async fn a_conversation_with_branches_comes_back_with_them() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, without_user_limits).await;
+    let conversation = send_ok(&app, "alice", "", "first").await.conversation_id();
+    send_ok(&app, "alice", &conversation, "second").await;
+    let line = branch_of(&app, "alice", &conversation).await;
+    send_after(&app, &conversation, &line[1].id, "second, edited").await;
+    send_after(&app, &conversation, ROOT, "first, edited").await;
+    // Back to the first branch: the leaf is not the last message written.
+    app.conversations()
+        .switch_branch(app.request(
+            "alice",
+            SwitchBranchRequest {
+                conversation_id: conversation.clone(),
+                message_id: line[3].id.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+
+    let first = export(&app.db, "alice").await;
+    let exported: serde_json::Value =
+        serde_json::from_str(first.lines().nth(1).unwrap_or_default()).unwrap_or_default();
+    let messages = exported["messages"].as_array().cloned().unwrap_or_default();
+    let contents: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "first",
+            "You said: first.",
+            "second",
+            "You said: second.",
+            "second, edited",
+            "You said: second, edited.",
+            "first, edited",
+            "You said: first, edited."
+        ]
+    );
+    let links: Vec<(Option<u64>, Option<bool>)> = messages
+        .iter()
+        .map(|m| (m["parent"].as_u64(), m["root"].as_bool()))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            (None, None),
+            (None, None),
+            (None, None),
+            (None, None),
+            (Some(1), None),
+            (None, None),
+            (None, Some(true)),
+            (None, None)
+        ]
+    );
+    assert_eq!(exported["conversation"]["leaf"], 3);
+
+    let fresh = TestDatabase::new().await;
+    let imported = chat_service(&fresh, &["import", "--user", "carol"], first.as_bytes()).await;
+    assert!(imported.success, "{}", imported.stderr);
+    let second = export(&fresh, "carol").await;
+    assert_eq!(without_ids(&second), without_ids(&first));
+
+    // Carol's copy shows the same branch, with the same siblings, and goes on from its leaf.
+    let carol =
+        TestApp::with_fake_llm(&fake, |config| config.database.url = fresh.url.clone()).await;
+    let copy: serde_json::Value =
+        serde_json::from_str(second.lines().nth(1).unwrap_or_default()).unwrap_or_default();
+    let copied = copy["conversation"]["id"].as_str().unwrap_or_default();
+    let shown = branch_of(&carol, "carol", copied).await;
+    let seen: Vec<(&str, u32, u32)> = shown
+        .iter()
+        .map(|m| (m.content.as_str(), m.sibling_index, m.sibling_count))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("first", 0, 2),
+            ("You said: first.", 0, 1),
+            ("second", 0, 2),
+            ("You said: second.", 0, 1)
+        ]
+    );
+    send_ok(&carol, "carol", copied, "third").await;
+    let sent: Vec<String> = fake
+        .received()
+        .last()
+        .map(|r| r.messages().into_iter().map(|(_, c)| c).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        sent,
+        [
+            "first",
+            "You said: first.",
+            "second",
+            "You said: second.",
+            "third"
+        ]
     );
 }
