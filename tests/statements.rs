@@ -107,7 +107,8 @@ fn kind(sql: &str) -> &'static str {
     match sql {
         "BEGIN" => "BEGIN",
         "COMMIT" => "COMMIT",
-        _ if sql.starts_with("WITH RECURSIVE tip AS") => "write user message",
+        _ if sql.starts_with("WITH tip AS") => "write user message",
+        _ if sql.starts_with("WITH RECURSIVE tip AS") => "write user message at a chosen place",
         _ if sql.starts_with("WITH locked AS") && sql.contains("INSERT INTO tool_calls") => {
             "write reply with calls"
         }

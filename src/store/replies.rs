@@ -24,35 +24,53 @@ use crate::domain::{Message, MessageId, Revision, ToolCallStatus, UserId};
 /// locked before the turn's, in the order a deletion takes them; both locks return the rows'
 /// latest state, even after waiting for another transaction.
 ///
-/// The reply `follows` the conversation's leaf and becomes the leaf, while the leaf has not
-/// jumped to another branch since its turn started: turns taken at once on one branch line up in
-/// the order they are written, as they always did. After a jump, it follows its own turn's
-/// newest message, and becomes the leaf only if that message is the leaf.
+/// Where the reply goes in the conversation's tree, `follows` says: the message it follows
+/// (`id`, `depth`), and whether it becomes the leaf (`moves_leaf`). The statements come in two
+/// kinds, so that a turn's usual reply pays for no search:
+/// - **on the branch** ([`APPEND_REPLY`]): while the leaf has not jumped to another branch since
+///   the reply's turn started, the reply follows the leaf and becomes the leaf. Turns taken at
+///   once on one branch line up in the order they are written, as they always did. After a
+///   jump, it writes nothing and answers `off_branch`;
+/// - **off the branch** ([`APPEND_REPLY_OFF_BRANCH`]): the reply follows its own turn's newest
+///   message, and becomes the leaf only if that message is the leaf.
 macro_rules! reply_locks {
+    ($($follows:tt)*) => {
+        concat!(
+            "WITH locked AS MATERIALIZED (
+                 SELECT id, leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth, leaf_jumps
+                 FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+             ), owned AS MATERIALIZED (
+                 SELECT id, leaf_jumps FROM turns
+                 WHERE id = $8 AND attempt = $9 AND state = $13 AND EXISTS (SELECT 1 FROM locked)
+                 FOR NO KEY UPDATE
+             ), follows AS MATERIALIZED (",
+            $($follows)*,
+            "), "
+        )
+    };
+}
+
+/// The leaf, while the reply's turn (if it has one) started on its branch.
+macro_rules! on_branch {
     () => {
-        "WITH locked AS MATERIALIZED (
-             SELECT id, leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth, leaf_jumps
-             FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
-         ), owned AS MATERIALIZED (
-             SELECT id, leaf_jumps FROM turns
-             WHERE id = $8 AND attempt = $9 AND state = $13 AND EXISTS (SELECT 1 FROM locked)
-             FOR NO KEY UPDATE
-         ), follows AS MATERIALIZED (
-             SELECT l.leaf_id AS id, l.leaf_depth AS depth, true AS moves_leaf FROM locked l
-             WHERE NOT EXISTS (SELECT 1 FROM owned o WHERE o.leaf_jumps <> l.leaf_jumps)
-             UNION ALL
-             (SELECT m.id, m.depth, m.id IS NOT DISTINCT FROM l.leaf_id
-              FROM locked l, owned o, messages m
-              WHERE o.leaf_jumps <> l.leaf_jumps AND m.conversation_id = $1
-                AND (m.id = $8 OR (m.turn_id = $8 AND m.turn_attempt = $9))
-              ORDER BY m.sequence DESC
-              LIMIT 1)
-         ), "
+        "SELECT l.leaf_id AS id, l.leaf_depth AS depth, true AS moves_leaf FROM locked l
+         WHERE NOT EXISTS (SELECT 1 FROM owned o WHERE o.leaf_jumps <> l.leaf_jumps)"
+    };
+}
+
+/// The newest message of the reply's turn: its user message, or its last round's reply.
+macro_rules! off_branch {
+    () => {
+        "SELECT m.id, m.depth, m.id IS NOT DISTINCT FROM l.leaf_id AS moves_leaf
+         FROM locked l, messages m
+         WHERE m.conversation_id = $1 AND (m.id = $8 OR (m.turn_id = $8 AND m.turn_attempt = $9))
+         ORDER BY m.sequence DESC
+         LIMIT 1"
     };
 }
 
 /// The conversation's row as a reply moves it forward, with `$extra` set too; only while the
-/// reply's turn (if it has one) is the writer's.
+/// reply's turn (if it has one) is the writer's, and the reply has its place.
 macro_rules! reply_touches {
     ($extra:literal) => {
         concat!(
@@ -64,7 +82,7 @@ macro_rules! reply_touches {
                                        THEN (SELECT depth FROM follows) + 1 ELSE leaf_depth END",
             $extra,
             "
-                 WHERE id = $1 AND user_id = $2
+                 WHERE id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM follows)
                    AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM owned))
                  RETURNING id, revision
              ), "
@@ -98,7 +116,9 @@ macro_rules! reply_answers {
                  AND EXISTS (SELECT 1 FROM locked) AND NOT EXISTS (SELECT 1 FROM owned)
                  AS taken_over,
              $8::uuid IS NOT NULL AND (SELECT revision FROM touched) IS NULL
-                 AND EXISTS (SELECT 1 FROM messages WHERE id = $4) AS stored_before"
+                 AND EXISTS (SELECT 1 FROM messages WHERE id = $4) AS stored_before,
+             (SELECT revision FROM touched) IS NULL AND EXISTS (SELECT 1 FROM owned)
+                 AND NOT EXISTS (SELECT 1 FROM follows) AS off_branch"
     };
 }
 
@@ -109,39 +129,57 @@ macro_rules! reply_answers {
 /// writer's, or the reply was written already, by a try whose answer was lost); then nothing
 /// is written.
 const APPEND_REPLY: &str = concat!(
-    reply_locks!(),
+    reply_locks!(on_branch!()),
     reply_touches!(""),
     reply_writes!(),
     reply_answers!()
 );
+
+/// [`APPEND_REPLY`] for a reply whose turn's branch stopped being current.
+const APPEND_REPLY_OFF_BRANCH: &str = concat!(
+    reply_locks!(off_branch!()),
+    reply_touches!(""),
+    reply_writes!(),
+    reply_answers!()
+);
+
+/// The statement that stores a reply with its calls, placed as `$follows` says.
+macro_rules! with_calls {
+    ($($follows:tt)*) => {
+        concat!(
+            reply_locks!($($follows)*),
+            reply_touches!(
+                ",
+                     awaiting_message = CASE WHEN $14::text[] IS NULL THEN awaiting_message ELSE $4 END,
+                     awaiting_calls = COALESCE($14, awaiting_calls),
+                     awaiting_until = CASE WHEN $14::text[] IS NULL THEN awaiting_until ELSE $15 END"
+            ),
+            reply_writes!(),
+            ", calls AS (
+                 INSERT INTO tool_calls (id, message_id, position, provider_call_id, name,
+                                         arguments, status, result, created_at, answer_index)
+                 SELECT c.id, $4, (c.position - 1)::int4, c.provider_call_id, c.name, c.arguments,
+                        c.status, c.result, $3, c.answer_index
+                 FROM touched,
+                      unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
+                             $21::jsonb[], $22::int4[])
+                          WITH ORDINALITY AS c(id, provider_call_id, name, arguments, status,
+                                               result, answer_index, position)
+             )",
+            reply_answers!()
+        )
+    };
+}
 
 /// [`APPEND_REPLY`] for a reply that called tools, with its calls: ids `$16`, the provider's
 /// ids `$17`, names `$18`, arguments `$19`, statuses `$20`, results `$21` and answer indexes
 /// `$22`, in the order the model made them. With `$14`, the reply awaits the results of those
 /// calls (by the provider's ids) that the client runs, until `$15`, and the conversation takes
 /// no user message meanwhile. One statement, so one round trip, atomic by itself.
-const APPEND_REPLY_WITH_CALLS: &str = concat!(
-    reply_locks!(),
-    reply_touches!(
-        ",
-                     awaiting_message = CASE WHEN $14::text[] IS NULL THEN awaiting_message ELSE $4 END,
-                     awaiting_calls = COALESCE($14, awaiting_calls),
-                     awaiting_until = CASE WHEN $14::text[] IS NULL THEN awaiting_until ELSE $15 END"
-    ),
-    reply_writes!(),
-    ", calls AS (
-         INSERT INTO tool_calls (id, message_id, position, provider_call_id, name, arguments,
-                                 status, result, created_at, answer_index)
-         SELECT c.id, $4, (c.position - 1)::int4, c.provider_call_id, c.name, c.arguments,
-                c.status, c.result, $3, c.answer_index
-         FROM touched,
-              unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
-                     $21::jsonb[], $22::int4[])
-                  WITH ORDINALITY AS c(id, provider_call_id, name, arguments, status, result,
-                                       answer_index, position)
-     )",
-    reply_answers!()
-);
+const APPEND_REPLY_WITH_CALLS: &str = with_calls!(on_branch!());
+
+/// [`APPEND_REPLY_WITH_CALLS`] for a reply whose turn's branch stopped being current.
+const APPEND_REPLY_WITH_CALLS_OFF_BRANCH: &str = with_calls!(off_branch!());
 
 /// What [`APPEND_REPLY`] answers.
 #[derive(QueryableByName)]
@@ -152,32 +190,62 @@ struct ReplyRow {
     taken_over: bool,
     #[diesel(sql_type = Bool)]
     stored_before: bool,
+    #[diesel(sql_type = Bool)]
+    off_branch: bool,
 }
 
-/// [`APPEND_REPLY`] for `reply`, of `turn` if it has one.
+/// Where a reply is written: on its turn's branch, as usual, or off it, once the first try found
+/// that the leaf jumped to another branch since the turn started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Branch {
+    On,
+    Off,
+}
+
+/// What one write of a reply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReplyWritten {
+    /// What the caller is told.
+    Done(ReplyStored),
+    /// Nothing, on its branch: the leaf jumped to another since its turn started. It is to be
+    /// written off the branch.
+    OffBranch,
+}
+
+/// [`APPEND_REPLY`] (or [`APPEND_REPLY_OFF_BRANCH`]) for `reply`, of `turn` if it has one.
 pub(super) async fn append_reply(
     mut conn: &Conn,
     user: UserId,
     reply: &Message,
     turn: Option<&ReplyOf<'_>>,
-) -> QueryResult<ReplyStored> {
-    let row = bind_reply(fixed(APPEND_REPLY), user, reply, turn)
+    branch: Branch,
+) -> QueryResult<ReplyWritten> {
+    let statement = match branch {
+        Branch::On => APPEND_REPLY,
+        Branch::Off => APPEND_REPLY_OFF_BRANCH,
+    };
+    let row = bind_reply(fixed(statement), user, reply, turn)
         .get_result::<ReplyRow>(&mut conn)
         .await?;
     Ok(row.into())
 }
 
-/// [`APPEND_REPLY_WITH_CALLS`] for `reply`, of `turn` if it has one, awaiting the client's
-/// results of `awaiting` if given.
+/// [`APPEND_REPLY_WITH_CALLS`] (or its twin off the branch) for `reply`, of `turn` if it has
+/// one, awaiting the client's results of `awaiting` if given.
 pub(super) async fn append_reply_with_calls(
     mut conn: &Conn,
     user: UserId,
     reply: &Message,
     awaiting: Option<&Awaiting>,
     turn: Option<&ReplyOf<'_>>,
-) -> QueryResult<ReplyStored> {
+    branch: Branch,
+) -> QueryResult<ReplyWritten> {
     let calls = &reply.tool_calls;
-    let row = bind_reply(fixed(APPEND_REPLY_WITH_CALLS), user, reply, turn)
+    let statement = match branch {
+        Branch::On => APPEND_REPLY_WITH_CALLS,
+        Branch::Off => APPEND_REPLY_WITH_CALLS_OFF_BRANCH,
+    };
+    let row = bind_reply(fixed(statement), user, reply, turn)
         .bind::<Nullable<Array<Text>>, _>(awaiting.map(|awaiting| &awaiting.calls))
         .bind::<Nullable<Timestamptz>, _>(awaiting.map(|awaiting| awaiting.until))
         .bind::<Array<SqlUuid>, _>(calls.iter().map(|c| *c.id.as_uuid()).collect::<Vec<_>>())
@@ -238,22 +306,25 @@ fn bind_reply<'a>(
         .bind::<Nullable<Text>, _>(turn.map(|turn| <&str>::from(turn.while_state)))
 }
 
-impl From<ReplyRow> for ReplyStored {
+impl From<ReplyRow> for ReplyWritten {
     fn from(row: ReplyRow) -> Self {
-        match row {
+        Self::Done(match row {
             ReplyRow {
                 revision: Some(revision),
                 ..
-            } => Self::At(revision),
+            } => ReplyStored::At(revision),
             ReplyRow {
                 stored_before: true,
                 ..
-            } => Self::StoredBefore,
+            } => ReplyStored::StoredBefore,
             ReplyRow {
                 taken_over: true, ..
-            } => Self::TurnTakenOver,
-            ReplyRow { .. } => Self::ConversationGone,
-        }
+            } => ReplyStored::TurnTakenOver,
+            ReplyRow {
+                off_branch: true, ..
+            } => return Self::OffBranch,
+            ReplyRow { .. } => ReplyStored::ConversationGone,
+        })
     }
 }
 
@@ -319,6 +390,13 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         ends: None,
         while_state: crate::domain::TurnState::Generating,
     };
-    append_reply(conn, UserId::from_uuid(nowhere), &reply, Some(&turn)).await?;
+    append_reply(
+        conn,
+        UserId::from_uuid(nowhere),
+        &reply,
+        Some(&turn),
+        Branch::On,
+    )
+    .await?;
     Ok(())
 }

@@ -14,7 +14,10 @@ use tracing::Instrument;
 
 use super::{
     Conn, Operation, Store, StoreError,
-    replies::{Awaiting, ReplyOf, ReplyStored, TurnEnding, append_reply, append_reply_with_calls},
+    replies::{
+        Awaiting, Branch, ReplyOf, ReplyStored, ReplyWritten, TurnEnding, append_reply,
+        append_reply_with_calls,
+    },
     turns::{begin, commit},
 };
 use crate::domain::{Attempt, Message, MessageId, TurnState, UserId};
@@ -37,7 +40,7 @@ struct Pending {
     user: UserId,
     reply: Message,
     turn: Option<TurnOfReply>,
-    answer: oneshot::Sender<Result<ReplyStored, StoreError>>,
+    answer: oneshot::Sender<Result<ReplyWritten, StoreError>>,
 }
 
 /// [`ReplyOf`], owned, for the writer's task.
@@ -90,7 +93,7 @@ impl ReplyQueue {
         user: UserId,
         reply: &Message,
         turn: Option<&ReplyOf<'_>>,
-    ) -> Result<ReplyStored, StoreError> {
+    ) -> Result<ReplyWritten, StoreError> {
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
             user,
@@ -142,15 +145,34 @@ impl Store {
         turn: Option<&ReplyOf<'_>>,
     ) -> Result<ReplyStored, StoreError> {
         let span = super::client_span(WRITE);
-        match &self.replies {
+        let written = match &self.replies {
             Some(queue) if reply.tool_calls.is_empty() => {
-                queue.write(user, reply, turn).instrument(span).await
+                queue
+                    .write(user, reply, turn)
+                    .instrument(span.clone())
+                    .await?
             }
             _ => {
-                self.store_reply_alone(user, reply, awaiting, turn)
-                    .instrument(span)
-                    .await
+                self.store_reply_alone(user, reply, awaiting, turn, Branch::On)
+                    .instrument(span.clone())
+                    .await?
             }
+        };
+        let written = match written {
+            // Rare: the client moved to another branch while the turn generated.
+            ReplyWritten::OffBranch => {
+                self.store_reply_alone(user, reply, awaiting, turn, Branch::Off)
+                    .instrument(span)
+                    .await?
+            }
+            done @ ReplyWritten::Done(_) => done,
+        };
+        match written {
+            ReplyWritten::Done(stored) => Ok(stored),
+            ReplyWritten::OffBranch => Err(StoreError::Corrupt(format!(
+                "reply {} found no message of its turn to follow",
+                reply.id
+            ))),
         }
     }
 
@@ -161,12 +183,13 @@ impl Store {
         reply: &Message,
         awaiting: Option<&Awaiting>,
         turn: Option<&ReplyOf<'_>>,
-    ) -> Result<ReplyStored, StoreError> {
+        branch: Branch,
+    ) -> Result<ReplyWritten, StoreError> {
         self.on_connection(false, async |conn| {
             Ok(if reply.tool_calls.is_empty() {
-                append_reply(&*conn, user, reply, turn).await?
+                append_reply(&*conn, user, reply, turn, branch).await?
             } else {
-                append_reply_with_calls(&*conn, user, reply, awaiting, turn).await?
+                append_reply_with_calls(&*conn, user, reply, awaiting, turn, branch).await?
             })
         })
         .await
@@ -196,7 +219,13 @@ impl Store {
         join_all(batch.into_iter().map(|pending| async move {
             let turn = pending.turn.as_ref().map(TurnOfReply::borrowed);
             let stored = self
-                .store_reply_alone(pending.user, &pending.reply, None, turn.as_ref())
+                .store_reply_alone(
+                    pending.user,
+                    &pending.reply,
+                    None,
+                    turn.as_ref(),
+                    Branch::On,
+                )
                 .await;
             let _ = pending.answer.send(stored);
         }))
@@ -205,7 +234,7 @@ impl Store {
 
     /// BEGIN, each reply's statement and COMMIT, in one flight (see `begin`). Its connection is
     /// closed unless it committed, as [`Store::run_transaction_by_hand`]'s is.
-    async fn write_together(&self, batch: &[Pending]) -> Result<Vec<ReplyStored>, StoreError> {
+    async fn write_together(&self, batch: &[Pending]) -> Result<Vec<ReplyWritten>, StoreError> {
         self.on_connection(true, async |conn| {
             let conn: &Conn = conn;
             let turns: Vec<_> = batch
@@ -213,7 +242,13 @@ impl Store {
                 .map(|pending| pending.turn.as_ref().map(TurnOfReply::borrowed))
                 .collect();
             let writes = batch.iter().zip(&turns).map(|(pending, turn)| {
-                append_reply(conn, pending.user, &pending.reply, turn.as_ref())
+                append_reply(
+                    conn,
+                    pending.user,
+                    &pending.reply,
+                    turn.as_ref(),
+                    Branch::On,
+                )
             });
             let ((), stored, ()) =
                 futures_util::try_join!(begin(conn), try_join_all(writes), commit(conn))?;

@@ -29,15 +29,51 @@ use crate::domain::{
 /// none if the user has no such conversation (or it is full, or waits, or the id is taken); then
 /// nothing is written.
 ///
-/// The message follows the conversation's leaf and becomes the leaf; or, with `$12`, the place
-/// the client chose: after message `$11` of this conversation, or as a first message when `$11`
-/// is null. A chosen place is refused (`refusal`) when it names no message of the conversation,
-/// when a turn on the path from the root to it is still generating (its reply would land below
-/// the new message), or when `$13` messages follow it already. A chosen place that is not the
-/// leaf is a jump: `leaf_jumps` counts it, and the turn keeps the count it started with. The
-/// conversation's row is locked by this transaction before this statement runs (`begin`), so
-/// what it reads of the row is its latest state.
-const APPEND_USER_MESSAGE: &str = "WITH RECURSIVE tip AS MATERIALIZED (
+/// The message follows the conversation's leaf and becomes the leaf. The conversation's row is
+/// locked by this transaction before this statement runs (`begin`), so what it reads of the row
+/// is its latest state. A message whose place the client chose is written by
+/// [`APPEND_USER_MESSAGE_AT`] instead, which costs a usual turn nothing.
+const APPEND_USER_MESSAGE: &str = "WITH tip AS MATERIALIZED (
+         SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
+         FROM conversations WHERE id = $1 AND user_id = $2
+     ), touched AS (
+         UPDATE conversations
+         SET updated_at = GREATEST(updated_at, $3),
+             title = CASE WHEN title = '' THEN $4 ELSE title END,
+             revision = revision + 1,
+             awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
+             leaf_id = $5,
+             leaf_depth = COALESCE(leaf_depth, -1) + 1
+         WHERE id = $1 AND user_id = $2 AND revision < $7
+           AND (awaiting_until IS NULL OR awaiting_until <= $3)
+           AND ($8::text IS NULL
+                OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8))
+         RETURNING id, revision, leaf_jumps
+     ), inserted AS (
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
+                               search_vector, parent_id, depth)
+         SELECT $5, id, 'user', $6, 'complete', $3, revision, chat_search_vector($6),
+                (SELECT leaf_id FROM tip), (SELECT leaf_depth FROM tip) + 1
+         FROM touched
+     ), started AS (
+         INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica,
+                            created_at, leaf_jumps)
+         SELECT $5, $2, id, $8, $9, $10, $3, leaf_jumps FROM touched
+     )
+     SELECT (SELECT revision FROM touched) AS revision,
+         $8::text IS NOT NULL AND (SELECT revision FROM touched) IS NULL
+             AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8) AS key_taken,
+         (SELECT leaf_id FROM tip) AS parent_id,
+         (SELECT leaf_jumps FROM touched) AS leaf_jumps,
+         NULL::text AS refusal";
+
+/// [`APPEND_USER_MESSAGE`] for a message at the place the client chose (`$12`): after message
+/// `$11` of this conversation, or as a first message when `$11` is null. A chosen place is
+/// refused (`refusal`) when it names no message of the conversation, when a turn on the path
+/// from the root to it is still generating (its reply would land below the new message), or
+/// when `$13` messages follow it already. A chosen place that is not the leaf is a jump:
+/// `leaf_jumps` counts it, and the turn keeps the count it started with.
+const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
          SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
          FROM conversations WHERE id = $1 AND user_id = $2
      ), parent AS MATERIALIZED (
@@ -195,12 +231,13 @@ async fn write_user_message(
     limits: &AppendLimits,
     turn: &NewTurn,
 ) -> QueryResult<UserAppended> {
-    let (parent, chosen) = match turn.placement {
-        Placement::AfterLeaf => (None, false),
-        Placement::After(parent) => (Some(*parent.as_uuid()), true),
-        Placement::AsRoot => (None, true),
+    let (statement, parent) = match turn.placement {
+        Placement::AfterLeaf => (APPEND_USER_MESSAGE, None),
+        Placement::After(parent) => (APPEND_USER_MESSAGE_AT, Some(*parent.as_uuid())),
+        Placement::AsRoot => (APPEND_USER_MESSAGE_AT, None),
     };
-    let row = fixed(APPEND_USER_MESSAGE)
+    let chosen = turn.placement.is_chosen();
+    let row = fixed(statement)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
         .bind::<SqlUuid, _>(user.as_uuid())
         .bind::<Timestamptz, _>(message.create_time)
@@ -210,12 +247,17 @@ async fn write_user_message(
         .bind::<BigInt, _>(limits.max_revision)
         .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
         .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
-        .bind::<SqlUuid, _>(turn.replica)
-        .bind::<Nullable<SqlUuid>, _>(parent)
-        .bind::<Bool, _>(chosen)
-        .bind::<BigInt, _>(limits.max_siblings)
-        .get_result::<UserMessageRow>(&mut conn)
-        .await?;
+        .bind::<SqlUuid, _>(turn.replica);
+    let row = match chosen {
+        false => row.get_result::<UserMessageRow>(&mut conn).await?,
+        true => {
+            row.bind::<Nullable<SqlUuid>, _>(parent)
+                .bind::<Bool, _>(chosen)
+                .bind::<BigInt, _>(limits.max_siblings)
+                .get_result::<UserMessageRow>(&mut conn)
+                .await?
+        }
+    };
     Ok(match row {
         UserMessageRow {
             revision: Some(revision),
@@ -467,6 +509,11 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
     };
     lock_conversation(conn, nobody, nowhere).await?;
     write_user_message(conn, nobody, &message, "", &limits, &turn).await?;
+    let chosen = NewTurn {
+        placement: Placement::AsRoot,
+        ..turn.clone()
+    };
+    write_user_message(conn, nobody, &message, "", &limits, &chosen).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
     insert_conversation(conn, nobody, &conversation, &message, 0, &turn).await?;
     Ok(())
