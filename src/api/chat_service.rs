@@ -11,17 +11,19 @@ use super::{
     ApiError, Caller, convert,
     proto::{
         CancelTurnRequest, CancelTurnResponse, Disconnect, MessageAccepted, MessageCompleted,
-        MessageDelta, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
-        SendMessageResponse, SubmitToolResultsRequest, SubmitToolResultsResponse, ToolDefinition,
-        Usage, chat_service_server::ChatService, resume_turn_response::Event as ResumedEvent,
-        send_message_response::Event, submit_tool_results_response::Event as ContinuationEvent,
+        MessageDelta, RegenerateReplyRequest, RegenerateReplyResponse, ResumeTurnRequest,
+        ResumeTurnResponse, SendMessageRequest, SendMessageResponse, SubmitToolResultsRequest,
+        SubmitToolResultsResponse, ToolDefinition, Usage, chat_service_server::ChatService,
+        regenerate_reply_response::Event as RegeneratedEvent,
+        resume_turn_response::Event as ResumedEvent, send_message_response::Event,
+        submit_tool_results_response::Event as ContinuationEvent,
     },
     request_id,
 };
 use crate::{
     chat::{
-        ChatError, ClientTool, Completion, GivenToolResult, Sequenced, ToolResultsRequest,
-        TurnEvent, TurnRequest, TurnStream, Turns,
+        ChatError, ClientTool, Completion, GivenToolResult, RegenerateRequest, Sequenced,
+        ToolResultsRequest, TurnEvent, TurnRequest, TurnStream, Turns,
     },
     domain::{ConversationId, MessageId, Placement, RequestKey},
 };
@@ -67,6 +69,18 @@ fn encode_resumed(sequenced: Sequenced) -> ResumeTurnResponse {
         Event::Completed(completed) => ResumedEvent::Completed(completed),
     });
     ResumeTurnResponse { event, sequence }
+}
+
+fn encode_regenerated(sequenced: Sequenced) -> RegenerateReplyResponse {
+    let SendMessageResponse { event, sequence } = encode(sequenced);
+    let event = event.map(|event| match event {
+        Event::Accepted(accepted) => RegeneratedEvent::Accepted(accepted),
+        Event::Delta(delta) => RegeneratedEvent::Delta(delta),
+        Event::ToolCall(call) => RegeneratedEvent::ToolCall(call),
+        Event::ToolResult(result) => RegeneratedEvent::ToolResult(result),
+        Event::Completed(completed) => RegeneratedEvent::Completed(completed),
+    });
+    RegenerateReplyResponse { event, sequence }
 }
 
 /// A continuation's events: those of SendMessage after accepted, which it has none of.
@@ -115,6 +129,18 @@ fn message_id(text: &str) -> Result<MessageId, ApiError> {
     MessageId::parse(text).map_err(|e| ApiError::invalid("message_id", e))
 }
 
+/// Whether the turn goes on when its stream breaks.
+fn detached(on_disconnect: i32) -> Result<bool, ApiError> {
+    match Disconnect::try_from(on_disconnect) {
+        Ok(Disconnect::Unspecified | Disconnect::Cancel) => Ok(false),
+        Ok(Disconnect::Continue) => Ok(true),
+        Err(_) => Err(ApiError::invalid(
+            "on_disconnect",
+            "must be DISCONNECT_CANCEL or DISCONNECT_CONTINUE",
+        )),
+    }
+}
+
 fn client_tools(tools: Vec<ToolDefinition>) -> Vec<ClientTool> {
     tools
         .into_iter()
@@ -158,17 +184,7 @@ impl ChatService for ChatApi {
             .map_err(|e| ApiError::invalid("parent_message_id", e))?;
         let request_key = RequestKey::parse(message.request_id)
             .map_err(|e| ApiError::invalid("request_id", e))?;
-        let detached = match Disconnect::try_from(message.on_disconnect) {
-            Ok(Disconnect::Unspecified | Disconnect::Cancel) => false,
-            Ok(Disconnect::Continue) => true,
-            Err(_) => {
-                return Err(ApiError::invalid(
-                    "on_disconnect",
-                    "must be DISCONNECT_CANCEL or DISCONNECT_CONTINUE",
-                )
-                .into());
-            }
-        };
+        let detached = detached(message.on_disconnect)?;
         let turn = TurnRequest {
             received_at,
             user,
@@ -213,6 +229,36 @@ impl ChatService for ChatApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(CancelTurnResponse {}))
+    }
+
+    type RegenerateReplyStream = EventStream<RegenerateReplyResponse>;
+
+    async fn regenerate_reply(
+        &self,
+        request: Request<RegenerateReplyRequest>,
+    ) -> Result<Response<Self::RegenerateReplyStream>, Status> {
+        let received_at = std::time::Instant::now();
+        let user = self.caller.user(&request).await?;
+        let request_id = request_id(&request);
+        let bearer = bearer_token(&request);
+        let message = request.into_inner();
+        let regenerate = RegenerateRequest {
+            user,
+            message: message_id(&message.message_id)?,
+            request_id,
+            received_at,
+            bearer,
+            tools: client_tools(message.tools),
+            request_key: RequestKey::parse(message.request_id)
+                .map_err(|e| ApiError::invalid("request_id", e))?,
+            detached: detached(message.on_disconnect)?,
+        };
+        let turn = self
+            .turns
+            .regenerate(regenerate)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(Box::pin(responses(turn, encode_regenerated))))
     }
 
     type SubmitToolResultsStream = EventStream<SubmitToolResultsResponse>;

@@ -18,6 +18,6 @@ pub use recent::RecentContexts;
 pub use titles::Titler;
 pub use turn::{
     ACCEPTED, Accepted, ClientTool, Completion, Continuation, GivenToolResult,
-    MAX_TOOL_RESULTS_BYTES, Sequenced, ToolResult, ToolResultsRequest, TurnEvent, TurnRequest,
-    TurnRuntime, TurnSettings, TurnStream, Turns,
+    MAX_TOOL_RESULTS_BYTES, RegenerateRequest, Sequenced, ToolResult, ToolResultsRequest,
+    TurnEvent, TurnRequest, TurnRuntime, TurnSettings, TurnStream, Turns,
 };

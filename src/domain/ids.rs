@@ -57,6 +57,18 @@ uuid_id!(
 uuid_id!(ConversationId);
 uuid_id!(MessageId);
 uuid_id!(ToolCallId);
+uuid_id!(
+    /// A turn: the work of answering one user message with a reply. A turn started by a user
+    /// message has that message's id; one that regenerates a reply has an id of its own.
+    TurnId
+);
+
+impl From<MessageId> for TurnId {
+    /// The turn a user message starts.
+    fn from(message: MessageId) -> Self {
+        Self(message.0)
+    }
+}
 
 /// The authenticated principal as the identity provider names it (the token's `sub`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -22,7 +22,7 @@ pub use conversation::{
     Conversation, InvalidTitle, Message, MessageStatus, Role, Title, ToolCall, ToolCallStatus,
 };
 pub use history::{RecentHistory, RecentMessage, Revision};
-pub use ids::{ConversationId, InvalidId, MessageId, Subject, ToolCallId, UserId};
+pub use ids::{ConversationId, InvalidId, MessageId, Subject, ToolCallId, TurnId, UserId};
 pub use page::{
     ConversationCursor, InvalidPageSize, InvalidPageToken, MessageCursor, PageSize, PageTokenCodec,
 };

@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Entries, Entry, Read, TurnKey};
-use crate::domain::MessageId;
+use crate::domain::TurnId;
 
 #[derive(Default)]
 pub(super) struct Local {
     logs: Mutex<HashMap<TurnKey, Arc<LocalLog>>>,
-    cancels: Mutex<HashMap<MessageId, CancellationToken>>,
+    cancels: Mutex<HashMap<TurnId, CancellationToken>>,
 }
 
 impl Local {
@@ -44,7 +44,7 @@ impl Local {
         }
     }
 
-    pub fn watch_cancel(&self, turn: MessageId) -> CancellationToken {
+    pub fn watch_cancel(&self, turn: TurnId) -> CancellationToken {
         let token = CancellationToken::new();
         self.cancels
             .lock()
@@ -53,7 +53,7 @@ impl Local {
         token
     }
 
-    pub fn unwatch_cancel(&self, turn: MessageId, token: &CancellationToken) {
+    pub fn unwatch_cancel(&self, turn: TurnId, token: &CancellationToken) {
         let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
         if cancels.get(&turn).is_some_and(|kept| kept == token) {
             cancels.remove(&turn);
@@ -61,7 +61,7 @@ impl Local {
     }
 
     /// Cancels the turn if it is generated here. Whether it was.
-    pub fn cancel(&self, turn: MessageId) -> bool {
+    pub fn cancel(&self, turn: TurnId) -> bool {
         let token = self
             .cancels
             .lock()
@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn a_cancel_reaches_the_turn_watched_here_and_only_while_watched() {
         let local = Local::default();
-        let turn = MessageId::generate();
+        let turn = TurnId::generate();
         assert!(!local.cancel(turn));
         let token = local.watch_cancel(turn);
         assert!(local.cancel(turn));

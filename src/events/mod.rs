@@ -21,7 +21,7 @@ use self::{
     redis::{Relay, RemoteWriter},
 };
 use crate::{
-    domain::{Attempt, MessageId},
+    domain::{Attempt, TurnId},
     telemetry::metrics::Metrics,
 };
 
@@ -29,8 +29,7 @@ use crate::{
 /// afresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TurnKey {
-    /// The user message the turn answers.
-    pub turn: MessageId,
+    pub turn: TurnId,
     pub attempt: Attempt,
 }
 
@@ -179,7 +178,7 @@ impl TurnEvents {
     }
 
     /// Cancelled when anyone, on any replica, cancels the turn, for as long as the watch lives.
-    pub fn watch_cancel(&self, turn: MessageId) -> CancelWatch {
+    pub fn watch_cancel(&self, turn: TurnId) -> CancelWatch {
         CancelWatch {
             token: self.local.watch_cancel(turn),
             turn,
@@ -188,7 +187,7 @@ impl TurnEvents {
     }
 
     /// Cancels the turn wherever it is generated.
-    pub async fn cancel(&self, turn: MessageId) -> Result<(), EventsError> {
+    pub async fn cancel(&self, turn: TurnId) -> Result<(), EventsError> {
         if self.local.cancel(turn) {
             return Ok(());
         }
@@ -229,7 +228,7 @@ impl Drop for TurnLog {
 /// A turn's cancellation, while it is generated here.
 pub struct CancelWatch {
     token: CancellationToken,
-    turn: MessageId,
+    turn: TurnId,
     local: Arc<Local>,
 }
 

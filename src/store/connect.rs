@@ -144,6 +144,9 @@ fn open_pool(
             super::replies::prepare_reply_statement(&conn)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            super::regenerations::prepare_regenerate_statement(&conn)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             super::user_messages::prepare_turn_statements(&conn)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;

@@ -13,25 +13,41 @@ use crate::domain::{
     UserId,
 };
 
-/// A conversation's newest messages before a sequence, newest first, each assistant message
-/// with its tool calls in the order the model made them.
-const MESSAGES_BEFORE: &str = "SELECT m.id, m.role, m.content,
-         CASE WHEN m.role = 'assistant' THEN (
-             SELECT jsonb_agg(jsonb_build_object(
+/// The tool calls of the message whose id is `$message`, as JSON in the order the model made
+/// them: what [`JsonToolCall`] reads.
+macro_rules! tool_calls_json {
+    ($message:literal) => {
+        concat!(
+            "(SELECT jsonb_agg(jsonb_build_object(
                  'id', t.id, 'provider_call_id', t.provider_call_id, 'name', t.name,
                  'arguments', t.arguments, 'status', t.status, 'result', t.result
              ) ORDER BY t.position)
-             FROM tool_calls t WHERE t.message_id = m.id
-         ) END AS tool_calls
+             FROM tool_calls t WHERE t.message_id = ",
+            $message,
+            ")"
+        )
+    };
+}
+pub(super) use tool_calls_json;
+
+/// A conversation's newest messages before a sequence, newest first, each assistant message
+/// with its tool calls in the order the model made them.
+const MESSAGES_BEFORE: &str = concat!(
+    "SELECT m.id, m.role, m.content,
+         CASE WHEN m.role = 'assistant' THEN ",
+    tool_calls_json!("m.id"),
+    " END AS tool_calls
      FROM messages m JOIN conversations c ON c.id = m.conversation_id
      WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence < $3
      ORDER BY m.sequence DESC
-     LIMIT $4";
+     LIMIT $4"
+);
 
 /// The path of a user's conversation from message `$3` up towards its root, `$3` first: at most
 /// `$4` messages, each assistant message with its tool calls in the order the model made them.
 /// Every message on it was committed before any message that follows it.
-const BRANCH_UP_TO: &str = "WITH RECURSIVE path AS (
+const BRANCH_UP_TO: &str = concat!(
+    "WITH RECURSIVE path AS (
          SELECT m.id, m.parent_id, m.role, m.content, 1 AS depth
          FROM messages m JOIN conversations c ON c.id = m.conversation_id
          WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.id = $3
@@ -41,15 +57,12 @@ const BRANCH_UP_TO: &str = "WITH RECURSIVE path AS (
          WHERE p.depth < $4 AND m.conversation_id = $2
      )
      SELECT p.id, p.role, p.content,
-         CASE WHEN p.role = 'assistant' THEN (
-             SELECT jsonb_agg(jsonb_build_object(
-                 'id', t.id, 'provider_call_id', t.provider_call_id, 'name', t.name,
-                 'arguments', t.arguments, 'status', t.status, 'result', t.result
-             ) ORDER BY t.position)
-             FROM tool_calls t WHERE t.message_id = p.id
-         ) END AS tool_calls
+         CASE WHEN p.role = 'assistant' THEN ",
+    tool_calls_json!("p.id"),
+    " END AS tool_calls
      FROM path p
-     ORDER BY p.depth";
+     ORDER BY p.depth"
+);
 
 #[derive(QueryableByName)]
 struct ContextRow {
@@ -106,6 +119,28 @@ impl JsonToolCall {
             status,
             result: self.result,
         })
+    }
+}
+
+/// A message of the model's context, as a statement aggregates it into JSON: `id`, `role`,
+/// `content` and, for an assistant's, `tool_calls` as [`tool_calls_json`] gives them.
+#[derive(serde::Deserialize)]
+pub(super) struct JsonContextMessage {
+    id: uuid::Uuid,
+    role: Role,
+    content: String,
+    tool_calls: Option<serde_json::Value>,
+}
+
+impl JsonContextMessage {
+    pub(super) fn into_recent(self) -> Result<RecentMessage, StoreError> {
+        ContextRow {
+            id: self.id,
+            role: Stored(self.role),
+            content: self.content,
+            tool_calls: self.tool_calls,
+        }
+        .into_recent()
     }
 }
 

@@ -9,14 +9,14 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use super::{Operation, Store, StoreError, statement::fixed, turn_records::stored_attempt};
-use crate::domain::{Attempt, ConversationId, MessageId, UserId};
+use crate::domain::{Attempt, ConversationId, TurnId, UserId};
 
 /// A turn whose replica stopped, taken over to be ended.
 #[derive(Debug, Clone, Copy)]
 pub struct LapsedTurn {
     pub user: UserId,
     pub conversation_id: ConversationId,
-    pub turn: MessageId,
+    pub turn: TurnId,
     pub attempt: Attempt,
     /// The newest message's time: what the turn streamed is stored after it.
     pub after: DateTime<Utc>,
@@ -69,7 +69,7 @@ impl Store {
         &self,
         replica: uuid::Uuid,
         older_than: std::time::Duration,
-    ) -> Result<Vec<(MessageId, Attempt)>, StoreError> {
+    ) -> Result<Vec<(TurnId, Attempt)>, StoreError> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = SqlUuid)]
@@ -90,7 +90,7 @@ impl Store {
             rows.into_iter()
                 .map(|row| {
                     Ok((
-                        MessageId::from_uuid(row.id),
+                        TurnId::from_uuid(row.id),
                         stored_attempt(row.id, row.attempt)?,
                     ))
                 })
@@ -131,7 +131,8 @@ impl Store {
                  )
                  UPDATE turns t SET state = 'interrupted', ended_at = now()
                  FROM lapsed, messages m, conversations c
-                 WHERE t.id = lapsed.id AND m.id = t.id AND c.id = t.conversation_id
+                 WHERE t.id = lapsed.id AND m.id = COALESCE(t.message_id, t.id)
+                   AND c.id = t.conversation_id
                  RETURNING t.id, t.user_id, t.conversation_id, t.attempt,
                      GREATEST(c.updated_at, m.created_at) AS after",
             )
@@ -147,7 +148,7 @@ impl Store {
                     Ok(LapsedTurn {
                         user: UserId::from_uuid(row.user_id),
                         conversation_id: ConversationId::from_uuid(row.conversation_id),
-                        turn: MessageId::from_uuid(row.id),
+                        turn: TurnId::from_uuid(row.id),
                         attempt: stored_attempt(row.id, row.attempt)?,
                         after: row.after,
                     })

@@ -11,6 +11,7 @@ mod leases;
 mod message_reads;
 mod migrations;
 mod models;
+mod regenerations;
 mod replies;
 mod reply_batches;
 mod schema;
@@ -38,6 +39,7 @@ pub use conversations::{MessagesPage, WholeConversation};
 pub use error::StoreError;
 pub use leases::LapsedTurn;
 pub use migrations::{MigrationError, run_migrations};
+pub use regenerations::{NewRegeneration, RegenerateLimits, RegenerateRefused, Regenerating};
 pub use replies::{Awaiting, ReplyOf, ReplyStored, TurnEnding};
 pub use search::{
     InvalidSearchConfig, SEARCH_FROM_THE_INDEX, SEARCH_FROM_THE_USER, SearchConfig, Tsvector,

@@ -14,7 +14,7 @@ use super::{
     Conn,
     statement::{Binds, Fixed, fixed},
 };
-use crate::domain::{Message, MessageId, Revision, ToolCallStatus, UserId};
+use crate::domain::{Message, MessageId, Revision, ToolCallStatus, TurnId, UserId};
 
 /// The parts of the statements that store a reply. With `$8`, the reply is one of that turn's
 /// attempt `$9`, streamed in pieces of `$10` bytes, and with `$11` its last, which ends the turn
@@ -40,7 +40,7 @@ macro_rules! reply_locks {
                  SELECT id, leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth, leaf_jumps
                  FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
              ), owned AS MATERIALIZED (
-                 SELECT id, leaf_jumps FROM turns
+                 SELECT id, leaf_jumps, message_id FROM turns
                  WHERE id = $8 AND attempt = $9 AND state = $13 AND EXISTS (SELECT 1 FROM locked)
                  FOR NO KEY UPDATE
              ), follows AS MATERIALIZED (",
@@ -58,12 +58,15 @@ macro_rules! on_branch {
     };
 }
 
-/// The newest message of the reply's turn: its user message, or its last round's reply.
+/// The newest message of the reply's turn: its user message (the turn's id, unless the turn
+/// regenerates a reply and names it), or its last round's reply.
 macro_rules! off_branch {
     () => {
         "SELECT m.id, m.depth, m.id IS NOT DISTINCT FROM l.leaf_id AS moves_leaf
          FROM locked l, messages m
-         WHERE m.conversation_id = $1 AND (m.id = $8 OR (m.turn_id = $8 AND m.turn_attempt = $9))
+         WHERE m.conversation_id = $1
+           AND (m.id = COALESCE((SELECT o.message_id FROM owned o), $8)
+                OR (m.turn_id = $8 AND m.turn_attempt = $9))
          ORDER BY m.sequence DESC
          LIMIT 1"
     };
@@ -331,7 +334,7 @@ impl From<ReplyRow> for ReplyWritten {
 /// The turn a reply belongs to, and how it was streamed.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplyOf<'a> {
-    pub turn: MessageId,
+    pub turn: TurnId,
     pub attempt: crate::domain::Attempt,
     /// The length in bytes of each piece of its text as it was streamed.
     pub deltas: &'a [i32],
@@ -384,7 +387,7 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         tool_calls: Vec::new(),
     };
     let turn = ReplyOf {
-        turn: reply.id,
+        turn: TurnId::from_uuid(nowhere),
         attempt: crate::domain::FIRST_ATTEMPT,
         deltas: &[],
         ends: None,

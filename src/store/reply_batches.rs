@@ -20,7 +20,7 @@ use super::{
     },
     turns::{begin, commit},
 };
-use crate::domain::{Attempt, Message, MessageId, TurnState, UserId};
+use crate::domain::{Attempt, Message, TurnId, TurnState, UserId};
 
 /// The most replies one transaction writes. `try_join_all` sends fewer than 30 futures' statements
 /// in the order it is given them, which the lock order below relies on.
@@ -45,7 +45,7 @@ struct Pending {
 
 /// [`ReplyOf`], owned, for the writer's task.
 struct TurnOfReply {
-    turn: MessageId,
+    turn: TurnId,
     attempt: Attempt,
     deltas: Vec<i32>,
     ends: Option<(TurnState, serde_json::Value)>,

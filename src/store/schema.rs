@@ -85,6 +85,7 @@ diesel::table! {
         created_at -> Timestamptz,
         ended_at -> Nullable<Timestamptz>,
         leaf_jumps -> Nullable<Int8>,
+        message_id -> Nullable<Uuid>,
     }
 }
 

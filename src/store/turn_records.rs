@@ -15,14 +15,18 @@ use super::{
     statement::fixed,
 };
 use crate::domain::{
-    Attempt, ConversationId, Message, MessageId, MessageStatus, Revision, Role, TurnState, UserId,
+    Attempt, ConversationId, Message, MessageId, MessageStatus, Revision, Role, TurnId, TurnState,
+    UserId,
 };
 
 /// A turn as stored, with the user message it answers.
 #[derive(Debug, Clone)]
 pub struct TurnRecord {
+    pub id: TurnId,
     pub conversation_id: ConversationId,
     pub user_message: Message,
+    /// The message the user message follows; `None` for a first message.
+    pub parent: Option<MessageId>,
     /// The user message's place in its conversation.
     pub sequence: Revision,
     pub request_hash: Option<Vec<u8>>,
@@ -30,6 +34,14 @@ pub struct TurnRecord {
     pub attempt: Attempt,
     /// How it ended, as the turn's use case wrote it.
     pub outcome: Option<serde_json::Value>,
+}
+
+impl TurnRecord {
+    /// Whether the turn regenerates its message's reply, rather than being the turn the message
+    /// started.
+    pub fn regenerates(&self) -> bool {
+        self.id.as_uuid() != self.user_message.id.as_uuid()
+    }
 }
 
 /// A reply of a turn as stored, for replaying the turn's events.
@@ -48,13 +60,32 @@ const RETRY: Operation = Operation::new("UPDATE", "UPDATE turns");
 const END: Operation = Operation::new("UPDATE", "UPDATE turns");
 const REPLIES: Operation = Operation::new("SELECT", "SELECT messages");
 
-/// A turn and its user message, found by `$2` as the turn's id or, with `$3`, as the client's
-/// request id.
-const FIND_TURN: &str = "SELECT t.id, t.conversation_id, t.request_hash, t.state, t.attempt,
-         t.outcome, m.content, m.created_at, m.sequence
-     FROM turns t JOIN messages m ON m.id = t.id
-     WHERE t.user_id = $1
-       AND (CASE WHEN $3 THEN t.request_key = $4 ELSE t.id = $2 END)";
+/// A turn and its user message, found as the statement that uses it says (`$1` is the user).
+macro_rules! find_turn {
+    ($where:literal) => {
+        concat!(
+            "SELECT t.id, t.conversation_id, t.request_hash, t.state, t.attempt, t.outcome,
+                 m.id AS message_id, m.parent_id, m.content, m.created_at, m.sequence
+             FROM turns t JOIN messages m ON m.id = COALESCE(t.message_id, t.id)
+             WHERE t.user_id = $1 AND ",
+            $where
+        )
+    };
+}
+
+/// The turn whose id is `$2`.
+const FIND_TURN: &str = find_turn!("t.id = $2");
+
+/// The turn started by the request with the client's id `$2`.
+const FIND_TURN_BY_REQUEST: &str = find_turn!("t.request_key = $2");
+
+/// The newest turn answering user message `$2`: the one the message started, or the last that
+/// regenerated its reply.
+const FIND_TURN_ANSWERING: &str = find_turn!(
+    "(t.id = $2 OR t.message_id = $2)
+     ORDER BY t.message_id IS NOT NULL DESC, t.created_at DESC
+     LIMIT 1"
+);
 
 #[derive(QueryableByName)]
 struct TurnRow {
@@ -70,6 +101,10 @@ struct TurnRow {
     attempt: i32,
     #[diesel(sql_type = Nullable<Jsonb>)]
     outcome: Option<serde_json::Value>,
+    #[diesel(sql_type = SqlUuid)]
+    message_id: uuid::Uuid,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    parent_id: Option<uuid::Uuid>,
     #[diesel(sql_type = Text)]
     content: String,
     #[diesel(sql_type = Timestamptz)]
@@ -83,9 +118,11 @@ impl TurnRow {
         let attempt = stored_attempt(self.id, self.attempt)?;
         let conversation_id = ConversationId::from_uuid(self.conversation_id);
         Ok(TurnRecord {
+            id: TurnId::from_uuid(self.id),
             conversation_id,
+            parent: self.parent_id.map(MessageId::from_uuid),
             user_message: Message {
-                id: MessageId::from_uuid(self.id),
+                id: MessageId::from_uuid(self.message_id),
                 conversation_id,
                 role: Role::User,
                 content: self.content,
@@ -125,13 +162,24 @@ struct ReplyRow {
 }
 
 impl Store {
-    /// The user's turn answering `turn`, if there is one.
+    /// The user's turn `turn`, if there is one.
     pub async fn find_turn(
         &self,
         user: UserId,
-        turn: MessageId,
+        turn: TurnId,
     ) -> Result<Option<TurnRecord>, StoreError> {
-        self.find_turn_where(user, Some(turn), None).await
+        self.find_turn_where(user, FIND_TURN, *turn.as_uuid()).await
+    }
+
+    /// The user's newest turn answering `message`, if there is one: the one the message
+    /// started, or the last that regenerated its reply.
+    pub async fn find_turn_answering(
+        &self,
+        user: UserId,
+        message: MessageId,
+    ) -> Result<Option<TurnRecord>, StoreError> {
+        self.find_turn_where(user, FIND_TURN_ANSWERING, *message.as_uuid())
+            .await
     }
 
     /// The user's turn started by the request with the client's id `key`, if there is one.
@@ -140,21 +188,29 @@ impl Store {
         user: UserId,
         key: &str,
     ) -> Result<Option<TurnRecord>, StoreError> {
-        self.find_turn_where(user, None, Some(key)).await
+        self.run(FIND, async |conn| {
+            let row = fixed(FIND_TURN_BY_REQUEST)
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<Text, _>(key)
+                .get_result::<TurnRow>(conn)
+                .await
+                .optional()?;
+            row.map(TurnRow::into_record).transpose()
+        })
+        .await
     }
 
+    /// A turn found by `statement`, whose `$2` is `id`.
     async fn find_turn_where(
         &self,
         user: UserId,
-        turn: Option<MessageId>,
-        key: Option<&str>,
+        statement: &'static str,
+        id: uuid::Uuid,
     ) -> Result<Option<TurnRecord>, StoreError> {
         self.run(FIND, async |conn| {
-            let row = fixed(FIND_TURN)
+            let row = fixed(statement)
                 .bind::<SqlUuid, _>(user.as_uuid())
-                .bind::<SqlUuid, _>(turn.map_or(uuid::Uuid::nil(), |turn| *turn.as_uuid()))
-                .bind::<diesel::sql_types::Bool, _>(key.is_some())
-                .bind::<Text, _>(key.unwrap_or_default())
+                .bind::<SqlUuid, _>(id)
                 .get_result::<TurnRow>(conn)
                 .await
                 .optional()?;
@@ -169,7 +225,7 @@ impl Store {
     pub async fn retry_turn(
         &self,
         user: UserId,
-        turn: MessageId,
+        turn: TurnId,
         attempt: Attempt,
         replica: uuid::Uuid,
     ) -> Result<Option<Attempt>, StoreError> {
@@ -198,7 +254,7 @@ impl Store {
     /// settles it from `Interrupted`.
     pub async fn end_turn(
         &self,
-        turn: MessageId,
+        turn: TurnId,
         attempt: Attempt,
         from: TurnState,
         end: TurnEnding<'_>,
@@ -243,7 +299,7 @@ impl Store {
             .bind::<SqlUuid, _>(user.as_uuid())
             .bind::<SqlUuid, _>(record.conversation_id.as_uuid())
             .bind::<BigInt, _>(record.sequence)
-            .bind::<SqlUuid, _>(record.user_message.id.as_uuid())
+            .bind::<SqlUuid, _>(record.id.as_uuid())
             .bind::<Integer, _>(record.attempt.get())
             .load::<ReplyRow>(conn)
             .await?;

@@ -93,6 +93,8 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
              WHEN NOT $12 OR NOT EXISTS (SELECT 1 FROM tip) THEN NULL
              WHEN NOT EXISTS (SELECT 1 FROM parent) THEN 'parent_missing'
              WHEN EXISTS (SELECT 1 FROM above a JOIN turns t ON t.id = a.id
+                          WHERE t.state = 'generating')
+               OR EXISTS (SELECT 1 FROM above a JOIN turns t ON t.message_id = a.id
                           WHERE t.state = 'generating') THEN 'branch_generating'
              WHEN (SELECT count(*) FROM messages
                    WHERE conversation_id = $1

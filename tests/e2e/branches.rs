@@ -18,10 +18,10 @@ use super::{
     support::{FakeLlm, Script, TestApp, streams::read_to_end},
 };
 
-const ROOT: &str = "00000000-0000-0000-0000-000000000000";
+pub(super) const ROOT: &str = "00000000-0000-0000-0000-000000000000";
 
 /// Alice's message `content` in `conversation`, after `parent` ("" for the leaf).
-async fn send_after(
+pub(super) async fn send_after(
     app: &TestApp,
     conversation: &str,
     parent: &str,
@@ -42,7 +42,7 @@ async fn send_after(
     Ok(Turn { events, error })
 }
 
-async fn shown(app: &TestApp, conversation: &str) -> Vec<Message> {
+pub(super) async fn shown(app: &TestApp, conversation: &str) -> Vec<Message> {
     app.conversations()
         .get_conversation(app.request(
             "alice",
@@ -56,7 +56,11 @@ async fn shown(app: &TestApp, conversation: &str) -> Vec<Message> {
         .messages
 }
 
-async fn switch(app: &TestApp, conversation: &str, to: &str) -> Result<Vec<Message>, Status> {
+pub(super) async fn switch(
+    app: &TestApp,
+    conversation: &str,
+    to: &str,
+) -> Result<Vec<Message>, Status> {
     let response = app
         .conversations()
         .switch_branch(app.request(
@@ -70,12 +74,12 @@ async fn switch(app: &TestApp, conversation: &str, to: &str) -> Result<Vec<Messa
     Ok(response.into_inner().messages)
 }
 
-fn contents(messages: &[Message]) -> Vec<&str> {
+pub(super) fn contents(messages: &[Message]) -> Vec<&str> {
     messages.iter().map(|m| m.content.as_str()).collect()
 }
 
 /// (sibling_index, sibling_count) of each message.
-fn places(messages: &[Message]) -> Vec<(u32, u32)> {
+pub(super) fn places(messages: &[Message]) -> Vec<(u32, u32)> {
     messages
         .iter()
         .map(|m| (m.sibling_index, m.sibling_count))
@@ -83,7 +87,7 @@ fn places(messages: &[Message]) -> Vec<(u32, u32)> {
 }
 
 /// What the model was sent last, without the roles.
-fn last_context(fake: &FakeLlm) -> Vec<String> {
+pub(super) fn last_context(fake: &FakeLlm) -> Vec<String> {
     let received = fake.received();
     let last = received
         .last()
@@ -93,7 +97,7 @@ fn last_context(fake: &FakeLlm) -> Vec<String> {
 
 /// Each message follows the one before it, the first none.
 #[track_caller]
-fn assert_linked(messages: &[Message]) {
+pub(super) fn assert_linked(messages: &[Message]) {
     assert_eq!(messages[0].parent_id, ROOT);
     for pair in messages.windows(2) {
         assert_eq!(pair[1].parent_id, pair[0].id, "{messages:#?}");
@@ -101,7 +105,7 @@ fn assert_linked(messages: &[Message]) {
 }
 
 /// A conversation of two turns: "first", "second", each answered by the echoing model.
-async fn two_turns(app: &TestApp) -> (String, Vec<Message>) {
+pub(super) async fn two_turns(app: &TestApp) -> (String, Vec<Message>) {
     let first = send_ok(app, "alice", "", "first").await;
     let conversation = first.conversation_id();
     send_ok(app, "alice", &conversation, "second").await;

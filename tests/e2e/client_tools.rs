@@ -581,3 +581,54 @@ async fn results_wait_for_the_services_own_calls_and_a_cut_round_frees_the_conve
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert!(next.error.is_none(), "{:?}", next.error);
 }
+
+#[tokio::test]
+async fn results_continue_a_reply_on_its_branch_alone() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let first = send(&app, "alice", "", Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let id = first.conversation_id();
+
+    // The first message edited: another root, whose reply calls the client's tool.
+    fake.script([Script::tool_calls(&[("call_1", "get_location", "{}")])]);
+    let edit = SendMessageRequest {
+        conversation_id: id.clone(),
+        content: "Where am I, really?".to_owned(),
+        tools: vec![location_tool()],
+        parent_message_id: super::branches::ROOT.to_owned(),
+        ..Default::default()
+    };
+    let edited = read(app.chat().send_message(app.request("alice", edit)).await)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let (awaiting, _) = completed_message(&edited);
+
+    fake.script([Script::reply(&["Lisbon."])]);
+    let rest = submit(
+        &app,
+        "alice",
+        &id,
+        &awaiting.id,
+        results(&[("call_1", r#"{"city":"Lisbon"}"#)]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(rest.error.is_none(), "{:?}", rest.error);
+    let continued = fake
+        .received()
+        .pop()
+        .unwrap_or_else(|| panic!("the model was not asked"));
+    let roles: Vec<String> = continued
+        .messages()
+        .into_iter()
+        .map(|(role, _)| role)
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "tool"],
+        "the edit, its call and the result, without the first branch"
+    );
+    assert_eq!(continued.messages()[0].1, "Where am I, really?");
+}

@@ -20,6 +20,7 @@ mod limits;
 mod migrations;
 mod operability;
 mod ordering;
+mod regenerate;
 mod reply_batches;
 mod rollout;
 mod schema;

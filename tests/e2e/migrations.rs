@@ -125,7 +125,9 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
             "20261206000015",
             "20261206000016",
             "20261207000017",
-            "20261207000018"
+            "20261207000018",
+            "20261207000019",
+            "20261207000020"
         ]
     );
 
@@ -332,7 +334,9 @@ async fn messages_stored_before_search_are_found_once_migrated() {
             "20261206000015",
             "20261206000016",
             "20261207000017",
-            "20261207000018"
+            "20261207000018",
+            "20261207000019",
+            "20261207000020"
         ]
     );
     assert_eq!(db.count(without_words).await, 0);

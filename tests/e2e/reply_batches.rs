@@ -94,7 +94,7 @@ fn write<'a>(
 ) -> Write<'a> {
     Box::pin(async move {
         let of = ReplyOf {
-            turn,
+            turn: turn.into(),
             attempt: FIRST_ATTEMPT,
             deltas: &[1, 2],
             ends: Some(TurnEnding {

@@ -39,7 +39,7 @@ impl Turn {
             .collect()
     }
 
-    fn completed(&self) -> chat_service::api::proto::MessageCompleted {
+    pub(super) fn completed(&self) -> chat_service::api::proto::MessageCompleted {
         match self.events.last() {
             Some(Event::Completed(completed)) => completed.clone(),
             other => panic!(

@@ -199,7 +199,10 @@ async fn stored_conversations_become_lines_and_the_previous_release_keeps_them_s
     let applied = run_migrations(&db.url, &SearchConfig::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(applied, ["20261207000018"]);
+    assert_eq!(
+        applied,
+        ["20261207000018", "20261207000019", "20261207000020"]
+    );
     // And after them.
     db.run_sql(&previous_reply(SHORT, "short 4")).await;
     db.run_sql(&previous_start(LATER, "later 1")).await;

@@ -16,7 +16,7 @@ use crate::{
     chat::{ChatError, Limit, StreamPermit},
     domain::{
         Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent, MessageId,
-        MessageStatus, RecentHistory, RecentMessage, Role, Title, UserId, now,
+        MessageStatus, RecentHistory, RecentMessage, Role, Title, TurnId, UserId, now,
     },
     events::{CancelWatch, TurnKey},
     store::{AppendLimits, NewTurn, PlaceRefused, Placed, StoreError, UserMessageStored},
@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The refusal of a user's message while a reply awaits the client's tool results.
-fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
+pub(super) fn awaiting_tool_results(until: chrono::DateTime<chrono::Utc>) -> ChatError {
     ChatError::FailedPrecondition(format!(
         "a reply in this conversation awaits the results of your tools: give them with \
          SubmitToolResults, or send this message after {}",
@@ -117,7 +117,11 @@ impl Turns {
         };
         let reply = match reply {
             Ok(Some(reply)) => reply,
-            failed => return Err(self.never_started(user_message.id, failed.err()).await),
+            failed => {
+                return Err(self
+                    .never_started(user_message.id.into(), failed.err())
+                    .await);
+            }
         };
         let Admitted { user_message, .. } = admitted;
         if placed.in_line {
@@ -184,7 +188,7 @@ impl Turns {
             placement: request.placement,
         };
         // Watched before the turn is committed, so that no cancel finds it unwatched.
-        let cancel = self.runtime.events.watch_cancel(user_message.id);
+        let cancel = self.runtime.events.watch_cancel(user_message.id.into());
         let admitted = Admitted {
             target,
             user_message,
@@ -228,7 +232,7 @@ impl Turns {
             bearer: request.bearer.as_ref(),
             turn: Some(LiveTurn {
                 key: TurnKey {
-                    turn: user_message.id,
+                    turn: user_message.id.into(),
                     attempt: FIRST_ATTEMPT,
                 },
                 detached: request.detached,
@@ -270,7 +274,7 @@ impl Turns {
 
     /// Ends a turn whose message is stored but whose reply never started, as failed, so that
     /// a retry generates it. Returns what its client is told.
-    async fn never_started(&self, turn: MessageId, error: Option<ChatError>) -> ChatError {
+    async fn never_started(&self, turn: TurnId, error: Option<ChatError>) -> ChatError {
         self.end_unstarted(TurnKey {
             turn,
             attempt: FIRST_ATTEMPT,

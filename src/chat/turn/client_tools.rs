@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{ConversationId, MessageId, Revision, ToolCall, ToolCallStatus, UserId, now},
+    domain::{ConversationId, MessageId, ToolCall, ToolCallStatus, UserId, now},
     store::{GivenResult, Submitted},
 };
 
@@ -69,9 +69,9 @@ fn some_ids(ids: &[String]) -> String {
 }
 
 /// The stored calls of a submission that was taken, or what its client is told.
-fn accepted_submission(submitted: Submitted) -> Result<(Revision, Vec<ToolCall>), ChatError> {
+fn accepted_submission(submitted: Submitted) -> Result<Vec<ToolCall>, ChatError> {
     match submitted {
-        Submitted::Stored { revision, calls } => Ok((revision, calls)),
+        Submitted::Stored { calls, .. } => Ok(calls),
         Submitted::NoConversation => Err(ChatError::NotFound("conversation")),
         Submitted::NotAwaited => Err(ChatError::FailedPrecondition(
             "the message awaits no tool results: they were given already, or it called \
@@ -143,16 +143,17 @@ impl Turns {
                 now(),
             )
             .await?;
-        let (revision, calls) = accepted_submission(submitted)?;
+        let calls = accepted_submission(submitted)?;
         // What this replica remembers of the conversation lacks the results.
         self.recent.forget(request.conversation);
         let results = results_given(&calls, &given);
+        // The reply's branch, up to the reply and its calls with their results now.
         let context = self
             .store
-            .messages_before(
+            .branch_up_to(
                 request.user,
                 request.conversation,
-                revision + 1,
+                request.message,
                 self.settings.history_messages,
             )
             .await?;

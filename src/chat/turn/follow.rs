@@ -48,7 +48,8 @@ fn events_error(error: EventsError) -> ChatError {
 }
 
 impl Turns {
-    /// The user's turn answering `message`, from after event `after`.
+    /// The user's newest turn answering `message` (the one it started, or the last that
+    /// regenerated its reply), from after event `after`.
     pub async fn resume(
         &self,
         user: UserId,
@@ -57,14 +58,14 @@ impl Turns {
     ) -> Result<TurnStream, ChatError> {
         let record = self
             .store
-            .find_turn(user, message)
+            .find_turn_answering(user, message)
             .await?
             .ok_or(ChatError::NotFound("turn"))?;
         if RecordState::of(&record) == RecordState::Generating {
             // Refused now, rather than in the stream, if nobody here can follow it.
             let events = &self.runtime.events;
             if !events.is_shared() && !events.generates(live_key(&record)) {
-                let fresh = self.store.find_turn(user, message).await?;
+                let fresh = self.store.find_turn(user, record.id).await?;
                 if fresh.as_ref().map(RecordState::of) == Some(RecordState::Generating) {
                     return Err(events_error(EventsError::Elsewhere));
                 }
@@ -73,12 +74,12 @@ impl Turns {
         self.follow(user, record, after)
     }
 
-    /// Stops the user's turn answering `message` wherever it is generated, and waits (a while)
+    /// Stops the user's newest turn answering `message` wherever it is generated, and waits (a while)
     /// until it has ended. A turn that has ended is left as it is.
     pub async fn cancel(&self, user: UserId, message: MessageId) -> Result<(), ChatError> {
         let record = self
             .store
-            .find_turn(user, message)
+            .find_turn_answering(user, message)
             .await?
             .ok_or(ChatError::NotFound("turn"))?;
         if RecordState::of(&record) != RecordState::Generating {
@@ -93,7 +94,7 @@ impl Turns {
         };
         self.runtime
             .events
-            .cancel(message)
+            .cancel(record.id)
             .await
             .map_err(|error| {
                 match error {
@@ -124,7 +125,7 @@ impl Turns {
             // The turn's end is stored, or is about to be: its record says. Here, at its first
             // read, unless storing the end failed.
             loop {
-                match self.store.find_turn(user, message).await {
+                match self.store.find_turn(user, record.id).await {
                     Ok(Some(record)) if RecordState::of(&record) == RecordState::Generating => {}
                     _ => return,
                 }
@@ -237,7 +238,7 @@ impl Turns {
         if self.follow_live(user, &record, cursor, sender).await? {
             return Ok(None);
         }
-        match self.store.find_turn(user, record.user_message.id).await? {
+        match self.store.find_turn(user, record.id).await? {
             Some(fresh) if fresh.attempt == record.attempt => Ok(Some(fresh)),
             Some(_) => Err(ChatError::FailedPrecondition(
                 "the turn is being generated again: resume it from sequence 0".into(),
@@ -288,7 +289,7 @@ impl Turns {
                     if sender.is_closed() {
                         return Ok(true);
                     }
-                    let fresh = self.store.find_turn(user, record.user_message.id).await?;
+                    let fresh = self.store.find_turn(user, record.id).await?;
                     let same_attempt = fresh.as_ref().is_some_and(|f| f.attempt == record.attempt);
                     match fresh.as_ref().map(RecordState::of) {
                         Some(RecordState::Generating) if same_attempt => continue,
@@ -332,7 +333,7 @@ impl Turns {
 
 fn live_key(record: &TurnRecord) -> TurnKey {
     TurnKey {
-        turn: record.user_message.id,
+        turn: record.id,
         attempt: record.attempt,
     }
 }

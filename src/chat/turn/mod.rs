@@ -10,7 +10,8 @@
 //!   the commit to the end.
 //! - Entry points, each starting a reply or following one: the tools offered ([`offer`]),
 //!   starting the reply task ([`spawn`]), a turn replayed from storage ([`replay`]) or followed
-//!   live ([`follow`]), a retry of a request ([`retry`]), a new turn ([`admit`]), turns whose
+//!   live ([`follow`]), a retry of a request ([`retry`]), a new turn ([`admit`]), another
+//!   reply to a user's message ([`regenerate`]), turns whose
 //!   replica stopped ([`lapsed`]), and the client's tool results ([`client_tools`]).
 //!
 //! Every event of a turn is numbered and written to the turn's log, so that a retry of the
@@ -36,6 +37,7 @@ mod replay;
 mod follow;
 mod retry;
 mod admit;
+mod regenerate;
 mod lapsed;
 mod client_tools;
 
@@ -45,5 +47,6 @@ pub use self::{
         ToolResultsRequest,
     },
     events::{ACCEPTED, Accepted, Completion, Sequenced, ToolResult, TurnEvent},
+    regenerate::RegenerateRequest,
     service::{ClientTool, TurnRequest, TurnRuntime, TurnSettings, TurnStream, Turns},
 };

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     chat::ChatError,
-    domain::{ConversationId, Placement, UserId},
+    domain::{ConversationId, Placement, RecentMessage, UserId},
     events::TurnKey,
     store::TurnRecord,
 };
@@ -93,7 +93,7 @@ impl Turns {
         if !RecordState::of(&record).may_generate_again() {
             tracing::info!(
                 request_id = %request.request_id,
-                turn = %record.user_message.id,
+                turn = %record.id,
                 state = <&str>::from(record.state),
                 "a retried request follows its turn"
             );
@@ -118,6 +118,27 @@ impl Turns {
         Ok(())
     }
 
+    /// The newest messages of the branch up to the turn's message, the message aside, whichever
+    /// branch is current now.
+    async fn branch_before(
+        &self,
+        user: UserId,
+        record: &TurnRecord,
+    ) -> Result<Vec<RecentMessage>, ChatError> {
+        let Some(parent) = record.parent else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .store
+            .branch_up_to(
+                user,
+                record.conversation_id,
+                parent,
+                self.settings.history_messages,
+            )
+            .await?)
+    }
+
     /// Generates the reply to a stored message again, as its next attempt; follows the turn
     /// instead if another retry took it first.
     async fn generate_again(
@@ -126,21 +147,16 @@ impl Turns {
         record: TurnRecord,
     ) -> Result<TurnStream, ChatError> {
         let user = request.user;
-        let turn = record.user_message.id;
+        let turn = record.id;
         // Everything that can refuse the retry comes first: once the turn is taken, a reply
         // task must end it.
-        self.refuse_if_moved_on(user, &record).await?;
+        // A regenerated reply goes beside the message's others, wherever the conversation went.
+        if !record.regenerates() {
+            self.refuse_if_moved_on(user, &record).await?;
+        }
         let offer = self.offer(std::mem::take(&mut request.tools))?;
         let permit = self.runtime.admission.open_stream(user)?;
-        let mut context = self
-            .store
-            .messages_before(
-                user,
-                record.conversation_id,
-                record.sequence,
-                self.settings.history_messages,
-            )
-            .await?;
+        let mut context = self.branch_before(user, &record).await?;
         context.push(recent_message(&record.user_message));
         // Watched before the turn is taken, so that no cancel finds it unwatched.
         let cancel = self.runtime.events.watch_cancel(turn);

@@ -300,7 +300,9 @@ mod tests {
             tool_calls: Vec::new(),
         };
         TurnRecord {
+            id: message.id.into(),
             conversation_id: message.conversation_id,
+            parent: None,
             user_message: message,
             sequence: 1,
             request_hash: None,

@@ -26,7 +26,7 @@ use self::{
     writer::{Append, add_entry, write_batches},
 };
 use super::{Entries, Entry, EventSettings, EventsError, TurnKey, local::Local};
-use crate::{domain::MessageId, telemetry::metrics::Metrics};
+use crate::{domain::TurnId, telemetry::metrics::Metrics};
 
 /// The most entries a turn's stream keeps: far more than a reply's events, so that the bound
 /// only stops a runaway turn from filling Redis.
@@ -156,7 +156,7 @@ impl Relay {
             .map_err(|e| self.failed("ping", &e))
     }
 
-    pub async fn cancel(&self, turn: MessageId) -> Result<(), EventsError> {
+    pub async fn cancel(&self, turn: TurnId) -> Result<(), EventsError> {
         let mut connection = self.writes.clone();
         redis::cmd("XADD")
             .arg(CANCELS)
@@ -220,7 +220,7 @@ async fn follow_cancels(relay: Arc<Relay>, local: Arc<Local>, stop: Cancellation
                     .flat_map(|key| key.ids)
                 {
                     if let Some(Value::BulkString(turn)) = id.map.get("turn") {
-                        let turn = std::str::from_utf8(turn).ok().map(MessageId::parse);
+                        let turn = std::str::from_utf8(turn).ok().map(TurnId::parse);
                         if let Some(Ok(turn)) = turn {
                             local.cancel(turn);
                         }

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY turns_message_idx;
