@@ -15,7 +15,10 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
-use chat_service::api::proto::{SendMessageRequest, SendMessageResponse, send_message_response};
+use chat_service::api::proto::{
+    GetConversationRequest, RegenerateReplyRequest, SendMessageRequest, SendMessageResponse,
+    send_message_response,
+};
 use chat_service_test_support::{FakeLlm, FakeToolServer, Script, TestApp, mcp::TOOLS};
 use diesel::connection::{Instrumentation, InstrumentationEvent, set_default_instrumentation};
 use tokio::sync::Mutex as AsyncMutex;
@@ -114,6 +117,7 @@ fn kind(sql: &str) -> &'static str {
         }
         _ if sql.starts_with("WITH locked AS") => "write reply",
         _ if sql.starts_with("WITH created AS") => "create conversation",
+        _ if sql.starts_with("WITH RECURSIVE locked AS") => "regenerate",
         _ if sql.starts_with(r#"SELECT "conversations"."revision""#) => "lock conversation",
         _ if sql.starts_with("SELECT t.id, t.conversation_id") => "find turn",
         _ if sql.starts_with("SELECT m.id, m.content, m.status") => "read replies",
@@ -275,5 +279,49 @@ async fn a_tool_round_stores_the_calls_and_each_result() {
         ]
         .concat(),
         "a turn with one tool round, against BENCHMARKS.md"
+    );
+}
+
+#[tokio::test]
+async fn a_regeneration_starts_its_turn_and_reads_its_context_in_one_flight() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    let conversation = turn(&app, "", "").await;
+    turn(&app, &conversation, "").await;
+    let shown = app
+        .conversations()
+        .get_conversation(app.request(
+            "alice",
+            GetConversationRequest {
+                conversation_id: conversation,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let second = shown[2].id.clone();
+    let regenerate = async {
+        let request = app.request(
+            "alice",
+            RegenerateReplyRequest {
+                message_id: second,
+                request_id: "again".to_owned(),
+                ..Default::default()
+            },
+        );
+        let mut stream = app
+            .chat()
+            .regenerate_reply(request)
+            .await
+            .unwrap()
+            .into_inner();
+        while stream.message().await.unwrap().is_some() {}
+    };
+    let sent = statements_of(&app, regenerate).await;
+    assert_eq!(
+        sent,
+        ["BEGIN", "regenerate", "COMMIT", "write reply"],
+        "a regenerated reply, against BENCHMARKS.md"
     );
 }

@@ -37,6 +37,7 @@ pub fn message(message: Message) -> proto::Message {
         parent_id: String::new(),
         sibling_index: 0,
         sibling_count: 0,
+        sibling_ids: Vec::new(),
     }
 }
 
@@ -51,6 +52,7 @@ pub fn branch_message(shown: BranchMessage) -> proto::Message {
             .to_string(),
         sibling_index: place.sibling_index,
         sibling_count: place.sibling_count,
+        sibling_ids: place.siblings.iter().map(ToString::to_string).collect(),
         ..message(shown.message)
     }
 }

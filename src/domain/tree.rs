@@ -43,7 +43,7 @@ impl Placement {
 }
 
 /// A message's place among its siblings, and the message it follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreePlace {
     /// `None` for a first message.
     pub parent: Option<MessageId>,
@@ -51,6 +51,9 @@ pub struct TreePlace {
     pub sibling_index: u32,
     /// How many messages follow that parent, itself included: at least 1.
     pub sibling_count: u32,
+    /// Those messages, oldest first, when there is more than one: what a switch to another
+    /// version names. Empty for a message without siblings.
+    pub siblings: Vec<MessageId>,
 }
 
 impl TreePlace {
@@ -61,6 +64,7 @@ impl TreePlace {
             parent,
             sibling_index: 0,
             sibling_count: 1,
+            siblings: Vec::new(),
         }
     }
 }
@@ -127,6 +131,10 @@ impl Tree {
             parent: node.parent,
             sibling_index: u32::try_from(index).unwrap_or(u32::MAX),
             sibling_count: u32::try_from(siblings.len()).unwrap_or(u32::MAX),
+            siblings: match siblings.len() {
+                1 => Vec::new(),
+                _ => siblings.clone(),
+            },
         })
     }
 
@@ -218,6 +226,7 @@ mod tests {
         assert_eq!(place(m[5]), Some((0, 2)));
         assert_eq!(place(m[6]), Some((1, 2)));
         assert_eq!(tree.place(m[4]).and_then(|p| p.parent), Some(m[1]));
+        assert_eq!(tree.place(m[4]).map(|p| p.siblings), Some(vec![m[2], m[4]]));
     }
 
     #[test]

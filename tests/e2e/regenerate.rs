@@ -113,6 +113,15 @@ async fn a_regenerated_reply_is_a_sibling_that_the_model_and_the_reads_see() {
     assert_linked(&after);
     assert_eq!(after[3].id, reply_id(&again));
     assert_eq!(places(&after), [(0, 1), (0, 1), (0, 1), (1, 2)]);
+    // The versions a client switches between, named: none for a message without siblings.
+    assert_eq!(
+        after[3].sibling_ids,
+        [before[3].id.clone(), after[3].id.clone()]
+    );
+    assert!(
+        after[..3].iter().all(|m| m.sibling_ids.is_empty()),
+        "{after:#?}"
+    );
     assert_eq!(
         app.db.messages(&conversation).await.len(),
         5,
@@ -138,6 +147,7 @@ async fn a_regenerated_reply_is_a_sibling_that_the_model_and_the_reads_see() {
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(contents(&switched), contents(&before));
     assert_eq!(places(&switched), [(0, 1), (0, 1), (0, 1), (0, 2)]);
+    assert_eq!(switched[3].sibling_ids, after[3].sibling_ids);
     send_ok(&app, "alice", &conversation, "fourth").await;
     assert_eq!(
         last_context(&fake),

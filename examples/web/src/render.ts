@@ -60,6 +60,7 @@ export class MessageView {
   readonly root = element("li", "message");
   private readonly badge = element("span", "badge");
   private readonly info = element("span", "info");
+  private readonly tools = element("span", "message-tools");
   private readonly body = element("div", "body");
   private text: HTMLElement | null = null;
 
@@ -70,8 +71,45 @@ export class MessageView {
     this.root.dataset.state = state;
     this.badge.hidden = true;
     const head = element("div", "head");
-    head.append(element("span", "role", name), this.badge, this.info);
+    head.append(element("span", "role", name), this.badge, this.info, this.tools);
     this.root.append(head, this.body);
+  }
+
+  /**
+   * Shows where a stored message stands in its conversation's tree: the message it follows, and,
+   * when others follow the same one (its edits, or other replies to the same message), a
+   * "‹ n / m ›" whose arrows name the sibling to switch to. A message of the user's can be edited,
+   * and a reply generated again.
+   */
+  placeIn(message: Message): void {
+    this.root.dataset.parentId = message.parentId;
+    const nav = element("span", "siblings");
+    if (message.siblingCount > 1) {
+      const index = message.siblingIndex;
+      const to = (offset: number, label: string, text: string) => {
+        const button = element("button", "sibling", text);
+        button.type = "button";
+        button.setAttribute("aria-label", label);
+        const target = message.siblingIds[index + offset];
+        if (target) button.dataset.target = target;
+        else button.disabled = true;
+        return button;
+      };
+      nav.append(
+        to(-1, "Previous version", "‹"),
+        element("span", "sibling-place", `${index + 1} / ${message.siblingCount}`),
+        to(1, "Next version", "›"),
+      );
+    }
+    this.offerActions(nav);
+  }
+
+  /** The button that edits a message of the user's, or generates a reply again. */
+  offerActions(nav: HTMLElement = element("span", "siblings")): void {
+    const [name, text] = this.root.dataset.role === "user" ? ["edit", "Edit"] : ["regenerate", "Regenerate"];
+    const button = element("button", name, text);
+    button.type = "button";
+    this.tools.replaceChildren(nav, button);
   }
 
   /**
@@ -99,11 +137,17 @@ export class MessageView {
   static stored(message: Message): MessageView {
     const view = new MessageView(message.role, "stored");
     view.root.dataset.id = message.id;
+    if (message.parentId) view.placeIn(message);
     view.appendText(message.content);
     for (const call of message.toolCalls) view.addToolCall(call);
     if (message.status === MessageStatus.CANCELLED) view.mark("cancelled", "cancelled");
     if (message.createTime) view.info.textContent = timestampDate(message.createTime).toLocaleTimeString();
     return view;
+  }
+
+  /** The message's text, all its segments together. */
+  textContent(): string {
+    return [...this.body.querySelectorAll(".text")].map((node) => node.textContent).join("");
   }
 
   appendText(text: string): void {

@@ -51,6 +51,8 @@ const storyClosed = deferred();
 const toolCallShown = deferred();
 /** Opened by the test once the page shows that call's result; the model's final answer waits. */
 const toolResultShown = deferred();
+/** Opened by the test once the page was reloaded in the middle of the slow tale. */
+const reloaded = deferred();
 
 // ---- the MCP server: one tool, get_weather, over Streamable HTTP with sessions ----
 
@@ -106,6 +108,8 @@ const mcp = createServer(async (request, response) => {
 
 /** Every request the model was sent, as parsed JSON. */
 const modelRequests = [];
+/** How many numbered answers the model gave. */
+let answers = 0;
 
 const chunk = (delta, finish = null) =>
   `data: ${JSON.stringify({ id: "c", object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
@@ -161,6 +165,16 @@ const model = createServer(async (request, response) => {
       response.write(chunk(toolCall({ function: { arguments: ` "${city}"}` } })));
       response.write(chunk({}, "tool_calls"));
     }
+  } else if (asked.includes("number")) {
+    // Each answer its own, to tell versions apart.
+    answers += 1;
+    response.write(chunk({ content: `Answer #${answers}` }));
+    response.write(chunk({}, "stop"));
+  } else if (asked.includes("slow")) {
+    response.write(chunk({ content: "Once" }));
+    await reloaded.promise;
+    response.write(chunk({ content: " upon a time." }));
+    response.write(chunk({}, "stop"));
   } else if (asked.includes("story")) {
     // Never finishes: the page stops it.
     response.on("close", storyClosed.resolve);
@@ -695,8 +709,124 @@ test("the model names a new conversation; the page shows its title", limit, asyn
   assert.equal(await page.textContent(`#conversations li[data-id="${id}"] a`), "Weather in Lisbon");
 });
 
-test("a screenshot of the page", limit, async () => {
-  await page.waitForSelector("#messages li[data-role=assistant][data-state=stored] .tool-call[data-status=succeeded]");
+/** What the model was shown for the newest reply (title requests aside), as [role, content]. */
+function lastShownToModel() {
+  const request = modelRequests.findLast((r) => r.messages[0]?.role !== "system");
+  return request.messages.map((m) => [m.role, m.content]);
+}
+
+/** The open branch as the page shows it: each message's text, and its "n / m" if it has versions. */
+const shownBranch = () =>
+  page.$$eval("#messages li.message", (items) =>
+    items.map((item) => [
+      [...item.querySelectorAll(".text")].map((node) => node.textContent).join(""),
+      item.querySelector(".sibling-place")?.textContent ?? "",
+    ]),
+  );
+
+/** The open branch as the service stores it, in the same shape. */
+async function storedBranch(id) {
+  const { messages } = await clients(token("alice")).conversations.getConversation({ conversationId: id });
+  return messages.map((m) => [m.content, m.siblingCount > 1 ? `${m.siblingIndex + 1} / ${m.siblingCount}` : ""]);
+}
+
+/** Waits until the page shows `expected` as the branch. */
+const untilBranch = (expected) =>
+  page.waitForFunction(
+    (want) =>
+      JSON.stringify(
+        [...document.querySelectorAll("#messages li.message")].map((item) => [
+          [...item.querySelectorAll(".text")].map((node) => node.textContent).join(""),
+          item.querySelector(".sibling-place")?.textContent ?? "",
+        ]),
+      ) === JSON.stringify(want),
+    expected,
+  );
+
+let branched;
+
+test("an edit starts a branch that the model sees alone, and the page moves between versions", limit, async () => {
+  await newConversation();
+  await sendFromPage("First, a number");
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=complete] button.regenerate");
+  await sendFromPage("Second, a number");
+  await until(() => document.querySelectorAll("#messages li[data-role=assistant][data-state=complete]").length === 2);
+  branched = await openId();
+  const before = await shownBranch();
+  assert.deepEqual(before, await storedBranch(branched));
+
+  const second = page.locator("#messages li[data-role=user]").nth(1);
+  await second.locator("button.edit").click();
+  await second.locator(".editor textarea").fill("Second, edited, a number");
+  const next = answers + 1;
+  await second.locator(".editor button.save").click();
+  const [first, firstAnswer] = before;
+  const edited = [first, firstAnswer, ["Second, edited, a number", "2 / 2"], [`Answer #${next}`, ""]];
+  await untilBranch(edited);
+  assert.deepEqual(await storedBranch(branched), edited);
+  assert.deepEqual(lastShownToModel(), [
+    ["user", "First, a number"],
+    ["assistant", firstAnswer[0]],
+    ["user", "Second, edited, a number"],
+  ]);
+
+  // Back to the first version, and forth again.
+  await second.locator("button.sibling[aria-label='Previous version']").click();
+  const original = [first, firstAnswer, [before[2][0], "1 / 2"], before[3]];
+  await untilBranch(original);
+  assert.deepEqual(await storedBranch(branched), original);
+  await page.locator("#messages li[data-role=user]").nth(1).locator("button.sibling[aria-label='Next version']").click();
+  await untilBranch(edited);
+  assert.deepEqual(await storedBranch(branched), edited);
+});
+
+test("another reply is a sibling of the first, and the model is not shown the first", limit, async () => {
+  const before = await shownBranch();
+  const again = [...before.slice(0, 3), [`Answer #${answers + 1}`, "2 / 2"]];
+  await lastReply().locator("button.regenerate").click();
+  await untilBranch(again);
+  assert.deepEqual(await storedBranch(branched), again);
+  assert.deepEqual(lastShownToModel(), [
+    ["user", "First, a number"],
+    ["assistant", before[1][0]],
+    ["user", "Second, edited, a number"],
+  ]);
+
+  await lastReply().locator("button.sibling[aria-label='Previous version']").click();
+  const first = [...before.slice(0, 3), [before[3][0], "1 / 2"]];
+  await untilBranch(first);
+  assert.deepEqual(await storedBranch(branched), first);
+  await lastReply().locator("button.sibling[aria-label='Next version']").click();
+  await untilBranch(again);
+});
+
+test("a reload in the middle of a reply picks it up, and the page ends with what is stored", limit, async () => {
+  await newConversation();
+  await sendFromPage("Tell me a slow tale");
+  await until(() => [...document.querySelectorAll("#messages li[data-role=assistant]")].at(-1)?.querySelector(".text")?.textContent === "Once");
+  const id = await openId();
+  const kept = JSON.parse(await page.evaluate(() => sessionStorage.getItem("chat.pending")));
+  assert.equal(kept.conversationId, id);
+  assert.equal(kept.text, "Once");
+
+  await page.reload();
+  // The page connects again, shows the conversation as stored, and the reply as it was.
+  await until(() => {
+    const reply = [...document.querySelectorAll("#messages li[data-role=assistant]")].at(-1);
+    return reply?.dataset.state === "streaming" && reply.querySelector(".text")?.textContent === "Once";
+  });
+  reloaded.resolve();
+  await page.waitForSelector("#messages li[data-role=assistant][data-state=complete]");
+  const stored = await clients(token("alice")).conversations.getConversation({ conversationId: id });
+  assert.deepEqual(stored.messages.map((m) => m.content), ["Tell me a slow tale", "Once upon a time."]);
+  assert.equal((await lastReply().locator(".text").allTextContents()).join(""), stored.messages[1].content);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("chat.pending")), null);
+});
+
+test("a screenshot of the page, with a reply that has another version", limit, async () => {
+  await page.evaluate((opened) => (location.hash = `#/c/${opened}`), branched);
+  await untilBranch(await storedBranch(branched));
+  await page.waitForSelector("#messages li[data-role=assistant] .sibling-place");
   const file = path.join(results, "chat-page.png");
   await page.screenshot({ path: file });
   if (process.env.UPDATE_SCREENSHOT) copyFileSync(file, path.join(web, "screenshot.png"));
