@@ -67,30 +67,28 @@ const APPEND_USER_MESSAGE: &str = "WITH tip AS MATERIALIZED (
          (SELECT leaf_jumps FROM touched) AS leaf_jumps,
          NULL::text AS refusal";
 
-/// [`APPEND_USER_MESSAGE`] for a message at the place the client chose (`$12`): after message
-/// `$11` of this conversation, or as a first message when `$11` is null. A chosen place is
+/// [`APPEND_USER_MESSAGE`] for a message at the place the client chose: after message `$11` of
+/// this conversation, or as a first message when `$11` is null. A chosen place is
 /// refused (`refusal`) when it names no message of the conversation, when a turn on the path
 /// from the root to it is still generating (its reply would land below the new message), or
-/// when `$13` messages follow it already. A chosen place that is not the leaf is a jump:
+/// when `$12` messages follow it already. A chosen place that is not the leaf is a jump:
 /// `leaf_jumps` counts it, and the turn keeps the count it started with.
 const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
          SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
          FROM conversations WHERE id = $1 AND user_id = $2
      ), parent AS MATERIALIZED (
-         SELECT leaf_id AS id, leaf_depth AS depth FROM tip WHERE NOT $12
-         UNION ALL
          SELECT m.id, m.depth FROM messages m
-         WHERE $12 AND $11::uuid IS NOT NULL AND m.id = $11 AND m.conversation_id = $1
+         WHERE $11::uuid IS NOT NULL AND m.id = $11 AND m.conversation_id = $1
            AND EXISTS (SELECT 1 FROM tip)
          UNION ALL
-         SELECT NULL::uuid, -1 WHERE $12 AND $11::uuid IS NULL AND EXISTS (SELECT 1 FROM tip)
+         SELECT NULL::uuid, -1 WHERE $11::uuid IS NULL AND EXISTS (SELECT 1 FROM tip)
      ), above (id, parent_id) AS (
-         SELECT m.id, m.parent_id FROM messages m JOIN parent p ON m.id = p.id WHERE $12
+         SELECT m.id, m.parent_id FROM messages m JOIN parent p ON m.id = p.id
          UNION ALL
          SELECT m.id, m.parent_id FROM messages m JOIN above a ON m.id = a.parent_id
      ), refusal AS MATERIALIZED (
          SELECT CASE
-             WHEN NOT $12 OR NOT EXISTS (SELECT 1 FROM tip) THEN NULL
+             WHEN NOT EXISTS (SELECT 1 FROM tip) THEN NULL
              WHEN NOT EXISTS (SELECT 1 FROM parent) THEN 'parent_missing'
              WHEN EXISTS (SELECT 1 FROM above a JOIN turns t ON t.id = a.id
                           WHERE t.state = 'generating')
@@ -98,7 +96,7 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
                           WHERE t.state = 'generating') THEN 'branch_generating'
              WHEN (SELECT count(*) FROM messages
                    WHERE conversation_id = $1
-                     AND parent_id IS NOT DISTINCT FROM (SELECT id FROM parent)) >= $13
+                     AND parent_id IS NOT DISTINCT FROM (SELECT id FROM parent)) >= $12
                  THEN 'siblings_full'
          END AS reason
      ), touched AS (
@@ -110,7 +108,7 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
              leaf_id = $5,
              leaf_depth = (SELECT depth FROM parent) + 1,
              leaf_jumps = leaf_jumps
-                 + CASE WHEN $12 AND (SELECT id FROM parent) IS DISTINCT FROM leaf_id THEN 1 ELSE 0 END
+                 + CASE WHEN (SELECT id FROM parent) IS DISTINCT FROM leaf_id THEN 1 ELSE 0 END
          WHERE id = $1 AND user_id = $2 AND revision < $7
            AND (awaiting_until IS NULL OR awaiting_until <= $3)
            AND ($8::text IS NULL
@@ -254,7 +252,6 @@ async fn write_user_message(
         false => row.get_result::<UserMessageRow>(&mut conn).await?,
         true => {
             row.bind::<Nullable<SqlUuid>, _>(parent)
-                .bind::<Bool, _>(chosen)
                 .bind::<BigInt, _>(limits.max_siblings)
                 .get_result::<UserMessageRow>(&mut conn)
                 .await?

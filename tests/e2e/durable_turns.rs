@@ -5,8 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use chat_service::api::proto::{
-    CancelTurnRequest, Disconnect, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
-    SendMessageResponse, ToolDefinition, resume_turn_response, send_message_response::Event,
+    CancelTurnRequest, Disconnect, RegenerateReplyRequest, RegenerateReplyResponse,
+    ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest, SendMessageResponse, ToolDefinition,
+    regenerate_reply_response, resume_turn_response, send_message_response::Event,
 };
 use secrecy::ExposeSecret;
 use tokio::sync::Notify;
@@ -90,6 +91,20 @@ impl Numbered for ResumeTurnResponse {
             Resumed::ToolCall(call) => Event::ToolCall(call),
             Resumed::ToolResult(result) => Event::ToolResult(result),
             Resumed::Completed(completed) => Event::Completed(completed),
+        };
+        (self.sequence, event)
+    }
+}
+
+impl Numbered for RegenerateReplyResponse {
+    fn numbered(self) -> (u64, Event) {
+        use regenerate_reply_response::Event as Regenerated;
+        let event = match self.event.unwrap_or_else(|| panic!("an empty event")) {
+            Regenerated::Accepted(accepted) => Event::Accepted(accepted),
+            Regenerated::Delta(delta) => Event::Delta(delta),
+            Regenerated::ToolCall(call) => Event::ToolCall(call),
+            Regenerated::ToolResult(result) => Event::ToolResult(result),
+            Regenerated::Completed(completed) => Event::Completed(completed),
         };
         (self.sequence, event)
     }
@@ -857,6 +872,109 @@ async fn a_killed_replica_s_turn_is_ended_by_the_others_and_a_retry_generates_it
 
     fake.script([Script::reply(&["Again."])]);
     assert_a_retry_generates_again(&b, &database, "lost-1", &turn).await;
+}
+
+/// The state and attempt of the newest turn that regenerated `message`'s reply, as stored.
+async fn regeneration_state(db: &TestDatabase, message: &str) -> (String, i32) {
+    let id = db
+        .count(&format!(
+            "SELECT count(*) AS n FROM turns WHERE message_id = '{message}'"
+        ))
+        .await;
+    assert_eq!(id, 1, "one regeneration of {message}");
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    use diesel_async::RunQueryDsl;
+    let row: Row = diesel::sql_query(format!(
+        "SELECT id::text AS id FROM turns WHERE message_id = '{message}'"
+    ))
+    .get_result(&mut db.connect().await)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    turn_state(db, &row.id).await
+}
+
+#[tokio::test]
+async fn a_killed_replica_s_regeneration_is_ended_by_the_others_and_its_retry_generates_it_again() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    fake.script([
+        Script::reply(&["Hello."]),
+        Script::Stall {
+            deltas: vec!["Hel".into(), "lo".into()],
+        },
+    ]);
+    let settings = replica_settings(&fake, &shared_url(), "1s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+    let request = a.request("alice", message("Hi", "", Disconnect::Cancel));
+    let first = read_rest(&mut a.chat().send_message(request).await.unwrap().into_inner()).await;
+    first.completed();
+    let asked = first.user_message_id();
+    let conversation = conversation_of(&first);
+
+    // Regenerated on A, which goes on without its client; followed on B through Redis.
+    let regenerate = |request_id: &str| RegenerateReplyRequest {
+        message_id: asked.clone(),
+        request_id: request_id.to_owned(),
+        on_disconnect: Disconnect::Continue.into(),
+        ..Default::default()
+    };
+    let request = a.request("alice", regenerate("again-lost-1"));
+    let mut stream = a
+        .chat()
+        .regenerate_reply(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = read_some(&mut stream, 3).await;
+    assert_eq!(seen.user_message_id(), asked);
+    let request = b.request("alice", resume(&asked, 1));
+    let mut watching = b.chat().resume_turn(request).await.unwrap().into_inner();
+    assert_eq!(read_some(&mut watching, 2).await.text(), "Hello");
+    // Then SIGKILL.
+    drop(a);
+
+    let ended = read_rest(&mut watching).await;
+    assert_eq!(ended.error.map(|s| s.code()), Some(Code::Unavailable));
+    assert_eq!(
+        regeneration_state(&database, &asked).await,
+        ("interrupted".to_owned(), 1)
+    );
+    // What was streamed is stored beside the first reply.
+    assert_eq!(
+        replies(&database, &conversation).await,
+        [
+            ("complete".to_owned(), "Hello.".to_owned()),
+            ("interrupted".to_owned(), "Hello".to_owned())
+        ]
+    );
+
+    // The retry, on B, generates it again as its second attempt, beside the others.
+    fake.script([Script::reply(&["Again."])]);
+    let request = b.request("alice", regenerate("again-lost-1"));
+    let retry = read_rest(
+        &mut b
+            .chat()
+            .regenerate_reply(request)
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(retry.user_message_id(), asked);
+    assert_eq!(retry.text(), "Again.");
+    retry.completed();
+    assert_eq!(
+        regeneration_state(&database, &asked).await,
+        ("completed".to_owned(), 2)
+    );
+    assert_eq!(
+        replies(&database, &conversation).await.last(),
+        Some(&("complete".to_owned(), "Again.".to_owned()))
+    );
 }
 
 #[tokio::test]

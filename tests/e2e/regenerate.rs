@@ -238,6 +238,28 @@ async fn what_is_not_the_caller_s_user_message_is_refused_and_nothing_is_written
 }
 
 #[tokio::test]
+async fn a_conversation_that_holds_as_many_messages_as_allowed_takes_no_other_reply() {
+    let fake = FakeLlm::start().await;
+    // Every message counts, on every branch: the two turns fill it.
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        config.limits.storage.messages_per_conversation = 4
+    })
+    .await;
+    let (conversation, before) = two_turns(&app).await;
+    let asked = fake.received().len();
+    let full = regenerate(&app, &before[2].id).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    let subjects: Vec<String> = full
+        .get_details_quota_failure()
+        .map(|q| q.violations.into_iter().map(|v| v.subject).collect())
+        .unwrap_or_default();
+    assert_eq!(subjects, ["conversation_messages"]);
+    assert_eq!(fake.received().len(), asked, "the model was not asked");
+    assert_eq!(app.db.messages(&conversation).await.len(), 4);
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM turns").await, 2);
+}
+
+#[tokio::test]
 async fn a_branch_with_a_reply_still_generating_is_not_regenerated_but_another_one_is() {
     let fake = FakeLlm::start().await;
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
