@@ -203,8 +203,9 @@ impl Store {
     /// [`StoreError::Duplicate`].
     ///
     /// `started` hears the message and the model's context as soon as they are final, before
-    /// the commit; it is dropped unheard when nothing is written. BEGIN, the statement and COMMIT travel in one
-    /// flight, and the commit's wait for the disk overlaps the model's request.
+    /// the commit; it is dropped unheard when nothing is written. BEGIN, the statement and
+    /// COMMIT travel in one flight, and the commit's wait for the disk overlaps the model's
+    /// request.
     pub async fn regenerate_reply(
         &self,
         user: UserId,

@@ -473,6 +473,38 @@ async fn the_model_sees_as_many_messages_before_as_a_new_message_would_get() {
 }
 
 #[tokio::test]
+async fn deleting_a_conversation_deletes_every_branch_and_turn() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let (conversation, before) = two_turns(&app).await;
+    send_after(&app, &conversation, &before[1].id, "second, edited")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    regenerate(&app, &before[2].id)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let of_it = |table: &str| {
+        format!("SELECT count(*) AS n FROM {table} WHERE conversation_id = '{conversation}'")
+    };
+    assert_eq!(app.db.count(&of_it("messages")).await, 7);
+    assert_eq!(app.db.count(&of_it("turns")).await, 4);
+
+    app.conversations()
+        .delete_conversation(app.request(
+            "alice",
+            chat_service::api::proto::DeleteConversationRequest {
+                conversation_id: conversation.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(app.db.count(&of_it("messages")).await, 0);
+    assert_eq!(app.db.count(&of_it("turns")).await, 0);
+    let gone = regenerate(&app, &before[2].id).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+}
+
+#[tokio::test]
 async fn a_replica_that_remembers_the_old_branch_answers_from_the_new_one() {
     let fake = FakeLlm::start().await;
     let a = TestApp::with_fake_llm(&fake, |_| {}).await;
