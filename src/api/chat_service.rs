@@ -10,10 +10,11 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiError, Caller, convert,
     proto::{
-        CancelTurnRequest, CancelTurnResponse, Disconnect, MessageAccepted, MessageCompleted,
-        MessageDelta, RegenerateReplyRequest, RegenerateReplyResponse, ResumeTurnRequest,
-        ResumeTurnResponse, SendMessageRequest, SendMessageResponse, SubmitToolResultsRequest,
-        SubmitToolResultsResponse, ToolDefinition, Usage, chat_service_server::ChatService,
+        CancelTurnRequest, CancelTurnResponse, Disconnect, ListModelsRequest, ListModelsResponse,
+        MessageAccepted, MessageCompleted, MessageDelta, Model, RegenerateReplyRequest,
+        RegenerateReplyResponse, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
+        SendMessageResponse, SubmitToolResultsRequest, SubmitToolResultsResponse, ToolDefinition,
+        Usage, chat_service_server::ChatService,
         regenerate_reply_response::Event as RegeneratedEvent,
         resume_turn_response::Event as ResumedEvent, send_message_response::Event,
         submit_tool_results_response::Event as ContinuationEvent,
@@ -161,8 +162,31 @@ fn bearer_token<T>(request: &Request<T>) -> Option<SecretString> {
         .then(|| SecretString::from(token.trim()))
 }
 
+/// The model a request names; empty names none.
+fn chosen_model(name: String) -> Option<String> {
+    (!name.is_empty()).then_some(name)
+}
+
 #[tonic::async_trait]
 impl ChatService for ChatApi {
+    async fn list_models(
+        &self,
+        request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        self.caller.user(&request).await?;
+        let models = self
+            .turns
+            .models()
+            .iter()
+            .map(|(model, is_default)| Model {
+                name: model.name.to_string(),
+                context_window_tokens: model.context_window,
+                is_default,
+            })
+            .collect();
+        Ok(Response::new(ListModelsResponse { models }))
+    }
+
     type SendMessageStream = EventStream<SendMessageResponse>;
 
     async fn send_message(
@@ -196,6 +220,7 @@ impl ChatService for ChatApi {
             request_key,
             detached,
             placement,
+            model: chosen_model(message.model),
         };
         let turn = self.turns.start(turn).await.map_err(ApiError::from)?;
         Ok(Response::new(Box::pin(responses(turn, encode))))
@@ -252,6 +277,7 @@ impl ChatService for ChatApi {
             request_key: RequestKey::parse(message.request_id)
                 .map_err(|e| ApiError::invalid("request_id", e))?,
             detached: detached(message.on_disconnect)?,
+            model: chosen_model(message.model),
         };
         let turn = self
             .turns

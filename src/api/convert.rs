@@ -38,6 +38,7 @@ pub fn message(message: Message) -> proto::Message {
         sibling_index: 0,
         sibling_count: 0,
         sibling_ids: Vec::new(),
+        model: message.model.unwrap_or_default(),
     }
 }
 

@@ -358,6 +358,7 @@ mod tests {
             status: MessageStatus::Complete,
             create_time: now(),
             tool_calls: Vec::new(),
+            model: None,
         }
     }
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{ConversationId, Role, Title, UserId},
-    llm::{ChatModel, ContextMessage, LlmError, ModelEvent, ModelRequest},
+    llm::{ContextMessage, LlmError, ModelCatalog, ModelChoice, ModelEvent, ModelRequest},
     store::{Store, StoreError},
     telemetry::metrics::Metrics,
 };
@@ -40,7 +40,9 @@ enum TitleError {
 
 /// Asks the model to name new conversations.
 pub struct Titler {
-    model: Arc<dyn ChatModel>,
+    models: Arc<ModelCatalog>,
+    /// The model that writes titles.
+    model: ModelChoice,
     store: Store,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -50,12 +52,14 @@ pub struct Titler {
 
 impl Titler {
     pub fn new(
-        model: Arc<dyn ChatModel>,
+        models: Arc<ModelCatalog>,
+        model: ModelChoice,
         store: Store,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            models,
             model,
             store,
             permits: Arc::new(Semaphore::new(MOST_AT_ONCE)),
@@ -134,13 +138,13 @@ impl Titler {
             tools: Arc::from([]),
             may_call_tools: false,
         };
-        let mut stream = self.model.stream(request);
+        let mut stream = self.models.stream(self.model, request);
         let mut answer = String::new();
         while let Some(event) = stream.next().await {
             match event? {
                 ModelEvent::Delta(text) => answer.push_str(&text),
                 ModelEvent::Finished { .. } => break,
-                ModelEvent::ToolCall(_) | ModelEvent::Usage(_) => {}
+                ModelEvent::ToolCall(_) | ModelEvent::Usage(_) | ModelEvent::FellBack { .. } => {}
             }
             if answer.len() > ANSWER_BYTES {
                 break;

@@ -4,6 +4,7 @@
 //! nothing here does more than parse and check.
 
 mod auth;
+mod catalog;
 mod database;
 mod events;
 mod limits;
@@ -95,11 +96,23 @@ impl Settings {
         let (events, lease) = self.events.into_settings()?;
         let mut turns = self.turns.into_settings()?;
         turns.lease = lease;
+        let server = self.server.into_settings(env)?;
+        let database = self.database.into_settings()?;
+        let auth = self.auth.into_settings(env, development_key_allowed)?;
+        let model = self.model.into_catalog(env)?;
+        if let Some(name) = &turns.title_model
+            && !model.models.iter().any(|known| &known.name == name)
+        {
+            return Err(invalid(
+                "CHAT_TITLE_MODEL",
+                format!("{name:?} is not a model of the catalog (CHAT_MODELS)"),
+            ));
+        }
         Ok(Config {
-            server: self.server.into_settings(env)?,
-            database: self.database.into_settings()?,
-            auth: self.auth.into_settings(env, development_key_allowed)?,
-            model: self.model.into_settings(env)?,
+            server,
+            database,
+            auth,
+            model,
             turns,
             tools: self.tools.into_settings()?,
             events,

@@ -1,15 +1,19 @@
 //! CHAT_LLM_BASE_URL (or OPENAI_BASE_URL), CHAT_LLM_API_KEY (or OPENAI_API_KEY), CHAT_LLM_MODEL,
 //! CHAT_LLM_CONNECT_TIMEOUT, CHAT_LLM_FIRST_TOKEN_TIMEOUT, CHAT_LLM_IDLE_TIMEOUT,
 //! CHAT_LLM_TOTAL_TIMEOUT, CHAT_LLM_MAX_RETRIES, CHAT_LLM_RETRY_BASE_DELAY,
-//! CHAT_LLM_MAX_OUTPUT_TOKENS, CHAT_DEV_MODEL_DELAY
+//! CHAT_LLM_MAX_OUTPUT_TOKENS, CHAT_LLM_CONTEXT_WINDOW, CHAT_DEV_MODEL_DELAY, CHAT_MODELS
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{ConfigError, Environment, invalid, is_http_url, non_empty, secret};
-use crate::llm::{ModelSettings, OpenAiSettings};
+use super::{
+    ConfigError, Environment,
+    catalog::{Shared, read_catalog},
+    invalid, is_http_url, non_empty, secret,
+};
+use crate::llm::{CatalogSettings, ModelSettings, OpenAiSettings};
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
@@ -75,6 +79,16 @@ pub struct ModelArgs {
     )]
     pub llm_max_output_tokens: u32,
 
+    /// The model's context window in tokens, as `ListModels` reports it; unset: not known.
+    #[arg(long, env = "CHAT_LLM_CONTEXT_WINDOW", global = true)]
+    pub llm_context_window: Option<u32>,
+
+    /// A JSON file naming the models clients choose among, with their fallbacks and prices
+    /// (README, "Models"). Replaces CHAT_LLM_BASE_URL, CHAT_LLM_MODEL and CHAT_LLM_API_KEY; the
+    /// other CHAT_LLM_ settings apply to every model.
+    #[arg(long, env = "CHAT_MODELS", global = true)]
+    pub models: Option<PathBuf>,
+
     /// Pause before each word of the development model's reply.
     #[arg(long, env = "CHAT_DEV_MODEL_DELAY", default_value = "40ms", value_parser = humantime::parse_duration, global = true)]
     pub dev_model_delay: Duration,
@@ -83,12 +97,65 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Whether these settings name a real model rather than the built-in one.
     pub fn names_a_real_model(&self) -> bool {
-        [&self.llm_base_url, &self.openai_base_url]
-            .into_iter()
-            .any(|url| url.as_deref().is_some_and(|url| !url.is_empty()))
+        self.models.is_some()
+            || [&self.llm_base_url, &self.openai_base_url]
+                .into_iter()
+                .any(|url| url.as_deref().is_some_and(|url| !url.is_empty()))
     }
 
-    pub fn into_settings(self, env: Environment) -> Result<ModelSettings, ConfigError> {
+    /// The catalog: CHAT_MODELS's, or the one model of the single-model settings.
+    pub fn into_catalog(self, env: Environment) -> Result<CatalogSettings, ConfigError> {
+        let Some(path) = self.models.clone() else {
+            let context_window = self.llm_context_window.unwrap_or(0);
+            return Ok(CatalogSettings::of_one(
+                self.into_settings(env)?,
+                context_window,
+            ));
+        };
+        if self.names_a_single_model() {
+            return Err(invalid(
+                "CHAT_MODELS",
+                "names the models; unset CHAT_LLM_BASE_URL, CHAT_LLM_MODEL and CHAT_LLM_API_KEY, \
+                 or unset CHAT_MODELS",
+            ));
+        }
+        let template = OpenAiSettings {
+            base_url: String::new(),
+            api_key: None,
+            model: String::new(),
+            max_output_tokens: Some(self.llm_max_output_tokens).filter(|&tokens| tokens > 0),
+            connect_timeout: self.llm_connect_timeout,
+            first_token_timeout: self.llm_first_token_timeout,
+            idle_timeout: self.llm_idle_timeout,
+            total_timeout: self.llm_total_timeout,
+            max_retries: self.llm_max_retries,
+            retry_base_delay: self.llm_retry_base_delay,
+        };
+        let read_env = |name: &str| std::env::var(name).ok();
+        read_catalog(
+            &path,
+            &Shared {
+                env,
+                template: &template,
+                dev_delay: self.dev_model_delay,
+                read_env: &read_env,
+            },
+        )
+    }
+
+    /// Whether a CHAT_LLM_ setting names a model, a URL or a key. (The OPENAI_ variables are
+    /// other tools' too, and a catalog may read its keys from them.)
+    fn names_a_single_model(&self) -> bool {
+        let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+        set(&self.llm_base_url)
+            || set(&self.llm_model)
+            || self
+                .llm_api_key
+                .as_ref()
+                .is_some_and(|key| !key.expose_secret().is_empty())
+    }
+
+    fn into_settings(self, env: Environment) -> Result<ModelSettings, ConfigError> {
         let Some(base_url) = non_empty(self.llm_base_url.or(self.openai_base_url)) else {
             if env == Environment::Production {
                 return Err(invalid(

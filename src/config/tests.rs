@@ -63,7 +63,103 @@ fn production_refuses_the_development_key_and_model() {
         Some("CHAT_LLM_BASE_URL")
     );
     let config = production().into_config(false);
-    assert!(config.is_ok_and(|c| matches!(c.model, ModelSettings::OpenAi(_))));
+    assert!(config.is_ok_and(|c| matches!(c.model.models[0].settings, ModelSettings::OpenAi(_))));
+}
+
+/// A catalog file in the system's temporary directory, removed when dropped.
+struct CatalogFile(std::path::PathBuf);
+
+impl CatalogFile {
+    fn new(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("chat-models-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0
+            .to_str()
+            .unwrap_or_else(|| panic!("a path that is not UTF-8"))
+    }
+}
+
+impl Drop for CatalogFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_single_model_settings_are_a_catalog_of_one() {
+    let names = |settings: Settings| {
+        let config = settings
+            .into_config(false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = config.model.models.into_iter().map(|m| m.name).collect();
+        (names, config.model.default)
+    };
+    assert_eq!(names(production()), (vec!["qwen".to_owned()], 0));
+    assert_eq!(names(settings(&[])), (vec!["dev".to_owned()], 0));
+}
+
+#[test]
+fn a_catalog_file_names_the_models_and_the_title_model_must_be_one() {
+    let file = CatalogFile::new(
+        r#"{"default": "other", "models": [{"name": "local", "development": true},
+                                           {"name": "other", "development": true}]}"#,
+    );
+    let path = file.path();
+    let with = |more: &[&'static str]| -> Vec<&str> {
+        [&["--env", "development", "--models", path][..], more].concat()
+    };
+    let config = settings(&with(&[]))
+        .into_config(false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = config
+        .model
+        .models
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["local", "other"]);
+    assert_eq!(config.model.default, 1);
+    // A catalog and a single model at once is ambiguous.
+    assert_eq!(
+        refused_setting(&with(&[
+            "--llm-base-url",
+            "http://a/v1",
+            "--llm-model",
+            "m"
+        ])),
+        Some("CHAT_MODELS")
+    );
+    assert_eq!(
+        refused_setting(&with(&["--title-model", "missing"])),
+        Some("CHAT_TITLE_MODEL")
+    );
+    assert!(
+        settings(&with(&["--title-model", "local"]))
+            .into_config(false)
+            .is_ok()
+    );
+    // Production refuses the development model in a catalog too.
+    let secret = "s".repeat(32);
+    let production = [
+        "--env",
+        "production",
+        "--jwt-secret",
+        &secret,
+        "--models",
+        file.path(),
+    ];
+    assert_eq!(refused_setting(&production), Some("CHAT_MODELS"));
+    let missing = [
+        "--env",
+        "development",
+        "--models",
+        "/nonexistent/models.json",
+    ];
+    assert_eq!(refused_setting(&missing), Some("CHAT_MODELS"));
 }
 
 #[test]
@@ -183,7 +279,7 @@ fn secrets_never_show_in_debug_output() {
     );
     assert!(matches!(config.auth.key, JwtKey::Hs256Secret(_)));
     assert!(matches!(
-        config.model,
+        &config.model.models[0].settings,
         ModelSettings::OpenAi(settings) if settings.api_key.as_ref().is_some_and(|k| k.expose_secret() == key)
     ));
 }

@@ -1,5 +1,6 @@
 //! CHAT_SYSTEM_PROMPT, CHAT_HISTORY_MESSAGES, CHAT_HISTORY_MAX_CHARS, CHAT_MAX_MESSAGE_CHARS,
-//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS, CHAT_TOOL_RESULTS_TIMEOUT, CHAT_TITLES
+//! CHAT_STREAM_STALL_TIMEOUT, CHAT_MAX_TOOL_ROUNDS, CHAT_TOOL_RESULTS_TIMEOUT, CHAT_TITLES,
+//! CHAT_TITLE_MODEL
 
 use std::time::Duration;
 
@@ -20,6 +21,10 @@ pub struct TurnArgs {
         global = true
     )]
     pub titles: bool,
+
+    /// The model (a name of CHAT_MODELS's catalog) that writes titles; unset: the default.
+    #[arg(long, env = "CHAT_TITLE_MODEL", global = true)]
+    pub title_model: Option<String>,
 
     /// System prompt sent before the conversation.
     #[arg(long, env = "CHAT_SYSTEM_PROMPT", global = true)]
@@ -107,6 +112,7 @@ impl TurnArgs {
             tool_results_timeout: self.tool_results_timeout,
             lease: Duration::from_secs(10),
             titles: self.titles,
+            title_model: self.title_model.filter(|name| !name.is_empty()),
         })
     }
 }

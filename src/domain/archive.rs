@@ -101,6 +101,8 @@ pub struct ArchivedMessage {
     pub status: MessageStatus,
     pub create_time: DateTime<Utc>,
     pub tool_calls: Vec<ArchivedToolCall>,
+    /// On an assistant's message: the model that wrote it, if known.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

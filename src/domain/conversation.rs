@@ -165,6 +165,8 @@ pub struct Message {
     pub status: MessageStatus,
     pub create_time: DateTime<Utc>,
     pub tool_calls: Vec<ToolCall>,
+    /// On an assistant's message: the catalog's name of the model that wrote it, if known.
+    pub model: Option<String>,
 }
 
 /// A function call the model asked for while writing a message.

@@ -1,6 +1,7 @@
 //! The language-model port and its adapters: an OpenAI-compatible HTTP/SSE client and a
 //! built-in development model. Knows nothing of gRPC or storage.
 
+mod catalog;
 mod dev;
 mod error;
 mod openai;
@@ -10,6 +11,10 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use tokio_stream::Stream;
 
+pub use catalog::{
+    CatalogModel, CatalogModelSettings, CatalogSettings, ModelCatalog, ModelChoice, Prices,
+    UnknownModel,
+};
 pub use dev::DevModel;
 pub use error::{LlmError, TimeoutKind};
 pub use openai::{MAX_EVENT_BYTES, MAX_REPLY_BYTES, OpenAiModel, OpenAiSettings, ReplyReader};
@@ -76,12 +81,22 @@ pub struct TokenUsage {
 }
 
 /// What a model stream yields, in this order: text deltas, then tool calls, usage and the finish.
+/// A stream with fallbacks may begin with one or more `FellBack`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelEvent {
+    /// Model `from` failed before its first event (an error of kind `error`); `to` is asked
+    /// instead, and what follows is its.
+    FellBack {
+        from: ModelChoice,
+        to: ModelChoice,
+        error: &'static str,
+    },
     Delta(String),
     ToolCall(ModelToolCall),
     Usage(TokenUsage),
-    Finished { reason: String },
+    Finished {
+        reason: String,
+    },
 }
 
 /// A reply being generated. Dropping it aborts the generation, including the HTTP request.

@@ -17,7 +17,7 @@ use crate::{
     api::{AuthSettings, Authenticator, JwtKey, auth::InvalidKey},
     chat::{LimitSettings, TurnSettings},
     events::{EventSettings, EventsError},
-    llm::{self, ChatModel, LlmError, ModelSettings},
+    llm::{CatalogSettings, LlmError, ModelCatalog},
     store::{ConnectError, DatabaseSettings, Store},
     telemetry::{LogSettings, OtelSettings},
     tools::ToolSettings,
@@ -29,7 +29,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
-    pub model: ModelSettings,
+    /// The models clients choose among.
+    pub model: CatalogSettings,
     pub turns: TurnSettings,
     pub tools: ToolSettings,
     pub events: EventSettings,
@@ -122,7 +123,7 @@ pub struct Application {
     metrics_addr: SocketAddr,
     store: Store,
     authenticator: Authenticator,
-    model: Arc<dyn ChatModel>,
+    models: Arc<ModelCatalog>,
 }
 
 async fn bind(
@@ -154,7 +155,7 @@ impl Application {
                  impersonate any user. Set CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE for real use"
             );
         }
-        let model = llm::connect(&config.model)?;
+        let models = Arc::new(ModelCatalog::connect(&config.model)?);
         let store = Store::connect(&config.database).await?;
         let (listener, local_addr) = bind(config.server.listen_addr, "CHAT_LISTEN_ADDR").await?;
         let (metrics_listener, metrics_addr) =
@@ -167,7 +168,7 @@ impl Application {
             metrics_addr,
             store,
             authenticator,
-            model,
+            models,
         })
     }
 

@@ -31,7 +31,7 @@ use crate::{
     },
     chat::{Admission, Conversations, Identities, RecentContexts, TurnRuntime, Turns},
     events::TurnEvents,
-    llm::ChatModel,
+    llm::ModelCatalog,
     store::Store,
     telemetry::metrics::Metrics,
     tools::Toolbox,
@@ -47,7 +47,7 @@ struct Services {
 /// What the chat and conversation services are built on.
 struct ServiceParts {
     store: Store,
-    model: Arc<dyn ChatModel>,
+    models: Arc<ModelCatalog>,
     admission: Arc<Admission>,
     identities: Identities,
 }
@@ -78,7 +78,7 @@ impl Application {
             metrics_addr,
             store,
             authenticator,
-            model,
+            models,
         } = self;
         let metrics = Metrics::new();
         let stopping = CancellationToken::new();
@@ -87,7 +87,7 @@ impl Application {
             admission: Admission::new(config.limits.clone(), metrics.clone()),
             identities: Identities::new(store.clone()),
             store,
-            model,
+            models,
         };
         let runtime = turn_runtime(&config, &parts, &metrics, &tools_stop).await?;
         let (reporter, health_monitor) =
@@ -212,7 +212,7 @@ fn services(
 ) -> (Services, Turns) {
     let ServiceParts {
         store,
-        model,
+        models,
         admission,
         identities,
     } = parts;
@@ -222,7 +222,7 @@ fn services(
     let turns = Turns::new(
         store.clone(),
         recent.clone(),
-        model,
+        models,
         config.turns.clone(),
         runtime.clone(),
     );

@@ -75,6 +75,7 @@ pub struct MessageRow {
     pub status: Stored<MessageStatus>,
     pub created_at: DateTime<Utc>,
     pub parent_id: Option<Uuid>,
+    pub model: Option<String>,
 }
 
 impl MessageRow {
@@ -91,6 +92,7 @@ impl MessageRow {
             status: self.status.0,
             create_time: self.created_at,
             tool_calls,
+            model: self.model,
         }
     }
 }

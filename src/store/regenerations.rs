@@ -313,6 +313,7 @@ fn regenerated(
             status: MessageStatus::Complete,
             create_time: created_at,
             tool_calls: Vec::new(),
+            model: None,
         },
         context,
     }))

@@ -99,9 +99,9 @@ macro_rules! reply_writes {
         "inserted AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at,
                                    sequence, turn_id, turn_attempt, deltas, search_vector,
-                                   parent_id, depth)
+                                   parent_id, depth, model)
              SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10, chat_search_vector($6),
-                    (SELECT id FROM follows), (SELECT depth FROM follows) + 1
+                    (SELECT id FROM follows), (SELECT depth FROM follows) + 1, $14
              FROM touched
          ), ended AS (
              UPDATE turns SET state = $11, outcome = $12, ended_at = now()
@@ -125,7 +125,7 @@ macro_rules! reply_answers {
     };
 }
 
-/// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`) to the user's
+/// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`, by model `$14`) to the user's
 /// conversation and moves the conversation forward: its update time and its revision, which
 /// becomes the reply's sequence; of its turn as its `locked` and `owned` parts say. Returns the
 /// new revision, or none if the user has no such conversation (or the turn is no longer the
@@ -153,9 +153,9 @@ macro_rules! with_calls {
             reply_locks!($($follows)*),
             reply_touches!(
                 ",
-                     awaiting_message = CASE WHEN $14::text[] IS NULL THEN awaiting_message ELSE $4 END,
-                     awaiting_calls = COALESCE($14, awaiting_calls),
-                     awaiting_until = CASE WHEN $14::text[] IS NULL THEN awaiting_until ELSE $15 END"
+                     awaiting_message = CASE WHEN $15::text[] IS NULL THEN awaiting_message ELSE $4 END,
+                     awaiting_calls = COALESCE($15, awaiting_calls),
+                     awaiting_until = CASE WHEN $15::text[] IS NULL THEN awaiting_until ELSE $16 END"
             ),
             reply_writes!(),
             ", calls AS (
@@ -164,8 +164,8 @@ macro_rules! with_calls {
                  SELECT c.id, $4, (c.position - 1)::int4, c.provider_call_id, c.name, c.arguments,
                         c.status, c.result, $3, c.answer_index
                  FROM touched,
-                      unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
-                             $21::jsonb[], $22::int4[])
+                      unnest($17::uuid[], $18::text[], $19::text[], $20::jsonb[], $21::text[],
+                             $22::jsonb[], $23::int4[])
                           WITH ORDINALITY AS c(id, provider_call_id, name, arguments, status,
                                                result, answer_index, position)
              )",
@@ -174,10 +174,10 @@ macro_rules! with_calls {
     };
 }
 
-/// [`APPEND_REPLY`] for a reply that called tools, with its calls: ids `$16`, the provider's
-/// ids `$17`, names `$18`, arguments `$19`, statuses `$20`, results `$21` and answer indexes
-/// `$22`, in the order the model made them. With `$14`, the reply awaits the results of those
-/// calls (by the provider's ids) that the client runs, until `$15`, and the conversation takes
+/// [`APPEND_REPLY`] for a reply that called tools, with its calls: ids `$17`, the provider's
+/// ids `$18`, names `$19`, arguments `$20`, statuses `$21`, results `$22` and answer indexes
+/// `$23`, in the order the model made them. With `$15`, the reply awaits the results of those
+/// calls (by the provider's ids) that the client runs, until `$16`, and the conversation takes
 /// no user message meanwhile. One statement, so one round trip, atomic by itself.
 const APPEND_REPLY_WITH_CALLS: &str = with_calls!(on_branch!());
 
@@ -285,7 +285,7 @@ pub(super) async fn append_reply_with_calls(
     Ok(row.into())
 }
 
-/// `statement`, one of the reply's, with the reply's and its turn's parameters `$1` to `$13`.
+/// `statement`, one of the reply's, with the reply's and its turn's parameters `$1` to `$14`.
 fn bind_reply<'a>(
     statement: Fixed<()>,
     user: UserId,
@@ -307,6 +307,7 @@ fn bind_reply<'a>(
         .bind::<Nullable<Text>, _>(ends.map(|end| <&str>::from(end.state)))
         .bind::<Nullable<Jsonb>, _>(ends.map(|end| end.outcome))
         .bind::<Nullable<Text>, _>(turn.map(|turn| <&str>::from(turn.while_state)))
+        .bind::<Nullable<Text>, _>(reply.model.as_deref())
 }
 
 impl From<ReplyRow> for ReplyWritten {
@@ -385,6 +386,7 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         status: crate::domain::MessageStatus::Complete,
         create_time: crate::domain::now(),
         tool_calls: Vec::new(),
+        model: None,
     };
     let turn = ReplyOf {
         turn: TurnId::from_uuid(nowhere),

@@ -38,6 +38,7 @@ diesel::table! {
         search_vector -> Nullable<Tsvector>,
         parent_id -> Nullable<Uuid>,
         depth -> Nullable<Int4>,
+        model -> Nullable<Text>,
     }
 }
 

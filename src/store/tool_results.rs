@@ -37,6 +37,9 @@ pub enum Submitted {
     Stored {
         revision: Revision,
         calls: Vec<ToolCall>,
+        /// The catalog's name of the model that wrote the message, if it was recorded: the
+        /// reply goes on with it.
+        model: Option<String>,
     },
     /// The user has no such conversation.
     NoConversation,
@@ -82,7 +85,7 @@ impl Store {
                 if !state.awaits_tool_results(now) {
                     return Ok(Submitted::Overdue);
                 }
-                let mut calls = message_calls(conn, message).await?;
+                let (mut calls, model) = message_calls(conn, message).await?;
                 if let Some(mismatch) = mismatch(&calls, &client_calls, results) {
                     return Ok(mismatch);
                 }
@@ -95,7 +98,11 @@ impl Store {
                 }
                 write_results(conn, &mut calls, results).await?;
                 let revision = end_wait(conn, conversation, message, now).await?;
-                Ok(Submitted::Stored { revision, calls })
+                Ok(Submitted::Stored {
+                    revision,
+                    calls,
+                    model,
+                })
             })
             .await
         })
@@ -152,15 +159,24 @@ async fn awaited_calls(
     Ok((awaited, client_calls.unwrap_or_default()))
 }
 
-/// The message's calls, in order.
-async fn message_calls(conn: &mut Conn, message: MessageId) -> Result<Vec<ToolCall>, StoreError> {
+/// The message's calls, in order, and the model that wrote it.
+async fn message_calls(
+    conn: &mut Conn,
+    message: MessageId,
+) -> Result<(Vec<ToolCall>, Option<String>), StoreError> {
     let rows = tool_calls::table
+        .inner_join(messages::table)
         .filter(tool_calls::message_id.eq(message.as_uuid()))
-        .select(ToolCallRow::as_select())
+        .select((ToolCallRow::as_select(), messages::model))
         .order(tool_calls::position)
-        .load::<ToolCallRow>(conn)
+        .load::<(ToolCallRow, Option<String>)>(conn)
         .await?;
-    rows.into_iter().map(ToolCall::try_from).collect()
+    let model = <[_]>::first(&rows).and_then(|(_, model)| model.clone());
+    let calls = rows
+        .into_iter()
+        .map(|(row, _)| ToolCall::try_from(row))
+        .collect::<Result<_, _>>()?;
+    Ok((calls, model))
 }
 
 /// Stores each result on its call, and on `calls` as they are returned.

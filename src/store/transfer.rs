@@ -41,6 +41,7 @@ struct ImportedMessageRow<'a> {
     sequence: i64,
     parent_id: Option<Uuid>,
     depth: i32,
+    model: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -184,6 +185,7 @@ fn message_rows<'a>(
             sequence,
             parent_id: parent.map(|parent| parent.id),
             depth: parent.map_or(0, |parent| parent.depth.saturating_add(1)),
+            model: message.model.as_deref(),
         });
     }
     rows

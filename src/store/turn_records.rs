@@ -129,6 +129,7 @@ impl TurnRow {
                 status: MessageStatus::Complete,
                 create_time: self.created_at,
                 tool_calls: Vec::new(),
+                model: None,
             },
             sequence: self.sequence,
             request_hash: self.request_hash,
@@ -159,6 +160,8 @@ struct ReplyRow {
     deltas: Option<Vec<i32>>,
     #[diesel(sql_type = Nullable<Jsonb>)]
     tool_calls: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<Text>)]
+    model: Option<String>,
 }
 
 impl Store {
@@ -290,7 +293,8 @@ impl Store {
                          'arguments', t.arguments, 'status', t.status, 'result', t.result,
                          'answer_index', t.answer_index
                       ) ORDER BY t.position)
-                      FROM tool_calls t WHERE t.message_id = m.id) AS tool_calls
+                      FROM tool_calls t WHERE t.message_id = m.id) AS tool_calls,
+                     m.model
                  FROM messages m JOIN conversations c ON c.id = m.conversation_id
                  WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence > $3
                    AND m.turn_id = $4 AND m.turn_attempt = $5
@@ -363,6 +367,7 @@ fn stored_reply(row: ReplyRow, conversation_id: ConversationId) -> Result<Stored
             status: row.status.0,
             create_time: row.created_at,
             tool_calls,
+            model: row.model,
         },
         deltas: row.deltas,
         answer_order,

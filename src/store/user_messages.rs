@@ -489,6 +489,7 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         status: crate::domain::MessageStatus::Complete,
         create_time: crate::domain::now(),
         tool_calls: Vec::new(),
+        model: None,
     };
     let conversation = Conversation {
         id: nowhere,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +27,13 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+/// Two names of the model catalog: bounded by the catalog.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    from: String,
+    to: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,6 +103,7 @@ struct TurnMetrics {
     history_sources: Family<SourceLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
     titles: Family<OutcomeLabels, Counter>,
+    model_fallbacks: Family<FallbackLabels, Counter>,
 }
 
 /// The tools the model calls.
@@ -148,6 +156,12 @@ impl ServiceMetrics {
     }
 }
 
+/// Registers `metric` under `name`, and returns it for the service to update.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl TurnMetrics {
     fn register(registry: &mut Registry) -> Self {
         let time_to_first_token = latency();
@@ -164,51 +178,51 @@ impl TurnMetrics {
             Unit::Seconds,
             overhead.clone(),
         );
-        let active_streams = Gauge::default();
-        registry.register(
-            "active_streams",
-            "SendMessage streams in progress",
-            active_streams.clone(),
-        );
-        let tokens = Family::<DirectionLabels, Counter>::default();
-        registry.register(
-            "tokens",
-            "Tokens reported by the model, by direction (input or output)",
-            tokens.clone(),
-        );
-        let model_errors = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "model_errors",
-            "Failed model calls, by kind",
-            model_errors.clone(),
-        );
-        let history_sources = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "turn_history",
-            "Turns in existing conversations, by where their history came from (memory, stale_memory, database)",
-            history_sources.clone(),
-        );
-        let refusals = Family::<LimitLabels, Counter>::default();
-        registry.register(
-            "limit_refusals",
-            "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams, user_conversations, conversation_messages)",
-            refusals.clone(),
-        );
-        let titles = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "conversation_titles",
-            "New conversations the model was to name, by outcome (named; kept: the client named it, or the model gave no title; failed; skipped: too many at once)",
-            titles.clone(),
-        );
         Self {
             time_to_first_token,
             overhead,
-            active_streams,
-            tokens,
-            model_errors,
-            history_sources,
-            refusals,
-            titles,
+            active_streams: registered(
+                registry,
+                "active_streams",
+                "SendMessage streams in progress",
+                Gauge::default(),
+            ),
+            tokens: registered(
+                registry,
+                "tokens",
+                "Tokens reported by the model, by direction (input or output)",
+                Family::<DirectionLabels, Counter>::default(),
+            ),
+            model_errors: registered(
+                registry,
+                "model_errors",
+                "Failed model calls, by kind",
+                Family::<KindLabels, Counter>::default(),
+            ),
+            history_sources: registered(
+                registry,
+                "turn_history",
+                "Turns in existing conversations, by where their history came from (memory, stale_memory, database)",
+                Family::<SourceLabels, Counter>::default(),
+            ),
+            refusals: registered(
+                registry,
+                "limit_refusals",
+                "Requests refused by a limit, by limit (user_request_rate, user_streams, replica_streams, user_conversations, conversation_messages)",
+                Family::<LimitLabels, Counter>::default(),
+            ),
+            titles: registered(
+                registry,
+                "conversation_titles",
+                "New conversations the model was to name, by outcome (named; kept: the client named it, or the model gave no title; failed; skipped: too many at once)",
+                Family::<OutcomeLabels, Counter>::default(),
+            ),
+            model_fallbacks: registered(
+                registry,
+                "model_fallbacks",
+                "Model calls that failed before their first token and were asked of a fallback, by the catalog's names of both",
+                Family::<FallbackLabels, Counter>::default(),
+            ),
         }
     }
 }
@@ -352,6 +366,16 @@ impl Metrics {
         self.turns
             .titles
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn record_model_fallback(&self, from: &str, to: &str) {
+        self.turns
+            .model_fallbacks
+            .get_or_create(&FallbackLabels {
+                from: from.to_owned(),
+                to: to.to_owned(),
+            })
             .inc();
     }
 

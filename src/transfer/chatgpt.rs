@@ -103,6 +103,44 @@ fn title(text: Option<&str>) -> Title {
     Title::parse(&line).unwrap_or_default()
 }
 
+/// A message as this service keeps it, if it is one the user and the assistant said to each
+/// other; `last_time` is the time of the one before, and becomes its.
+fn shown(message: &NodeMessage, last_time: &mut DateTime<Utc>) -> Option<ArchivedMessage> {
+    let role = match message.author.role.as_str() {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        _ => return None,
+    };
+    let metadata = |key: &str| message.metadata.as_ref().and_then(|m| m.get(key));
+    let hidden = metadata("is_visually_hidden_from_conversation")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let to_a_tool = message.recipient.as_deref().is_some_and(|r| r != "all");
+    let content = message.content.as_ref().map(text).unwrap_or_default();
+    if hidden || to_a_tool || content.trim().is_empty() {
+        return None;
+    }
+    *last_time = time(message.create_time).unwrap_or(*last_time);
+    let status = match message.status.as_deref() {
+        Some("finished_partial_completion" | "in_progress") => MessageStatus::Cancelled,
+        _ => MessageStatus::Complete,
+    };
+    // The model ChatGPT names, on its replies: a name, so no more than a name's length.
+    let model = metadata("model_slug")
+        .and_then(serde_json::Value::as_str)
+        .filter(|slug| role == Role::Assistant && !slug.is_empty() && slug.len() <= 64)
+        .map(|slug| slug.replace('\0', ""));
+    Some(ArchivedMessage {
+        parent: ArchivedParent::Previous,
+        role,
+        content,
+        status,
+        create_time: *last_time,
+        tool_calls: Vec::new(),
+        model,
+    })
+}
+
 impl ChatGptConversation {
     /// The branch the user last saw, as a conversation of this service.
     pub fn into_archived(self) -> Result<ArchivedConversation, InvalidChatGpt> {
@@ -126,37 +164,7 @@ impl ChatGptConversation {
         let messages = branch
             .into_iter()
             .filter_map(|node| node.message.as_ref())
-            .filter_map(|message| {
-                let role = match message.author.role.as_str() {
-                    "user" => Role::User,
-                    "assistant" => Role::Assistant,
-                    _ => return None,
-                };
-                let hidden = message
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.get("is_visually_hidden_from_conversation"))
-                    .and_then(serde_json::Value::as_bool)
-                    .unwrap_or(false);
-                let to_a_tool = message.recipient.as_deref().is_some_and(|r| r != "all");
-                let content = message.content.as_ref().map(text).unwrap_or_default();
-                if hidden || to_a_tool || content.trim().is_empty() {
-                    return None;
-                }
-                last_time = time(message.create_time).unwrap_or(last_time);
-                let status = match message.status.as_deref() {
-                    Some("finished_partial_completion" | "in_progress") => MessageStatus::Cancelled,
-                    _ => MessageStatus::Complete,
-                };
-                Some(ArchivedMessage {
-                    parent: ArchivedParent::Previous,
-                    role,
-                    content,
-                    status,
-                    create_time: last_time,
-                    tool_calls: Vec::new(),
-                })
-            })
+            .filter_map(|message| shown(message, &mut last_time))
             .collect();
         Ok(ArchivedConversation {
             title: title(self.title.as_deref()),

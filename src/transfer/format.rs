@@ -7,8 +7,12 @@
 //! {"conversation":{"id":…,"title":…,"title_source":"client","create_time":…,"update_time":…},
 //!  "messages":[{"id":…,"role":"user","content":…,"status":"complete","create_time":…,
 //!               "tool_calls":[{"id":"call_1","name":…,"arguments":{…},"status":"succeeded",
-//!                              "result":{…}}]}]}
+//!                              "result":{…}}],
+//!               "model":…}]}
 //! ```
+//!
+//! `"model"`, on an assistant's message, names the model that wrote it, when that was recorded;
+//! lines without it, as exports before models were recorded wrote, are read as unknown.
 //!
 //! A message follows the one before it. Only a conversation with branches says otherwise: a
 //! message's `"parent"` is the index in `messages` of the one it follows, when that is another;
@@ -85,6 +89,9 @@ pub struct MessageLine {
     pub create_time: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallLine>,
+    /// On an assistant's message: the name of the model that wrote it, when it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -191,6 +198,7 @@ impl ConversationLine {
                     content: message.content,
                     status: message.status,
                     create_time: time_text(message.create_time),
+                    model: message.model,
                     tool_calls: message
                         .tool_calls
                         .into_iter()
@@ -279,6 +287,10 @@ impl MessageLine {
             status: self.status,
             create_time: parse_time("messages.create_time", &self.create_time)?,
             tool_calls,
+            model: self
+                .model
+                .map(|model| storable("messages.model", model))
+                .transpose()?,
         })
     }
 }

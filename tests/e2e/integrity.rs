@@ -417,7 +417,7 @@ async fn a_tool_call_is_announced_only_once_stored() {
 async fn a_model_that_refuses_connections_for_a_moment_is_tried_again() {
     use chat_service::{
         api::proto::SendMessageRequest,
-        llm::{ModelSettings, OpenAiSettings},
+        llm::{CatalogSettings, ModelSettings, OpenAiSettings},
     };
 
     use super::support::{app::llm_settings, logs, wait::eventually};
@@ -427,11 +427,12 @@ async fn a_model_that_refuses_connections_for_a_moment_is_tried_again() {
         .and_then(|listener| listener.local_addr())
         .unwrap();
     let app = TestApp::spawn_with(|config| {
-        config.model = ModelSettings::OpenAi(OpenAiSettings {
+        let settings = OpenAiSettings {
             max_retries: 6,
             retry_base_delay: std::time::Duration::from_millis(100),
             ..llm_settings(format!("http://{addr}/v1"))
-        });
+        };
+        config.model = CatalogSettings::of_one(ModelSettings::OpenAi(settings), 0);
     })
     .await;
     let request_id = format!("refused-{}", uuid::Uuid::new_v4());

@@ -212,7 +212,7 @@ fn assert_limit(status: &Status, limit: &str) {
 
 /// A limit on what one may keep: waiting does not help, so there is no RetryInfo.
 #[track_caller]
-fn assert_storage_limit(status: &Status, limit: &str) {
+pub(super) fn assert_storage_limit(status: &Status, limit: &str) {
     assert_eq!(assert_quota(status, limit), None, "{status:?}");
 }
 
@@ -325,7 +325,9 @@ async fn requests_beyond_a_users_rate_are_refused_and_change_nothing() {
 async fn the_model_is_asked_for_at_most_the_configured_output() {
     let fake = FakeLlm::start().await;
     let app = TestApp::with_fake_llm(&fake, |config| {
-        if let chat_service::llm::ModelSettings::OpenAi(settings) = &mut config.model {
+        if let chat_service::llm::ModelSettings::OpenAi(settings) =
+            &mut config.model.models[0].settings
+        {
             settings.max_output_tokens = Some(77);
         }
     })

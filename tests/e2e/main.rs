@@ -18,6 +18,7 @@ mod isolation;
 mod jwks;
 mod limits;
 mod migrations;
+mod models;
 mod operability;
 mod ordering;
 mod regenerate;

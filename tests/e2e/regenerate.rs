@@ -10,13 +10,13 @@ use chat_service::api::proto::{
 };
 use tokio::sync::Notify;
 use tonic::{Code, Status, Streaming};
-use tonic_types::StatusExt;
 
 use super::{
     assert_bad_field,
     branches::{
         assert_linked, contents, last_context, places, send_after, shown, switch, two_turns,
     },
+    limits::assert_storage_limit,
     send_message::{Turn, replica_of, send_ok},
     support::{FakeLlm, Script, TestApp, streams::read_to_end},
 };
@@ -220,12 +220,7 @@ async fn what_is_not_the_caller_s_user_message_is_refused_and_nothing_is_written
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
     let full = regenerate(&app, &before[2].id).await.unwrap_err();
-    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
-    let subjects: Vec<String> = full
-        .get_details_quota_failure()
-        .map(|q| q.violations.into_iter().map(|v| v.subject).collect())
-        .unwrap_or_default();
-    assert_eq!(subjects, ["message_siblings"]);
+    assert_storage_limit(&full, "message_siblings");
 
     assert_eq!(
         fake.received().len(),
@@ -248,12 +243,7 @@ async fn a_conversation_that_holds_as_many_messages_as_allowed_takes_no_other_re
     let (conversation, before) = two_turns(&app).await;
     let asked = fake.received().len();
     let full = regenerate(&app, &before[2].id).await.unwrap_err();
-    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
-    let subjects: Vec<String> = full
-        .get_details_quota_failure()
-        .map(|q| q.violations.into_iter().map(|v| v.subject).collect())
-        .unwrap_or_default();
-    assert_eq!(subjects, ["conversation_messages"]);
+    assert_storage_limit(&full, "conversation_messages");
     assert_eq!(fake.received().len(), asked, "the model was not asked");
     assert_eq!(app.db.messages(&conversation).await.len(), 4);
     assert_eq!(app.db.count("SELECT count(*) AS n FROM turns").await, 2);

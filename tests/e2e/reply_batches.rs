@@ -57,6 +57,7 @@ async fn conversation_with_a_turn(store: &Store, user: UserId) -> (ConversationI
         status: MessageStatus::Complete,
         create_time: time,
         tool_calls: Vec::new(),
+        model: None,
     };
     let turn = NewTurn {
         request_key: None,
@@ -81,6 +82,7 @@ fn reply(conversation: ConversationId, id: MessageId) -> Message {
         status: MessageStatus::Complete,
         create_time: now(),
         tool_calls: Vec::new(),
+        model: Some("fake-model".to_owned()),
     }
 }
 

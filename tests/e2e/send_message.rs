@@ -5,7 +5,7 @@ use chat_service::{
         GetConversationRequest, MessageStatus, Role, SendMessageRequest,
         send_message_response::Event,
     },
-    llm::ModelSettings,
+    llm::{CatalogSettings, ModelSettings},
 };
 use tonic::{Code, Status};
 
@@ -412,7 +412,7 @@ async fn a_stalled_stream_is_deadline_exceeded() {
         deltas: vec!["I am thinking".into()],
     }]);
     let app = TestApp::with_fake_llm(&fake, |config| {
-        if let ModelSettings::OpenAi(settings) = &mut config.model {
+        if let ModelSettings::OpenAi(settings) = &mut config.model.models[0].settings {
             settings.idle_timeout = Duration::from_millis(300);
         }
     })
@@ -425,7 +425,7 @@ async fn a_model_that_never_starts_answering_is_deadline_exceeded() {
     let fake = FakeLlm::start().await;
     fake.script([Script::Stall { deltas: vec![] }]);
     let app = TestApp::with_fake_llm(&fake, |config| {
-        if let ModelSettings::OpenAi(settings) = &mut config.model {
+        if let ModelSettings::OpenAi(settings) = &mut config.model.models[0].settings {
             settings.first_token_timeout = Duration::from_millis(300);
         }
     })
@@ -442,7 +442,10 @@ async fn an_unreachable_model_is_unavailable() {
         max_retries: 1,
         ..super::support::app::fake_llm_settings(&fake)
     };
-    let app = TestApp::spawn_with(|config| config.model = ModelSettings::OpenAi(settings)).await;
+    let app = TestApp::spawn_with(|config| {
+        config.model = CatalogSettings::of_one(ModelSettings::OpenAi(settings), 0)
+    })
+    .await;
     let turn = send_ok(&app, "alice", "", "Anyone there?").await;
     let status = turn.error.unwrap_or_else(|| panic!("no error"));
     assert_eq!(status.code(), Code::Unavailable);

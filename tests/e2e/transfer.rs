@@ -144,6 +144,9 @@ async fn an_export_imported_into_a_fresh_database_exports_the_same() {
             "Tram 28."
         ]
     );
+    // Each reply names the model that wrote it; the user's messages name none.
+    assert_eq!(trip["messages"][1]["model"], "fake-model");
+    assert_eq!(trip["messages"][0].get("model"), None);
     let tools: serde_json::Value = serde_json::from_str(lines[1]).unwrap_or_default();
     assert_eq!(
         tools["messages"][1]["tool_calls"][0]["arguments"]["city"],
@@ -266,6 +269,9 @@ async fn a_chatgpt_export_is_imported_as_the_branch_its_user_last_saw() {
             ),
         ]
     );
+    // ChatGPT's replies keep the model it names for them.
+    let models: Vec<&str> = trams.messages.iter().map(|m| m.model.as_str()).collect();
+    assert_eq!(models, ["", "gpt-4o", "", "gpt-4o"]);
     let first = trams.messages[0].create_time.unwrap_or_default();
     assert_eq!((first.seconds, first.nanos), (1_764_931_201, 0));
     let created = trams

@@ -201,7 +201,12 @@ async fn stored_conversations_become_lines_and_the_previous_release_keeps_them_s
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         applied,
-        ["20261207000018", "20261207000019", "20261207000020"]
+        [
+            "20261207000018",
+            "20261207000019",
+            "20261207000020",
+            "20261207000021"
+        ]
     );
     // And after them.
     db.run_sql(&previous_reply(SHORT, "short 4")).await;

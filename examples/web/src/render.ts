@@ -141,13 +141,9 @@ export class MessageView {
     view.appendText(message.content);
     for (const call of message.toolCalls) view.addToolCall(call);
     if (message.status === MessageStatus.CANCELLED) view.mark("cancelled", "cancelled");
-    if (message.createTime) view.info.textContent = timestampDate(message.createTime).toLocaleTimeString();
+    const time = message.createTime ? timestampDate(message.createTime).toLocaleTimeString() : "";
+    view.info.textContent = [time, message.model].filter(Boolean).join(" · ");
     return view;
-  }
-
-  /** The message's text, all its segments together. */
-  textContent(): string {
-    return [...this.body.querySelectorAll(".text")].map((node) => node.textContent).join("");
   }
 
   appendText(text: string): void {

@@ -19,6 +19,7 @@ use crate::{
         MessageStatus, RecentHistory, RecentMessage, Role, Title, TurnId, UserId, now,
     },
     events::{CancelWatch, TurnKey},
+    llm::ModelChoice,
     store::{AppendLimits, NewTurn, PlaceRefused, Placed, StoreError, UserMessageStored},
     telemetry::metrics::HistorySource,
 };
@@ -45,6 +46,7 @@ struct ReplyMakings {
     /// Counts the reply against the user's and the replica's stream limits.
     permit: StreamPermit,
     cancel: CancelWatch,
+    model: ModelChoice,
 }
 
 /// What became of the user's message.
@@ -85,6 +87,7 @@ impl Target {
 impl Turns {
     pub async fn start(&self, mut request: TurnRequest) -> Result<TurnStream, ChatError> {
         let (admitted, makings) = self.admit(&mut request)?;
+        let model = makings.model;
         let Admitted {
             target,
             user_message,
@@ -136,7 +139,7 @@ impl Turns {
             request_id = %request.request_id,
             conversation_id = %conversation_id,
             user_id = %request.user,
-            model = self.model.name(),
+            model = %self.models.get(model).name,
             "turn started"
         );
         Ok(reply.release(Accepted {
@@ -152,12 +155,14 @@ impl Turns {
         let text = std::mem::take(&mut request.content);
         let content = MessageContent::parse(text, self.settings.max_message_chars)
             .map_err(|e| ChatError::invalid("content", e))?;
+        let model = self.choose_model(request.model.as_deref())?;
         let request_hash = request.request_key.as_ref().map(|_| {
             request_hash(
                 request.conversation,
                 content.as_str(),
                 &request.tools,
                 request.placement,
+                request.model.as_deref(),
             )
         });
         let offer = self.offer(request.tools.clone())?;
@@ -200,6 +205,7 @@ impl Turns {
                 offer,
                 permit,
                 cancel,
+                model,
             },
         ))
     }
@@ -238,6 +244,7 @@ impl Turns {
                 detached: request.detached,
             }),
             cancel: Some(makings.cancel),
+            model: makings.model,
         };
         let ReplyMakings { offer, permit, .. } = makings;
         Ok(Some(self.spawn_reply(origin, context, offer, permit)))
@@ -424,5 +431,6 @@ fn user_message(
         status: MessageStatus::Complete,
         create_time: time,
         tool_calls: Vec::new(),
+        model: None,
     }
 }

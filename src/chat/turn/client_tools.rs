@@ -68,10 +68,11 @@ fn some_ids(ids: &[String]) -> String {
     shown.join(", ")
 }
 
-/// The stored calls of a submission that was taken, or what its client is told.
-fn accepted_submission(submitted: Submitted) -> Result<Vec<ToolCall>, ChatError> {
+/// The stored calls of a submission that was taken, with the model that wrote them, or what its
+/// client is told.
+fn accepted_submission(submitted: Submitted) -> Result<(Vec<ToolCall>, Option<String>), ChatError> {
     match submitted {
-        Submitted::Stored { calls, .. } => Ok(calls),
+        Submitted::Stored { calls, model, .. } => Ok((calls, model)),
         Submitted::NoConversation => Err(ChatError::NotFound("conversation")),
         Submitted::NotAwaited => Err(ChatError::FailedPrecondition(
             "the message awaits no tool results: they were given already, or it called \
@@ -143,7 +144,13 @@ impl Turns {
                 now(),
             )
             .await?;
-        let calls = accepted_submission(submitted)?;
+        let (calls, model) = accepted_submission(submitted)?;
+        // The reply goes on with the model that wrote it; one no longer in the catalog (or not
+        // recorded) is replaced by the default.
+        let model = self
+            .models
+            .choose(model.as_deref())
+            .unwrap_or(self.models.default_choice());
         // What this replica remembers of the conversation lacks the results.
         self.recent.forget(request.conversation);
         let results = results_given(&calls, &given);
@@ -167,6 +174,7 @@ impl Turns {
             // A continuation is not a turn of its own: it is neither resumed nor retried.
             turn: None,
             cancel: None,
+            model,
         };
         // Everything it answers is stored already.
         let events = self.spawn_reply(origin, context, offer, permit).go_on();

@@ -117,6 +117,7 @@ mod tests {
     fn settings(messages: usize, chars: usize, prompt: Option<&str>) -> TurnSettings {
         TurnSettings {
             titles: false,
+            title_model: None,
             max_message_chars: 10_000,
             history_messages: messages,
             history_chars: chars,

@@ -113,6 +113,9 @@ impl ReplyTask {
         )
         .await;
         relayed.report(telemetry);
+        for (from, to, error) in std::mem::take(&mut relayed.fallbacks) {
+            self.fell_back(from, to, error);
+        }
         progress.usage = add(progress.usage, relayed.usage);
         relayed.usage = progress.usage;
         self.outlet.stalled = matches!(relayed.ending, Ending::Stalled);

@@ -180,6 +180,7 @@ mod tests {
                 status: crate::domain::MessageStatus::Complete,
                 create_time: crate::domain::now(),
                 tool_calls: Vec::new(),
+                model: None,
             },
             finish_reason: "stop".into(),
             model: "m".into(),

@@ -129,16 +129,7 @@ impl Turns {
             "a turn's replica stopped; the turn is ended as interrupted"
         );
         if !streamed.text.is_empty() {
-            let reply = Message {
-                id: MessageId::generate(),
-                conversation_id: turn.conversation_id,
-                role: Role::Assistant,
-                content: streamed.text,
-                status: MessageStatus::Interrupted,
-                create_time: crate::domain::now()
-                    .max(turn.after + chrono::Duration::microseconds(1)),
-                tool_calls: Vec::new(),
-            };
+            let reply = interrupted_reply(&turn, streamed.text);
             let of = ReplyOf {
                 turn: turn.turn,
                 attempt: turn.attempt,
@@ -224,6 +215,21 @@ fn streamed_round(written: &[Entry]) -> Streamed {
         streamed.deltas.clear();
     }
     streamed
+}
+
+/// The text a lost turn's replica streamed, as the interrupted reply stored for it. Which model
+/// wrote it went with the replica.
+fn interrupted_reply(turn: &LapsedTurn, text: String) -> Message {
+    Message {
+        id: MessageId::generate(),
+        conversation_id: turn.conversation_id,
+        role: Role::Assistant,
+        content: text,
+        status: MessageStatus::Interrupted,
+        create_time: crate::domain::now().max(turn.after + chrono::Duration::microseconds(1)),
+        tool_calls: Vec::new(),
+        model: None,
+    }
 }
 
 #[cfg(test)]

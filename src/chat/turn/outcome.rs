@@ -94,7 +94,7 @@ impl ReplyTask {
         // The turn ends with the reply's write: no statement of its own.
         let end = TurnEnd::Completed {
             finish_reason: finish_reason.clone(),
-            model: self.model_name.clone(),
+            model: self.model_name().to_owned(),
             usage: relayed.usage,
         };
         let end = RecordedEnd::from(&end);
@@ -119,7 +119,7 @@ impl ReplyTask {
         let completion = Completion {
             message: reply,
             finish_reason,
-            model: self.model_name.clone(),
+            model: self.model_name().to_owned(),
             usage: relayed.usage,
         };
         self.tell(Ok(TurnEvent::Completed(Box::new(completion))))

@@ -18,6 +18,7 @@ use crate::{
     chat::{ChatError, Limit, StreamPermit},
     domain::{FIRST_ATTEMPT, MessageId, Placement, RequestKey, TurnId, UserId, now},
     events::{CancelWatch, TurnKey},
+    llm::ModelChoice,
     store::{NewRegeneration, RegenerateLimits, RegenerateRefused, Regenerating, StoreError},
 };
 
@@ -38,11 +39,13 @@ pub struct RegenerateRequest {
     pub request_key: Option<RequestKey>,
     /// Whether the turn goes on when the client goes away.
     pub detached: bool,
+    /// The catalog's model to ask, as the client named it; `None`: the default.
+    pub model: Option<String>,
 }
 
 /// What a regeneration asked, hashed: a retry must ask the same. Its first field can be no
 /// conversation's id, so no `SendMessage` hashes alike.
-fn regenerate_hash(message: MessageId, tools: &[ClientTool]) -> Vec<u8> {
+fn regenerate_hash(message: MessageId, tools: &[ClientTool], model: Option<&str>) -> Vec<u8> {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hash.update((bytes.len() as u64).to_be_bytes());
@@ -55,6 +58,10 @@ fn regenerate_hash(message: MessageId, tools: &[ClientTool]) -> Vec<u8> {
         field(tool.description.as_bytes());
         field(tool.parameters_json.as_bytes());
     }
+    if let Some(model) = model {
+        field(b"model");
+        field(model.as_bytes());
+    }
     hash.finalize().to_vec()
 }
 
@@ -64,6 +71,7 @@ struct ReplyMakings {
     /// Counts the reply against the user's and the replica's stream limits.
     permit: StreamPermit,
     cancel: CancelWatch,
+    model: ModelChoice,
 }
 
 impl Turns {
@@ -76,6 +84,7 @@ impl Turns {
     /// of the reply reaches anyone before the commit is done.
     pub async fn regenerate(&self, request: RegenerateRequest) -> Result<TurnStream, ChatError> {
         let (new, makings) = self.make_regeneration(&request)?;
+        let model = makings.model;
         let key = TurnKey {
             turn: new.turn,
             attempt: FIRST_ATTEMPT,
@@ -123,7 +132,7 @@ impl Turns {
             conversation_id = %accepted.conversation_id,
             user_id = %request.user,
             turn = %key.turn,
-            model = self.model.name(),
+            model = %self.models.get(model).name,
             "a reply is regenerated"
         );
         Ok(reply.release(accepted))
@@ -136,6 +145,7 @@ impl Turns {
         &self,
         request: &RegenerateRequest,
     ) -> Result<(NewRegeneration, ReplyMakings), ChatError> {
+        let model = self.choose_model(request.model.as_deref())?;
         let offer = self.offer(request.tools.clone())?;
         // Held by the reply task until the reply ends.
         let permit = self.runtime.admission.open_stream(request.user)?;
@@ -145,10 +155,9 @@ impl Turns {
         let new = NewRegeneration {
             turn,
             request_key: request.request_key.as_ref().map(|k| k.as_str().to_owned()),
-            request_hash: request
-                .request_key
-                .as_ref()
-                .map(|_| regenerate_hash(request.message, &request.tools)),
+            request_hash: request.request_key.as_ref().map(|_| {
+                regenerate_hash(request.message, &request.tools, request.model.as_deref())
+            }),
             replica: self.runtime.replica,
         };
         Ok((
@@ -157,6 +166,7 @@ impl Turns {
                 offer,
                 permit,
                 cancel,
+                model,
             },
         ))
     }
@@ -187,6 +197,7 @@ impl Turns {
                 detached: request.detached,
             }),
             cancel: Some(makings.cancel),
+            model: makings.model,
         };
         let reply = self.spawn_reply(origin, context, makings.offer, makings.permit);
         let accepted = Accepted {
@@ -241,6 +252,7 @@ fn retry_of(request: RegenerateRequest) -> TurnRequest {
         request_key: request.request_key,
         detached: request.detached,
         placement: Placement::AfterLeaf,
+        model: request.model,
     }
 }
 
@@ -256,12 +268,19 @@ mod tests {
             parameters_json: String::new(),
         };
         let message = MessageId::generate();
-        let base = regenerate_hash(message, std::slice::from_ref(&tool));
-        assert_eq!(base, regenerate_hash(message, std::slice::from_ref(&tool)));
-        assert_ne!(base, regenerate_hash(message, &[]));
+        let base = regenerate_hash(message, std::slice::from_ref(&tool), None);
+        assert_eq!(
+            base,
+            regenerate_hash(message, std::slice::from_ref(&tool), None)
+        );
+        assert_ne!(base, regenerate_hash(message, &[], None));
         assert_ne!(
             base,
-            regenerate_hash(MessageId::generate(), std::slice::from_ref(&tool))
+            regenerate_hash(message, std::slice::from_ref(&tool), Some("fast"))
+        );
+        assert_ne!(
+            base,
+            regenerate_hash(MessageId::generate(), std::slice::from_ref(&tool), None)
         );
     }
 }

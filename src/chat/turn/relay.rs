@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     domain::{ToolCall, ToolCallId, ToolCallStatus},
-    llm::{LlmError, ModelEvent, ModelStream, ModelToolCall, TokenUsage},
+    llm::{LlmError, ModelChoice, ModelEvent, ModelStream, ModelToolCall, TokenUsage},
 };
 
 /// How the model's stream ended.
@@ -40,6 +40,9 @@ pub(super) struct Relayed {
     pub calls: Vec<ModelToolCall>,
     pub usage: Option<TokenUsage>,
     pub finish_reason: Option<String>,
+    /// Each model that failed before answering, the one asked instead, and the kind of the
+    /// failure.
+    pub fallbacks: Vec<(ModelChoice, ModelChoice, &'static str)>,
 }
 
 /// Text as PostgreSQL can store it: NUL, which it refuses, becomes U+FFFD. Done before a delta
@@ -135,6 +138,7 @@ pub(super) async fn relay(
         calls: Vec::new(),
         usage: None,
         finish_reason: None,
+        fallbacks: Vec::new(),
     };
     let span = telemetry.model_span().clone();
     relayed.ending = loop {
@@ -175,6 +179,9 @@ pub(super) async fn relay(
             Some(Ok(ModelEvent::ToolCall(call))) => relayed.calls.push(call),
             Some(Ok(ModelEvent::Usage(usage))) => relayed.usage = Some(usage),
             Some(Ok(ModelEvent::Finished { reason })) => relayed.finish_reason = Some(reason),
+            Some(Ok(ModelEvent::FellBack { from, to, error })) => {
+                relayed.fallbacks.push((from, to, error));
+            }
         }
     };
     relayed

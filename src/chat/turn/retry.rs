@@ -23,6 +23,7 @@ pub(super) fn request_hash(
     content: &str,
     tools: &[ClientTool],
     placement: Placement,
+    model: Option<&str>,
 ) -> Vec<u8> {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -50,6 +51,11 @@ pub(super) fn request_hash(
             field(parent.to_string().as_bytes());
         }
         Placement::AsRoot => field(b"as root"),
+    }
+    // Likewise for a request that names no model.
+    if let Some(model) = model {
+        field(b"model");
+        field(model.as_bytes());
     }
     hash.finalize().to_vec()
 }
@@ -154,6 +160,7 @@ impl Turns {
         if !record.regenerates() {
             self.refuse_if_moved_on(user, &record).await?;
         }
+        let model = self.choose_model(request.model.as_deref())?;
         let offer = self.offer(std::mem::take(&mut request.tools))?;
         let permit = self.runtime.admission.open_stream(user)?;
         let mut context = self.branch_before(user, &record).await?;
@@ -187,6 +194,7 @@ impl Turns {
                 detached: request.detached,
             }),
             cancel: Some(cancel),
+            model,
         };
         let reply = self.spawn_reply(origin, context, offer, permit);
         tracing::info!(
@@ -216,7 +224,7 @@ mod tests {
         };
         let id = ConversationId::generate();
         let hash = |conversation, content, tools: &[ClientTool], placement| {
-            request_hash(conversation, content, tools, placement)
+            request_hash(conversation, content, tools, placement, None)
         };
         let leaf = Placement::AfterLeaf;
         let base = hash(Some(id), "hello", &[tool("a")], leaf);
@@ -240,6 +248,13 @@ mod tests {
                 &[tool("a")],
                 Placement::After(MessageId::generate())
             )
+        );
+        // A model named is part of the request; naming none hashes as before models existed.
+        let named = request_hash(Some(id), "hello", &[tool("a")], leaf, Some("fast"));
+        assert_ne!(base, named);
+        assert_ne!(
+            named,
+            request_hash(Some(id), "hello", &[tool("a")], leaf, Some("strong"))
         );
     }
 }

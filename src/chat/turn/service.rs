@@ -16,7 +16,7 @@ use crate::{
     chat::{Admission, ChatError, Identities, Titler, recent::RecentContexts},
     domain::{ConversationId, Placement, RequestKey, UserId},
     events::TurnEvents,
-    llm::ChatModel,
+    llm::{ModelCatalog, ModelChoice},
     store::Store,
     telemetry::metrics::Metrics,
     tools::Toolbox,
@@ -45,6 +45,8 @@ pub struct TurnSettings {
     pub lease: Duration,
     /// Whether the model names a conversation after its first reply.
     pub titles: bool,
+    /// The catalog's model that writes titles; `None`: the default.
+    pub title_model: Option<String>,
 }
 
 /// A tool the client runs, as the client defined it.
@@ -77,6 +79,8 @@ pub struct TurnRequest {
     pub detached: bool,
     /// Where the user's message goes in the conversation's tree.
     pub placement: Placement,
+    /// The catalog's model to ask, as the client named it; `None`: the default.
+    pub model: Option<String>,
 }
 
 /// A turn's events as its client reads them, `accepted` first. Dropping the stream of a turn
@@ -108,7 +112,7 @@ pub struct TurnRuntime {
 pub struct Turns {
     pub(super) store: Store,
     pub(super) recent: Arc<RecentContexts>,
-    pub(super) model: Arc<dyn ChatModel>,
+    pub(super) models: Arc<ModelCatalog>,
     pub(super) settings: Arc<TurnSettings>,
     pub(super) runtime: TurnRuntime,
     /// Names new conversations, when titles are on.
@@ -119,13 +123,18 @@ impl Turns {
     pub fn new(
         store: Store,
         recent: Arc<RecentContexts>,
-        model: Arc<dyn ChatModel>,
+        models: Arc<ModelCatalog>,
         settings: TurnSettings,
         runtime: TurnRuntime,
     ) -> Self {
         let titler = settings.titles.then(|| {
+            // Checked against the catalog with the settings.
+            let writer = models
+                .choose(settings.title_model.as_deref())
+                .unwrap_or(models.default_choice());
             Arc::new(Titler::new(
-                model.clone(),
+                models.clone(),
+                writer,
                 store.clone(),
                 runtime.metrics.clone(),
                 runtime.shutdown.clone(),
@@ -134,10 +143,26 @@ impl Turns {
         Self {
             store,
             recent,
-            model,
+            models,
             settings: Arc::new(settings),
             runtime,
             titler,
         }
+    }
+
+    /// The models clients choose among.
+    pub fn models(&self) -> &ModelCatalog {
+        &self.models
+    }
+
+    /// The model a request named, or the default for none.
+    pub(super) fn choose_model(&self, name: Option<&str>) -> Result<ModelChoice, ChatError> {
+        self.models.choose(name).map_err(|unknown| {
+            let shown: String = unknown.0.chars().take(64).collect();
+            ChatError::invalid(
+                "model",
+                format!("no model is named {shown:?}: ListModels gives the names"),
+            )
+        })
     }
 }

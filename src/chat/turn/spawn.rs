@@ -23,7 +23,7 @@ use crate::{
     chat::{ChatError, StreamPermit},
     domain::{ConversationId, RecentMessage, TurnState, UserId},
     events::{CancelWatch, TurnKey},
-    llm::ModelRequest,
+    llm::{ModelChoice, ModelRequest},
 };
 
 /// How many events may wait for a slow client before the model is made to wait too.
@@ -84,6 +84,8 @@ pub(super) struct ReplyOrigin<'a> {
     pub turn: Option<LiveTurn>,
     /// The turn's cancellation, watched from before the turn could be seen.
     pub cancel: Option<CancelWatch>,
+    /// The model asked first.
+    pub model: ModelChoice,
 }
 
 /// A turn being generated: its attempt, and whether it outlives its client.
@@ -116,14 +118,16 @@ impl Turns {
         let conversation_id = request.conversation_id;
         let first_exchange = self.first_exchange(&context);
         let model_request = build_context(&self.settings, context, offer.specs());
-        let tools = self.tool_rounds(offer, request.bearer, &model_request);
+        let chosen = self.models.get(request.model);
+        let tools = self.tool_rounds(offer, request.bearer, &model_request, request.model);
         let task = ReplyTask {
             store: self.store.clone(),
             recent: self.recent.clone(),
             user: request.user,
             conversation_id,
             after: request.after,
-            model_name: self.model.name().to_owned(),
+            models: self.models.clone(),
+            model: request.model,
             shutdown: self.runtime.shutdown.clone(),
             stall_timeout: self.settings.stream_stall_timeout,
             permit: Some(permit),
@@ -144,11 +148,11 @@ impl Turns {
         let telemetry = TurnTelemetry::start(
             self.runtime.metrics.clone(),
             labels,
-            self.model.name(),
-            self.model.provider(),
+            chosen.model.name(),
+            chosen.model.provider(),
             request.received_at,
         );
-        let model = self.model.stream(model_request);
+        let model = self.models.stream(request.model, model_request);
         let task = task
             .run(model, committed, telemetry)
             .instrument(tracing::Span::current());
@@ -179,6 +183,7 @@ impl Turns {
         offer: Offer,
         caller: Option<&SecretString>,
         request: &ModelRequest,
+        model: ModelChoice,
     ) -> Option<Box<ToolRounds>> {
         // Only a reply that may call tools needs its request again, for the next round.
         let runs_tools = self.runtime.toolbox.is_configured() || !offer.client.is_empty();
@@ -189,7 +194,7 @@ impl Turns {
                 client_tools: offer.client.into_iter().map(|tool| tool.name).collect(),
                 results_wait: self.settings.tool_results_timeout,
                 caller: caller.cloned(),
-                model: self.model.clone(),
+                model: self.models.get(model).model.clone(),
                 request: request.clone(),
                 rounds: 0,
                 max_rounds: self.settings.max_tool_rounds,

@@ -298,6 +298,7 @@ mod tests {
             status: crate::domain::MessageStatus::Complete,
             create_time: crate::domain::now(),
             tool_calls: Vec::new(),
+            model: None,
         };
         TurnRecord {
             id: message.id.into(),

@@ -16,7 +16,7 @@ use crate::{
     chat::{ChatError, RecentContexts, StreamPermit, Titler},
     domain::{ConversationId, Message, MessageId, MessageStatus, Role, ToolCall, UserId, now},
     events::{CancelWatch, TurnKey},
-    llm::{ChatModel, ModelRequest, TokenUsage},
+    llm::{ChatModel, ModelCatalog, ModelChoice, ModelRequest, TokenUsage},
     store::Store,
     telemetry::metrics::Metrics,
     tools::{Catalog, Toolbox},
@@ -29,7 +29,9 @@ pub(super) struct ReplyTask {
     pub conversation_id: ConversationId,
     /// The time of the newest message stored by the turn: the next is stored after it.
     pub after: chrono::DateTime<chrono::Utc>,
-    pub model_name: String,
+    pub models: Arc<ModelCatalog>,
+    /// The model answering: the one chosen, or the fallback that answered for it.
+    pub model: ModelChoice,
     /// Cancelled when the shutdown grace period is over.
     pub shutdown: CancellationToken,
     /// How long the client may take nothing before it is cut off.
@@ -71,6 +73,8 @@ pub(super) struct ToolRounds {
     pub results_wait: Duration,
     /// The caller's bearer token, for servers that act on the caller's behalf.
     pub caller: Option<SecretString>,
+    /// The model answering: later rounds ask it alone, since a turn never switches models
+    /// once it has streamed.
     pub model: Arc<dyn ChatModel>,
     /// The context so far: the next round's request.
     pub request: ModelRequest,
@@ -119,6 +123,26 @@ impl ReplyTask {
             .await;
     }
 
+    /// The catalog's name of the model answering.
+    pub(super) fn model_name(&self) -> &str {
+        &self.models.get(self.model).name
+    }
+
+    /// Model `from` failed (a failure of kind `error`) before answering and `to` is asked
+    /// instead: the rest of the turn is its.
+    pub(super) fn fell_back(&mut self, from: ModelChoice, to: ModelChoice, error: &'static str) {
+        let from_name = &self.models.get(from).name;
+        let to_model = self.models.get(to);
+        tracing::warn!(from = %from_name, to = %to_model.name, error, "a model failed before answering; its fallback is asked");
+        self.metrics.record_model_error(error);
+        self.metrics
+            .record_model_fallback(from_name, &to_model.name);
+        self.model = to;
+        if let Some(tools) = &mut self.tools {
+            tools.model = to_model.model.clone();
+        }
+    }
+
     /// Leaves `error` for the end of the client's stream, without waiting: the client is not
     /// reading, and learns why when it does.
     pub(super) fn leave_last(&mut self, error: ChatError) {
@@ -142,6 +166,7 @@ impl ReplyTask {
             status,
             create_time,
             tool_calls: calls,
+            model: Some(self.model_name().to_owned()),
         }
     }
 }

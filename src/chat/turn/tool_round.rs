@@ -143,7 +143,7 @@ impl ReplyTask {
             let completion = Completion {
                 message,
                 finish_reason: "tool_calls".to_owned(),
-                model: self.model_name.clone(),
+                model: self.model_name().to_owned(),
                 usage,
             };
             self.tell(Ok(TurnEvent::Completed(Box::new(completion))))

@@ -12,7 +12,7 @@ use chat_service::{
         },
     },
     config::Settings,
-    llm::{ModelSettings, OpenAiSettings},
+    llm::{CatalogSettings, ModelSettings, OpenAiSettings},
 };
 use clap::FromArgMatches;
 use secrecy::{ExposeSecret, SecretString};
@@ -168,7 +168,7 @@ impl TestApp {
     pub async fn with_fake_llm(fake: &FakeLlm, customize: impl FnOnce(&mut Config)) -> Self {
         let settings = fake_llm_settings(fake);
         Self::spawn_with(|config| {
-            config.model = ModelSettings::OpenAi(settings);
+            config.model = CatalogSettings::of_one(ModelSettings::OpenAi(settings), 0);
             customize(config);
         })
         .await
