@@ -108,7 +108,7 @@ impl ModelArgs {
         let Some(path) = self.models.clone() else {
             let context_window = self.llm_context_window.unwrap_or(0);
             return Ok(CatalogSettings::of_one(
-                self.into_settings(env)?,
+                self.single_model(env)?,
                 context_window,
             ));
         };
@@ -119,18 +119,7 @@ impl ModelArgs {
                  or unset CHAT_MODELS",
             ));
         }
-        let template = OpenAiSettings {
-            base_url: String::new(),
-            api_key: None,
-            model: String::new(),
-            max_output_tokens: Some(self.llm_max_output_tokens).filter(|&tokens| tokens > 0),
-            connect_timeout: self.llm_connect_timeout,
-            first_token_timeout: self.llm_first_token_timeout,
-            idle_timeout: self.llm_idle_timeout,
-            total_timeout: self.llm_total_timeout,
-            max_retries: self.llm_max_retries,
-            retry_base_delay: self.llm_retry_base_delay,
-        };
+        let template = self.real_model(String::new(), None, String::new());
         let read_env = |name: &str| std::env::var(name).ok();
         read_catalog(
             &path,
@@ -155,8 +144,10 @@ impl ModelArgs {
                 .is_some_and(|key| !key.expose_secret().is_empty())
     }
 
-    fn into_settings(self, env: Environment) -> Result<ModelSettings, ConfigError> {
-        let Some(base_url) = non_empty(self.llm_base_url.or(self.openai_base_url)) else {
+    /// The one model the CHAT_LLM_ settings name, or the built-in one.
+    fn single_model(&self, env: Environment) -> Result<ModelSettings, ConfigError> {
+        let Some(base_url) = non_empty(self.llm_base_url.clone().or(self.openai_base_url.clone()))
+        else {
             if env == Environment::Production {
                 return Err(invalid(
                     "CHAT_LLM_BASE_URL",
@@ -173,18 +164,33 @@ impl ModelArgs {
                 "must start with http:// or https://",
             ));
         }
-        let model = non_empty(self.llm_model).ok_or_else(|| {
+        let model = non_empty(self.llm_model.clone()).ok_or_else(|| {
             invalid(
                 "CHAT_LLM_MODEL",
                 "must name the model when CHAT_LLM_BASE_URL is set",
             )
         })?;
-        Ok(ModelSettings::OpenAi(OpenAiSettings {
+        let api_key = self
+            .llm_api_key
+            .clone()
+            .or(self.openai_api_key.clone())
+            .filter(|key| !key.expose_secret().is_empty());
+        Ok(ModelSettings::OpenAi(
+            self.real_model(base_url, api_key, model),
+        ))
+    }
+
+    /// A real model at `base_url`, with the timeouts, retries and output ceiling every real
+    /// model shares.
+    fn real_model(
+        &self,
+        base_url: String,
+        api_key: Option<SecretString>,
+        model: String,
+    ) -> OpenAiSettings {
+        OpenAiSettings {
             base_url,
-            api_key: self
-                .llm_api_key
-                .or(self.openai_api_key)
-                .filter(|key| !key.expose_secret().is_empty()),
+            api_key,
             model,
             max_output_tokens: Some(self.llm_max_output_tokens).filter(|&tokens| tokens > 0),
             connect_timeout: self.llm_connect_timeout,
@@ -193,6 +199,6 @@ impl ModelArgs {
             total_timeout: self.llm_total_timeout,
             max_retries: self.llm_max_retries,
             retry_base_delay: self.llm_retry_base_delay,
-        }))
+        }
     }
 }

@@ -28,6 +28,22 @@ struct Upstream<'a> {
     fallbacks: &'a [&'a str],
 }
 
+impl<'a> Upstream<'a> {
+    fn new(
+        name: &'a str,
+        fake: &'a FakeLlm,
+        context_window: u32,
+        fallbacks: &'a [&'a str],
+    ) -> Self {
+        Self {
+            name,
+            fake,
+            context_window,
+            fallbacks,
+        }
+    }
+}
+
 /// The catalog of `models`, the first the default; every upstream refuses at once instead of
 /// retrying, so that each model is asked exactly once per failure.
 fn catalog(models: &[Upstream<'_>]) -> CatalogSettings {
@@ -146,30 +162,10 @@ async fn a_model_that_fails_before_its_first_token_is_replaced_by_its_fallbacks_
     third.script([Script::reply(&["Hello ", "from third"])]);
     // first → second, then unused; second → third. Depth first: third comes before unused.
     let app = app_with(&[
-        Upstream {
-            name: "first",
-            fake: &first,
-            context_window: 8192,
-            fallbacks: &["second", "unused"],
-        },
-        Upstream {
-            name: "second",
-            fake: &second,
-            context_window: 8192,
-            fallbacks: &["third"],
-        },
-        Upstream {
-            name: "third",
-            fake: &third,
-            context_window: 8192,
-            fallbacks: &[],
-        },
-        Upstream {
-            name: "unused",
-            fake: &unused,
-            context_window: 8192,
-            fallbacks: &[],
-        },
+        Upstream::new("first", &first, 8192, &["second", "unused"]),
+        Upstream::new("second", &second, 8192, &["third"]),
+        Upstream::new("third", &third, 8192, &[]),
+        Upstream::new("unused", &unused, 8192, &[]),
     ])
     .await;
 
@@ -221,18 +217,8 @@ async fn a_model_that_streamed_text_is_never_replaced() {
     }]);
     second.script([Script::reply(&["never"])]);
     let app = app_with(&[
-        Upstream {
-            name: "first",
-            fake: &first,
-            context_window: 8192,
-            fallbacks: &["second"],
-        },
-        Upstream {
-            name: "second",
-            fake: &second,
-            context_window: 8192,
-            fallbacks: &[],
-        },
+        Upstream::new("first", &first, 8192, &["second"]),
+        Upstream::new("second", &second, 8192, &[]),
     ])
     .await;
 
@@ -253,18 +239,8 @@ async fn a_request_names_its_model_and_an_unknown_name_is_refused_with_nothing_s
     let (fast, strong) = (FakeLlm::start().await, FakeLlm::start().await);
     strong.script([Script::reply(&["Strong answer"])]);
     let app = app_with(&[
-        Upstream {
-            name: "fast",
-            fake: &fast,
-            context_window: 32768,
-            fallbacks: &[],
-        },
-        Upstream {
-            name: "strong",
-            fake: &strong,
-            context_window: 128000,
-            fallbacks: &[],
-        },
+        Upstream::new("fast", &fast, 32768, &[]),
+        Upstream::new("strong", &strong, 128000, &[]),
     ])
     .await;
 
@@ -322,18 +298,8 @@ async fn a_retry_must_name_the_model_its_request_named() {
     let (fast, strong) = (FakeLlm::start().await, FakeLlm::start().await);
     strong.script([Script::reply(&["Strong answer"])]);
     let app = app_with(&[
-        Upstream {
-            name: "fast",
-            fake: &fast,
-            context_window: 1,
-            fallbacks: &[],
-        },
-        Upstream {
-            name: "strong",
-            fake: &strong,
-            context_window: 1,
-            fallbacks: &[],
-        },
+        Upstream::new("fast", &fast, 1, &[]),
+        Upstream::new("strong", &strong, 1, &[]),
     ])
     .await;
     let turn = send_to(&app, "strong", "Hi", "req-1").await;
@@ -381,18 +347,8 @@ async fn a_reply_that_awaits_the_clients_tools_goes_on_with_the_model_that_answe
         Script::reply(&["Looked up."]),
     ]);
     let app = app_with(&[
-        Upstream {
-            name: "first",
-            fake: &first,
-            context_window: 1,
-            fallbacks: &["second"],
-        },
-        Upstream {
-            name: "second",
-            fake: &second,
-            context_window: 1,
-            fallbacks: &[],
-        },
+        Upstream::new("first", &first, 1, &["second"]),
+        Upstream::new("second", &second, 1, &[]),
     ])
     .await;
     let turn = send_to(&app, "", "Look it up", "").await;
@@ -448,18 +404,8 @@ async fn a_regenerated_reply_may_name_another_model() {
     fast.script([Script::reply(&["Quick answer"])]);
     strong.script([Script::reply(&["Careful answer"])]);
     let app = app_with(&[
-        Upstream {
-            name: "fast",
-            fake: &fast,
-            context_window: 1,
-            fallbacks: &[],
-        },
-        Upstream {
-            name: "strong",
-            fake: &strong,
-            context_window: 1,
-            fallbacks: &[],
-        },
+        Upstream::new("fast", &fast, 1, &[]),
+        Upstream::new("strong", &strong, 1, &[]),
     ])
     .await;
     let turn = send_to(&app, "", "Why is the sky blue?", "").await;
@@ -534,18 +480,8 @@ async fn the_rounds_after_a_fallback_ask_the_model_that_answered() {
         Script::reply(&["Added it."]),
     ]);
     let catalog = catalog(&[
-        Upstream {
-            name: "first",
-            fake: &first,
-            context_window: 1,
-            fallbacks: &["second"],
-        },
-        Upstream {
-            name: "second",
-            fake: &second,
-            context_window: 1,
-            fallbacks: &[],
-        },
+        Upstream::new("first", &first, 1, &["second"]),
+        Upstream::new("second", &second, 1, &[]),
     ]);
     // The first would answer a later round, should one go to it.
     first.script([Script::reply(&["from the first"])]);
