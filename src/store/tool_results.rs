@@ -171,6 +171,7 @@ async fn message_calls(
         .order(tool_calls::position)
         .load::<(ToolCallRow, Option<String>)>(conn)
         .await?;
+    // (Diesel's prelude has a `first` of its own.)
     let model = <[_]>::first(&rows).and_then(|(_, model)| model.clone());
     let calls = rows
         .into_iter()

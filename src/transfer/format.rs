@@ -115,6 +115,20 @@ pub enum InvalidLine {
     Field { field: &'static str, reason: String },
 }
 
+/// The longest name of a model a message may carry, as the catalog allows.
+const MAX_MODEL_CHARS: usize = 64;
+
+/// A message's model, as a name: short, and storable.
+fn model_name(name: String) -> Result<String, InvalidLine> {
+    if name.chars().count() > MAX_MODEL_CHARS {
+        return Err(invalid(
+            "messages.model",
+            format!("is longer than {MAX_MODEL_CHARS} characters"),
+        ));
+    }
+    storable("messages.model", name)
+}
+
 fn invalid(field: &'static str, reason: impl ToString) -> InvalidLine {
     InvalidLine::Field {
         field,
@@ -287,10 +301,7 @@ impl MessageLine {
             status: self.status,
             create_time: parse_time("messages.create_time", &self.create_time)?,
             tool_calls,
-            model: self
-                .model
-                .map(|model| storable("messages.model", model))
-                .transpose()?,
+            model: self.model.map(model_name).transpose()?,
         })
     }
 }

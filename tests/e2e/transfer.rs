@@ -297,8 +297,12 @@ async fn bad_input_is_refused_with_its_line_and_nothing_is_half_written() {
     // Its first message follows its second: not a tree written in order.
     let forward = r#"{"conversation":{"title":"Forward","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z"},"messages":[{"parent":1,"role":"user","content":"a","status":"complete","create_time":"2026-11-01T10:00:00Z"},{"role":"assistant","content":"b","status":"complete","create_time":"2026-11-01T10:00:00Z"}]}"#;
     let no_leaf = r#"{"conversation":{"title":"Leaf","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z","leaf":4},"messages":[{"role":"user","content":"a","status":"complete","create_time":"2026-11-01T10:00:00Z"}]}"#;
+    let long_model = format!(
+        r#"{{"conversation":{{"title":"Model","title_source":"client","create_time":"2026-11-01T10:00:00Z","update_time":"2026-11-01T10:00:00Z"}},"messages":[{{"role":"assistant","content":"a","status":"complete","create_time":"2026-11-01T10:00:00Z","model":"{}"}}]}}"#,
+        "m".repeat(65)
+    );
     let input = format!(
-        "{header}\n{good}\n{bad_role}\n\n{nul}\n{bad_time}\nnot json\n{forward}\n{no_leaf}\n"
+        "{header}\n{good}\n{bad_role}\n\n{nul}\n{bad_time}\nnot json\n{forward}\n{no_leaf}\n{long_model}\n"
     );
     let run = chat_service(&db, &["import", "--user", "alice"], input.as_bytes()).await;
     assert!(!run.success);
@@ -309,7 +313,8 @@ async fn bad_input_is_refused_with_its_line_and_nothing_is_half_written() {
         "refused line 7: not valid JSON for this format",
         "refused line 8: messages.parent: message 0 must follow a message that comes before it",
         "refused line 9: conversation.leaf: 4 is not the index of one of its messages",
-        "imported 1 conversations (1 messages) into alice; refused 6",
+        "refused line 10: messages.model: is longer than 64 characters",
+        "imported 1 conversations (1 messages) into alice; refused 7",
     ] {
         assert!(
             run.stderr.contains(expected),
