@@ -125,12 +125,12 @@ macro_rules! reply_answers {
     };
 }
 
-/// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`, by model `$14`) to the user's
-/// conversation and moves the conversation forward: its update time and its revision, which
-/// becomes the reply's sequence; of its turn as its `locked` and `owned` parts say. Returns the
-/// new revision, or none if the user has no such conversation (or the turn is no longer the
-/// writer's, or the reply was written already, by a try whose answer was lost); then nothing
-/// is written.
+/// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`, by model `$14`)
+/// to the user's conversation and moves the conversation forward: its update time and its
+/// revision, which becomes the reply's sequence; of its turn as its `locked` and `owned` parts
+/// say. Returns the new revision, or none if the user has no such conversation (or the turn is
+/// no longer the writer's, or the reply was written already, by a try whose answer was lost);
+/// then nothing is written.
 const APPEND_REPLY: &str = concat!(
     reply_locks!(on_branch!()),
     reply_touches!(""),
