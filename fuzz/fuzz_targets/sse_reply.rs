@@ -29,6 +29,8 @@ fn stage(event: &ModelEvent) -> u8 {
         ModelEvent::ToolCall(_) => 1,
         ModelEvent::Usage(_) => 2,
         ModelEvent::Finished { .. } => 3,
+        // Only a catalog's fallbacks say this; one upstream's reply never does.
+        ModelEvent::FellBack { .. } => panic!("a reply reader fell back: {event:?}"),
     }
 }
 
