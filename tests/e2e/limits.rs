@@ -489,7 +489,8 @@ async fn a_message_larger_than_any_valid_one_is_refused_from_its_length() {
     assert_eq!(app.db.count("SELECT count(*) AS n FROM messages").await, 0);
 }
 
-async fn get_conversation(
+/// Alice's conversation, as GetConversation gives it.
+pub(super) async fn get_conversation(
     app: &TestApp,
     conversation: &str,
 ) -> chat_service::api::proto::GetConversationResponse {

@@ -3,9 +3,8 @@
 
 use chat_service::{
     api::proto::{
-        GetConversationRequest, ListModelsRequest, Model, RegenerateReplyRequest,
-        SendMessageRequest, SubmitToolResultsRequest, ToolCallResult, ToolDefinition,
-        regenerate_reply_response,
+        ListModelsRequest, Model, RegenerateReplyRequest, SendMessageRequest,
+        SubmitToolResultsRequest, ToolCallResult, ToolDefinition, regenerate_reply_response,
     },
     llm::{CatalogModelSettings, CatalogSettings, ModelSettings},
 };
@@ -13,6 +12,7 @@ use tonic::Code;
 
 use super::{
     assert_bad_field,
+    limits::get_conversation,
     send_message::Turn,
     support::{
         FakeLlm, FakeToolServer, Script, TestApp, app::llm_settings, mcp::TOOLS,
@@ -126,17 +126,8 @@ async fn stored_models(app: &TestApp, conversation: &str) -> Vec<Option<String>>
 
 /// What GetConversation says of the conversation's messages' models.
 async fn shown_models(app: &TestApp, conversation: &str) -> Vec<String> {
-    let request = app.request(
-        "alice",
-        GetConversationRequest {
-            conversation_id: conversation.to_owned(),
-        },
-    );
-    app.conversations()
-        .get_conversation(request)
+    get_conversation(app, conversation)
         .await
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .into_inner()
         .messages
         .into_iter()
         .map(|message| message.model)
