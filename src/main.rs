@@ -1,12 +1,16 @@
-//! The binary: serve, apply migrations, or mint a development token.
+//! The binary: serve, apply migrations, export, import, report usage, or mint a development
+//! token.
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use chrono::SecondsFormat;
 
 use chat_service::{
     Config,
     api::auth::mint_token,
+    chat::UsageReports,
     config::Settings,
-    domain::Subject,
+    domain::{PeriodUsage, Spend, Subject},
     store::{Store, run_migrations},
     telemetry, transfer,
 };
@@ -47,6 +51,13 @@ enum Command {
     /// ChatGPT's conversations.json. Each is stored whole or refused whole; a summary follows.
     Import {
         /// The user, by the `sub` of their tokens; created if new.
+        #[arg(long)]
+        user: String,
+    },
+    /// Print a user's usage in the current period and the one before, as JSON: what GetUsage
+    /// gives the user, for operators.
+    Usage {
+        /// The user, by the `sub` of their tokens.
         #[arg(long)]
         user: String,
     },
@@ -99,6 +110,7 @@ fn main() -> ExitCode {
             }
             Some(Command::Export { user }) => export(&config, &user).await,
             Some(Command::Import { user }) => import(&config, &user).await,
+            Some(Command::Usage { user }) => usage(&config, &user).await,
             _ => chat_service::run(config).await.map_err(|e| e.to_string()),
         };
         // Delivers the last spans; blocking, so off the async threads.
@@ -157,6 +169,49 @@ async fn import(config: &Config, user: &str) -> Result<(), String> {
             imported.refused.len()
         ))
     }
+}
+
+async fn usage(config: &Config, user: &str) -> Result<(), String> {
+    let (store, subject) = store_and_subject(config, user).await?;
+    let reports = UsageReports::new(store, config.limits.usage_period);
+    let [previous, current] = reports
+        .of_subject(&subject)
+        .await
+        .map_err(|e| e.to_string())?;
+    let period: &str = config.limits.usage_period.into();
+    let report = serde_json::json!({
+        "user": user,
+        "period": period,
+        "current": period_json(&current),
+        "previous": period_json(&previous),
+    });
+    println!("{report:#}");
+    Ok(())
+}
+
+fn period_json(usage: &PeriodUsage) -> serde_json::Value {
+    let spend = |spend: &Spend| {
+        serde_json::json!({
+            "calls": spend.calls,
+            "estimated_calls": spend.estimated_calls,
+            "input_tokens": spend.input_tokens,
+            "cached_input_tokens": spend.cached_input_tokens,
+            "output_tokens": spend.output_tokens,
+            "reasoning_tokens": spend.reasoning_tokens,
+            "cost_micros": spend.cost_micros,
+        })
+    };
+    let models: Vec<_> = usage
+        .models
+        .iter()
+        .map(|model| serde_json::json!({"model": model.model, "spend": spend(&model.spend)}))
+        .collect();
+    serde_json::json!({
+        "start_time": usage.span.start_time().to_rfc3339_opts(SecondsFormat::Secs, true),
+        "end_time": usage.span.end_time().to_rfc3339_opts(SecondsFormat::Secs, true),
+        "total": spend(&usage.total),
+        "models": models,
+    })
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

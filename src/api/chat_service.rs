@@ -10,11 +10,11 @@ use tonic::{Request, Response, Status};
 use super::{
     ApiError, Caller, convert,
     proto::{
-        CancelTurnRequest, CancelTurnResponse, Disconnect, ListModelsRequest, ListModelsResponse,
-        MessageAccepted, MessageCompleted, MessageDelta, Model, RegenerateReplyRequest,
-        RegenerateReplyResponse, ResumeTurnRequest, ResumeTurnResponse, SendMessageRequest,
-        SendMessageResponse, SubmitToolResultsRequest, SubmitToolResultsResponse, ToolDefinition,
-        Usage, chat_service_server::ChatService,
+        CancelTurnRequest, CancelTurnResponse, Disconnect, GetUsageRequest, GetUsageResponse,
+        ListModelsRequest, ListModelsResponse, MessageAccepted, MessageCompleted, MessageDelta,
+        Model, RegenerateReplyRequest, RegenerateReplyResponse, ResumeTurnRequest,
+        ResumeTurnResponse, SendMessageRequest, SendMessageResponse, SubmitToolResultsRequest,
+        SubmitToolResultsResponse, ToolDefinition, chat_service_server::ChatService,
         regenerate_reply_response::Event as RegeneratedEvent,
         resume_turn_response::Event as ResumedEvent, send_message_response::Event,
         submit_tool_results_response::Event as ContinuationEvent,
@@ -24,7 +24,7 @@ use super::{
 use crate::{
     chat::{
         ChatError, ClientTool, Completion, GivenToolResult, RegenerateRequest, Sequenced,
-        ToolResultsRequest, TurnEvent, TurnRequest, TurnStream, Turns,
+        ToolResultsRequest, TurnEvent, TurnRequest, TurnStream, Turns, UsageReports,
     },
     domain::{ConversationId, MessageId, Placement, RequestKey},
 };
@@ -33,11 +33,16 @@ use crate::{
 pub struct ChatApi {
     caller: Caller,
     turns: Turns,
+    usage: UsageReports,
 }
 
 impl ChatApi {
-    pub fn new(caller: Caller, turns: Turns) -> Self {
-        Self { caller, turns }
+    pub fn new(caller: Caller, turns: Turns, usage: UsageReports) -> Self {
+        Self {
+            caller,
+            turns,
+            usage,
+        }
     }
 }
 
@@ -105,10 +110,8 @@ fn completed(completion: Completion) -> MessageCompleted {
         message: Some(convert::message(completion.message)),
         finish_reason: completion.finish_reason,
         model: completion.model,
-        usage: completion.usage.map(|usage| Usage {
-            input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
-            output_tokens: i32::try_from(usage.output_tokens).unwrap_or(i32::MAX),
-        }),
+        // The reply's calls together; each message's own usage has its cost.
+        usage: completion.usage.map(|tokens| convert::usage(tokens, None)),
     }
 }
 
@@ -185,6 +188,18 @@ impl ChatService for ChatApi {
             })
             .collect();
         Ok(Response::new(ListModelsResponse { models }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        let user = self.caller.user(&request).await?;
+        let [previous, current] = self.usage.of(user).await.map_err(ApiError::from)?;
+        Ok(Response::new(GetUsageResponse {
+            current: Some(convert::period_usage(current)),
+            previous: Some(convert::period_usage(previous)),
+        }))
     }
 
     type SendMessageStream = EventStream<SendMessageResponse>;

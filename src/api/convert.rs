@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use super::proto;
 use crate::{
     chat::ToolResult,
-    domain::{BranchMessage, Conversation, Message, MessageStatus, Role, ToolCall, ToolCallStatus},
+    domain::{
+        BranchMessage, Conversation, Message, MessageStatus, PeriodUsage, Role, Spend, TokenUsage,
+        ToolCall, ToolCallStatus,
+    },
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -39,6 +42,51 @@ pub fn message(message: Message) -> proto::Message {
         sibling_count: 0,
         sibling_ids: Vec::new(),
         model: message.model.unwrap_or_default(),
+        usage: message
+            .usage
+            .map(|usage| self::usage(usage.tokens, usage.cost_micros)),
+    }
+}
+
+/// Tokens, and what they cost where that is known.
+pub fn usage(tokens: TokenUsage, cost_micros: Option<i64>) -> proto::Usage {
+    let count = |tokens: u32| i32::try_from(tokens).unwrap_or(i32::MAX);
+    proto::Usage {
+        input_tokens: count(tokens.input_tokens),
+        output_tokens: count(tokens.output_tokens),
+        cached_input_tokens: count(tokens.cached_input_tokens),
+        reasoning_tokens: count(tokens.reasoning_tokens),
+        estimated: tokens.estimated,
+        cost_micros,
+    }
+}
+
+/// A period's usage, in all and by model.
+pub fn period_usage(usage: PeriodUsage) -> proto::PeriodUsage {
+    proto::PeriodUsage {
+        start_time: Some(timestamp(usage.span.start_time())),
+        end_time: Some(timestamp(usage.span.end_time())),
+        total: Some(spend(usage.total)),
+        models: usage
+            .models
+            .into_iter()
+            .map(|model| proto::ModelSpend {
+                model: model.model,
+                spend: Some(spend(model.spend)),
+            })
+            .collect(),
+    }
+}
+
+fn spend(spend: Spend) -> proto::Spend {
+    proto::Spend {
+        calls: spend.calls,
+        estimated_calls: spend.estimated_calls,
+        input_tokens: spend.input_tokens,
+        cached_input_tokens: spend.cached_input_tokens,
+        output_tokens: spend.output_tokens,
+        reasoning_tokens: spend.reasoning_tokens,
+        cost_micros: spend.cost_micros,
     }
 }
 

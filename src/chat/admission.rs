@@ -19,7 +19,10 @@ use governor::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ChatError, limit::Limit};
-use crate::{domain::UserId, telemetry::metrics::Metrics};
+use crate::{
+    domain::{UsagePeriod, UserId},
+    telemetry::metrics::Metrics,
+};
 
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
@@ -34,6 +37,8 @@ pub struct LimitSettings {
     /// How many of its newest messages GetConversation returns at most.
     pub conversation_window: usize,
     pub storage: StorageLimits,
+    /// The period usage is reported in.
+    pub usage_period: UsagePeriod,
 }
 
 /// How much one user may keep. Checked as each conversation or message is written.
@@ -171,6 +176,7 @@ mod tests {
                 messages_per_conversation: 10,
                 siblings_per_message: 10,
             },
+            usage_period: UsagePeriod::Day,
         };
         Admission::new(settings, Metrics::new())
     }

@@ -359,6 +359,7 @@ mod tests {
             create_time: now(),
             tool_calls: Vec::new(),
             model: None,
+            usage: None,
         }
     }
 

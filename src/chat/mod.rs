@@ -7,6 +7,7 @@ mod recent;
 mod admission;
 mod conversations;
 mod titles;
+mod usage;
 mod turn;
 
 pub use admission::{Admission, LimitSettings, StorageLimits, StreamPermit};
@@ -21,3 +22,4 @@ pub use turn::{
     MAX_TOOL_RESULTS_BYTES, RegenerateRequest, Sequenced, ToolResult, ToolResultsRequest,
     TurnEvent, TurnRequest, TurnRuntime, TurnSettings, TurnStream, Turns,
 };
+pub use usage::UsageReports;

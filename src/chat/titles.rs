@@ -8,8 +8,9 @@ use tokio::sync::Semaphore;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::usage::count_tokens;
 use crate::{
-    domain::{ConversationId, Role, Title, UserId},
+    domain::{CallUsage, ConversationId, Role, Title, TokenUsage, UserId, now},
     llm::{ContextMessage, LlmError, ModelCatalog, ModelChoice, ModelEvent, ModelRequest},
     store::{Store, StoreError},
     telemetry::metrics::Metrics,
@@ -36,6 +37,13 @@ enum TitleError {
     Store(#[from] StoreError),
     #[error("the model took longer than {TIME_ALLOWED:?}")]
     TimedOut,
+}
+
+/// What the model answered, which model did, and what that used.
+struct Answer {
+    text: String,
+    model: ModelChoice,
+    usage: CallUsage,
 }
 
 /// Asks the model to name new conversations.
@@ -118,7 +126,13 @@ impl Titler {
             return Ok(false);
         }
         let answer = self.ask(said, replied).await?;
-        let Some(title) = Title::from_model(&answer) else {
+        // The call counts whatever becomes of its answer.
+        let model = &self.models.get(answer.model).name;
+        count_tokens(&self.metrics.token_counters(model), &answer.usage.tokens);
+        self.store
+            .add_usage(user, now(), model, answer.usage)
+            .await?;
+        let Some(title) = Title::from_model(&answer.text) else {
             return Ok(false);
         };
         Ok(self
@@ -127,7 +141,7 @@ impl Titler {
             .await?)
     }
 
-    async fn ask(&self, said: &str, replied: &str) -> Result<String, LlmError> {
+    async fn ask(&self, said: &str, replied: &str) -> Result<Answer, LlmError> {
         let excerpt = |text: &str| text.chars().take(EXCERPT_CHARS).collect::<String>();
         let exchange = format!("User: {}\n\nAssistant: {}", excerpt(said), excerpt(replied));
         let request = ModelRequest {
@@ -138,18 +152,23 @@ impl Titler {
             tools: Arc::from([]),
             may_call_tools: false,
         };
+        let prompt_bytes = request.text_bytes();
         let mut stream = self.models.stream(self.model, request);
-        let mut answer = String::new();
+        let (mut text, mut model, mut usage) = (String::new(), self.model, None);
         while let Some(event) = stream.next().await {
             match event? {
-                ModelEvent::Delta(text) => answer.push_str(&text),
+                ModelEvent::Delta(delta) => text.push_str(&delta),
+                ModelEvent::Usage(reported) => usage = Some(reported),
                 ModelEvent::Finished { .. } => break,
-                ModelEvent::ToolCall(_) | ModelEvent::Usage(_) | ModelEvent::FellBack { .. } => {}
+                ModelEvent::FellBack { to, .. } => model = to,
+                ModelEvent::ToolCall(_) => {}
             }
-            if answer.len() > ANSWER_BYTES {
+            if text.len() > ANSWER_BYTES {
                 break;
             }
         }
-        Ok(answer)
+        let tokens = usage.unwrap_or_else(|| TokenUsage::estimate(prompt_bytes, text.len()));
+        let usage = self.models.get(model).call_usage(tokens);
+        Ok(Answer { text, model, usage })
     }
 }

@@ -1,13 +1,16 @@
 //! CHAT_USER_REQUESTS_PER_SECOND, CHAT_USER_REQUEST_BURST, CHAT_MAX_STREAMS_PER_USER,
 //! CHAT_MAX_STREAMS, CHAT_GET_CONVERSATION_MESSAGES, CHAT_MAX_CONVERSATIONS_PER_USER,
-//! CHAT_MAX_MESSAGES_PER_CONVERSATION
+//! CHAT_MAX_MESSAGES_PER_CONVERSATION, CHAT_MAX_SIBLINGS, CHAT_USAGE_PERIOD
 
 use std::num::NonZeroU32;
 
 use clap::Args;
 
 use super::{ConfigError, invalid};
-use crate::chat::{LimitSettings, StorageLimits};
+use crate::{
+    chat::{LimitSettings, StorageLimits},
+    domain::UsagePeriod,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
@@ -79,6 +82,16 @@ pub struct LimitArgs {
     /// Messages that may follow one message: its edits, or the replies regenerated for it.
     #[arg(long, env = "CHAT_MAX_SIBLINGS", default_value_t = 32, global = true)]
     pub max_siblings: i64,
+
+    /// The period usage is reported in (GetUsage, `chat-service usage`): day, week (from
+    /// Monday) or month, each starting at midnight UTC.
+    #[arg(long, env = "CHAT_USAGE_PERIOD", default_value = "day", value_parser = usage_period, global = true)]
+    pub usage_period: UsagePeriod,
+}
+
+fn usage_period(text: &str) -> Result<UsagePeriod, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a period: give day, week or month"))
 }
 
 impl LimitArgs {
@@ -121,6 +134,7 @@ impl LimitArgs {
             user_request_burst: self.user_request_burst,
             streams_per_user: self.max_streams_per_user,
             streams_per_replica: self.max_streams,
+            usage_period: self.usage_period,
         })
     }
 }

@@ -167,6 +167,9 @@ pub struct Message {
     pub tool_calls: Vec<ToolCall>,
     /// On an assistant's message: the catalog's name of the model that wrote it, if known.
     pub model: Option<String>,
+    /// On an assistant's message: the tokens of the model call that wrote it, if known.
+    #[serde(default)]
+    pub usage: Option<super::CallUsage>,
 }
 
 /// A function call the model asked for while writing a message.

@@ -12,6 +12,7 @@ mod time;
 mod tool;
 mod tree;
 mod turn;
+mod usage;
 
 pub use archive::{
     ArchivedConversation, ArchivedMessage, ArchivedParent, ArchivedToolCall, InvalidTree,
@@ -34,3 +35,4 @@ pub use time::now;
 pub use tool::{InvalidToolDefinition, ToolSpec};
 pub use tree::{BranchMessage, Placement, Tree, TreeNode, TreePlace};
 pub use turn::{Attempt, FIRST_ATTEMPT, InvalidRequestKey, RequestKey, TurnState};
+pub use usage::{CallUsage, ModelSpend, PeriodSpan, PeriodUsage, Spend, TokenUsage, UsagePeriod};

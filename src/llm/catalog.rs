@@ -9,7 +9,10 @@ use std::{
 
 use tokio_stream::Stream;
 
-use super::{ChatModel, LlmError, ModelEvent, ModelRequest, ModelSettings, ModelStream, connect};
+use super::{
+    CallUsage, ChatModel, LlmError, ModelEvent, ModelRequest, ModelSettings, ModelStream,
+    TokenUsage, connect,
+};
 
 /// Prices of one model, in currency units per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +20,25 @@ pub struct Prices {
     pub input: f64,
     pub cached_input: f64,
     pub output: f64,
+}
+
+impl Prices {
+    /// What a call that used `tokens` costs, in millionths of a unit: a price per million
+    /// tokens is a price in millionths per token. Cached input is billed at its own price, the
+    /// rest of the input at the input's; reasoning is output.
+    pub fn cost_micros(&self, tokens: &TokenUsage) -> i64 {
+        let cached = f64::from(tokens.cached_input_tokens);
+        let uncached = f64::from(
+            tokens
+                .input_tokens
+                .saturating_sub(tokens.cached_input_tokens),
+        );
+        let cost = uncached * self.input
+            + cached * self.cached_input
+            + f64::from(tokens.output_tokens) * self.output;
+        // Prices are finite and not negative (checked with the catalog); `as` saturates.
+        cost.round() as i64
+    }
 }
 
 /// One model of the catalog, as configured.
@@ -65,6 +87,23 @@ impl CatalogSettings {
 /// A model of the catalog, as a request names it once its name was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModelChoice(usize);
+
+impl ModelChoice {
+    /// The model's place in the catalog, counted from 0: in [`ModelCatalog::iter`]'s order.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl CatalogModel {
+    /// A call of this model that used `tokens`, with its cost at the model's prices.
+    pub fn call_usage(&self, tokens: TokenUsage) -> CallUsage {
+        CallUsage {
+            tokens,
+            cost_micros: self.prices.map(|prices| prices.cost_micros(&tokens)),
+        }
+    }
+}
 
 /// A name that is not in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

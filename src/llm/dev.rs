@@ -125,6 +125,7 @@ impl ChatModel for DevModel {
                 let usage = TokenUsage {
                     input_tokens,
                     output_tokens: 1,
+                    ..TokenUsage::default()
                 };
                 return Box::pin(stream::iter([
                     Ok(ModelEvent::ToolCall(call)),
@@ -140,6 +141,7 @@ impl ChatModel for DevModel {
         let usage = TokenUsage {
             input_tokens,
             output_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
+            ..TokenUsage::default()
         };
         let delay = self.delay;
         let deltas = stream::unfold(words.into_iter(), move |mut words| async move {

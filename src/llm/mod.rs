@@ -65,6 +65,23 @@ pub struct ModelRequest {
     pub may_call_tools: bool,
 }
 
+impl ModelRequest {
+    /// The length in bytes of the request's text, for estimating its tokens when the provider
+    /// reports none: each message's text and the calls it made. The tools offered are left out.
+    pub fn text_bytes(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(ModelToolCall::text_bytes)
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
 /// A whole tool call, assembled from the fragments the model streamed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelToolCall {
@@ -74,11 +91,14 @@ pub struct ModelToolCall {
     pub arguments: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct TokenUsage {
-    pub input_tokens: u32,
-    pub output_tokens: u32,
+impl ModelToolCall {
+    /// The length in bytes of the call's name and arguments.
+    pub fn text_bytes(&self) -> usize {
+        self.name.len() + self.arguments.len()
+    }
 }
+
+pub use crate::domain::{CallUsage, TokenUsage};
 
 /// What a model stream yields, in this order: text deltas, then tool calls, usage and the finish.
 /// A stream with fallbacks may begin with one or more `FellBack`s.

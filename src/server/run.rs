@@ -29,7 +29,9 @@ use crate::{
             conversation_service_server::ConversationServiceServer,
         },
     },
-    chat::{Admission, Conversations, Identities, RecentContexts, TurnRuntime, Turns},
+    chat::{
+        Admission, Conversations, Identities, RecentContexts, TurnRuntime, Turns, UsageReports,
+    },
     events::TurnEvents,
     llm::ModelCatalog,
     store::Store,
@@ -226,7 +228,8 @@ fn services(
         config.turns.clone(),
         runtime.clone(),
     );
-    let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns.clone()))
+    let usage = UsageReports::new(store.clone(), config.limits.usage_period);
+    let chat = ChatServiceServer::new(ChatApi::new(caller.clone(), turns.clone(), usage))
         .max_decoding_message_size(send_message_limit)
         .max_encoding_message_size(api::MAX_RESPONSE_BYTES);
     let window = config.limits.conversation_window;

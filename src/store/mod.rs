@@ -22,6 +22,7 @@ mod tool_results;
 mod turn_records;
 mod turns;
 mod url;
+mod usage;
 mod user_messages;
 mod users;
 

@@ -16,8 +16,8 @@ use super::{
     schema::{conversations, messages, tool_calls},
 };
 use crate::domain::{
-    Conversation, ConversationId, Message, MessageId, MessageStatus, Role, Title, ToolCall,
-    ToolCallId, ToolCallStatus,
+    CallUsage, Conversation, ConversationId, Message, MessageId, MessageStatus, Role, Title,
+    TokenUsage, ToolCall, ToolCallId, ToolCallStatus,
 };
 
 #[derive(Queryable, QueryableByName, Selectable)]
@@ -76,6 +76,34 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub parent_id: Option<Uuid>,
     pub model: Option<String>,
+    pub usage: Option<serde_json::Value>,
+}
+
+/// The usage kept with an assistant's message, as the reply's statement writes it.
+#[derive(serde::Deserialize)]
+struct StoredUsage {
+    input_tokens: u32,
+    cached_input_tokens: u32,
+    output_tokens: u32,
+    reasoning_tokens: u32,
+    estimated: bool,
+    cost_micros: Option<i64>,
+}
+
+/// A message's stored usage. What cannot be read is left out rather than failing the read:
+/// usage is an account of the call, not part of the conversation.
+pub fn stored_usage(usage: Option<serde_json::Value>) -> Option<CallUsage> {
+    let usage: StoredUsage = serde_json::from_value(usage?).ok()?;
+    Some(CallUsage {
+        tokens: TokenUsage {
+            input_tokens: usage.input_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
+            output_tokens: usage.output_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            estimated: usage.estimated,
+        },
+        cost_micros: usage.cost_micros,
+    })
 }
 
 impl MessageRow {
@@ -93,6 +121,7 @@ impl MessageRow {
             create_time: self.created_at,
             tool_calls,
             model: self.model,
+            usage: stored_usage(self.usage),
         }
     }
 }

@@ -314,6 +314,7 @@ fn regenerated(
             create_time: created_at,
             tool_calls: Vec::new(),
             model: None,
+            usage: None,
         },
         context,
     }))

@@ -93,21 +93,71 @@ macro_rules! reply_touches {
     };
 }
 
+/// One call's usage added to its user's day with its model: user `$user`, at `$at`, model
+/// `$model` (null for none), input `$input` (`$cached` cached), output `$output` (`$reasoning`
+/// reasoning), estimated if `$estimated`, cost `$cost` (null for none); one row from `$from`,
+/// unless `$input` is null.
+macro_rules! add_to_day {
+    ($user:literal, $at:literal, $model:literal, $input:literal, $cached:literal,
+     $output:literal, $reasoning:literal, $estimated:literal, $cost:literal, $from:literal) => {
+        concat!(
+            "INSERT INTO usage_days AS u (user_id, day, model, calls, estimated_calls, input_tokens,
+                                         cached_input_tokens, output_tokens, reasoning_tokens,
+                                         cost_micros)
+             SELECT ", $user, ", (", $at, " AT TIME ZONE 'UTC')::date, COALESCE(", $model, ", ''), 1,
+                    CASE WHEN ", $estimated, " THEN 1 ELSE 0 END, ", $input, ", ", $cached, ", ",
+                    $output, ", ", $reasoning, ", COALESCE(", $cost, ", 0)
+             ", $from, " WHERE ", $input, "::int4 IS NOT NULL
+             ON CONFLICT (user_id, day, model) DO UPDATE
+             SET calls = u.calls + 1,
+                 estimated_calls = u.estimated_calls + EXCLUDED.estimated_calls,
+                 input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+                 cached_input_tokens = u.cached_input_tokens + EXCLUDED.cached_input_tokens,
+                 output_tokens = u.output_tokens + EXCLUDED.output_tokens,
+                 reasoning_tokens = u.reasoning_tokens + EXCLUDED.reasoning_tokens,
+                 cost_micros = u.cost_micros + EXCLUDED.cost_micros"
+        )
+    };
+}
+
+/// A call's usage, not a reply's, added to its user's day alone: [`add_to_day!`]'s parameters
+/// in its order, `$1` to `$9`.
+pub(super) const ADD_USAGE: &str =
+    add_to_day!("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "");
+
 /// The reply's row and the turn's end, once the conversation moved forward.
 macro_rules! reply_writes {
     () => {
-        "inserted AS (
+        concat!(
+            "inserted AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at,
                                    sequence, turn_id, turn_attempt, deltas, search_vector,
-                                   parent_id, depth, model)
+                                   parent_id, depth, model, usage)
              SELECT $4, id, $5, $6, $7, $3, revision, $8, $9, $10, chat_search_vector($6),
-                    (SELECT id FROM follows), (SELECT depth FROM follows) + 1, $14
+                    (SELECT id FROM follows), (SELECT depth FROM follows) + 1, $14,
+                    CASE WHEN $15::int4 IS NOT NULL THEN jsonb_build_object(
+                        'input_tokens', $15, 'cached_input_tokens', $16, 'output_tokens', $17,
+                        'reasoning_tokens', $18, 'estimated', $19, 'cost_micros', $20) END
              FROM touched
-         ), ended AS (
+         ), spent AS (",
+            add_to_day!(
+                "$2",
+                "$3",
+                "$14",
+                "$15",
+                "$16",
+                "$17",
+                "$18",
+                "$19",
+                "$20",
+                "FROM touched"
+            ),
+            "), ended AS (
              UPDATE turns SET state = $11, outcome = $12, ended_at = now()
              WHERE id = $8 AND attempt = $9 AND state = 'generating' AND $11::text IS NOT NULL
                AND EXISTS (SELECT 1 FROM touched)
          )"
+        )
     };
 }
 
@@ -128,7 +178,9 @@ macro_rules! reply_answers {
 /// Adds the assistant's reply `$4` (role `$5`, text `$6`, status `$7`, at `$3`, by model `$14`)
 /// to the user's conversation and moves the conversation forward: its update time and its
 /// revision, which becomes the reply's sequence; of its turn as its `locked` and `owned` parts
-/// say. Returns the new revision, or none if the user has no such conversation (or the turn is
+/// say. With `$15`, the call that wrote it used `$15` input tokens (`$16` of them cached) and
+/// `$17` output tokens (`$18` of them reasoning), estimated if `$19`, costing `$20`: kept with
+/// the reply, and added to the user's day with that model. Returns the new revision, or none if the user has no such conversation (or the turn is
 /// no longer the writer's, or the reply was written already, by a try whose answer was lost);
 /// then nothing is written.
 const APPEND_REPLY: &str = concat!(
@@ -153,9 +205,9 @@ macro_rules! with_calls {
             reply_locks!($($follows)*),
             reply_touches!(
                 ",
-                     awaiting_message = CASE WHEN $15::text[] IS NULL THEN awaiting_message ELSE $4 END,
-                     awaiting_calls = COALESCE($15, awaiting_calls),
-                     awaiting_until = CASE WHEN $15::text[] IS NULL THEN awaiting_until ELSE $16 END"
+                     awaiting_message = CASE WHEN $21::text[] IS NULL THEN awaiting_message ELSE $4 END,
+                     awaiting_calls = COALESCE($21, awaiting_calls),
+                     awaiting_until = CASE WHEN $21::text[] IS NULL THEN awaiting_until ELSE $22 END"
             ),
             reply_writes!(),
             ", calls AS (
@@ -164,8 +216,8 @@ macro_rules! with_calls {
                  SELECT c.id, $4, (c.position - 1)::int4, c.provider_call_id, c.name, c.arguments,
                         c.status, c.result, $3, c.answer_index
                  FROM touched,
-                      unnest($17::uuid[], $18::text[], $19::text[], $20::jsonb[], $21::text[],
-                             $22::jsonb[], $23::int4[])
+                      unnest($23::uuid[], $24::text[], $25::text[], $26::jsonb[], $27::text[],
+                             $28::jsonb[], $29::int4[])
                           WITH ORDINALITY AS c(id, provider_call_id, name, arguments, status,
                                                result, answer_index, position)
              )",
@@ -174,10 +226,10 @@ macro_rules! with_calls {
     };
 }
 
-/// [`APPEND_REPLY`] for a reply that called tools, with its calls: ids `$17`, the provider's
-/// ids `$18`, names `$19`, arguments `$20`, statuses `$21`, results `$22` and answer indexes
-/// `$23`, in the order the model made them. With `$15`, the reply awaits the results of those
-/// calls (by the provider's ids) that the client runs, until `$16`, and the conversation takes
+/// [`APPEND_REPLY`] for a reply that called tools, with its calls: ids `$23`, the provider's
+/// ids `$24`, names `$25`, arguments `$26`, statuses `$27`, results `$28` and answer indexes
+/// `$29`, in the order the model made them. With `$21`, the reply awaits the results of those
+/// calls (by the provider's ids) that the client runs, until `$22`, and the conversation takes
 /// no user message meanwhile. One statement, so one round trip, atomic by itself.
 const APPEND_REPLY_WITH_CALLS: &str = with_calls!(on_branch!());
 
@@ -285,7 +337,7 @@ pub(super) async fn append_reply_with_calls(
     Ok(row.into())
 }
 
-/// `statement`, one of the reply's, with the reply's and its turn's parameters `$1` to `$14`.
+/// `statement`, one of the reply's, with the reply's and its turn's parameters `$1` to `$20`.
 fn bind_reply<'a>(
     statement: Fixed<()>,
     user: UserId,
@@ -293,6 +345,7 @@ fn bind_reply<'a>(
     turn: Option<&'a ReplyOf<'a>>,
 ) -> Fixed<impl Binds + Send + 'a> {
     let ends = turn.and_then(|turn| turn.ends);
+    let tokens = reply.usage.map(|usage| usage.tokens);
     statement
         .bind::<SqlUuid, _>(reply.conversation_id.as_uuid())
         .bind::<SqlUuid, _>(*user.as_uuid())
@@ -308,6 +361,17 @@ fn bind_reply<'a>(
         .bind::<Nullable<Jsonb>, _>(ends.map(|end| end.outcome))
         .bind::<Nullable<Text>, _>(turn.map(|turn| <&str>::from(turn.while_state)))
         .bind::<Nullable<Text>, _>(reply.model.as_deref())
+        .bind::<Nullable<Integer>, _>(tokens.map(|t| clamp(t.input_tokens)))
+        .bind::<Nullable<Integer>, _>(tokens.map(|t| clamp(t.cached_input_tokens)))
+        .bind::<Nullable<Integer>, _>(tokens.map(|t| clamp(t.output_tokens)))
+        .bind::<Nullable<Integer>, _>(tokens.map(|t| clamp(t.reasoning_tokens)))
+        .bind::<Nullable<Bool>, _>(tokens.map(|t| t.estimated))
+        .bind::<Nullable<BigInt>, _>(reply.usage.and_then(|usage| usage.cost_micros))
+}
+
+/// A count of tokens as a column of `integer` holds it: no call comes near 2³¹.
+fn clamp(tokens: u32) -> i32 {
+    i32::try_from(tokens).unwrap_or(i32::MAX)
 }
 
 impl From<ReplyRow> for ReplyWritten {
@@ -387,6 +451,7 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         create_time: crate::domain::now(),
         tool_calls: Vec::new(),
         model: None,
+        usage: None,
     };
     let turn = ReplyOf {
         turn: TurnId::from_uuid(nowhere),

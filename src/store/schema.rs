@@ -39,6 +39,7 @@ diesel::table! {
         parent_id -> Nullable<Uuid>,
         depth -> Nullable<Int4>,
         model -> Nullable<Text>,
+        usage -> Nullable<Jsonb>,
     }
 }
 
@@ -91,6 +92,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    usage_days (user_id, day, model) {
+        user_id -> Uuid,
+        day -> Date,
+        model -> Text,
+        calls -> Int8,
+        estimated_calls -> Int8,
+        input_tokens -> Int8,
+        cached_input_tokens -> Int8,
+        output_tokens -> Int8,
+        reasoning_tokens -> Int8,
+        cost_micros -> Int8,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         subject -> Text,
@@ -102,6 +118,7 @@ diesel::joinable!(conversations -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(tool_calls -> messages (message_id));
 diesel::joinable!(turns -> conversations (conversation_id));
+diesel::joinable!(usage_days -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
@@ -110,5 +127,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     service_secrets,
     tool_calls,
     turns,
+    usage_days,
     users,
 );

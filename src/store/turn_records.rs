@@ -11,7 +11,9 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use super::{
-    Operation, Store, StoreError, TurnEnding, context::JsonToolCall, models::Stored,
+    Operation, Store, StoreError, TurnEnding,
+    context::JsonToolCall,
+    models::{Stored, stored_usage},
     statement::fixed,
 };
 use crate::domain::{
@@ -130,6 +132,7 @@ impl TurnRow {
                 create_time: self.created_at,
                 tool_calls: Vec::new(),
                 model: None,
+                usage: None,
             },
             sequence: self.sequence,
             request_hash: self.request_hash,
@@ -162,6 +165,8 @@ struct ReplyRow {
     tool_calls: Option<serde_json::Value>,
     #[diesel(sql_type = Nullable<Text>)]
     model: Option<String>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    usage: Option<serde_json::Value>,
 }
 
 impl Store {
@@ -294,7 +299,7 @@ impl Store {
                          'answer_index', t.answer_index
                       ) ORDER BY t.position)
                       FROM tool_calls t WHERE t.message_id = m.id) AS tool_calls,
-                     m.model
+                     m.model, m.usage
                  FROM messages m JOIN conversations c ON c.id = m.conversation_id
                  WHERE c.user_id = $1 AND m.conversation_id = $2 AND m.sequence > $3
                    AND m.turn_id = $4 AND m.turn_attempt = $5
@@ -368,6 +373,7 @@ fn stored_reply(row: ReplyRow, conversation_id: ConversationId) -> Result<Stored
             create_time: row.created_at,
             tool_calls,
             model: row.model,
+            usage: stored_usage(row.usage),
         },
         deltas: row.deltas,
         answer_order,

@@ -490,6 +490,7 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         create_time: crate::domain::now(),
         tool_calls: Vec::new(),
         model: None,
+        usage: None,
     };
     let conversation = Conversation {
         id: nowhere,

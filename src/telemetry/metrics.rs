@@ -14,9 +14,11 @@ struct RpcLabels {
     code: String,
 }
 
+/// A model of the catalog, bounded by it, and a kind of token.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
-    direction: &'static str,
+struct TokenLabels {
+    model: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,7 +100,7 @@ struct TurnMetrics {
     time_to_first_token: Histogram,
     overhead: Histogram,
     active_streams: Gauge,
-    tokens: Family<DirectionLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
     model_errors: Family<KindLabels, Counter>,
     history_sources: Family<SourceLabels, Counter>,
     refusals: Family<LimitLabels, Counter>,
@@ -190,8 +192,8 @@ impl TurnMetrics {
             tokens: registered(
                 registry,
                 "tokens",
-                "Tokens reported by the model, by direction (input or output)",
-                Family::<DirectionLabels, Counter>::default(),
+                "Tokens of model calls, by model and kind (input, of which cached_input; output, of which reasoning); estimated where the provider reported none",
+                Family::<TokenLabels, Counter>::default(),
             ),
             model_errors: registered(
                 registry,
@@ -333,17 +335,24 @@ impl Metrics {
         self.turns.overhead.observe((total - model).max(0.0));
     }
 
-    pub fn record_tokens(&self, input: u32, output: u32) {
-        self.turns
-            .tokens
-            .get_or_create(&DirectionLabels { direction: "input" })
-            .inc_by(u64::from(input));
-        self.turns
-            .tokens
-            .get_or_create(&DirectionLabels {
-                direction: "output",
-            })
-            .inc_by(u64::from(output));
+    /// The counters of `model`'s tokens: taken once per model, so that counting a call's
+    /// tokens allocates nothing.
+    pub fn token_counters(&self, model: &str) -> TokenCounters {
+        let counter = |kind| {
+            self.turns
+                .tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    kind,
+                })
+                .clone()
+        };
+        TokenCounters {
+            input: counter("input"),
+            cached_input: counter("cached_input"),
+            output: counter("output"),
+            reasoning: counter("reasoning"),
+        }
     }
 
     pub fn record_model_error(&self, kind: &'static str) {
@@ -427,6 +436,26 @@ impl Drop for ActiveStream {
     }
 }
 
+/// One model's counters of tokens, by kind.
+#[derive(Clone)]
+pub struct TokenCounters {
+    input: Counter,
+    cached_input: Counter,
+    output: Counter,
+    reasoning: Counter,
+}
+
+impl TokenCounters {
+    /// Counts a call's tokens: `input`, of which `cached_input`, and `output`, of which
+    /// `reasoning`.
+    pub fn record(&self, input: u32, cached_input: u32, output: u32, reasoning: u32) {
+        self.input.inc_by(u64::from(input));
+        self.cached_input.inc_by(u64::from(cached_input));
+        self.output.inc_by(u64::from(output));
+        self.reasoning.inc_by(u64::from(reasoning));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +465,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_rpc("/chat.v1.ChatService/SendMessage", "OK", 0.25);
         metrics.record_first_token(0.010, 0.009);
-        metrics.record_tokens(12, 4);
+        metrics.token_counters("quick").record(12, 8, 4, 0);
         metrics.record_model_error("timeout");
         metrics.record_history_source(HistorySource::StaleMemory);
         let stream = metrics.stream_started();
@@ -450,7 +479,9 @@ mod tests {
         assert!(text.contains("chat_rpc_duration_seconds_bucket"));
         assert!(text.contains("chat_overhead_seconds_count 1"));
         assert!(text.contains("chat_active_streams 1"));
-        assert!(text.contains(r#"chat_tokens_total{direction="input"} 12"#));
+        assert!(text.contains(r#"chat_tokens_total{model="quick",kind="input"} 12"#));
+        assert!(text.contains(r#"chat_tokens_total{model="quick",kind="cached_input"} 8"#));
+        assert!(text.contains(r#"chat_tokens_total{model="quick",kind="reasoning"} 0"#));
         assert!(text.contains(r#"chat_model_errors_total{kind="timeout"} 1"#));
         assert!(text.contains(r#"chat_turn_history_total{source="stale_memory"} 1"#));
         assert!(text.contains(r#"chat_db_pool_connections{state="idle"} 5"#));

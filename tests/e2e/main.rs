@@ -33,6 +33,7 @@ mod transfer;
 mod tools;
 mod transport;
 mod tree_migration;
+mod usage;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;

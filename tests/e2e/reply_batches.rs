@@ -58,6 +58,7 @@ async fn conversation_with_a_turn(store: &Store, user: UserId) -> (ConversationI
         create_time: time,
         tool_calls: Vec::new(),
         model: None,
+        usage: None,
     };
     let turn = NewTurn {
         request_key: None,
@@ -83,6 +84,7 @@ fn reply(conversation: ConversationId, id: MessageId) -> Message {
         create_time: now(),
         tool_calls: Vec::new(),
         model: Some("fake-model".to_owned()),
+        usage: None,
     }
 }
 

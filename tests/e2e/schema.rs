@@ -74,6 +74,7 @@ fn diesel_type(postgres: &str) -> &'static str {
         "jsonb" => "Jsonb",
         "bytea" => "Bytea",
         "bool" => "Bool",
+        "date" => "Date",
         "_text" => "Array<Text>",
         "_int4" => "Array<Int4>",
         // Not among diesel's own types: schema.rs names it, and `render` imports it.

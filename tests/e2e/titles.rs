@@ -100,6 +100,23 @@ async fn the_model_names_a_new_conversation_once_its_first_reply_is_told() {
     .await;
     assert_eq!(source(&app, &conversation).await, 2);
     assert_eq!(titles_counted(&app, "named").await, 1);
+    // The title's call counts in the user's usage beside the reply's, estimated as neither
+    // upstream answer reported any; it wrote no message, so the reply alone has its usage.
+    assert_eq!(
+        app.db
+            .count("SELECT calls + 10 * estimated_calls AS n FROM usage_days")
+            .await,
+        22
+    );
+    assert_eq!(
+        app.db
+            .count(&format!(
+                "SELECT count(*) AS n FROM messages
+                 WHERE conversation_id = '{conversation}' AND usage IS NOT NULL"
+            ))
+            .await,
+        1
+    );
 
     // Only the first reply names the conversation.
     fake.script([Script::reply(&["Yes."])]);

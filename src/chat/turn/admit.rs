@@ -432,5 +432,6 @@ fn user_message(
         create_time: time,
         tool_calls: Vec::new(),
         model: None,
+        usage: None,
     }
 }

@@ -12,7 +12,10 @@ use super::{
     telemetry::TurnTelemetry,
     tool_round::Round,
 };
-use crate::llm::{ModelStream, TokenUsage};
+use crate::{
+    chat::usage::count_tokens,
+    llm::{ModelStream, TokenUsage},
+};
 
 /// Where a reply stands, from the moment its user's message has its place to its end:
 ///
@@ -112,12 +115,16 @@ impl ReplyTask {
             telemetry,
         )
         .await;
-        relayed.report(telemetry);
         for (from, to, error) in std::mem::take(&mut relayed.fallbacks) {
             self.fell_back(from, to, error);
         }
+        relayed.estimate_unreported(self.prompt_bytes);
+        relayed.report(telemetry);
+        if let Some(usage) = &relayed.usage {
+            count_tokens(self.token_counters.of(self.model), usage);
+        }
         progress.usage = add(progress.usage, relayed.usage);
-        relayed.usage = progress.usage;
+        relayed.turn_usage = progress.usage;
         self.outlet.stalled = matches!(relayed.ending, Ending::Stalled);
         let finished = matches!(relayed.ending, Ending::Finished);
         let budget = self.tools.as_deref().map(ToolRounds::budget);

@@ -181,6 +181,7 @@ mod tests {
                 create_time: crate::domain::now(),
                 tool_calls: Vec::new(),
                 model: None,
+                usage: None,
             },
             finish_reason: "stop".into(),
             model: "m".into(),

@@ -229,6 +229,7 @@ fn interrupted_reply(turn: &LapsedTurn, text: String) -> Message {
         create_time: crate::domain::now().max(turn.after + chrono::Duration::microseconds(1)),
         tool_calls: Vec::new(),
         model: None,
+        usage: None,
     }
 }
 

@@ -54,7 +54,12 @@ impl ReplyTask {
         error: ChatError,
     ) -> Result<Outcome, StoreError> {
         // Tool calls are only complete at the end of a reply; a cut-off reply has none.
-        let reply = self.reply(relayed.text, Vec::new(), MessageStatus::Cancelled);
+        let reply = self.reply(
+            relayed.text,
+            Vec::new(),
+            MessageStatus::Cancelled,
+            relayed.usage,
+        );
         let end = RecordedEnd::from(&TurnEnd::Failed(Failure::of(&error)));
         let stored = self
             .store_and_remember(&reply, &relayed.deltas, Some(end.ending()))
@@ -89,13 +94,13 @@ impl ReplyTask {
                 call.result = Some(unrun.clone().into_result());
             }
         }
-        let reply = self.reply(relayed.text, calls, MessageStatus::Complete);
+        let reply = self.reply(relayed.text, calls, MessageStatus::Complete, relayed.usage);
         let finish_reason = relayed.finish_reason.unwrap_or_else(|| "stop".to_owned());
         // The turn ends with the reply's write: no statement of its own.
         let end = TurnEnd::Completed {
             finish_reason: finish_reason.clone(),
             model: self.model_name().to_owned(),
-            usage: relayed.usage,
+            usage: relayed.turn_usage,
         };
         let end = RecordedEnd::from(&end);
         match self
@@ -120,7 +125,7 @@ impl ReplyTask {
             message: reply,
             finish_reason,
             model: self.model_name().to_owned(),
-            usage: relayed.usage,
+            usage: relayed.turn_usage,
         };
         self.tell(Ok(TurnEvent::Completed(Box::new(completion))))
             .await;

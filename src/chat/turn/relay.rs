@@ -38,7 +38,10 @@ pub(super) struct Relayed {
     pub deltas: Vec<i32>,
     /// Complete only when the reply finished.
     pub calls: Vec<ModelToolCall>,
+    /// This call's tokens, as reported, or estimated once the call is over.
     pub usage: Option<TokenUsage>,
+    /// The tokens of every call of the reply so far, this one's included.
+    pub turn_usage: Option<TokenUsage>,
     pub finish_reason: Option<String>,
     /// Each model that failed before answering, the one asked instead, and the kind of the
     /// failure.
@@ -56,6 +59,16 @@ pub(super) fn storable(text: String) -> String {
 }
 
 impl Relayed {
+    /// Estimates the call's tokens from its text, `prompt_bytes` in and what was relayed out,
+    /// if its provider reported none. A call that failed is left alone: nothing of it is stored.
+    pub fn estimate_unreported(&mut self, prompt_bytes: usize) {
+        if self.usage.is_some() || matches!(self.ending, Ending::Failed(_)) {
+            return;
+        }
+        let calls: usize = self.calls.iter().map(ModelToolCall::text_bytes).sum();
+        self.usage = Some(TokenUsage::estimate(prompt_bytes, self.text.len() + calls));
+    }
+
     /// Ends the model call's span and metrics with what the model reported.
     pub fn report(&self, telemetry: &mut TurnTelemetry) {
         let failure = match &self.ending {
@@ -137,6 +150,7 @@ pub(super) async fn relay(
         deltas: Vec::new(),
         calls: Vec::new(),
         usage: None,
+        turn_usage: None,
         finish_reason: None,
         fallbacks: Vec::new(),
     };
@@ -264,6 +278,7 @@ mod tests {
         let usage = TokenUsage {
             input_tokens: 3,
             output_tokens: 2,
+            ..TokenUsage::default()
         };
         let events = vec![
             delta("Hel"),

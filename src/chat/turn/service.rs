@@ -18,7 +18,7 @@ use crate::{
     events::TurnEvents,
     llm::{ModelCatalog, ModelChoice},
     store::Store,
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{Metrics, TokenCounters},
     tools::Toolbox,
 };
 
@@ -108,6 +108,25 @@ pub struct TurnRuntime {
     pub replica: uuid::Uuid,
 }
 
+/// Each catalog model's token counters, by its place in the catalog: counting a call's tokens
+/// allocates nothing.
+pub(crate) struct TokenMeters(Box<[TokenCounters]>);
+
+impl TokenMeters {
+    pub fn new(models: &ModelCatalog, metrics: &Metrics) -> Self {
+        Self(
+            models
+                .iter()
+                .map(|(model, _)| metrics.token_counters(&model.name))
+                .collect(),
+        )
+    }
+
+    pub fn of(&self, model: ModelChoice) -> &TokenCounters {
+        &self.0[model.index()]
+    }
+}
+
 #[derive(Clone)]
 pub struct Turns {
     pub(super) store: Store,
@@ -117,6 +136,7 @@ pub struct Turns {
     pub(super) runtime: TurnRuntime,
     /// Names new conversations, when titles are on.
     pub(super) titler: Option<Arc<Titler>>,
+    pub(super) token_counters: Arc<TokenMeters>,
 }
 
 impl Turns {
@@ -140,10 +160,12 @@ impl Turns {
                 runtime.shutdown.clone(),
             ))
         });
+        let token_counters = Arc::new(TokenMeters::new(&models, &runtime.metrics));
         Self {
             store,
             recent,
             models,
+            token_counters,
             settings: Arc::new(settings),
             runtime,
             titler,

@@ -139,6 +139,8 @@ impl Turns {
             answered: 0,
             end: EndState::Open,
             first_exchange,
+            prompt_bytes: model_request.text_bytes(),
+            token_counters: self.token_counters.clone(),
         };
         let labels = TurnLabels {
             request_id: request.request_id.to_owned(),

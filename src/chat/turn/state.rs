@@ -299,6 +299,7 @@ mod tests {
             create_time: crate::domain::now(),
             tool_calls: Vec::new(),
             model: None,
+            usage: None,
         };
         TurnRecord {
             id: message.id.into(),

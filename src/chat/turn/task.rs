@@ -10,11 +10,14 @@ use super::{
     events::{TurnEvent, end_told},
     outlet::Outlet,
     relay::Stops,
+    service::TokenMeters,
     state::{EndState, Failure, RoundBudget, TurnEnd},
 };
 use crate::{
     chat::{ChatError, RecentContexts, StreamPermit, Titler},
-    domain::{ConversationId, Message, MessageId, MessageStatus, Role, ToolCall, UserId, now},
+    domain::{
+        CallUsage, ConversationId, Message, MessageId, MessageStatus, Role, ToolCall, UserId, now,
+    },
     events::{CancelWatch, TurnKey},
     llm::{ChatModel, ModelCatalog, ModelChoice, ModelRequest, TokenUsage},
     store::Store,
@@ -54,6 +57,10 @@ pub(super) struct ReplyTask {
     /// For a conversation's first turn, when the model names conversations: the first message,
     /// for the title the model writes once the reply is complete.
     pub first_exchange: Option<Box<FirstExchange>>,
+    /// The length in bytes of the text of the model call under way: what its input is
+    /// estimated from, should its provider report no usage.
+    pub prompt_bytes: usize,
+    pub token_counters: Arc<TokenMeters>,
 }
 
 /// The first message of a conversation, and who names the conversation after it.
@@ -150,11 +157,14 @@ impl ReplyTask {
         self.outlet.leave_last(error);
     }
 
+    /// The assistant's message that the model call written `content` and `calls`, which used
+    /// `usage`.
     pub(super) fn reply(
         &self,
         content: String,
         calls: Vec<ToolCall>,
         status: MessageStatus,
+        tokens: Option<TokenUsage>,
     ) -> Message {
         // Strictly after the user's message, even if the clock stepped back meanwhile.
         let create_time = now().max(self.after + chrono::Duration::microseconds(1));
@@ -167,17 +177,20 @@ impl ReplyTask {
             create_time,
             tool_calls: calls,
             model: Some(self.model_name().to_owned()),
+            usage: tokens.map(|tokens| self.call_usage(tokens)),
         }
+    }
+
+    /// A call of the answering model that used `tokens`, at the model's prices.
+    pub(super) fn call_usage(&self, tokens: TokenUsage) -> CallUsage {
+        self.models.get(self.model).call_usage(tokens)
     }
 }
 
-/// Usage summed over the rounds of a reply that report it.
+/// Usage summed over the calls of a reply that have it.
 pub(super) fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage> {
     match (total, more) {
-        (Some(total), Some(more)) => Some(TokenUsage {
-            input_tokens: total.input_tokens.saturating_add(more.input_tokens),
-            output_tokens: total.output_tokens.saturating_add(more.output_tokens),
-        }),
+        (Some(total), Some(more)) => Some(total.plus(more)),
         (total, more) => total.or(more),
     }
 }
@@ -192,6 +205,7 @@ mod tests {
             Some(TokenUsage {
                 input_tokens: input,
                 output_tokens: output,
+                ..TokenUsage::default()
             })
         };
         assert_eq!(add(usage(10, 2), usage(15, 3)), usage(25, 5));

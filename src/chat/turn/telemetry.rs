@@ -124,8 +124,6 @@ impl TurnTelemetry {
         if let Some(usage) = usage {
             span.record("gen_ai.usage.input_tokens", i64::from(usage.input_tokens));
             span.record("gen_ai.usage.output_tokens", i64::from(usage.output_tokens));
-            self.metrics
-                .record_tokens(usage.input_tokens, usage.output_tokens);
         }
         if let Some(reason) = finish_reason {
             span.record("gen_ai.response.finish_reasons", reason);

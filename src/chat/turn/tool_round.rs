@@ -65,12 +65,14 @@ fn start_calls(
 /// Asks the model to go on, with the round's calls and results in its context.
 fn next_model_call(
     tools: &mut ToolRounds,
+    prompt_bytes: &mut usize,
     message: &Message,
     telemetry: &mut TurnTelemetry,
 ) -> ModelStream {
     tools.rounds += 1;
     replay(recent_message(message), &mut tools.request.messages);
     tools.request.may_call_tools = tools.rounds < tools.max_rounds;
+    *prompt_bytes = tools.request.text_bytes();
     telemetry.next_model_call();
     let span = telemetry.model_span().clone();
     span.in_scope(|| tools.model.stream(tools.request.clone()))
@@ -108,6 +110,7 @@ impl ReplyTask {
             deltas,
             calls,
             usage,
+            turn_usage,
             ..
         } = relayed;
         let plan = plan_round(calls, &tools.client_tools, tools.results_deadline());
@@ -115,7 +118,7 @@ impl ReplyTask {
             Some(_) => MessageStatus::AwaitingToolResults,
             None => MessageStatus::Complete,
         };
-        let mut message = self.reply(text, plan.calls, status);
+        let mut message = self.reply(text, plan.calls, status, usage);
         // The calls are stored before anyone hears of them.
         let revision = match self
             .store_round(&message, plan.awaiting.as_ref(), &deltas)
@@ -144,13 +147,18 @@ impl ReplyTask {
                 message,
                 finish_reason: "tool_calls".to_owned(),
                 model: self.model_name().to_owned(),
-                usage,
+                usage: turn_usage,
             };
             self.tell(Ok(TurnEvent::Completed(Box::new(completion))))
                 .await;
             return Round::Ended(Outcome::AwaitingToolResults);
         }
-        Round::Next(next_model_call(tools, &message, telemetry))
+        Round::Next(next_model_call(
+            tools,
+            &mut self.prompt_bytes,
+            &message,
+            telemetry,
+        ))
     }
 
     /// Stores the round's reply with its calls. `Ok` with its place when it is known; `Err`

@@ -171,9 +171,17 @@ impl ReplyReader {
             }
         }
         if let Some(usage) = chunk.usage {
+            let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens);
+            let reasoning = usage
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens);
             self.usage = Some(TokenUsage {
                 input_tokens: usage.prompt_tokens,
+                // A part is never more than its whole, whatever a server says.
+                cached_input_tokens: cached.unwrap_or(0).min(usage.prompt_tokens),
                 output_tokens: usage.completion_tokens,
+                reasoning_tokens: reasoning.unwrap_or(0).min(usage.completion_tokens),
+                estimated: false,
             });
         }
         Ok(())
@@ -234,12 +242,70 @@ mod tests {
                 ModelEvent::Delta("Hi".to_owned()),
                 ModelEvent::Usage(TokenUsage {
                     input_tokens: 3,
-                    output_tokens: 1
+                    output_tokens: 1,
+                    ..TokenUsage::default()
                 }),
                 ModelEvent::Finished {
                     reason: "stop".to_owned()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn cached_and_reasoning_tokens_are_read_and_kept_within_their_wholes() {
+        let usage = |json: &str| {
+            // One line, as a server sends it.
+            let json = json.replace('\n', " ");
+            let body = format!(
+                "data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":{json}}}\n\ndata: [DONE]\n\n"
+            );
+            read(body.as_bytes())
+                .0
+                .into_iter()
+                .find_map(|event| match event {
+                    ModelEvent::Usage(usage) => Some(usage),
+                    _ => None,
+                })
+        };
+        let reported = TokenUsage {
+            input_tokens: 30,
+            cached_input_tokens: 20,
+            output_tokens: 9,
+            reasoning_tokens: 5,
+            estimated: false,
+        };
+        assert_eq!(
+            usage(
+                r#"{"prompt_tokens":30,"completion_tokens":9,
+                    "prompt_tokens_details":{"cached_tokens":20,"audio_tokens":0},
+                    "completion_tokens_details":{"reasoning_tokens":5}}"#
+            ),
+            Some(reported)
+        );
+        let bare = TokenUsage {
+            input_tokens: 30,
+            output_tokens: 9,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            usage(
+                r#"{"prompt_tokens":30,"completion_tokens":9,"prompt_tokens_details":null,
+                    "completion_tokens_details":{"reasoning_tokens":null}}"#
+            ),
+            Some(bare)
+        );
+        assert_eq!(
+            usage(
+                r#"{"prompt_tokens":30,"completion_tokens":9,
+                    "prompt_tokens_details":{"cached_tokens":99},
+                    "completion_tokens_details":{"reasoning_tokens":10}}"#
+            ),
+            Some(TokenUsage {
+                cached_input_tokens: 30,
+                reasoning_tokens: 9,
+                ..bare
+            })
         );
     }
 

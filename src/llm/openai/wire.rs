@@ -102,6 +102,20 @@ pub(super) struct WireUsage {
     pub(super) prompt_tokens: u32,
     #[serde(default)]
     pub(super) completion_tokens: u32,
+    /// Of the prompt, what the provider had cached (OpenAI; vLLM and LiteLLM pass it on).
+    pub(super) prompt_tokens_details: Option<PromptDetails>,
+    /// Of the completion, what the model spent reasoning (OpenAI's o-series and the like).
+    pub(super) completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PromptDetails {
+    pub(super) cached_tokens: Option<u32>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CompletionDetails {
+    pub(super) reasoning_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -29,6 +29,12 @@ pub enum Script {
         delay: Duration,
         usage: Option<(u32, u32)>,
     },
+    /// Streams these text deltas, then a chunk whose `usage` is this object as it is, then
+    /// `[DONE]`: for usage with details (cached and reasoning tokens).
+    Reported {
+        deltas: Vec<String>,
+        usage: serde_json::Value,
+    },
     /// Streams `deltas` and then tool-call fragments: (index, id, name, arguments fragment).
     ToolCalls {
         deltas: Vec<String>,
@@ -307,6 +313,14 @@ async fn complete(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             }
             frames.push("data: [DONE]\n\n".to_owned());
             paced(frames, delay).boxed()
+        }
+        Script::Reported { deltas, usage } => {
+            let mut frames = text_frames(&deltas);
+            frames.push(chunk(json!({}), Some("stop")));
+            let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage});
+            frames.push(format!("data: {usage}\n\n"));
+            frames.push("data: [DONE]\n\n".to_owned());
+            paced(frames, Duration::ZERO).boxed()
         }
         Script::ToolCalls { deltas, fragments } => {
             let mut frames = text_frames(&deltas);

@@ -1,0 +1,2 @@
+DROP TABLE usage_days;
+ALTER TABLE messages DROP COLUMN usage;
