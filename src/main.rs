@@ -9,8 +9,8 @@ use chat_service::{
     Config,
     api::auth::mint_token,
     chat::UsageReports,
-    config::Settings,
-    domain::{PeriodUsage, Spend, Subject},
+    config::{Settings, cost_micros, usage_period},
+    domain::{Budget, PeriodUsage, Spend, Subject, UsagePeriod},
     store::{Store, run_migrations},
     telemetry, transfer,
 };
@@ -61,6 +61,11 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Give a user a budget of their own, or take it away (see README, "Budgets").
+    Budget {
+        #[command(subcommand)]
+        action: BudgetAction,
+    },
     /// Print an access token that this configuration accepts (development mode or CHAT_JWT_SECRET).
     Token {
         /// The user the token stands for (its `sub`).
@@ -69,6 +74,32 @@ enum Command {
         /// How long the token stays valid (e.g. 30m, 24h).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetAction {
+    /// Set the user's budget, in place of the default (CHAT_BUDGET_TOKENS, CHAT_BUDGET_COST).
+    /// A limit left out is none: with neither, the user has no limit.
+    Set {
+        /// The user, by the `sub` of their tokens; created if new.
+        #[arg(long)]
+        user: String,
+        /// Tokens (input and output) the user may spend in a period.
+        #[arg(long)]
+        tokens: Option<u64>,
+        /// What the user may spend in a period at the catalog's prices, in their unit (e.g. 2.50).
+        #[arg(long, value_parser = cost_micros)]
+        cost: Option<i64>,
+        /// day, week (from Monday) or month, from midnight UTC.
+        #[arg(long, value_parser = usage_period)]
+        period: UsagePeriod,
+    },
+    /// Take the user's own budget away: the default applies again.
+    Clear {
+        /// The user, by the `sub` of their tokens.
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -111,6 +142,7 @@ fn main() -> ExitCode {
             Some(Command::Export { user }) => export(&config, &user).await,
             Some(Command::Import { user }) => import(&config, &user).await,
             Some(Command::Usage { user }) => usage(&config, &user).await,
+            Some(Command::Budget { action }) => budget(&config, action).await,
             _ => chat_service::run(config).await.map_err(|e| e.to_string()),
         };
         // Delivers the last spans; blocking, so off the async threads.
@@ -179,14 +211,71 @@ async fn usage(config: &Config, user: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let period: &str = config.limits.usage_period.into();
+    let own = match reports.store().find_user(&subject).await {
+        Ok(Some(id)) => reports.store().budget_of(id).await,
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| e.to_string())?;
+    let budget = own.unwrap_or(config.limits.budget);
     let report = serde_json::json!({
         "user": user,
         "period": period,
         "current": period_json(&current),
         "previous": period_json(&previous),
+        "budget": budget_json(&budget),
+        "own_budget": own.is_some(),
     });
     println!("{report:#}");
     Ok(())
+}
+
+async fn budget(config: &Config, action: BudgetAction) -> Result<(), String> {
+    match action {
+        BudgetAction::Set {
+            user,
+            tokens,
+            cost,
+            period,
+        } => {
+            let (store, subject) = store_and_subject(config, &user).await?;
+            let id = store
+                .ensure_user(&subject)
+                .await
+                .map_err(|e| e.to_string())?;
+            let budget = Budget {
+                tokens: tokens.map(|tokens| i64::try_from(tokens).unwrap_or(i64::MAX)),
+                cost_micros: cost,
+                period,
+            };
+            store
+                .set_budget(id, budget)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("{user} has a budget of their own: {}", budget_json(&budget));
+        }
+        BudgetAction::Clear { user } => {
+            let (store, subject) = store_and_subject(config, &user).await?;
+            let cleared = match store.find_user(&subject).await.map_err(|e| e.to_string())? {
+                Some(id) => store.clear_budget(id).await.map_err(|e| e.to_string())?,
+                None => false,
+            };
+            match cleared {
+                true => eprintln!("{user}'s own budget is gone; the default applies"),
+                false => eprintln!("{user} had no budget of their own; the default applies"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn budget_json(budget: &Budget) -> serde_json::Value {
+    let period: &str = budget.period.into();
+    serde_json::json!({
+        "tokens": budget.tokens,
+        "cost_micros": budget.cost_micros,
+        "period": period,
+    })
 }
 
 fn period_json(usage: &PeriodUsage) -> serde_json::Value {

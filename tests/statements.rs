@@ -40,6 +40,11 @@ struct Counter {
     setting_up: bool,
 }
 
+/// The statement that creates a conversation with its first message, after the budget's CTEs.
+fn is_create_conversation(sql: &str) -> bool {
+    sql.starts_with("WITH budget AS") && sql.contains("INSERT INTO conversations")
+}
+
 impl Instrumentation for Counter {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         match event {
@@ -54,7 +59,7 @@ impl Instrumentation for Counter {
                 let sql = text.split(" -- binds:").next().unwrap_or_default();
                 let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
                 if self.setting_up {
-                    self.setting_up = !sql.starts_with("WITH created AS");
+                    self.setting_up = !is_create_conversation(&sql);
                     return;
                 }
                 let database = self.database.clone().unwrap_or_default();
@@ -116,8 +121,9 @@ fn kind(sql: &str) -> &'static str {
             "write reply with calls"
         }
         _ if sql.starts_with("WITH locked AS") => "write reply",
-        _ if sql.starts_with("WITH created AS") => "create conversation",
+        _ if is_create_conversation(sql) => "create conversation",
         _ if sql.starts_with("WITH RECURSIVE locked AS") => "regenerate",
+        _ if sql.starts_with("WITH conversation AS") => "lock conversation",
         _ if sql.starts_with(r#"SELECT "conversations"."revision""#) => "lock conversation",
         _ if sql.starts_with("SELECT t.id, t.conversation_id") => "find turn",
         _ if sql.starts_with("SELECT m.id, m.content, m.status") => "read replies",

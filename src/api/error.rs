@@ -4,7 +4,10 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as ProtoFieldViolation, StatusExt};
 
 use super::auth::AuthError;
-use crate::chat::{ChatError, FieldViolation, Limit};
+use crate::{
+    chat::{ChatError, FieldViolation, Limit},
+    domain::{BudgetKind, BudgetRefusal},
+};
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,7 @@ fn chat_status(error: ChatError) -> Status {
             "the server is shutting down; the reply so far was saved as cancelled, retry on another replica",
         ),
         ChatError::LimitReached { limit, retry_after } => limit_reached(limit, retry_after),
+        ChatError::BudgetRefused(refusal) => budget_refused(refusal),
         ChatError::ReplyNotSaved(reason) => {
             tracing::error!(error = %reason, "a streamed reply was not saved");
             Status::unavailable(
@@ -104,6 +108,41 @@ fn limit_reached(limit: Limit, retry_after: Option<std::time::Duration>) -> Stat
     };
     Status::with_error_details(Code::ResourceExhausted, message, details)
 }
+
+/// RESOURCE_EXHAUSTED for a turn the user's budget refused: when the budget renews, or, while
+/// another of the user's replies holds it, soon.
+fn budget_refused(refusal: BudgetRefusal) -> Status {
+    let limit = Limit::of_budget(&refusal);
+    let BudgetRefusal::Spent {
+        kind,
+        limit: amount,
+        period,
+        resets_at,
+    } = refusal
+    else {
+        return limit_reached(limit, Some(BUDGET_TURN_RETRY));
+    };
+    let amount = match kind {
+        BudgetKind::Tokens => format!("{amount} tokens"),
+        BudgetKind::Cost => format!("{amount} millionths of the prices' unit"),
+    };
+    let period: &str = period.into();
+    let renews = resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let description = format!(
+        "{}: {amount} a {period}; it renews at {renews}",
+        limit.description()
+    );
+    let mut details = ErrorDetails::with_quota_failure_violation(limit.label(), &description);
+    let wait = (resets_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(std::time::Duration::ZERO);
+    details.set_retry_info(Some(wait));
+    Status::with_error_details(Code::ResourceExhausted, description, details)
+}
+
+/// When a turn refused because another reply holds the user's budget is worth trying again:
+/// replies take seconds.
+const BUDGET_TURN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn failed_precondition(reason: String) -> Status {
     let details =

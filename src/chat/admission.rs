@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ChatError, limit::Limit};
 use crate::{
-    domain::{UsagePeriod, UserId},
+    domain::{Budget, BudgetRefusal, UsagePeriod, UserId},
     telemetry::metrics::Metrics,
 };
 
@@ -39,6 +39,8 @@ pub struct LimitSettings {
     pub storage: StorageLimits,
     /// The period usage is reported in.
     pub usage_period: UsagePeriod,
+    /// What a user without a budget of their own may spend in a period (`usage_period`).
+    pub budget: Budget,
 }
 
 /// How much one user may keep. Checked as each conversation or message is written.
@@ -136,6 +138,18 @@ impl Admission {
         self.settings.storage
     }
 
+    /// The budget of a user without one of their own.
+    pub fn budget(&self) -> Budget {
+        self.settings.budget
+    }
+
+    /// Refuses a turn that the user's budget does not allow, counting the refusal.
+    pub fn budget_refusal(&self, refusal: BudgetRefusal) -> ChatError {
+        self.metrics
+            .record_refusal(Limit::of_budget(&refusal).label());
+        ChatError::BudgetRefused(refusal)
+    }
+
     /// Refuses a write that a storage limit does not allow, counting the refusal. Retrying will
     /// not help until the user deletes something.
     pub fn storage_refusal(&self, limit: Limit) -> ChatError {
@@ -177,6 +191,7 @@ mod tests {
                 siblings_per_message: 10,
             },
             usage_period: UsagePeriod::Day,
+            budget: Budget::unlimited(UsagePeriod::Day),
         };
         Admission::new(settings, Metrics::new())
     }

@@ -63,6 +63,9 @@ pub enum ChatError {
         limit: Limit,
         retry_after: Option<Duration>,
     },
+    /// The user's budget refuses the turn; nothing was written.
+    #[error("budget refused the turn: {0:?}")]
+    BudgetRefused(crate::domain::BudgetRefusal),
     /// The reply was streamed but could not be stored, even after a few tries.
     #[error("the reply could not be stored: {0}")]
     ReplyNotSaved(String),

@@ -1,5 +1,7 @@
 //! The limits that refuse a request: what each is called and what it means to a client.
 
+use crate::domain::{BudgetKind, BudgetRefusal};
+
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -9,9 +11,27 @@ pub enum Limit {
     UserConversations,
     ConversationMessages,
     MessageSiblings,
+    TokenBudget,
+    CostBudget,
+    BudgetTurn,
 }
 
 impl Limit {
+    /// The limit a budget's refusal stands for.
+    pub fn of_budget(refusal: &BudgetRefusal) -> Self {
+        match refusal {
+            BudgetRefusal::Spent {
+                kind: BudgetKind::Tokens,
+                ..
+            } => Self::TokenBudget,
+            BudgetRefusal::Spent {
+                kind: BudgetKind::Cost,
+                ..
+            } => Self::CostBudget,
+            BudgetRefusal::Busy => Self::BudgetTurn,
+        }
+    }
+
     /// A short name, for metrics and for the `subject` of a quota violation.
     pub fn label(self) -> &'static str {
         match self {
@@ -21,6 +41,9 @@ impl Limit {
             Self::UserConversations => "user_conversations",
             Self::ConversationMessages => "conversation_messages",
             Self::MessageSiblings => "message_siblings",
+            Self::TokenBudget => "token_budget",
+            Self::CostBudget => "cost_budget",
+            Self::BudgetTurn => "budget_turn",
         }
     }
 
@@ -44,6 +67,15 @@ impl Limit {
             }
             Self::MessageSiblings => {
                 "as many messages as allowed follow this one already (CHAT_MAX_SIBLINGS): edit or regenerate another"
+            }
+            Self::TokenBudget => {
+                "this user's token budget for the period is used up (CHAT_BUDGET_TOKENS, or the user's own budget)"
+            }
+            Self::CostBudget => {
+                "this user's cost budget for the period is used up (CHAT_BUDGET_COST, or the user's own budget)"
+            }
+            Self::BudgetTurn => {
+                "under a budget, a user's replies are generated one at a time, so that together they never pass it: another reply of this user is being generated"
             }
         }
     }

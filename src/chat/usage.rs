@@ -29,6 +29,11 @@ impl UsageReports {
         Self { store, period }
     }
 
+    /// The store the reports read.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The user's usage in the period before the current one, then in the current one.
     pub async fn of(&self, user: UserId) -> Result<[PeriodUsage; 2], ChatError> {
         let (previous, current) = self.spans();

@@ -1,6 +1,7 @@
 //! CHAT_USER_REQUESTS_PER_SECOND, CHAT_USER_REQUEST_BURST, CHAT_MAX_STREAMS_PER_USER,
 //! CHAT_MAX_STREAMS, CHAT_GET_CONVERSATION_MESSAGES, CHAT_MAX_CONVERSATIONS_PER_USER,
-//! CHAT_MAX_MESSAGES_PER_CONVERSATION, CHAT_MAX_SIBLINGS, CHAT_USAGE_PERIOD
+//! CHAT_MAX_MESSAGES_PER_CONVERSATION, CHAT_MAX_SIBLINGS, CHAT_USAGE_PERIOD, CHAT_BUDGET_TOKENS,
+//! CHAT_BUDGET_COST
 
 use std::num::NonZeroU32;
 
@@ -9,7 +10,7 @@ use clap::Args;
 use super::{ConfigError, invalid};
 use crate::{
     chat::{LimitSettings, StorageLimits},
-    domain::UsagePeriod,
+    domain::{Budget, UsagePeriod},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -87,9 +88,35 @@ pub struct LimitArgs {
     /// Monday) or month, each starting at midnight UTC.
     #[arg(long, env = "CHAT_USAGE_PERIOD", default_value = "day", value_parser = usage_period, global = true)]
     pub usage_period: UsagePeriod,
+
+    /// Tokens (input and output) a user may spend in a period (CHAT_USAGE_PERIOD), unless they
+    /// have a budget of their own; unset: no limit.
+    #[arg(long, env = "CHAT_BUDGET_TOKENS", global = true)]
+    pub budget_tokens: Option<u64>,
+
+    /// What a user may spend in a period at the catalog's prices, in the prices' unit (e.g.
+    /// 5.00), unless they have a budget of their own; unset: no limit.
+    #[arg(long, env = "CHAT_BUDGET_COST", value_parser = cost_micros, global = true)]
+    pub budget_cost: Option<i64>,
 }
 
-fn usage_period(text: &str) -> Result<UsagePeriod, String> {
+/// A cost in the unit of the catalog's prices, as millionths of it.
+pub fn cost_micros(text: &str) -> Result<i64, String> {
+    let cost: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an amount: give one like 5 or 2.50"))?;
+    if !(0.0..=9.0e12).contains(&cost) {
+        return Err(format!(
+            "{text:?} is not an amount from 0 to 9,000,000,000,000"
+        ));
+    }
+    // Within range, checked above; `as` rounds towards zero after the rounding.
+    Ok((cost * 1e6).round() as i64)
+}
+
+/// A period's name, as settings and the command line give it.
+pub fn usage_period(text: &str) -> Result<UsagePeriod, String> {
     text.parse()
         .map_err(|_| format!("{text:?} is not a period: give day, week or month"))
 }
@@ -135,6 +162,13 @@ impl LimitArgs {
             streams_per_user: self.max_streams_per_user,
             streams_per_replica: self.max_streams,
             usage_period: self.usage_period,
+            budget: Budget {
+                tokens: self
+                    .budget_tokens
+                    .map(|tokens| i64::try_from(tokens).unwrap_or(i64::MAX)),
+                cost_micros: self.budget_cost,
+                period: self.usage_period,
+            },
         })
     }
 }

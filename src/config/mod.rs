@@ -23,7 +23,7 @@ pub use self::{
     auth::AuthArgs,
     database::DatabaseArgs,
     events::EventArgs,
-    limits::LimitArgs,
+    limits::{LimitArgs, cost_micros, usage_period},
     model::ModelArgs,
     server::ServerArgs,
     telemetry::TelemetryArgs,

@@ -35,4 +35,7 @@ pub use time::now;
 pub use tool::{InvalidToolDefinition, ToolSpec};
 pub use tree::{BranchMessage, Placement, Tree, TreeNode, TreePlace};
 pub use turn::{Attempt, FIRST_ATTEMPT, InvalidRequestKey, RequestKey, TurnState};
-pub use usage::{CallUsage, ModelSpend, PeriodSpan, PeriodUsage, Spend, TokenUsage, UsagePeriod};
+pub use usage::{
+    Budget, BudgetKind, BudgetRefusal, CallUsage, ModelSpend, PeriodSpan, PeriodUsage, Spend,
+    TokenUsage, UsagePeriod,
+};

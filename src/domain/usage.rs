@@ -132,6 +132,49 @@ impl PeriodSpan {
     }
 }
 
+/// What a user may spend in a period: tokens (input and output together), cost (in millionths
+/// of the unit of the catalog's prices), or both; `None` is no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens: Option<i64>,
+    pub cost_micros: Option<i64>,
+    pub period: UsagePeriod,
+}
+
+impl Budget {
+    /// No limit at all, in `period`.
+    pub fn unlimited(period: UsagePeriod) -> Self {
+        Self {
+            tokens: None,
+            cost_micros: None,
+            period,
+        }
+    }
+}
+
+/// What a budget limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum BudgetKind {
+    Tokens,
+    Cost,
+}
+
+/// Why a user's budget refused a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetRefusal {
+    /// The period's spend has reached the limit of `kind`, `limit`; the next period starts at
+    /// `resets_at`.
+    Spent {
+        kind: BudgetKind,
+        limit: i64,
+        period: UsagePeriod,
+        resets_at: DateTime<Utc>,
+    },
+    /// Another of the user's turns is being generated: under a budget, one is at a time.
+    Busy,
+}
+
 /// What a user's calls to one model cost in a period.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ModelSpend {

@@ -3,6 +3,8 @@
 //! to someone else looks exactly like a missing one.
 
 mod branches;
+#[macro_use]
+mod budgets;
 mod connect;
 mod context;
 mod conversations;

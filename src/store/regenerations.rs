@@ -11,13 +11,14 @@ use tokio::sync::oneshot;
 
 use super::{
     Conn, Operation, Store, StoreError,
+    budgets::BudgetColumns,
     context::{JsonContextMessage, tool_calls_json},
     statement::fixed,
     turns::{begin, commit},
 };
 use crate::domain::{
-    ConversationId, Message, MessageId, MessageStatus, RecentMessage, Revision, Role, TurnId,
-    UserId,
+    Budget, BudgetRefusal, ConversationId, Message, MessageId, MessageStatus, RecentMessage,
+    Revision, Role, TurnId, UserId,
 };
 
 const REGENERATE: Operation = Operation::new("UPDATE", "UPDATE conversations INSERT turns");
@@ -36,7 +37,9 @@ const REGENERATE: Operation = Operation::new("UPDATE", "UPDATE conversations INS
 ///   `awaiting_until`), or the conversation holds `$6` revisions (`full`);
 /// - a turn on the path from the root to the message is still generating
 ///   (`branch_generating`): its reply would land beside or below the new one;
-/// - `$7` messages follow the message already (`siblings_full`).
+/// - `$7` messages follow the message already (`siblings_full`);
+/// - the user's budget refuses the turn (`budget`; [`budget_ctes!`], the service's default
+///   being `$11` tokens, `$12` cost, in `$13` periods), which it takes otherwise.
 const REGENERATE_REPLY: &str = concat!(
     "WITH RECURSIVE locked AS MATERIALIZED (
          SELECT c.id, c.revision, c.awaiting_until FROM conversations c
@@ -67,7 +70,17 @@ const REGENERATE_REPLY: &str = concat!(
                    WHERE m.conversation_id = asked.conversation_id
                      AND m.parent_id = asked.id) >= $7 THEN 'siblings_full'
          END AS reason
-     ), moved AS (
+     ), ",
+    budget_ctes!(
+        "$1",
+        "$11",
+        "$12",
+        "$13",
+        "$8",
+        "$3",
+        "(SELECT reason FROM refusal) IS NULL"
+    ),
+    ", moved AS (
          UPDATE conversations c
          SET updated_at = GREATEST(c.updated_at, $3),
              leaf_jumps = c.leaf_jumps + CASE WHEN c.leaf_id IS DISTINCT FROM $2 THEN 1 ELSE 0 END,
@@ -75,7 +88,7 @@ const REGENERATE_REPLY: &str = concat!(
              leaf_depth = (SELECT depth FROM asked)
          FROM locked l
          WHERE c.id = l.id AND EXISTS (SELECT 1 FROM asked)
-           AND (SELECT reason FROM refusal) IS NULL
+           AND (SELECT reason FROM refusal) IS NULL AND (SELECT refusal FROM verdict) IS NULL
          RETURNING c.id, c.leaf_jumps
      ), started AS (
          INSERT INTO turns (id, user_id, conversation_id, message_id, request_key, request_hash,
@@ -90,10 +103,14 @@ const REGENERATE_REPLY: &str = concat!(
          FROM path p JOIN messages m ON m.id = p.parent_id
          WHERE p.steps < $10
      )
-     SELECT (SELECT reason FROM refusal) AS refusal,
+     SELECT COALESCE((SELECT reason FROM refusal),
+                     CASE WHEN (SELECT refusal FROM verdict) IS NOT NULL THEN 'budget' END)
+             AS refusal,
          (SELECT awaiting_until FROM locked) AS awaiting_until,
-         a.conversation_id, a.content, a.created_at,
-         CASE WHEN (SELECT reason FROM refusal) IS NULL THEN (
+         a.conversation_id, a.content, a.created_at, ",
+    budget_answer!(),
+    ",
+         CASE WHEN EXISTS (SELECT 1 FROM moved) THEN (
              SELECT jsonb_agg(jsonb_build_object(
                  'id', p.id, 'role', p.role, 'content', p.content,
                  'tool_calls', CASE WHEN p.role = 'assistant' THEN ",
@@ -118,6 +135,8 @@ struct RegenerateRow {
     created_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Jsonb>)]
     context: Option<serde_json::Value>,
+    #[diesel(embed)]
+    budget: BudgetColumns,
 }
 
 /// The turn that regenerates a reply.
@@ -151,6 +170,8 @@ pub struct RegenerateLimits {
     pub max_siblings: i64,
     /// How many messages before it the model sees at most.
     pub history: usize,
+    /// The service's default budget, for users without one of their own.
+    pub budget: Budget,
 }
 
 /// Why a regeneration was refused; nothing was written.
@@ -170,6 +191,8 @@ pub enum RegenerateRefused {
     SiblingsFull,
     /// The request id names a turn already: the request is a retry of it.
     RequestKeyTaken,
+    /// The user's budget refuses the turn.
+    Budget(BudgetRefusal),
 }
 
 /// [`REGENERATE_REPLY`] for `message`, started as `turn`.
@@ -192,6 +215,9 @@ async fn write_regeneration(
         .bind::<SqlUuid, _>(turn.turn.as_uuid())
         .bind::<SqlUuid, _>(turn.replica)
         .bind::<Integer, _>(i32::try_from(limits.history).unwrap_or(i32::MAX))
+        .bind::<Nullable<BigInt>, _>(limits.budget.tokens)
+        .bind::<Nullable<BigInt>, _>(limits.budget.cost_micros)
+        .bind::<Text, _>(<&str>::from(limits.budget.period))
         .get_result::<RegenerateRow>(&mut conn)
         .await
 }
@@ -249,6 +275,7 @@ pub(super) async fn prepare_regenerate_statement(conn: &Conn) -> QueryResult<()>
         max_revision: 0,
         max_siblings: 0,
         history: 0,
+        budget: Budget::unlimited(crate::domain::UsagePeriod::Day),
     };
     let nobody = UserId::from_uuid(nowhere);
     let no_message = MessageId::from_uuid(nowhere);
@@ -276,6 +303,14 @@ fn regenerated(
         Some("branch_generating") => Some(RegenerateRefused::BranchGenerating),
         Some("siblings_full") => Some(RegenerateRefused::SiblingsFull),
         Some("key_taken") => Some(RegenerateRefused::RequestKeyTaken),
+        Some("budget") => match row.budget.refusal()? {
+            Some(refusal) => Some(RegenerateRefused::Budget(refusal)),
+            None => {
+                return Err(StoreError::Corrupt(
+                    "a budget's refusal without why".to_owned(),
+                ));
+            }
+        },
         Some("awaiting") => match row.awaiting_until {
             Some(until) => Some(RegenerateRefused::AwaitingToolResults(until)),
             None => return Err(StoreError::Corrupt("a wait without its end".to_owned())),

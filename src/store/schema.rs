@@ -107,10 +107,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    user_budgets (user_id) {
+        user_id -> Uuid,
+        tokens -> Nullable<Int8>,
+        cost_micros -> Nullable<Int8>,
+        period -> Text,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         subject -> Text,
         created_at -> Timestamptz,
+        budget_turn -> Nullable<Uuid>,
+        budget_turn_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -119,6 +131,7 @@ diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(tool_calls -> messages (message_id));
 diesel::joinable!(turns -> conversations (conversation_id));
 diesel::joinable!(usage_days -> users (user_id));
+diesel::joinable!(user_budgets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
@@ -128,5 +141,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     tool_calls,
     turns,
     usage_days,
+    user_budgets,
     users,
 );

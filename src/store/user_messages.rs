@@ -10,11 +10,13 @@ use tokio::sync::oneshot;
 
 use super::{
     Conn, Operation, Store, StoreError,
+    budgets::BudgetColumns,
     statement::fixed,
-    turns::{ConversationState, begin, commit, lock_conversation},
+    turns::{ConversationState, begin, commit},
 };
 use crate::domain::{
-    Conversation, ConversationId, Message, MessageId, Placement, Revision, Role, Title, UserId,
+    Budget, BudgetRefusal, Conversation, ConversationId, Message, MessageId, Placement, Revision,
+    Role, Title, UserId,
 };
 
 /// Adds the user's message to a conversation and moves the conversation forward: its update
@@ -48,6 +50,7 @@ const APPEND_USER_MESSAGE: &str = "WITH tip AS MATERIALIZED (
            AND (awaiting_until IS NULL OR awaiting_until <= $3)
            AND ($8::text IS NULL
                 OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8))
+           AND current_setting('chat.budget', true) IS DISTINCT FROM 'refused'
          RETURNING id, revision, leaf_jumps
      ), inserted AS (
          INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
@@ -59,6 +62,10 @@ const APPEND_USER_MESSAGE: &str = "WITH tip AS MATERIALIZED (
          INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica,
                             created_at, leaf_jumps)
          SELECT $5, $2, id, $8, $9, $10, $3, leaf_jumps FROM touched
+     ), unclaimed AS (
+         UPDATE users SET budget_turn = NULL
+         WHERE current_setting('chat.budget', true) = 'taken' AND id = $2 AND budget_turn = $5
+           AND NOT EXISTS (SELECT 1 FROM touched)
      )
      SELECT (SELECT revision FROM touched) AS revision,
          $8::text IS NOT NULL AND (SELECT revision FROM touched) IS NULL
@@ -113,6 +120,7 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
            AND (awaiting_until IS NULL OR awaiting_until <= $3)
            AND ($8::text IS NULL
                 OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8))
+           AND current_setting('chat.budget', true) IS DISTINCT FROM 'refused'
            AND EXISTS (SELECT 1 FROM parent) AND (SELECT reason FROM refusal) IS NULL
          RETURNING id, revision, leaf_jumps
      ), inserted AS (
@@ -125,6 +133,10 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
          INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica,
                             created_at, leaf_jumps)
          SELECT $5, $2, id, $8, $9, $10, $3, leaf_jumps FROM touched
+     ), unclaimed AS (
+         UPDATE users SET budget_turn = NULL
+         WHERE current_setting('chat.budget', true) = 'taken' AND id = $2 AND budget_turn = $5
+           AND NOT EXISTS (SELECT 1 FROM touched)
      )
      SELECT (SELECT revision FROM touched) AS revision,
          $8::text IS NOT NULL AND (SELECT revision FROM touched) IS NULL
@@ -132,6 +144,91 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
          (SELECT id FROM parent) AS parent_id,
          (SELECT leaf_jumps FROM touched) AS leaf_jumps,
          (SELECT reason FROM refusal) AS refusal";
+
+/// Locks the user's conversation's row until the transaction ends, as `lock_conversation`
+/// does, and answers its state; and checks the user's budget ([`budget_ctes!`]) for the turn
+/// that message `$6` starts at `$7`, the service's default budget being `$3` tokens, `$4` cost
+/// in `$5` periods. The verdict is left to the write that follows in the transaction, in the
+/// setting `chat.budget`: `refused`, or `taken` when this turn took the user's budget.
+const LOCK_FOR_TURN: &str = concat!(
+    "WITH conversation AS MATERIALIZED (
+         SELECT revision, awaiting_until, leaf_id, leaf_jumps FROM conversations
+         WHERE id = $1 AND user_id = $2
+         FOR NO KEY UPDATE
+     ), ",
+    budget_ctes!(
+        "$2",
+        "$3",
+        "$4",
+        "$5",
+        "$6",
+        "$7",
+        "EXISTS (SELECT 1 FROM conversation)"
+    ),
+    ", flagged AS MATERIALIZED (
+         SELECT set_config('chat.budget',
+                           CASE WHEN v.refusal IS NULL THEN 'taken' ELSE 'refused' END, true)
+         FROM verdict v
+         WHERE v.refusal IS NOT NULL OR EXISTS (SELECT 1 FROM claimed)
+     )
+     SELECT (SELECT revision FROM conversation) AS revision,
+         (SELECT awaiting_until FROM conversation) AS awaiting_until,
+         (SELECT leaf_id FROM conversation) AS leaf_id,
+         (SELECT leaf_jumps FROM conversation) AS leaf_jumps,
+         (SELECT count(*) FROM flagged) AS flags, ",
+    budget_answer!()
+);
+
+/// What [`LOCK_FOR_TURN`] answers.
+#[derive(QueryableByName)]
+struct LockRow {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    revision: Option<Revision>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    awaiting_until: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    leaf_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    leaf_jumps: Option<i64>,
+    /// Read so that the statement sets the budget's verdict for the write (a CTE that nothing
+    /// reads is not run); its value says nothing the budget's columns do not.
+    #[diesel(sql_type = BigInt)]
+    #[allow(dead_code)]
+    flags: i64,
+    #[diesel(embed)]
+    budget: BudgetColumns,
+}
+
+/// [`LOCK_FOR_TURN`] for the turn `message` starts: the conversation's state (`None` if the
+/// user has no such conversation), and the budget's verdict.
+async fn lock_for_turn(
+    mut conn: &Conn,
+    user: UserId,
+    message: &Message,
+    budget: &Budget,
+) -> QueryResult<(Option<ConversationState>, BudgetColumns)> {
+    let period: &str = budget.period.into();
+    let row = fixed(LOCK_FOR_TURN)
+        .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .bind::<Nullable<BigInt>, _>(budget.tokens)
+        .bind::<Nullable<BigInt>, _>(budget.cost_micros)
+        .bind::<Text, _>(period)
+        .bind::<SqlUuid, _>(message.id.as_uuid())
+        .bind::<Timestamptz, _>(message.create_time)
+        .get_result::<LockRow>(&mut conn)
+        .await?;
+    let state = match (row.revision, row.leaf_jumps) {
+        (Some(revision), Some(leaf_jumps)) => Some(ConversationState {
+            revision,
+            awaiting_until: row.awaiting_until,
+            leaf: row.leaf_id.map(MessageId::from_uuid),
+            leaf_jumps,
+        }),
+        _ => None,
+    };
+    Ok((state, row.budget))
+}
 
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
 
@@ -197,6 +294,8 @@ pub enum UserMessageStored {
     Refused(Option<ConversationState>),
     /// Not stored: the place the client chose cannot take it.
     PlaceRefused(PlaceRefused),
+    /// Not stored: the user's budget refuses the turn.
+    BudgetRefused(BudgetRefusal),
 }
 
 /// What [`APPEND_USER_MESSAGE`] did.
@@ -286,6 +385,8 @@ pub struct AppendLimits {
     pub max_revision: Revision,
     /// A place the client chose takes the message only while fewer follow it.
     pub max_siblings: i64,
+    /// The service's default budget, for users without one of their own.
+    pub budget: Budget,
 }
 
 /// What [`insert_conversation`] did.
@@ -296,26 +397,66 @@ struct CreatedRow {
     /// Not created: the turn's request id is taken by an earlier turn.
     #[diesel(sql_type = Bool)]
     key_taken: bool,
+    #[diesel(embed)]
+    budget: BudgetColumns,
 }
 
 /// The conversation with its first message and the turn it starts, in one statement, unless the
-/// user already has `max_conversations` or the turn's request id is taken.
+/// user already has `max_conversations`, the turn's request id is taken, or the user's budget
+/// (`budget` without one of their own) refuses the turn.
 async fn insert_conversation(
     mut conn: &Conn,
     user: UserId,
     conversation: &Conversation,
     first: &Message,
-    max_conversations: i64,
+    (max_conversations, budget): (i64, &Budget),
     turn: &NewTurn,
 ) -> QueryResult<CreatedRow> {
-    fixed(
-        "WITH created AS (
+    fixed(START_WITH_MESSAGE)
+        .bind::<SqlUuid, _>(conversation.id.as_uuid())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .bind::<Text, _>(conversation.title.as_str())
+        .bind::<Timestamptz, _>(first.create_time)
+        .bind::<SqlUuid, _>(first.id.as_uuid())
+        .bind::<Text, _>(<&str>::from(first.role))
+        .bind::<Text, _>(&first.content)
+        .bind::<Text, _>(<&str>::from(first.status))
+        .bind::<BigInt, _>(max_conversations)
+        .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
+        .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
+        .bind::<SqlUuid, _>(turn.replica)
+        .bind::<Nullable<BigInt>, _>(budget.tokens)
+        .bind::<Nullable<BigInt>, _>(budget.cost_micros)
+        .bind::<Text, _>(<&str>::from(budget.period))
+        .get_result(&mut conn)
+        .await
+}
+
+/// Creates conversation `$1` of user `$2` (title `$3`, at `$4`) with its first message `$5`
+/// (role `$6`, text `$7`, status `$8`) and the turn it starts (request id and hash `$10`, `$11`,
+/// on replica `$12`), unless the user has `$9` conversations already, the request id is taken,
+/// or the user's budget (default: `$13` tokens, `$14` cost, in `$15` periods) refuses the turn.
+const START_WITH_MESSAGE: &str = concat!(
+    "WITH ",
+    budget_ctes!(
+        "$2",
+        "$13",
+        "$14",
+        "$15",
+        "$5",
+        "$4",
+        "(SELECT count(*) FROM conversations WHERE user_id = $2) < $9
+          AND ($10::text IS NULL
+               OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10))"
+    ),
+    ", created AS (
              INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision,
                                         leaf_id, leaf_depth)
              SELECT $1, $2, $3, $4, $4, 1, $5, 0
              WHERE (SELECT count(*) FROM conversations WHERE user_id = $2) < $9
                AND ($10::text IS NULL
                     OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10))
+               AND (SELECT refusal FROM verdict) IS NULL
              RETURNING id
          ), first AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
@@ -328,23 +469,9 @@ async fn insert_conversation(
          )
          SELECT EXISTS (SELECT 1 FROM created) AS created,
              $10::text IS NOT NULL
-                 AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10) AS key_taken",
-    )
-    .bind::<SqlUuid, _>(conversation.id.as_uuid())
-    .bind::<SqlUuid, _>(user.as_uuid())
-    .bind::<Text, _>(conversation.title.as_str())
-    .bind::<Timestamptz, _>(first.create_time)
-    .bind::<SqlUuid, _>(first.id.as_uuid())
-    .bind::<Text, _>(<&str>::from(first.role))
-    .bind::<Text, _>(&first.content)
-    .bind::<Text, _>(<&str>::from(first.status))
-    .bind::<BigInt, _>(max_conversations)
-    .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
-    .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
-    .bind::<SqlUuid, _>(turn.replica)
-    .get_result(&mut conn)
-    .await
-}
+                 AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $10) AS key_taken, ",
+    budget_answer!()
+);
 
 /// The turn a user's message starts.
 #[derive(Debug, Clone)]
@@ -361,7 +488,8 @@ pub struct NewTurn {
 
 impl Store {
     /// Creates the conversation together with its first message, unless the user already has
-    /// `max_conversations` or the turn's request id is taken. Returns what became of the
+    /// `max_conversations`, the turn's request id is taken, or the user's budget (`budget`
+    /// without one of their own) refuses the turn. Returns what became of the
     /// message: its sequence is 1; [`StoreError::UnknownUser`] if the user is gone. `placed`
     /// hears the message's sequence (or `None`: not written) before the commit, as for
     /// [`Store::append_user_message`].
@@ -370,7 +498,7 @@ impl Store {
         user: UserId,
         conversation: &Conversation,
         first: &Message,
-        max_conversations: i64,
+        (max_conversations, budget): (i64, &Budget),
         turn: &NewTurn,
         placed: oneshot::Sender<Option<Placed>>,
     ) -> Result<UserMessageStored, StoreError> {
@@ -383,9 +511,9 @@ impl Store {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the write, COMMIT (see `begin`).
             let write = async {
+                let limits = (max_conversations, budget);
                 let row =
-                    insert_conversation(conn, user, conversation, first, max_conversations, turn)
-                        .await?;
+                    insert_conversation(conn, user, conversation, first, limits, turn).await?;
                 let _ = placed.send(row.created.then_some(first_place));
                 Ok::<_, diesel::result::Error>(row)
             };
@@ -395,7 +523,10 @@ impl Store {
                 CreatedRow {
                     key_taken: true, ..
                 } => UserMessageStored::RequestKeyTaken,
-                CreatedRow { .. } => UserMessageStored::Refused(None),
+                CreatedRow { budget, .. } => match budget.refusal()? {
+                    Some(refusal) => UserMessageStored::BudgetRefused(refusal),
+                    None => UserMessageStored::Refused(None),
+                },
             })
         })
         .await
@@ -432,8 +563,10 @@ impl Store {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the lock, the write, COMMIT (see `begin`).
             let lock = async {
-                let state = lock_conversation(conn, user, message.conversation_id).await?;
+                let (state, budget) = lock_for_turn(conn, user, message, &limits.budget).await?;
+                let admitted = budget.admits();
                 let next = state
+                    .filter(|_| admitted)
                     .filter(|state| state.revision < limits.max_revision)
                     .filter(|state| !state.awaits_tool_results(message.create_time))
                     .map(|state| Placed {
@@ -444,7 +577,7 @@ impl Store {
                 if let Some(placed) = placed_by_lock {
                     let _ = placed.send(next);
                 }
-                Ok::<_, diesel::result::Error>((next, state))
+                Ok::<_, diesel::result::Error>((next, state, budget))
             };
             let write = async {
                 let appended =
@@ -454,7 +587,7 @@ impl Store {
                 }
                 Ok(appended)
             };
-            let ((), (expected, state), appended, ()) =
+            let ((), (expected, state, budget), appended, ()) =
                 futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
             match appended {
                 UserAppended::KeyTaken => return Ok(UserMessageStored::RequestKeyTaken),
@@ -462,6 +595,9 @@ impl Store {
                     return Ok(UserMessageStored::PlaceRefused(why));
                 }
                 _ => {}
+            }
+            if let (Some(_), Some(refusal)) = (state, budget.refusal()?) {
+                return Ok(UserMessageStored::BudgetRefused(refusal));
             }
             let appended = appended.placed();
             if by_lock && appended != expected {
@@ -507,8 +643,9 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
     let limits = AppendLimits {
         max_revision: 0,
         max_siblings: 0,
+        budget: Budget::unlimited(crate::domain::UsagePeriod::Day),
     };
-    lock_conversation(conn, nobody, nowhere).await?;
+    lock_for_turn(conn, nobody, &message, &limits.budget).await?;
     write_user_message(conn, nobody, &message, "", &limits, &turn).await?;
     let chosen = NewTurn {
         placement: Placement::AsRoot,
@@ -516,6 +653,14 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
     };
     write_user_message(conn, nobody, &message, "", &limits, &chosen).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
-    insert_conversation(conn, nobody, &conversation, &message, 0, &turn).await?;
+    insert_conversation(
+        conn,
+        nobody,
+        &conversation,
+        &message,
+        (0, &limits.budget),
+        &turn,
+    )
+    .await?;
     Ok(())
 }

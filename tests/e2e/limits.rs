@@ -186,7 +186,7 @@ async fn made_up_methods_are_counted_under_one_label() {
 /// Asserts a RESOURCE_EXHAUSTED that names `limit` in its QuotaFailure, and returns its
 /// RetryInfo's delay, if it has one.
 #[track_caller]
-fn assert_quota(status: &Status, limit: &str) -> Option<Duration> {
+pub(super) fn assert_quota(status: &Status, limit: &str) -> Option<Duration> {
     use tonic_types::StatusExt;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let violations = status

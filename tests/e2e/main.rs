@@ -10,6 +10,7 @@ use chat_service_test_support as support;
 
 mod auth;
 mod branches;
+mod budgets;
 mod client_tools;
 mod conversations;
 mod durable_turns;

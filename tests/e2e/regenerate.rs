@@ -66,7 +66,7 @@ async fn regenerate_as(
     Ok(read_regenerated(&mut stream).await)
 }
 
-async fn regenerate(app: &TestApp, message: &str) -> Result<Turn, Status> {
+pub(super) async fn regenerate(app: &TestApp, message: &str) -> Result<Turn, Status> {
     regenerate_as(app, "alice", message, "").await
 }
 

@@ -6,8 +6,8 @@ use std::{pin::Pin, task::Poll, time::Duration};
 
 use chat_service::{
     domain::{
-        Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageId, MessageStatus, Placement,
-        Role, Subject, Title, TurnState, UserId, now,
+        Budget, Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageId, MessageStatus,
+        Placement, Role, Subject, Title, TurnState, UsagePeriod, UserId, now,
     },
     store::{
         DatabaseSettings, NewTurn, PoolSettings, ReplyOf, ReplyStored, SearchConfig, Store,
@@ -68,7 +68,14 @@ async fn conversation_with_a_turn(store: &Store, user: UserId) -> (ConversationI
     };
     let (placed, _) = tokio::sync::oneshot::channel();
     store
-        .start_conversation(user, &conversation, &first, 100, &turn, placed)
+        .start_conversation(
+            user,
+            &conversation,
+            &first,
+            (100, &Budget::unlimited(UsagePeriod::Day)),
+            &turn,
+            placed,
+        )
         .await
         .unwrap();
     (conversation.id, first.id)

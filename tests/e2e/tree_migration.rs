@@ -206,7 +206,8 @@ async fn stored_conversations_become_lines_and_the_previous_release_keeps_them_s
             "20261207000019",
             "20261207000020",
             "20261207000021",
-            "20261207000022"
+            "20261207000022",
+            "20261207000023"
         ]
     );
     // And after them.

@@ -15,8 +15,8 @@ use super::{
 use crate::{
     chat::{ChatError, Limit, StreamPermit},
     domain::{
-        Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent, MessageId,
-        MessageStatus, RecentHistory, RecentMessage, Role, Title, TurnId, UserId, now,
+        BudgetRefusal, Conversation, ConversationId, FIRST_ATTEMPT, Message, MessageContent,
+        MessageId, MessageStatus, RecentHistory, RecentMessage, Role, Title, TurnId, UserId, now,
     },
     events::{CancelWatch, TurnKey},
     llm::ModelChoice,
@@ -63,6 +63,8 @@ enum Appended {
     AwaitingToolResults(chrono::DateTime<chrono::Utc>),
     /// Not stored: the place the client chose in the conversation cannot take it.
     PlaceRefused(PlaceRefused),
+    /// Not stored: the user's budget refuses the turn.
+    Budget(BudgetRefusal),
 }
 
 /// Where the user's message goes.
@@ -258,6 +260,7 @@ impl Turns {
                 ChatError::NotFound("conversation")
             }
             Appended::Full(limit) => self.runtime.admission.storage_refusal(limit),
+            Appended::Budget(refusal) => self.runtime.admission.budget_refusal(refusal),
             Appended::AwaitingToolResults(until) => awaiting_tool_results(until),
             Appended::PlaceRefused(PlaceRefused::ParentMissing) => {
                 ChatError::NotFound("parent message")
@@ -359,12 +362,13 @@ impl Turns {
         placed: oneshot::Sender<Option<Placed>>,
     ) -> Result<Appended, ChatError> {
         let limits = self.runtime.admission.storage();
+        let budget = self.runtime.admission.budget();
         let stored = match target {
             Target::New(conversation) => {
-                let max = limits.conversations_per_user;
+                let limits = (limits.conversations_per_user, &budget);
                 let created = self
                     .store
-                    .start_conversation(user, conversation, message, max, turn, placed)
+                    .start_conversation(user, conversation, message, limits, turn, placed)
                     .await
                     .map_err(duplicate_turn)
                     .map_err(|e| match e {
@@ -374,6 +378,7 @@ impl Turns {
                 return Ok(match created {
                     UserMessageStored::At(placed) => Appended::Committed(placed),
                     UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
+                    UserMessageStored::BudgetRefused(refusal) => Appended::Budget(refusal),
                     UserMessageStored::Refused(_) | UserMessageStored::PlaceRefused(_) => {
                         Appended::Full(Limit::UserConversations)
                     }
@@ -383,6 +388,7 @@ impl Turns {
                 let limits = AppendLimits {
                     max_revision: limits.messages_per_conversation,
                     max_siblings: limits.siblings_per_message,
+                    budget,
                 };
                 self.store
                     .append_user_message(user, message, title, limits, turn, placed)
@@ -398,6 +404,7 @@ impl Turns {
             UserMessageStored::At(placed) => Appended::Committed(placed),
             UserMessageStored::RequestKeyTaken => Appended::RequestKeyTaken,
             UserMessageStored::PlaceRefused(why) => Appended::PlaceRefused(why),
+            UserMessageStored::BudgetRefused(refusal) => Appended::Budget(refusal),
             UserMessageStored::Refused(None) => Appended::Missing,
             UserMessageStored::Refused(Some(state)) => match state.awaiting_until {
                 Some(until) if state.awaits_tool_results(message.create_time) => {

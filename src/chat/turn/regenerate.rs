@@ -95,6 +95,7 @@ impl Turns {
             max_revision: storage.messages_per_conversation,
             max_siblings: storage.siblings_per_message,
             history: self.settings.history_messages,
+            budget: self.runtime.admission.budget(),
         };
         let commit = self.store.regenerate_reply(
             request.user,
@@ -231,6 +232,7 @@ impl Turns {
                 .runtime
                 .admission
                 .storage_refusal(Limit::MessageSiblings),
+            RegenerateRefused::Budget(refusal) => self.runtime.admission.budget_refusal(refusal),
             RegenerateRefused::RequestKeyTaken => {
                 ChatError::Internal("a retry taken for a refused regeneration".to_owned())
             }
