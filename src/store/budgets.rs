@@ -34,12 +34,14 @@ macro_rules! budget_ctes {
             "budget AS MATERIALIZED (
                  SELECT l.tokens, l.cost_micros, l.period,
                         date_trunc(l.period, ", $now, " AT TIME ZONE 'UTC') AS since
-                 FROM (SELECT b.tokens, b.cost_micros, b.period FROM user_budgets b
-                       WHERE b.user_id = ", $user, "
-                       UNION ALL
-                       SELECT ", $tokens, "::int8, ", $cost, "::int8, ", $period, "::text
-                       WHERE NOT EXISTS (SELECT 1 FROM user_budgets b WHERE b.user_id = ", $user, ")
-                      ) l
+                 FROM (SELECT CASE WHEN b.user_id IS NULL THEN ", $tokens, "::int8
+                                   ELSE b.tokens END AS tokens,
+                              CASE WHEN b.user_id IS NULL THEN ", $cost, "::int8
+                                   ELSE b.cost_micros END AS cost_micros,
+                              CASE WHEN b.user_id IS NULL THEN ", $period, "::text
+                                   ELSE b.period END AS period
+                       FROM (SELECT 1) AS one
+                            LEFT JOIN user_budgets b ON b.user_id = ", $user, ") l
                  WHERE l.tokens IS NOT NULL OR l.cost_micros IS NOT NULL
              ), spent AS MATERIALIZED (
                  SELECT CASE WHEN s.tokens >= b.tokens THEN 'tokens'

@@ -334,3 +334,30 @@ async fn without_a_budget_a_users_turns_run_at_once() {
     let (_, error) = read_to_end(&mut held.unwrap_or_else(|e| panic!("{e:?}"))).await;
     assert!(error.is_none(), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_turn_refused_for_another_reason_leaves_the_budget_free() {
+    let fake = FakeLlm::start().await;
+    let app = TestApp::with_fake_llm(&fake, |config| {
+        config.limits.storage.messages_per_conversation = 2;
+        config.limits.budget = Budget {
+            tokens: Some(1_000_000),
+            cost_micros: None,
+            period: UsagePeriod::Day,
+        };
+    })
+    .await;
+    let first = send_ok(&app, "alice", "", "One").await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // The conversation is full: the turn took the budget in the lock, and gives it back.
+    let full = refusal(send(&app, "alice", &first.conversation_id(), "Two").await);
+    super::limits::assert_storage_limit(&full, "conversation_messages");
+    let next = send_ok(&app, "alice", "", "Three").await;
+    assert!(next.error.is_none(), "{:?}", next.error);
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) AS n FROM users WHERE budget_turn IS NOT NULL")
+            .await,
+        1
+    );
+}
