@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use chat_service::{
-    domain::{Budget, UsagePeriod},
-    llm::{CatalogModelSettings, CatalogSettings, ModelSettings, Prices},
-};
+use chat_service::domain::{Budget, UsagePeriod};
 use chrono::{Datelike, Utc};
 use serde_json::{Value, json};
 use tonic::Status;
@@ -15,7 +12,8 @@ use super::{
     limits::assert_quota,
     regenerate::regenerate,
     send_message::{Turn, replica_of, send, send_ok},
-    support::{FakeLlm, Script, TestApp, app::llm_settings, streams::read_to_end},
+    support::{FakeLlm, Script, TestApp, streams::read_to_end},
+    usage::priced,
 };
 
 /// A call that used 39 tokens (30 in, 9 out), costing 102 millionths at [`priced`]'s prices.
@@ -24,25 +22,6 @@ fn reported(deltas: &[&str]) -> Script {
         deltas: deltas.iter().map(|d| (*d).to_owned()).collect(),
         usage: json!({"prompt_tokens": 30, "completion_tokens": 9,
                       "prompt_tokens_details": {"cached_tokens": 20}}),
-    }
-}
-
-/// A catalog of one model, `priced`, at 2, 0.5 and 8 per million input, cached and output
-/// tokens.
-fn priced(fake: &FakeLlm) -> CatalogSettings {
-    CatalogSettings {
-        models: vec![CatalogModelSettings {
-            name: "priced".to_owned(),
-            settings: ModelSettings::OpenAi(llm_settings(fake.base_url())),
-            context_window: 128_000,
-            prices: Some(Prices {
-                input: 2.0,
-                cached_input: 0.5,
-                output: 8.0,
-            }),
-            fallbacks: Vec::new(),
-        }],
-        default: 0,
     }
 }
 
@@ -164,7 +143,7 @@ async fn a_cost_budget_counts_at_the_catalogs_prices() {
 }
 
 /// Runs `chat-service ARGS` on the app's database.
-async fn command(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+pub(super) async fn command(app: &TestApp, args: &[&str]) -> (bool, String, String) {
     let url = app.db.url.expose();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
         .args(args)

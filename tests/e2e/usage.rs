@@ -19,7 +19,7 @@ use super::{
 
 /// A catalog of one model, `priced`, at 2 per million input tokens, 0.5 per million cached ones
 /// and 8 per million output tokens: a token costs 2, 0.5 and 8 millionths.
-fn priced(fake: &FakeLlm) -> CatalogSettings {
+pub(super) fn priced(fake: &FakeLlm) -> CatalogSettings {
     CatalogSettings {
         models: vec![CatalogModelSettings {
             name: "priced".to_owned(),
@@ -87,6 +87,20 @@ async fn days(app: &TestApp) -> Vec<Value> {
         .into_iter()
         .map(|row| serde_json::from_str(&row.row).unwrap_or_else(|e| panic!("{e}")))
         .collect()
+}
+
+/// An app on [`priced`], where alice has had one turn, of a call [`reported`].
+async fn one_priced_turn() -> (FakeLlm, TestApp, super::send_message::Turn) {
+    let fake = FakeLlm::start().await;
+    fake.script([Script::Reported {
+        deltas: vec!["Hi".into()],
+        usage: reported(),
+    }]);
+    let catalog = priced(&fake);
+    let app = TestApp::spawn_with(|config| config.model = catalog).await;
+    let turn = send_ok(&app, "alice", "", "Hello").await;
+    assert!(turn.error.is_none(), "{:?}", turn.error);
+    (fake, app, turn)
 }
 
 async fn get_usage(app: &TestApp, user: &str) -> GetUsageResponse {
@@ -238,15 +252,7 @@ async fn each_call_of_a_reply_is_stored_with_its_message_and_added_to_the_users_
 
 #[tokio::test]
 async fn get_usage_gives_the_callers_own_periods_and_outlives_deleted_conversations() {
-    let fake = FakeLlm::start().await;
-    fake.script([Script::Reported {
-        deltas: vec!["Hi".into()],
-        usage: reported(),
-    }]);
-    let catalog = priced(&fake);
-    let app = TestApp::spawn_with(|config| config.model = catalog).await;
-    let turn = send_ok(&app, "alice", "", "Hello").await;
-    assert!(turn.error.is_none(), "{:?}", turn.error);
+    let (_fake, app, turn) = one_priced_turn().await;
     // bob has been seen, and spent nothing.
     app.create_conversation("bob", "Bob's").await;
 
@@ -344,33 +350,15 @@ async fn a_reply_cut_off_by_its_client_is_estimated_and_counted() {
 
 #[tokio::test]
 async fn operators_read_any_users_usage_from_the_command_line() {
-    let fake = FakeLlm::start().await;
-    fake.script([Script::Reported {
-        deltas: vec!["Hi".into()],
-        usage: reported(),
-    }]);
-    let catalog = priced(&fake);
-    let app = TestApp::spawn_with(|config| config.model = catalog).await;
-    let turn = send_ok(&app, "alice", "", "Hello").await;
-    assert!(turn.error.is_none(), "{:?}", turn.error);
+    let (_fake, app, _turn) = one_priced_turn().await;
 
     let run = |user: &'static str| {
-        let url = app.db.url.expose();
+        let app = &app;
         async move {
-            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
-                .args(["usage", "--user", user, "--usage-period", "month"])
-                .env_clear()
-                .env("DATABASE_URL", secrecy::ExposeSecret::expose_secret(&url))
-                .env("RUST_LOG", "warn")
-                .output()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            serde_json::from_slice::<Value>(&output.stdout).unwrap_or_else(|e| panic!("{e}"))
+            let args = ["usage", "--user", user, "--usage-period", "month"];
+            let (ok, stdout, stderr) = super::budgets::command(app, &args).await;
+            assert!(ok, "{stderr}");
+            serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
         }
     };
     let alice = run("alice").await;
