@@ -180,9 +180,9 @@ macro_rules! reply_answers {
 /// revision, which becomes the reply's sequence; of its turn as its `locked` and `owned` parts
 /// say. With `$15`, the call that wrote it used `$15` input tokens (`$16` of them cached) and
 /// `$17` output tokens (`$18` of them reasoning), estimated if `$19`, costing `$20`: kept with
-/// the reply, and added to the user's day with that model. Returns the new revision, or none if the user has no such conversation (or the turn is
-/// no longer the writer's, or the reply was written already, by a try whose answer was lost);
-/// then nothing is written.
+/// the reply, and added to the user's day with that model. Returns the new revision, or none
+/// if the user has no such conversation (or the turn is no longer the writer's, or the reply was
+/// written already, by a try whose answer was lost); then nothing is written.
 const APPEND_REPLY: &str = concat!(
     reply_locks!(on_branch!()),
     reply_touches!(""),
