@@ -25,6 +25,15 @@ fn reported(deltas: &[&str]) -> Script {
     }
 }
 
+/// A budget of `tokens` a day.
+fn daily_tokens(tokens: i64) -> Budget {
+    Budget {
+        tokens: Some(tokens),
+        cost_micros: None,
+        period: UsagePeriod::Day,
+    }
+}
+
 /// The status a refused turn ended with, whether before its stream or in it.
 #[track_caller]
 fn refusal(sent: Result<Turn, Status>) -> Status {
@@ -52,11 +61,7 @@ async fn a_turn_past_the_budget_is_refused_before_the_model_is_asked_until_the_p
     let fake = FakeLlm::start().await;
     fake.script([reported(&["One."]), reported(&["Two."])]);
     let app = TestApp::with_fake_llm(&fake, |config| {
-        config.limits.budget = Budget {
-            tokens: Some(40),
-            cost_micros: None,
-            period: UsagePeriod::Day,
-        };
+        config.limits.budget = daily_tokens(40);
     })
     .await;
 
@@ -258,11 +263,7 @@ async fn two_replicas_let_one_turn_of_a_budget_through_at_once() {
         },
         reported(&["Not held."]),
     ]);
-    let budget = Budget {
-        tokens: Some(1_000_000),
-        cost_micros: None,
-        period: UsagePeriod::Day,
-    };
+    let budget = daily_tokens(1_000_000);
     let a = TestApp::with_fake_llm(&fake, |config| config.limits.budget = budget).await;
     let url = a.config.database.url.clone();
     let b = TestApp::with_fake_llm(&fake, |config| {
@@ -319,11 +320,7 @@ async fn a_turn_refused_for_another_reason_leaves_the_budget_free() {
     let fake = FakeLlm::start().await;
     let app = TestApp::with_fake_llm(&fake, |config| {
         config.limits.storage.messages_per_conversation = 2;
-        config.limits.budget = Budget {
-            tokens: Some(1_000_000),
-            cost_micros: None,
-            period: UsagePeriod::Day,
-        };
+        config.limits.budget = daily_tokens(1_000_000);
     })
     .await;
     let first = send_ok(&app, "alice", "", "One").await;

@@ -91,6 +91,25 @@ pub(super) async fn send(
     Ok(Turn { events, error })
 }
 
+/// Reads a turn's `accepted` and its deltas until they make `text`; the conversation's id.
+pub(super) async fn read_until_text(
+    stream: &mut tonic::Streaming<chat_service::api::proto::SendMessageResponse>,
+    text: &str,
+) -> String {
+    let (mut conversation, mut read) = (String::new(), String::new());
+    while read != text {
+        match stream.message().await {
+            Ok(Some(response)) => match response.event {
+                Some(Event::Accepted(accepted)) => conversation = accepted.conversation_id,
+                Some(Event::Delta(delta)) => read.push_str(&delta.text),
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("the stream ended early: {other:?}"),
+        }
+    }
+    conversation
+}
+
 pub(super) async fn send_ok(
     app: &TestApp,
     user: &str,
@@ -483,18 +502,7 @@ async fn cancelling_aborts_the_upstream_request_and_keeps_the_partial_reply() {
     let app = TestApp::with_fake_llm(&fake, |_| {}).await;
 
     let mut stream = app.open_stream("alice", "", "Tell me a story").await;
-    let mut conversation = String::new();
-    let mut text = String::new();
-    while text != "Once upon a time" {
-        match stream.message().await {
-            Ok(Some(response)) => match response.event {
-                Some(Event::Accepted(accepted)) => conversation = accepted.conversation_id,
-                Some(Event::Delta(delta)) => text.push_str(&delta.text),
-                other => panic!("unexpected {other:?}"),
-            },
-            other => panic!("the stream ended early: {other:?}"),
-        }
-    }
+    let conversation = read_until_text(&mut stream, "Once upon a time").await;
     drop(stream);
 
     // The fake sees its response stream closed because the service hung up.

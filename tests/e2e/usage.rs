@@ -4,7 +4,6 @@
 use chat_service::{
     api::proto::{
         DeleteConversationRequest, GetUsageRequest, GetUsageResponse, PeriodUsage, Spend, Usage,
-        send_message_response::Event,
     },
     llm::{CatalogModelSettings, CatalogSettings, ModelSettings, Prices},
 };
@@ -13,7 +12,7 @@ use serde_json::{Value, json};
 use super::{
     eventually,
     limits::get_conversation,
-    send_message::send_ok,
+    send_message::{read_until_text, send_ok},
     support::{FakeLlm, FakeToolServer, Script, TestApp, app::llm_settings, mcp::TOOLS},
 };
 
@@ -305,17 +304,8 @@ async fn a_reply_cut_off_by_its_client_is_estimated_and_counted() {
     let catalog = priced(&fake);
     let app = TestApp::spawn_with(|config| config.model = catalog).await;
     let mut stream = app.open_stream("alice", "", "Tell me a long story").await;
-    let (mut conversation, mut text) = (String::new(), String::new());
-    while text != "Part of it" {
-        match stream.message().await {
-            Ok(Some(response)) => match response.event {
-                Some(Event::Accepted(accepted)) => conversation = accepted.conversation_id,
-                Some(Event::Delta(delta)) => text.push_str(&delta.text),
-                other => panic!("unexpected {other:?}"),
-            },
-            other => panic!("the stream ended early: {other:?}"),
-        }
-    }
+    let text = "Part of it";
+    let conversation = read_until_text(&mut stream, text).await;
     drop(stream);
     let request = fake.received()[0].body.clone();
     let (input, output) = estimate(&request, text.len());
