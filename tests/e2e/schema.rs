@@ -8,7 +8,7 @@ use diesel::{
     QueryableByName, sql_query,
     sql_types::{Bool, Text},
 };
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use super::support::TestDatabase;
 
@@ -192,5 +192,64 @@ async fn schema_rs_describes_the_migrated_database() {
             written.lines().nth(line).unwrap_or("<end of file>"),
             expected.lines().nth(line).unwrap_or("<end of file>"),
         );
+    }
+}
+
+/// The rules on the values of the rows a turn writes hold, whichever writer breaks them: each
+/// statement below breaks one and must be refused, while the row as it is passes.
+#[tokio::test]
+async fn the_rows_a_turn_writes_keep_their_rules() {
+    let db = TestDatabase::new().await;
+    let mut conn = db.connect().await;
+    super::support::database::execute(
+        &mut conn,
+        "INSERT INTO users (id, subject) VALUES ('00000000-0000-0000-0000-000000000001', 'u');
+         INSERT INTO conversations (id, user_id, title, created_at, updated_at, revision)
+         VALUES ('00000000-0000-0000-0000-000000000002', '00000000-0000-0000-0000-000000000001',
+                 't', now(), now(), 1);
+         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence)
+         VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000002',
+                 'user', 'hi', 'complete', now(), 1);
+         INSERT INTO turns (id, user_id, conversation_id, request_key, replica, created_at)
+         VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
+                 '00000000-0000-0000-0000-000000000002', 'k',
+                 '00000000-0000-0000-0000-000000000004', now());
+         INSERT INTO usage_days (user_id, day, model, calls, estimated_calls, input_tokens,
+                                 cached_input_tokens, output_tokens, reasoning_tokens, cost_micros)
+         VALUES ('00000000-0000-0000-0000-000000000001', current_date, 'm', 1, 0, 1, 0, 1, 0, 0);",
+    )
+    .await;
+    let allowed = [
+        "UPDATE messages SET role = 'assistant', status = 'awaiting_tool_results'",
+        "UPDATE turns SET state = 'interrupted', attempt = 2, request_key = NULL",
+        "UPDATE conversations SET title_source = 'model'",
+        "UPDATE usage_days SET calls = 0, cost_micros = 7",
+    ];
+    for statement in allowed {
+        super::support::database::execute(&mut conn, statement).await;
+    }
+    let refused = [
+        "UPDATE messages SET role = 'robot'",
+        "UPDATE messages SET status = 'done'",
+        "UPDATE turns SET state = 'paused'",
+        "UPDATE turns SET attempt = 0",
+        "UPDATE turns SET request_key = ''",
+        "UPDATE conversations SET title_source = 'guessed'",
+        "UPDATE usage_days SET calls = -1",
+        "UPDATE usage_days SET estimated_calls = -1",
+        "UPDATE usage_days SET input_tokens = -1",
+        "UPDATE usage_days SET cached_input_tokens = -1",
+        "UPDATE usage_days SET output_tokens = -1",
+        "UPDATE usage_days SET reasoning_tokens = -1",
+        "UPDATE usage_days SET cost_micros = -1",
+    ];
+    for statement in refused {
+        match conn.batch_execute(statement).await {
+            Err(e) => assert!(
+                e.to_string().contains("violates check constraint"),
+                "{statement}: {e}"
+            ),
+            Ok(()) => panic!("{statement} was allowed"),
+        }
     }
 }

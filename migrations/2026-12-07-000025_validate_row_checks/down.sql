@@ -1,0 +1,2 @@
+-- Nothing to undo: a validated check stays valid.
+SELECT 1;
