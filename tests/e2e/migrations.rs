@@ -130,7 +130,9 @@ async fn existing_messages_are_numbered_in_the_order_they_were_listed() {
             "20261207000020",
             "20261207000021",
             "20261207000022",
-            "20261207000023"
+            "20261207000023",
+            "20261207000024",
+            "20261207000025"
         ]
     );
 
@@ -342,7 +344,9 @@ async fn messages_stored_before_search_are_found_once_migrated() {
             "20261207000020",
             "20261207000021",
             "20261207000022",
-            "20261207000023"
+            "20261207000023",
+            "20261207000024",
+            "20261207000025"
         ]
     );
     assert_eq!(db.count(without_words).await, 0);

@@ -207,7 +207,9 @@ async fn stored_conversations_become_lines_and_the_previous_release_keeps_them_s
             "20261207000020",
             "20261207000021",
             "20261207000022",
-            "20261207000023"
+            "20261207000023",
+            "20261207000024",
+            "20261207000025"
         ]
     );
     // And after them.
