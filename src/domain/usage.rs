@@ -150,6 +150,11 @@ impl Budget {
             period,
         }
     }
+
+    /// Whether it limits anything.
+    pub fn limits_anything(&self) -> bool {
+        self.tokens.is_some() || self.cost_micros.is_some()
+    }
 }
 
 /// What a budget limits.

@@ -8,6 +8,8 @@
 //! for each other, and the second sees the first's claim. The budget is passed by at most the
 //! one turn that was admitted below it.
 
+use std::{collections::HashSet, sync::Mutex};
+
 use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
@@ -106,6 +108,11 @@ impl BudgetColumns {
         self.budget_refusal.is_none()
     }
 
+    /// Whether a budget applies to the user at all (their own, or the service's default).
+    pub fn applies(&self) -> bool {
+        self.budget_period.is_some()
+    }
+
     /// Why the budget refused the turn, if it did.
     pub fn refusal(&self) -> Result<Option<BudgetRefusal>, StoreError> {
         let Some(refusal) = self.budget_refusal.as_deref() else {
@@ -127,6 +134,34 @@ impl BudgetColumns {
             period,
             resets_at: self.budget_resets_at.ok_or_else(corrupt)?,
         }))
+    }
+}
+
+/// The users this replica has found to have a budget of their own, so that a turn of anyone
+/// else, while the service sets no default budget, is locked by a statement without the
+/// budget's parts (the plain twin of the turn's lock). That statement still
+/// looks for a budget of the user's own and, finding one, refuses the turn's write; the turn is
+/// then locked again with the budget, and the user remembered here. So what this replica knows
+/// decides only what a turn costs, never whether a budget holds. A user leaves the set when a
+/// turn finds their budget gone. It holds only users an operator gave a budget.
+#[derive(Default)]
+pub(super) struct OwnBudgets(Mutex<HashSet<UserId>>);
+
+impl OwnBudgets {
+    /// Whether `user` was last seen with a budget of their own. If the set cannot be read,
+    /// yes: the statement with the budget is right for everyone.
+    pub fn has(&self, user: UserId) -> bool {
+        self.0.lock().map_or(true, |users| users.contains(&user))
+    }
+
+    /// Remembers whether `user` has a budget of their own.
+    pub fn note(&self, user: UserId, has: bool) {
+        if let Ok(mut users) = self.0.lock() {
+            match has {
+                true => users.insert(user),
+                false => users.remove(&user),
+            };
+        }
     }
 }
 

@@ -104,6 +104,7 @@ impl Store {
             connect_timeout: settings.connect_timeout,
             query_timeout: settings.query_timeout,
             replies: None,
+            own_budgets: Arc::default(),
         };
         // A quarter of the pool at most writes replies, so that turns that are starting always
         // find connections for their users' messages.

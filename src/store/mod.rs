@@ -75,6 +75,8 @@ pub struct Store {
     query_timeout: std::time::Duration,
     /// Where replies wait to be written together; `None` in the store that writes them.
     replies: Option<reply_batches::ReplyQueue>,
+    /// Who has a budget of their own, as far as this replica has seen.
+    own_budgets: Arc<budgets::OwnBudgets>,
 }
 
 /// Whether PostgreSQL answers, asked on a connection outside the pool: a pool that load has

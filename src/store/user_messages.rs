@@ -72,7 +72,8 @@ const APPEND_USER_MESSAGE: &str = "WITH tip AS MATERIALIZED (
              AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8) AS key_taken,
          (SELECT leaf_id FROM tip) AS parent_id,
          (SELECT leaf_jumps FROM touched) AS leaf_jumps,
-         NULL::text AS refusal";
+         NULL::text AS refusal,
+         current_setting('chat.budget', true) IS NOT DISTINCT FROM 'refused' AS budget_refused";
 
 /// [`APPEND_USER_MESSAGE`] for a message at the place the client chose: after message `$11` of
 /// this conversation, or as a first message when `$11` is null. A chosen place is
@@ -143,7 +144,8 @@ const APPEND_USER_MESSAGE_AT: &str = "WITH RECURSIVE tip AS MATERIALIZED (
              AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8) AS key_taken,
          (SELECT id FROM parent) AS parent_id,
          (SELECT leaf_jumps FROM touched) AS leaf_jumps,
-         (SELECT reason FROM refusal) AS refusal";
+         (SELECT reason FROM refusal) AS refusal,
+         current_setting('chat.budget', true) IS NOT DISTINCT FROM 'refused' AS budget_refused";
 
 /// Locks the user's conversation's row until the transaction ends, as `lock_conversation`
 /// does, and answers its state; and checks the user's budget ([`budget_ctes!`]) for the turn
@@ -179,6 +181,60 @@ const LOCK_FOR_TURN: &str = concat!(
     budget_answer!()
 );
 
+/// [`LOCK_FOR_TURN`] without the budget, for a user who has none, as far as this replica knows,
+/// while the service sets no default: it locks the conversation, and answers its state and
+/// whether the user has a budget of their own after all. If they have, it refuses the write that
+/// follows in the transaction, as a spent budget would (`chat.budget`), and the turn must be
+/// locked again with the budget.
+const LOCK_WITHOUT_BUDGET: &str = "WITH conversation AS MATERIALIZED (
+         SELECT revision, awaiting_until, leaf_id, leaf_jumps FROM conversations
+         WHERE id = $1 AND user_id = $2
+         FOR NO KEY UPDATE
+     ), own AS MATERIALIZED (
+         SELECT set_config('chat.budget', 'refused', true) FROM user_budgets
+         WHERE user_id = $2 AND EXISTS (SELECT 1 FROM conversation)
+     )
+     SELECT revision, awaiting_until, leaf_id, leaf_jumps,
+         (SELECT count(*) FROM own) AS own_budgets
+     FROM conversation";
+
+/// What [`LOCK_WITHOUT_BUDGET`] answers.
+#[derive(QueryableByName)]
+struct UnbudgetedLockRow {
+    #[diesel(sql_type = BigInt)]
+    revision: Revision,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    awaiting_until: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    leaf_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = BigInt)]
+    leaf_jumps: i64,
+    #[diesel(sql_type = BigInt)]
+    own_budgets: i64,
+}
+
+/// What a turn's lock found of the user's budget.
+#[derive(Debug)]
+enum BudgetCheck {
+    /// Checked, with this verdict.
+    Checked(BudgetColumns),
+    /// Not checked: the user has no budget of their own, and no other applies.
+    NoneApplies,
+    /// Not checked, and the user has a budget of their own: the turn's write was refused, and
+    /// the turn must be locked again with the budget.
+    OwnFound,
+}
+
+impl BudgetCheck {
+    fn admits(&self) -> bool {
+        match self {
+            Self::Checked(columns) => columns.admits(),
+            Self::NoneApplies => true,
+            Self::OwnFound => false,
+        }
+    }
+}
+
 /// What [`LOCK_FOR_TURN`] answers.
 #[derive(QueryableByName)]
 struct LockRow {
@@ -206,7 +262,7 @@ async fn lock_for_turn(
     user: UserId,
     message: &Message,
     budget: &Budget,
-) -> QueryResult<(Option<ConversationState>, BudgetColumns)> {
+) -> QueryResult<(Option<ConversationState>, BudgetCheck)> {
     let period: &str = budget.period.into();
     let row = fixed(LOCK_FOR_TURN)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
@@ -227,7 +283,36 @@ async fn lock_for_turn(
         }),
         _ => None,
     };
-    Ok((state, row.budget))
+    Ok((state, BudgetCheck::Checked(row.budget)))
+}
+
+/// [`LOCK_WITHOUT_BUDGET`] for the conversation of `message`.
+async fn lock_without_budget(
+    mut conn: &Conn,
+    user: UserId,
+    message: &Message,
+) -> QueryResult<(Option<ConversationState>, BudgetCheck)> {
+    let row = fixed(LOCK_WITHOUT_BUDGET)
+        .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .get_result::<UnbudgetedLockRow>(&mut conn)
+        .await
+        .optional()?;
+    Ok(match row {
+        None => (None, BudgetCheck::NoneApplies),
+        Some(row) => (
+            Some(ConversationState {
+                revision: row.revision,
+                awaiting_until: row.awaiting_until,
+                leaf: row.leaf_id.map(MessageId::from_uuid),
+                leaf_jumps: row.leaf_jumps,
+            }),
+            match row.own_budgets {
+                0 => BudgetCheck::NoneApplies,
+                _ => BudgetCheck::OwnFound,
+            },
+        ),
+    })
 }
 
 const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversations messages");
@@ -247,6 +332,9 @@ struct UserMessageRow {
     leaf_jumps: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
     refusal: Option<String>,
+    /// The turn's lock refused the turn for the user's budget.
+    #[diesel(sql_type = Bool)]
+    budget_refused: bool,
 }
 
 /// Where a user's message was stored.
@@ -309,13 +397,15 @@ enum UserAppended {
     PlaceRefused(PlaceRefused),
     /// Not written: the turn's request id is taken by an earlier turn.
     KeyTaken,
+    /// Not written: the turn's lock refused it for the user's budget.
+    BudgetRefused,
 }
 
 impl UserAppended {
     fn placed(self) -> Option<Placed> {
         match self {
             Self::At(placed) => Some(placed),
-            Self::Refused | Self::PlaceRefused(_) | Self::KeyTaken => None,
+            Self::Refused | Self::PlaceRefused(_) | Self::KeyTaken | Self::BudgetRefused => None,
         }
     }
 }
@@ -374,6 +464,10 @@ async fn write_user_message(
             "branch_generating" => PlaceRefused::BranchGenerating,
             _ => PlaceRefused::SiblingsFull,
         }),
+        UserMessageRow {
+            budget_refused: true,
+            ..
+        } => UserAppended::BudgetRefused,
         UserMessageRow { .. } => UserAppended::Refused,
     })
 }
@@ -544,6 +638,11 @@ impl Store {
     /// conversation or delete it. Otherwise it is when the message is written, which checks the
     /// chosen place and claims the id: a twin request racing it on another conversation waits
     /// in the unique index for this transaction's end.
+    ///
+    /// While the service sets no default budget, a user this replica has not seen with a budget
+    /// of their own is locked without the budget's check, which costs PostgreSQL less; if they
+    /// have one after all, that try writes nothing and tells `placed` nothing, and the turn is
+    /// locked again with the check ([`OwnBudgets`](super::budgets::OwnBudgets)).
     pub async fn append_user_message(
         &self,
         user: UserId,
@@ -553,7 +652,42 @@ impl Store {
         turn: &NewTurn,
         placed: oneshot::Sender<Option<Placed>>,
     ) -> Result<UserMessageStored, StoreError> {
-        let title = title_if_unnamed.as_str();
+        let append = Append {
+            user,
+            message,
+            title: title_if_unnamed.as_str(),
+            limits: &limits,
+            turn,
+        };
+        let with_budget = limits.budget.limits_anything() || self.own_budgets.has(user);
+        let placed = match self.append_once(&append, placed, with_budget).await? {
+            Attempt::Done(stored) => return Ok(stored),
+            Attempt::OwnBudgetFound(placed) => placed,
+        };
+        self.own_budgets.note(user, true);
+        match self.append_once(&append, placed, true).await? {
+            Attempt::Done(stored) => Ok(stored),
+            Attempt::OwnBudgetFound(_) => Err(StoreError::Corrupt(
+                "a turn locked with its budget was refused for a budget it did not check".into(),
+            )),
+        }
+    }
+
+    /// One try of [`Store::append_user_message`], with the budget's check in the lock or
+    /// without it.
+    async fn append_once(
+        &self,
+        append: &Append<'_>,
+        placed: oneshot::Sender<Option<Placed>>,
+        with_budget: bool,
+    ) -> Result<Attempt, StoreError> {
+        let Append {
+            user,
+            message,
+            title,
+            limits,
+            turn,
+        } = *append;
         let by_lock = turn.request_key.is_none() && !turn.placement.is_chosen();
         let (placed_by_lock, placed_by_write) = match by_lock {
             true => (Some(placed), None),
@@ -563,7 +697,10 @@ impl Store {
             let conn: &Conn = conn;
             // Sent together, in this order: BEGIN, the lock, the write, COMMIT (see `begin`).
             let lock = async {
-                let (state, budget) = lock_for_turn(conn, user, message, &limits.budget).await?;
+                let (state, budget) = match with_budget {
+                    true => lock_for_turn(conn, user, message, &limits.budget).await?,
+                    false => lock_without_budget(conn, user, message).await?,
+                };
                 let admitted = budget.admits();
                 let next = state
                     .filter(|_| admitted)
@@ -574,42 +711,129 @@ impl Store {
                         parent: state.leaf,
                         in_line: state.leaf_jumps == 0,
                     });
-                if let Some(placed) = placed_by_lock {
-                    let _ = placed.send(next);
-                }
-                Ok::<_, diesel::result::Error>((next, state, budget))
+                // A turn to be locked again keeps its sender for the next try.
+                let unsent = placed_by_lock.and_then(|placed| match budget {
+                    BudgetCheck::OwnFound => Some(placed),
+                    _ => tell(placed, next),
+                });
+                Ok::<_, diesel::result::Error>((next, state, budget, unsent))
             };
             let write = async {
-                let appended =
-                    write_user_message(conn, user, message, title, &limits, turn).await?;
-                if let Some(placed) = placed_by_write {
-                    let _ = placed.send(appended.placed());
-                }
-                Ok(appended)
+                let appended = write_user_message(conn, user, message, title, limits, turn).await?;
+                let unsent = placed_by_write.and_then(|placed| match appended {
+                    UserAppended::BudgetRefused => Some(placed),
+                    _ => tell(placed, appended.placed()),
+                });
+                Ok((appended, unsent))
             };
-            let ((), (expected, state, budget), appended, ()) =
+            let ((), (expected, state, budget, unsent_by_lock), (appended, unsent_by_write), ()) =
                 futures_util::try_join!(begin(conn), lock, write, commit(conn))?;
-            match appended {
-                UserAppended::KeyTaken => return Ok(UserMessageStored::RequestKeyTaken),
-                UserAppended::PlaceRefused(why) if state.is_some() => {
-                    return Ok(UserMessageStored::PlaceRefused(why));
-                }
-                _ => {}
-            }
-            if let (Some(_), Some(refusal)) = (state, budget.refusal()?) {
-                return Ok(UserMessageStored::BudgetRefused(refusal));
-            }
-            let appended = appended.placed();
-            if by_lock && appended != expected {
-                // Only if the statements ran out of order, which `begin` rules out.
-                return Err(StoreError::Corrupt(format!(
-                    "the message was written at {appended:?}, not at {expected:?} as its lock said"
-                )));
-            }
-            Ok(appended.map_or(UserMessageStored::Refused(state), UserMessageStored::At))
+            let answered = Answered {
+                expected,
+                state,
+                budget,
+                appended,
+                unsent: unsent_by_lock.or(unsent_by_write),
+            };
+            self.settle(append, by_lock, answered)
         })
         .await
     }
+
+    /// What one try of appending a user's message came to, from what its flight answered.
+    fn settle(
+        &self,
+        append: &Append<'_>,
+        by_lock: bool,
+        answered: Answered,
+    ) -> Result<Attempt, StoreError> {
+        let Answered {
+            expected,
+            state,
+            budget,
+            appended,
+            unsent,
+        } = answered;
+        match appended {
+            UserAppended::KeyTaken => return Ok(Attempt::Done(UserMessageStored::RequestKeyTaken)),
+            UserAppended::PlaceRefused(why) if state.is_some() => {
+                return Ok(Attempt::Done(UserMessageStored::PlaceRefused(why)));
+            }
+            _ => {}
+        }
+        let refusal = match (budget, state) {
+            (BudgetCheck::OwnFound, Some(_)) => {
+                return match unsent {
+                    Some(placed) => Ok(Attempt::OwnBudgetFound(placed)),
+                    None => Err(StoreError::Corrupt(
+                        "a turn refused for its budget was told it was placed".into(),
+                    )),
+                };
+            }
+            (BudgetCheck::Checked(columns), Some(_)) => {
+                if !columns.applies() && !append.limits.budget.limits_anything() {
+                    self.own_budgets.note(append.user, false);
+                }
+                columns.refusal()?
+            }
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Attempt::Done(UserMessageStored::BudgetRefused(refusal)));
+        }
+        let appended = appended.placed();
+        if by_lock && appended != expected {
+            // Only if the statements ran out of order, which `begin` rules out.
+            return Err(StoreError::Corrupt(format!(
+                "the message was written at {appended:?}, not at {expected:?} as its lock said"
+            )));
+        }
+        Ok(Attempt::Done(appended.map_or(
+            UserMessageStored::Refused(state),
+            UserMessageStored::At,
+        )))
+    }
+}
+
+/// What the flight of one try of appending a user's message answered.
+struct Answered {
+    /// Where the lock said the message goes, if it goes.
+    expected: Option<Placed>,
+    /// The conversation's state, as locked.
+    state: Option<ConversationState>,
+    budget: BudgetCheck,
+    appended: UserAppended,
+    /// The turn's sender, if neither statement told it anything.
+    unsent: Option<oneshot::Sender<Option<Placed>>>,
+}
+
+/// Tells the turn where its message went, which leaves nothing to tell a next try. A receiver
+/// that is gone (its request was cancelled) needs to hear nothing.
+fn tell(
+    placed: oneshot::Sender<Option<Placed>>,
+    place: Option<Placed>,
+) -> Option<oneshot::Sender<Option<Placed>>> {
+    let _ = placed.send(place);
+    None
+}
+
+/// What a user's message is appended with.
+#[derive(Clone, Copy)]
+struct Append<'a> {
+    user: UserId,
+    message: &'a Message,
+    title: &'a str,
+    limits: &'a AppendLimits,
+    turn: &'a NewTurn,
+}
+
+/// What one try of appending a user's message came to.
+enum Attempt {
+    /// Its answer.
+    Done(UserMessageStored),
+    /// Nothing: the user has a budget of their own, which the try did not check. The turn's
+    /// sender, which has heard nothing yet, goes to the next try.
+    OwnBudgetFound(oneshot::Sender<Option<Placed>>),
 }
 
 /// Prepares the statements that travel in one flight with their transaction (see [`begin`]),
@@ -646,6 +870,7 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         budget: Budget::unlimited(crate::domain::UsagePeriod::Day),
     };
     lock_for_turn(conn, nobody, &message, &limits.budget).await?;
+    lock_without_budget(conn, nobody, &message).await?;
     write_user_message(conn, nobody, &message, "", &limits, &turn).await?;
     let chosen = NewTurn {
         placement: Placement::AsRoot,

@@ -11,7 +11,7 @@ use tonic::Status;
 use super::{
     limits::assert_quota,
     regenerate::regenerate,
-    send_message::{Turn, replica_of, send, send_ok},
+    send_message::{Turn, replica_of, send, send_ok, send_request},
     support::{FakeLlm, Script, TestApp, streams::read_to_end},
     usage::priced,
 };
@@ -336,4 +336,76 @@ async fn a_turn_refused_for_another_reason_leaves_the_budget_free() {
             .await,
         1
     );
+}
+
+/// A replica that served a user while they had no budget learns of the budget an operator gives
+/// them by their next turn, which it checks against it: one let in (and the budget taken), one
+/// with a request id refused, on two replicas that had not seen the budget.
+#[tokio::test]
+async fn a_budget_given_to_a_user_served_without_one_holds_from_their_next_turn() {
+    let fake = FakeLlm::start().await;
+    fake.script([
+        reported(&["One."]),
+        reported(&["Two."]),
+        reported(&["Three."]),
+        reported(&["Four."]),
+    ]);
+    let a = TestApp::with_fake_llm(&fake, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+    let first = send_ok(&a, "alice", "", "First").await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let conversation = first.conversation_id();
+    for replica in [&a, &b] {
+        let turn = send_ok(replica, "alice", &conversation, "Again").await;
+        assert!(turn.error.is_none(), "{:?}", turn.error);
+    }
+
+    // Far from spent: the turn is let in, with the budget taken by it.
+    let (set, _, stderr) = command(
+        &a,
+        &[
+            "budget", "set", "--user", "alice", "--tokens", "1000000", "--period", "day",
+        ],
+    )
+    .await;
+    assert!(set, "{stderr}");
+    let let_in = send_ok(&a, "alice", &conversation, "Fourth").await;
+    assert!(let_in.error.is_none(), "{:?}", let_in.error);
+    assert_eq!(let_in.text(), "Four.");
+    assert_eq!(
+        a.db.count(
+            "SELECT count(*) AS n FROM users u JOIN turns t ON t.id = u.budget_turn
+             WHERE u.subject = 'alice' AND t.state = 'completed'"
+        )
+        .await,
+        1
+    );
+
+    // Spent: refused on the other replica, with a request id; nothing written, no model asked.
+    let (set, _, stderr) = command(
+        &a,
+        &[
+            "budget", "set", "--user", "alice", "--tokens", "30", "--period", "day",
+        ],
+    )
+    .await;
+    assert!(set, "{stderr}");
+    let messages = message_count(&a).await;
+    let keyed = chat_service::api::proto::SendMessageRequest {
+        conversation_id: conversation.clone(),
+        content: "Fifth".to_owned(),
+        request_id: "fifth".to_owned(),
+        ..Default::default()
+    };
+    assert_quota(
+        &refusal(send_request(&b, "alice", keyed).await),
+        "token_budget",
+    );
+    assert_eq!(message_count(&a).await, messages);
+    assert_eq!(
+        a.db.count("SELECT count(*) AS n FROM turns WHERE request_key = 'fifth'")
+            .await,
+        0
+    );
+    assert_eq!(fake.received().len(), 4);
 }

@@ -74,14 +74,21 @@ pub(super) async fn send(
     conversation_id: &str,
     content: &str,
 ) -> Result<Turn, Status> {
-    let request = app.request(
-        user,
-        SendMessageRequest {
-            conversation_id: conversation_id.to_owned(),
-            content: content.to_owned(),
-            ..Default::default()
-        },
-    );
+    let request = SendMessageRequest {
+        conversation_id: conversation_id.to_owned(),
+        content: content.to_owned(),
+        ..Default::default()
+    };
+    send_request(app, user, request).await
+}
+
+/// Sends `request` as `user` and reads the whole turn.
+pub(super) async fn send_request(
+    app: &TestApp,
+    user: &str,
+    request: SendMessageRequest,
+) -> Result<Turn, Status> {
+    let request = app.request(user, request);
     let mut stream = app.chat().send_message(request).await?.into_inner();
     let (responses, error) = read_to_end(&mut stream).await;
     let events = responses
