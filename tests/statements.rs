@@ -123,6 +123,9 @@ fn kind(sql: &str) -> &'static str {
         _ if sql.starts_with("WITH locked AS") => "write reply",
         _ if is_create_conversation(sql) => "create conversation",
         _ if sql.starts_with("WITH RECURSIVE locked AS") => "regenerate",
+        _ if sql.starts_with("WITH conversation AS") && sql.contains("budget AS") => {
+            "lock conversation and budget"
+        }
         _ if sql.starts_with("WITH conversation AS") => "lock conversation",
         _ if sql.starts_with(r#"SELECT "conversations"."revision""#) => "lock conversation",
         _ if sql.starts_with("SELECT t.id, t.conversation_id") => "find turn",
@@ -330,4 +333,49 @@ async fn a_regeneration_starts_its_turn_and_reads_its_context_in_one_flight() {
         ["BEGIN", "regenerate", "COMMIT", "write reply"],
         "a regenerated reply, against BENCHMARKS.md"
     );
+}
+
+/// A user given a budget of their own after their first turn: the replica, which sets no default
+/// budget, locks their next turn without the budget, finds it, and locks the turn again with it;
+/// from then on it locks their turns with the budget, until it finds one that limits nothing.
+#[tokio::test]
+async fn a_budget_of_ones_own_is_found_once_then_checked_in_the_lock() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    let conversation = turn(&app, "", "").await;
+    app.db
+        .run_sql(
+            "INSERT INTO user_budgets (user_id, tokens, period)
+             SELECT id, 1000000, 'day' FROM users WHERE subject = 'alice'",
+        )
+        .await;
+    let with_budget = [
+        "BEGIN",
+        "lock conversation and budget",
+        "write user message",
+        "COMMIT",
+    ];
+    let found = statements_of(&app, turn(&app, &conversation, "")).await;
+    assert_eq!(
+        found,
+        [FIRST_FLIGHT.as_slice(), &with_budget, &["write reply"]].concat(),
+        "the turn that finds the budget, against BENCHMARKS.md"
+    );
+    let known = statements_of(&app, turn(&app, &conversation, "")).await;
+    assert_eq!(known, [with_budget.as_slice(), &["write reply"]].concat());
+
+    // A budget of her own that limits nothing is no budget without a default: one turn with the
+    // budget finds it so, and the next goes back to the plain lock, once.
+    app.db
+        .run_sql("UPDATE user_budgets SET tokens = NULL")
+        .await;
+    let unlimited = statements_of(&app, turn(&app, &conversation, "")).await;
+    assert_eq!(
+        unlimited,
+        [with_budget.as_slice(), &["write reply"]].concat()
+    );
+    for _ in 0..2 {
+        let plain = statements_of(&app, turn(&app, &conversation, "")).await;
+        assert_eq!(plain, plain_turn());
+    }
 }

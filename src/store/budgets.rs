@@ -139,11 +139,11 @@ impl BudgetColumns {
 
 /// The users this replica has found to have a budget of their own, so that a turn of anyone
 /// else, while the service sets no default budget, is locked by a statement without the
-/// budget's parts (the plain twin of the turn's lock). That statement still
-/// looks for a budget of the user's own and, finding one, refuses the turn's write; the turn is
-/// then locked again with the budget, and the user remembered here. So what this replica knows
-/// decides only what a turn costs, never whether a budget holds. A user leaves the set when a
-/// turn finds their budget gone. It holds only users an operator gave a budget.
+/// budget's parts (the plain twin of the turn's lock). That statement still looks for a budget
+/// of the user's own and, finding one, refuses the turn's write; the turn is then locked again
+/// with the budget, and the user remembered here. So what this replica knows decides only what
+/// a turn costs, never whether a budget holds. A user leaves the set when a turn finds no budget
+/// that applies to them. It holds only users an operator gave a budget.
 #[derive(Default)]
 pub(super) struct OwnBudgets(Mutex<HashSet<UserId>>);
 

@@ -185,14 +185,16 @@ const LOCK_FOR_TURN: &str = concat!(
 /// while the service sets no default: it locks the conversation, and answers its state and
 /// whether the user has a budget of their own after all. If they have, it refuses the write that
 /// follows in the transaction, as a spent budget would (`chat.budget`), and the turn must be
-/// locked again with the budget.
+/// locked again with the budget. A budget of their own that limits nothing (which exempts a user
+/// from a default) limits nothing here either: without a default, it is no budget.
 const LOCK_WITHOUT_BUDGET: &str = "WITH conversation AS MATERIALIZED (
          SELECT revision, awaiting_until, leaf_id, leaf_jumps FROM conversations
          WHERE id = $1 AND user_id = $2
          FOR NO KEY UPDATE
      ), own AS MATERIALIZED (
          SELECT set_config('chat.budget', 'refused', true) FROM user_budgets
-         WHERE user_id = $2 AND EXISTS (SELECT 1 FROM conversation)
+         WHERE user_id = $2 AND (tokens IS NOT NULL OR cost_micros IS NOT NULL)
+           AND EXISTS (SELECT 1 FROM conversation)
      )
      SELECT revision, awaiting_until, leaf_id, leaf_jumps,
          (SELECT count(*) FROM own) AS own_budgets

@@ -250,13 +250,16 @@ async fn after_deleting(statement: &str) {
         assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     }
     assert_eq!(fake.received().len(), asked, "no replica asked the model");
-    assert_eq!(
-        a.db.count(&format!(
-            "SELECT count(*) AS n FROM messages WHERE conversation_id = '{conversation}'"
-        ))
-        .await,
-        0
-    );
+    for table in ["messages", "turns"] {
+        assert_eq!(
+            a.db.count(&format!(
+                "SELECT count(*) AS n FROM {table} WHERE conversation_id = '{conversation}'"
+            ))
+            .await,
+            0,
+            "{table} of the deleted conversation are left"
+        );
+    }
 }
 
 #[tokio::test]
