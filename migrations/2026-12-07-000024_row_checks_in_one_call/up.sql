@@ -1,8 +1,8 @@
 -- The checks on the rows every turn writes, one call per row instead of one expression per
 -- column. PostgreSQL reads each check's expression back from the catalog and prepares it on
 -- every statement that writes the table, so a turn paid for about twenty of them: a list of
--- allowed words cost about 10 µs a statement, a `>= 0` about 2 µs, and a function call holding
--- all of a row's rules about 4.5 µs (BENCHMARKS.md). The rules are the same. The new checks
+-- allowed words cost about 10 µs a statement, a `>= 0` 1.5 to 4 µs, and one function call
+-- holding all of a row's rules 5 to 8 µs (BENCHMARKS.md). The rules are the same. The new checks
 -- hold for rows written from now on; the next migration checks the stored rows while writes go
 -- on. Catalog changes only.
 
