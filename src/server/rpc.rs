@@ -163,7 +163,7 @@ impl RpcName {
 /// that was replaced is logged beside the new one, once.
 fn rpc_span(name: &RpcName, id: &HeaderValue, client_request_id: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!(
-        "rpc",
+        crate::telemetry::RPC_SPAN,
         otel.name = %name.path.trim_start_matches('/'),
         otel.kind = "server",
         rpc.system = "grpc",

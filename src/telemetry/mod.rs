@@ -1,5 +1,6 @@
 //! Logs, traces and metrics.
 
+mod json_lines;
 pub mod metrics;
 pub mod propagation;
 
@@ -9,7 +10,11 @@ use opentelemetry_sdk::{
     Resource, runtime::Tokio, trace::SdkTracerProvider,
     trace::span_processor_with_async_runtime::BatchSpanProcessor,
 };
-use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing::Subscriber;
+use tracing_subscriber::{
+    EnvFilter, Layer, fmt, fmt::MakeWriter, layer::SubscriberExt, registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,12 +84,7 @@ pub fn init(log: &LogSettings, otel: Option<&OtelSettings>) -> Result<Telemetry,
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
     let logs = match log.format {
-        LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Json => json_logs(std::io::stderr).boxed(),
         LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
     };
     let provider = otel.map(tracer_provider).transpose()?;
@@ -105,6 +105,23 @@ pub fn init(log: &LogSettings, otel: Option<&OtelSettings>) -> Result<Telemetry,
         }
     }
     Ok(Telemetry { provider })
+}
+
+/// The name of the span each RPC runs in: the span that log lines logged during a request show.
+pub const RPC_SPAN: &str = "rpc";
+
+/// JSON log lines written to `writer` ([`json_lines`]): each event's fields at the top level,
+/// and under `span` its request's span, which carries the request id and the method, even for
+/// a line logged inside the span of a database or model call.
+pub fn json_logs<S, W>(writer: W) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .fmt_fields(json_lines::JsonMembers)
+        .event_format(json_lines::JsonLines)
+        .with_writer(writer)
 }
 
 fn tracer_provider(otel: &OtelSettings) -> Result<SdkTracerProvider, TelemetryError> {

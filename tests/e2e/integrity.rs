@@ -474,6 +474,19 @@ async fn a_model_that_refuses_connections_for_a_moment_is_tried_again() {
     });
     let reply = completed.expect("the turn completed");
     assert!(refused() >= 1);
+    // Logged inside the model call's span, the line still shows the request's span, and so
+    // its id where a log collector looks for it.
+    let retried = logs::lines_containing(&request_id)
+        .into_iter()
+        .filter(|line| line["message"] == "the model request failed; trying again")
+        .collect::<Vec<_>>();
+    assert!(
+        retried
+            .iter()
+            .all(|line| line["span"]["request_id"] == request_id.as_str()
+                && line["span"]["rpc.method"] == "SendMessage"),
+        "{retried:?}"
+    );
     let stored = app.db.messages(&reply.conversation_id).await;
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert_eq!(stored[1].status, "complete");

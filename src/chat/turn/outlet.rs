@@ -60,10 +60,15 @@ impl Outlet {
     }
 
     /// Resolves when the client has gone away from a turn that ends with it; never otherwise.
-    pub async fn abandoned(&self) {
-        match &self.client {
-            Some(client) if !self.detached => client.closed().await,
-            _ => std::future::pending().await,
+    /// It holds no borrow of the outlet, so that one wait can last while events go out: the
+    /// sender it keeps only watches the client's stream, which ends with the turn's.
+    pub fn abandoned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let client = self.client.clone().filter(|_| !self.detached);
+        async move {
+            match client {
+                Some(client) => client.closed().await,
+                None => std::future::pending().await,
+            }
         }
     }
 

@@ -1,12 +1,12 @@
 //! Relaying the model's reply to the client as it is generated.
 
-use std::time::Duration;
+use std::{pin::pin, time::Duration};
 
 use futures_util::stream;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::{
     outlet::{Delivery, Outlet},
@@ -155,13 +155,18 @@ pub(super) async fn relay(
         fallbacks: Vec::new(),
     };
     let span = telemetry.model_span().clone();
+    // Set up once: each registers a waiter, which a wait made afresh for every event would
+    // register and remove again.
+    let mut abandoned = pin!(outlet.abandoned());
+    let mut cancelled = pin!(stops.cancel.cancelled());
+    let mut shutdown = pin!(stops.shutdown.cancelled());
     relayed.ending = loop {
         let event = tokio::select! {
             biased;
-            () = outlet.abandoned() => break Ending::Cancelled,
-            () = stops.cancel.cancelled() => break Ending::Cancelled,
-            () = stops.shutdown.cancelled() => break Ending::Interrupted,
-            event = model.next().instrument(span.clone()) => event,
+            () = &mut abandoned => break Ending::Cancelled,
+            () = &mut cancelled => break Ending::Cancelled,
+            () = &mut shutdown => break Ending::Interrupted,
+            event = next_in(&mut model, &span) => event,
         };
         match event {
             None => break Ending::Finished,
@@ -175,7 +180,7 @@ pub(super) async fn relay(
                 relayed.text.push_str(&delta);
                 let delivery = tokio::select! {
                     biased;
-                    () = stops.shutdown.cancelled() => None,
+                    () = &mut shutdown => None,
                     delivery = outlet.deliver(delta, stall_timeout) => Some(delivery),
                 };
                 let ending = match delivery {
@@ -199,6 +204,18 @@ pub(super) async fn relay(
         }
     };
     relayed
+}
+
+/// The model's next event, read inside its call's span, as `Instrumented` would, without a
+/// handle of the span for each event.
+fn next_in<'a>(
+    model: &'a mut ModelStream,
+    span: &'a Span,
+) -> impl Future<Output = Option<Result<ModelEvent, LlmError>>> + Send + 'a {
+    std::future::poll_fn(move |cx| {
+        let _entered = span.enter();
+        model.as_mut().poll_next(cx)
+    })
 }
 
 /// What stops a turn before its end: someone cancelling it, or the shutdown grace period

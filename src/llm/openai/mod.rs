@@ -99,6 +99,10 @@ impl ChatModel for OpenAiModel {
     }
 }
 
+/// About what a request's JSON spends on each message beside its text: its keys, role and
+/// quotes.
+const REQUEST_BYTES_PER_MESSAGE: usize = 64;
+
 type BodyStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
 
 /// One reply being generated: connects (with retries), then reads the body's events.
@@ -162,9 +166,14 @@ impl CompletionStream {
                 include_usage: true,
             },
         };
-        let body = serde_json::to_vec(&body)
+        // Sized for the text and each message's keys up front, so that a long context is not
+        // copied again at each doubling of the buffer.
+        let mut encoded = Vec::with_capacity(
+            request.text_bytes() + REQUEST_BYTES_PER_MESSAGE * (request.messages.len() + 2),
+        );
+        let body = serde_json::to_writer(&mut encoded, &body)
             .map_err(|e| LlmError::Malformed(format!("cannot encode the request: {e}")))
-            .map(bytes::Bytes::from);
+            .map(|()| bytes::Bytes::from(encoded));
         let now = Instant::now();
         let deadline = now + inner.settings.total_timeout;
         Self {

@@ -6,6 +6,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -31,11 +32,10 @@ pub fn capture() {
     BUFFER.get_or_init(|| {
         let buffer = Buffer::default();
         let writer = buffer.clone();
-        let installed = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("info")
-            .with_writer(move || writer.clone())
+        // The service's own JSON lines, so that tests see what an operator would.
+        let installed = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(chat_service::telemetry::json_logs(move || writer.clone()))
             .try_init();
         assert!(installed.is_ok(), "another subscriber was installed first");
         buffer
