@@ -1,13 +1,19 @@
-//! JSON log lines, written straight into the line's buffer: each event's fields at the top
-//! level and, under `span`, the request's span, whose fields are rendered once, as they are
-//! recorded, and copied into each line as they are.
+//! JSON log lines, written straight into a line's buffer: each event's fields at the top level
+//! and, under `span`, the request's span, whose fields are rendered once, as they are recorded,
+//! and copied into each line as they are.
 //!
-//! `tracing-subscriber`'s own JSON format keeps a span's fields as a JSON object that it parses
-//! back for every line logged inside the span and for every field recorded on it, and writes
-//! through `serde_json` one character at a time: under callgrind, three lines a turn cost the
-//! service more instructions than anything else a turn does. The lines are the same shape.
+//! `tracing-subscriber`'s own JSON format keeps every span's fields as a JSON object that it
+//! parses back for every line logged inside the span and for every field recorded on it, and
+//! writes through `serde_json`: under callgrind, three lines a turn cost the service more
+//! instructions than anything else a turn does. Its layer also renders the fields of every span,
+//! the database's and the model's too, for lines that show one. This layer renders only the
+//! request's.
 
-use std::fmt::{self, Write as _};
+use std::{
+    cell::RefCell,
+    fmt::{self, Write as _},
+    io::Write as _,
+};
 
 use chrono::{SecondsFormat, Utc};
 use tracing::{
@@ -16,86 +22,133 @@ use tracing::{
     span,
 };
 use tracing_subscriber::{
-    field::RecordFields,
-    fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, format::Writer},
+    fmt::MakeWriter,
+    layer::{Context, Layer},
     registry::{LookupSpan, SpanRef},
 };
 
 use super::RPC_SPAN;
 
-/// A span's fields as the members of a JSON object, without its braces, so that fields
-/// recorded later are appended and a line copies them as they are.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct JsonMembers;
+/// The layer that writes one JSON line per event to its writer.
+pub struct JsonLines<W> {
+    writer: W,
+}
 
-impl<'writer> FormatFields<'writer> for JsonMembers {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut members = Members::new(writer, true);
-        fields.record(&mut members);
-        members.result
-    }
-
-    fn add_fields(
-        &self,
-        current: &'writer mut FormattedFields<Self>,
-        fields: &span::Record<'_>,
-    ) -> fmt::Result {
-        let first = current.fields.is_empty();
-        let mut members = Members::new(current.as_writer(), first);
-        fields.record(&mut members);
-        members.result
+impl<W> JsonLines<W> {
+    pub fn new(writer: W) -> Self {
+        Self { writer }
     }
 }
 
-/// One line per event: `timestamp`, `level`, the event's fields (its text as `message`),
-/// `target`, and its request's span, with its fields and `name`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct JsonLines;
+/// The request span's fields as the members of a JSON object, without its braces.
+struct RequestFields(String);
 
-impl<S> FormatEvent<S, JsonMembers> for JsonLines
+/// The most a thread keeps of the buffer lines are written in: one long line does not hold its
+/// size for good.
+const LINE_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl<S, W> Layer<S> for JsonLines<W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, JsonMembers>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let meta = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        writer.write_str(&Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true))?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(meta.level().as_str())?;
-        writer.write_char('"')?;
-        let mut members = Members::new(writer.by_ref(), false);
-        event.record(&mut members);
-        members.result?;
-        writer.write_str(",\"target\":")?;
-        string(&mut writer, meta.target())?;
-        if let Some(span) = shown_span(ctx) {
-            writer.write_str(",\"span\":{")?;
-            if let Some(fields) = span.extensions().get::<FormattedFields<JsonMembers>>()
-                && !fields.fields.is_empty()
-            {
-                writer.write_str(&fields.fields)?;
-                writer.write_char(',')?;
-            }
-            writer.write_str("\"name\":")?;
-            string(&mut writer, span.name())?;
-            writer.write_char('}')?;
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() != RPC_SPAN {
+            return;
         }
-        writer.write_str("}\n")
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = String::new();
+        let mut members = Members::new(&mut fields, true);
+        attrs.record(&mut members);
+        span.extensions_mut().insert(RequestFields(fields));
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut extensions = span.extensions_mut();
+        if let Some(RequestFields(fields)) = extensions.get_mut::<RequestFields>() {
+            let first = fields.is_empty();
+            values.record(&mut Members::new(fields, first));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let log = |line: &mut String| {
+            line.clear();
+            if write_line(line, event, shown_span(event, &ctx)).is_ok() {
+                // A log line that cannot be written has nowhere else to go.
+                let _ = self
+                    .writer
+                    .make_writer_for(event.metadata())
+                    .write_all(line.as_bytes());
+            }
+        };
+        // The thread's buffer is gone while the thread exits (a value dropped then may log):
+        // a buffer of the line's own then, as when it is somehow in use already.
+        let reused = LINE.try_with(|buffer| {
+            let Ok(mut line) = buffer.try_borrow_mut() else {
+                return false;
+            };
+            log(&mut line);
+            if line.capacity() > LINE_KEPT {
+                *line = String::new();
+            }
+            true
+        });
+        if reused != Ok(true) {
+            log(&mut String::new());
+        }
     }
 }
 
-/// The span a line shows: its request's, or, outside any request, the innermost.
-fn shown_span<'a, S>(ctx: &'a FmtContext<'_, S, JsonMembers>) -> Option<SpanRef<'a, S>>
+/// One line: `timestamp`, `level`, the event's fields (its text as `message`), `target`, and
+/// `span`, with the request span's fields and its `name`.
+fn write_line<S>(line: &mut String, event: &Event<'_>, span: Option<SpanRef<'_, S>>) -> fmt::Result
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    let meta = event.metadata();
+    line.push_str("{\"timestamp\":\"");
+    line.push_str(&Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true));
+    line.push_str("\",\"level\":\"");
+    line.push_str(meta.level().as_str());
+    line.push('"');
+    let mut members = Members::new(line, false);
+    event.record(&mut members);
+    members.result?;
+    line.push_str(",\"target\":");
+    string(line, meta.target())?;
+    if let Some(span) = span {
+        line.push_str(",\"span\":{");
+        if let Some(RequestFields(fields)) = span.extensions().get::<RequestFields>()
+            && !fields.is_empty()
+        {
+            line.push_str(fields);
+            line.push(',');
+        }
+        line.push_str("\"name\":");
+        string(line, span.name())?;
+        line.push('}');
+    }
+    line.push_str("}\n");
+    Ok(())
+}
+
+/// The span a line shows: its request's, or, outside any request, the innermost (by name only).
+fn shown_span<'a, S>(event: &Event<'_>, ctx: &'a Context<'_, S>) -> Option<SpanRef<'a, S>>
 where
     S: Subscriber + for<'l> LookupSpan<'l>,
 {
     let mut innermost = None;
-    for span in ctx.event_scope()? {
+    for span in ctx.event_scope(event)? {
         if span.name() == RPC_SPAN {
             return Some(span);
         }
@@ -106,13 +159,13 @@ where
 
 /// Writes fields as `"name":value` members, after a comma unless they are the first.
 struct Members<'a> {
-    out: Writer<'a>,
+    out: &'a mut String,
     first: bool,
     result: fmt::Result,
 }
 
 impl<'a> Members<'a> {
-    fn new(out: Writer<'a>, first: bool) -> Self {
+    fn new(out: &'a mut String, first: bool) -> Self {
         Self {
             out,
             first,
@@ -120,27 +173,26 @@ impl<'a> Members<'a> {
         }
     }
 
-    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'a>) -> fmt::Result) {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
-        self.result = (|| {
-            if !std::mem::take(&mut self.first) {
-                self.out.write_char(',')?;
-            }
-            string(&mut self.out, field.name())?;
-            self.out.write_char(':')?;
-            value(&mut self.out)
-        })();
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
+        }
+        self.result = string(self.out, field.name())
+            .and_then(|()| self.out.write_char(':'))
+            .and_then(|()| value(self.out));
     }
 }
 
 impl Visit for Members<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.member(field, |out| {
-            out.write_char('"')?;
+            out.push('"');
             write!(Escaping(out), "{value:?}")?;
-            out.write_char('"')
+            out.push('"');
+            Ok(())
         });
     }
 
@@ -158,7 +210,8 @@ impl Visit for Members<'_> {
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.member(field, |out| {
-            out.write_str(if value { "true" } else { "false" })
+            out.push_str(if value { "true" } else { "false" });
+            Ok(())
         });
     }
 
@@ -168,24 +221,26 @@ impl Visit for Members<'_> {
             if value.is_finite() {
                 write!(out, "{value:?}")
             } else {
-                out.write_str("null")
+                out.push_str("null");
+                Ok(())
             }
         });
     }
 }
 
 /// `text` as a JSON string.
-fn string(out: &mut Writer<'_>, text: &str) -> fmt::Result {
-    out.write_char('"')?;
+fn string(out: &mut String, text: &str) -> fmt::Result {
+    out.push('"');
     Escaping(out).write_str(text)?;
-    out.write_char('"')
+    out.push('"');
+    Ok(())
 }
 
 /// Passes text on with what JSON forbids inside a string escaped: quotes, backslashes and
 /// control characters. Runs of other text are passed on whole.
-struct Escaping<'a, 'w>(&'a mut Writer<'w>);
+struct Escaping<'a>(&'a mut String);
 
-impl fmt::Write for Escaping<'_, '_> {
+impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut plain = 0;
         for (at, byte) in text.bytes().enumerate() {
@@ -198,15 +253,16 @@ impl fmt::Write for Escaping<'_, '_> {
                 0..=0x1f => "",
                 _ => continue,
             };
-            self.0.write_str(&text[plain..at])?;
+            self.0.push_str(&text[plain..at]);
             if escaped.is_empty() {
                 write!(self.0, "\\u{byte:04x}")?;
             } else {
-                self.0.write_str(escaped)?;
+                self.0.push_str(escaped);
             }
             plain = at + 1;
         }
-        self.0.write_str(&text[plain..])
+        self.0.push_str(&text[plain..]);
+        Ok(())
     }
 }
 
@@ -316,9 +372,7 @@ mod tests {
         });
         assert_eq!(lines.len(), 2);
         assert!(lines[0].get("span").is_none(), "{:?}", lines[0]);
-        assert_eq!(
-            lines[1]["span"],
-            json!({"db.operation.name": "UPDATE", "name": "db"})
-        );
+        // Only the request's span keeps its fields for log lines.
+        assert_eq!(lines[1]["span"], json!({"name": "db"}));
     }
 }

@@ -118,10 +118,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    fmt::layer()
-        .fmt_fields(json_lines::JsonMembers)
-        .event_format(json_lines::JsonLines)
-        .with_writer(writer)
+    json_lines::JsonLines::new(writer)
 }
 
 fn tracer_provider(otel: &OtelSettings) -> Result<SdkTracerProvider, TelemetryError> {
