@@ -25,6 +25,10 @@ pub(super) struct SseDecoder {
 
 const BYTE_ORDER_MARK: &[u8] = "\u{feff}".as_bytes();
 
+/// The most a buffer keeps between events: a usual event is a few hundred bytes, and one of up
+/// to the limit is held only while it is read.
+const KEPT_BYTES: usize = 16 * 1024;
+
 impl SseDecoder {
     /// A decoder that refuses an event whose lines take more than `max_event_bytes` together.
     pub(super) fn new(max_event_bytes: usize) -> Self {
@@ -51,16 +55,31 @@ impl SseDecoder {
             bytes = &bytes[1..];
         }
         self.after_cr = false;
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
-            self.extend_line(&bytes[..end])?;
-            self.end_line(events);
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
+            self.check_room(end)?;
+            if self.line.is_empty() {
+                // The usual case: the whole line is in this read, and is read where it lies.
+                self.take_line(&bytes[..end], events);
+            } else {
+                self.line.extend_from_slice(&bytes[..end]);
+                let line = std::mem::take(&mut self.line);
+                self.take_line(&line, events);
+                // Kept for the next line that spans two reads, so that such a stream allocates
+                // nothing more.
+                if line.capacity() <= KEPT_BYTES {
+                    self.line = line;
+                    self.line.clear();
+                }
+            }
             let crlf = bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n');
             if bytes[end] == b'\r' && end + 1 == bytes.len() {
                 self.after_cr = true;
             }
             bytes = &bytes[end + if crlf { 2 } else { 1 }..];
         }
-        self.extend_line(bytes)
+        self.check_room(bytes.len())?;
+        self.line.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// Whether bytes of an event that never ended are held: at the end of the body they are
@@ -69,53 +88,52 @@ impl SseDecoder {
         !self.line.is_empty() || !self.data.is_empty()
     }
 
-    fn extend_line(&mut self, bytes: &[u8]) -> Result<(), EventTooLarge> {
+    /// Refuses `more` bytes of the event being read, and forgets what it held, if they would
+    /// take it past the limit.
+    fn check_room(&mut self, more: usize) -> Result<(), EventTooLarge> {
         let held = self.line.len() + self.data.len();
-        if held.saturating_add(bytes.len()) > self.max_event_bytes {
+        if held.saturating_add(more) > self.max_event_bytes {
             self.line = Vec::new();
             self.data = Vec::new();
             return Err(EventTooLarge);
         }
-        self.line.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn end_line(&mut self, events: &mut VecDeque<String>) {
-        let mut line = std::mem::take(&mut self.line);
-        if !std::mem::replace(&mut self.started, true) && line.starts_with(BYTE_ORDER_MARK) {
-            line.drain(..BYTE_ORDER_MARK.len());
+    /// One whole line, without its end.
+    fn take_line(&mut self, mut line: &[u8], events: &mut VecDeque<String>) {
+        if !std::mem::replace(&mut self.started, true) {
+            line = line.strip_prefix(BYTE_ORDER_MARK).unwrap_or(line);
         }
         if line.is_empty() {
             self.dispatch(events);
             return;
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(0) => return,
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
             }
-            None => (&line[..], &[][..]),
+            None => (line, &[][..]),
         };
         if field == b"data" {
             self.data.extend_from_slice(value);
             self.data.push(b'\n');
         }
-        // The line's buffer is kept for the next line, so that a steady stream allocates nothing.
-        line.clear();
-        self.line = line;
     }
 
     fn dispatch(&mut self, events: &mut VecDeque<String>) {
-        if self.data.is_empty() {
+        let Some((b'\n', data)) = self.data.split_last() else {
             return;
+        };
+        // A string of the event's own size; the buffer stays, grown to the largest event, so
+        // that reading a stream allocates once an event.
+        events.push_back(String::from_utf8_lossy(data).into_owned());
+        self.data.clear();
+        if self.data.capacity() > KEPT_BYTES {
+            self.data = Vec::new();
         }
-        let mut data = std::mem::take(&mut self.data);
-        data.pop();
-        events.push_back(match String::from_utf8(data) {
-            Ok(text) => text,
-            Err(invalid) => String::from_utf8_lossy(invalid.as_bytes()).into_owned(),
-        });
     }
 }
 
@@ -144,6 +162,31 @@ mod tests {
             decode(&[b"data: a\n", b"\ndata: b\r", b"\n\r", b"\ndata: c\r", b"\r"]),
             Ok(expected)
         );
+    }
+
+    #[test]
+    fn how_the_body_is_split_into_reads_changes_nothing() {
+        let body =
+            "\u{feff}data: {\"a\":1}\r\n: ping\r\n\r\ndata: x\rdata:y\r\rdata: \u{e9}t\u{e9}\n\n";
+        let whole = decode(&[body.as_bytes()]);
+        assert_eq!(
+            whole,
+            Ok(vec![
+                "{\"a\":1}".to_owned(),
+                "x\ny".to_owned(),
+                "\u{e9}t\u{e9}".to_owned()
+            ])
+        );
+        let bytes = body.as_bytes();
+        for at in 0..=bytes.len() {
+            assert_eq!(
+                decode(&[&bytes[..at], &bytes[at..]]),
+                whole,
+                "split at {at}"
+            );
+        }
+        let one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode(&one_by_one), whole);
     }
 
     #[test]
