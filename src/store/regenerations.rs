@@ -13,7 +13,7 @@ use super::{
     Conn, Operation, Store, StoreError,
     budgets::BudgetColumns,
     context::{JsonContextMessage, tool_calls_json},
-    statement::fixed,
+    statement::statement,
     turns::{begin, commit},
 };
 use crate::domain::{
@@ -204,7 +204,7 @@ async fn write_regeneration(
     limits: RegenerateLimits,
     at: DateTime<Utc>,
 ) -> QueryResult<RegenerateRow> {
-    fixed(REGENERATE_REPLY)
+    statement!(REGENERATE_REPLY)
         .bind::<SqlUuid, _>(user.as_uuid())
         .bind::<SqlUuid, _>(message.as_uuid())
         .bind::<Timestamptz, _>(at)

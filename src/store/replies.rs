@@ -12,7 +12,7 @@ use diesel_async::RunQueryDsl;
 
 use super::{
     Conn,
-    statement::{Binds, Fixed, fixed},
+    statement::{Binds, CacheKey, Fixed, statement},
 };
 use crate::domain::{Message, MessageId, Revision, ToolCallStatus, TurnId, UserId};
 
@@ -275,13 +275,18 @@ pub(super) async fn append_reply(
     turn: Option<&ReplyOf<'_>>,
     branch: Branch,
 ) -> QueryResult<ReplyWritten> {
-    let statement = match branch {
-        Branch::On => APPEND_REPLY,
-        Branch::Off => APPEND_REPLY_OFF_BRANCH,
+    let row = match branch {
+        Branch::On => {
+            bind_reply(statement!(APPEND_REPLY), user, reply, turn)
+                .get_result::<ReplyRow>(&mut conn)
+                .await?
+        }
+        Branch::Off => {
+            bind_reply(statement!(APPEND_REPLY_OFF_BRANCH), user, reply, turn)
+                .get_result::<ReplyRow>(&mut conn)
+                .await?
+        }
     };
-    let row = bind_reply(fixed(statement), user, reply, turn)
-        .get_result::<ReplyRow>(&mut conn)
-        .await?;
     Ok(row.into())
 }
 
@@ -295,12 +300,38 @@ pub(super) async fn append_reply_with_calls(
     turn: Option<&ReplyOf<'_>>,
     branch: Branch,
 ) -> QueryResult<ReplyWritten> {
-    let calls = &reply.tool_calls;
-    let statement = match branch {
-        Branch::On => APPEND_REPLY_WITH_CALLS,
-        Branch::Off => APPEND_REPLY_WITH_CALLS_OFF_BRANCH,
+    let row = match branch {
+        Branch::On => {
+            bind_calls(
+                statement!(APPEND_REPLY_WITH_CALLS),
+                user,
+                reply,
+                awaiting,
+                turn,
+            )
+            .get_result::<ReplyRow>(&mut conn)
+            .await?
+        }
+        Branch::Off => {
+            let statement = statement!(APPEND_REPLY_WITH_CALLS_OFF_BRANCH);
+            bind_calls(statement, user, reply, awaiting, turn)
+                .get_result::<ReplyRow>(&mut conn)
+                .await?
+        }
     };
-    let row = bind_reply(fixed(statement), user, reply, turn)
+    Ok(row.into())
+}
+
+/// `statement`, one of those that store a reply with its calls, with all its parameters.
+fn bind_calls<'a, K: CacheKey>(
+    statement: Fixed<(), K>,
+    user: UserId,
+    reply: &'a Message,
+    awaiting: Option<&'a Awaiting>,
+    turn: Option<&'a ReplyOf<'a>>,
+) -> Fixed<impl Binds + Send + 'a, K> {
+    let calls = &reply.tool_calls;
+    bind_reply(statement, user, reply, turn)
         .bind::<Nullable<Array<Text>>, _>(awaiting.map(|awaiting| &awaiting.calls))
         .bind::<Nullable<Timestamptz>, _>(awaiting.map(|awaiting| awaiting.until))
         .bind::<Array<SqlUuid>, _>(calls.iter().map(|c| *c.id.as_uuid()).collect::<Vec<_>>())
@@ -332,18 +363,15 @@ pub(super) async fn append_reply_with_calls(
                 })
                 .collect::<Vec<_>>(),
         )
-        .get_result::<ReplyRow>(&mut conn)
-        .await?;
-    Ok(row.into())
 }
 
 /// `statement`, one of the reply's, with the reply's and its turn's parameters `$1` to `$20`.
-fn bind_reply<'a>(
-    statement: Fixed<()>,
+fn bind_reply<'a, K: CacheKey>(
+    statement: Fixed<(), K>,
     user: UserId,
     reply: &'a Message,
     turn: Option<&'a ReplyOf<'a>>,
-) -> Fixed<impl Binds + Send + 'a> {
+) -> Fixed<impl Binds + Send + 'a, K> {
     let ends = turn.and_then(|turn| turn.ends);
     let tokens = reply.usage.map(|usage| usage.tokens);
     statement

@@ -13,7 +13,7 @@ use super::{
     Conn, Operation, Store, StoreError,
     models::ToolCallRow,
     schema::{conversations, messages, tool_calls},
-    statement::fixed,
+    statement::statement,
     turns::{RevisionRow, lock_conversation},
 };
 use crate::domain::{
@@ -217,7 +217,7 @@ async fn end_wait(
         .set(messages::status.eq(<&str>::from(MessageStatus::Complete)))
         .execute(conn)
         .await?;
-    let revision = fixed(
+    let revision = statement!(
         "UPDATE conversations
          SET awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
              revision = revision + 1, updated_at = GREATEST(updated_at, $2)

@@ -11,7 +11,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use super::{
     Conn, Operation, Store, StoreError,
     schema::{conversations, messages},
-    statement::fixed,
+    statement::{fixed, statement},
 };
 use crate::domain::{ConversationId, MessageId, Revision, ToolCallId, ToolCallStatus, UserId};
 
@@ -37,7 +37,7 @@ impl Store {
         answer_index: Option<i32>,
     ) -> Result<bool, StoreError> {
         self.run(TOOL_RESULT, async |conn| {
-            let updated = fixed(
+            let updated = statement!(
                 "UPDATE tool_calls SET status = $3, result = $4, answer_index = $5
                  FROM messages, conversations
                  WHERE tool_calls.id = $1 AND tool_calls.status = 'requested'

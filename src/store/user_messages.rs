@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::{
     Conn, Operation, Store, StoreError,
     budgets::BudgetColumns,
-    statement::fixed,
+    statement::{Binds, CacheKey, Fixed, statement},
     turns::{ConversationState, begin, commit},
 };
 use crate::domain::{
@@ -266,7 +266,7 @@ async fn lock_for_turn(
     budget: &Budget,
 ) -> QueryResult<(Option<ConversationState>, BudgetCheck)> {
     let period: &str = budget.period.into();
-    let row = fixed(LOCK_FOR_TURN)
+    let row = statement!(LOCK_FOR_TURN)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
         .bind::<SqlUuid, _>(user.as_uuid())
         .bind::<Nullable<BigInt>, _>(budget.tokens)
@@ -294,7 +294,7 @@ async fn lock_without_budget(
     user: UserId,
     message: &Message,
 ) -> QueryResult<(Option<ConversationState>, BudgetCheck)> {
-    let row = fixed(LOCK_WITHOUT_BUDGET)
+    let row = statement!(LOCK_WITHOUT_BUDGET)
         .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
         .bind::<SqlUuid, _>(user.as_uuid())
         .get_result::<UnbudgetedLockRow>(&mut conn)
@@ -422,27 +422,23 @@ async fn write_user_message(
     limits: &AppendLimits,
     turn: &NewTurn,
 ) -> QueryResult<UserAppended> {
-    let (statement, parent) = match turn.placement {
-        Placement::AfterLeaf => (APPEND_USER_MESSAGE, None),
-        Placement::After(parent) => (APPEND_USER_MESSAGE_AT, Some(*parent.as_uuid())),
-        Placement::AsRoot => (APPEND_USER_MESSAGE_AT, None),
+    // For a place the client chose: the message it follows, or none for a first message.
+    let chosen = match turn.placement {
+        Placement::AfterLeaf => None,
+        Placement::After(parent) => Some(Some(*parent.as_uuid())),
+        Placement::AsRoot => Some(None),
     };
-    let chosen = turn.placement.is_chosen();
-    let row = fixed(statement)
-        .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
-        .bind::<SqlUuid, _>(user.as_uuid())
-        .bind::<Timestamptz, _>(message.create_time)
-        .bind::<Text, _>(title_if_unnamed)
-        .bind::<SqlUuid, _>(message.id.as_uuid())
-        .bind::<Text, _>(&message.content)
-        .bind::<BigInt, _>(limits.max_revision)
-        .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
-        .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
-        .bind::<SqlUuid, _>(turn.replica);
     let row = match chosen {
-        false => row.get_result::<UserMessageRow>(&mut conn).await?,
-        true => {
-            row.bind::<Nullable<SqlUuid>, _>(parent)
+        None => {
+            let statement = statement!(APPEND_USER_MESSAGE);
+            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+                .get_result::<UserMessageRow>(&mut conn)
+                .await?
+        }
+        Some(parent) => {
+            let statement = statement!(APPEND_USER_MESSAGE_AT);
+            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+                .bind::<Nullable<SqlUuid>, _>(parent)
                 .bind::<BigInt, _>(limits.max_siblings)
                 .get_result::<UserMessageRow>(&mut conn)
                 .await?
@@ -472,6 +468,29 @@ async fn write_user_message(
         } => UserAppended::BudgetRefused,
         UserMessageRow { .. } => UserAppended::Refused,
     })
+}
+
+/// `statement`, [`APPEND_USER_MESSAGE`] or its twin at a chosen place, with the parameters they
+/// share, `$1` to `$10`.
+fn bind_user_message<'a, K: CacheKey>(
+    statement: Fixed<(), K>,
+    user: UserId,
+    message: &'a Message,
+    title_if_unnamed: &'a str,
+    limits: &AppendLimits,
+    turn: &'a NewTurn,
+) -> Fixed<impl Binds + Send + 'a, K> {
+    statement
+        .bind::<SqlUuid, _>(message.conversation_id.as_uuid())
+        .bind::<SqlUuid, _>(*user.as_uuid())
+        .bind::<Timestamptz, _>(message.create_time)
+        .bind::<Text, _>(title_if_unnamed)
+        .bind::<SqlUuid, _>(message.id.as_uuid())
+        .bind::<Text, _>(&message.content)
+        .bind::<BigInt, _>(limits.max_revision)
+        .bind::<Nullable<Text>, _>(turn.request_key.as_deref())
+        .bind::<Nullable<Bytea>, _>(turn.request_hash.as_deref())
+        .bind::<SqlUuid, _>(turn.replica)
 }
 
 /// How far a conversation may grow, as a user's message is added.
@@ -508,7 +527,7 @@ async fn insert_conversation(
     (max_conversations, budget): (i64, &Budget),
     turn: &NewTurn,
 ) -> QueryResult<CreatedRow> {
-    fixed(START_WITH_MESSAGE)
+    statement!(START_WITH_MESSAGE)
         .bind::<SqlUuid, _>(conversation.id.as_uuid())
         .bind::<SqlUuid, _>(user.as_uuid())
         .bind::<Text, _>(conversation.title.as_str())
