@@ -10,11 +10,15 @@ use serde::{Deserialize, Serialize};
 mod claims;
 pub mod jwks;
 mod mint;
+mod verified;
 
-use self::jwks::{JwksKeys, JwksSettings, VerifyingKey};
 pub use self::{
     claims::{AuthError, ClaimRules},
     mint::{MintError, mint_token},
+};
+use self::{
+    jwks::{JwksKeys, JwksSettings, VerifyingKey},
+    verified::{VerifiedTokens, unix_now},
 };
 use crate::domain::Subject;
 
@@ -65,6 +69,8 @@ pub enum InvalidKey {
 #[derive(Debug, Deserialize)]
 struct VerifiedClaims {
     sub: String,
+    /// Checked by the library; read to know how long the token may be remembered.
+    exp: Option<f64>,
 }
 
 /// What a minted token says.
@@ -89,7 +95,8 @@ pub struct Authenticator {
 
 #[derive(Clone)]
 enum Keys {
-    Fixed(Arc<VerifyingKey>),
+    /// With the tokens it verified lately, and the leeway their expiry is checked with.
+    Fixed(Arc<VerifyingKey>, Arc<VerifiedTokens>, Duration),
     Published(Arc<JwksKeys>),
 }
 
@@ -130,11 +137,15 @@ impl Authenticator {
         };
         let validation = rules.validation(algorithm);
         Ok(Self {
-            keys: Keys::Fixed(Arc::new(VerifyingKey {
-                key,
-                algorithm,
-                validation,
-            })),
+            keys: Keys::Fixed(
+                Arc::new(VerifyingKey {
+                    key,
+                    algorithm,
+                    validation,
+                }),
+                Arc::default(),
+                config.leeway,
+            ),
         })
     }
 
@@ -157,7 +168,7 @@ impl Authenticator {
         // Only a token whose key must be fetched first gets here.
         let token = bearer_token(headers)?;
         match &self.keys {
-            Keys::Fixed(key) => verify(token, key),
+            Keys::Fixed(key, verified, leeway) => verify_remembered(token, key, verified, *leeway),
             Keys::Published(keys) => {
                 let header = token_header(token)?;
                 let key = keys.key_for(header.kid.as_deref()).await?;
@@ -177,7 +188,9 @@ impl Authenticator {
             Err(error) => return Some(Err(error)),
         };
         match &self.keys {
-            Keys::Fixed(key) => Some(verify(token, key)),
+            Keys::Fixed(key, verified, leeway) => {
+                Some(verify_remembered(token, key, verified, *leeway))
+            }
             Keys::Published(keys) => {
                 let header = match token_header(token) {
                     Ok(header) => header,
@@ -229,9 +242,31 @@ fn verify_with_header(
 }
 
 fn verify(token: &str, key: &VerifyingKey) -> Result<Subject, AuthError> {
+    check(token, key).map(|(subject, _)| subject)
+}
+
+/// [`verify`], once for each token until it expires (or for five minutes at most).
+fn verify_remembered(
+    token: &str,
+    key: &VerifyingKey,
+    verified: &VerifiedTokens,
+    leeway: Duration,
+) -> Result<Subject, AuthError> {
+    let now = unix_now();
+    if let Some(subject) = verified.find(token, now) {
+        return Ok(subject);
+    }
+    let (subject, expires) = check(token, key)?;
+    verified.remember(token, &subject, expires, leeway, now);
+    Ok(subject)
+}
+
+/// Who a token names, and when it expires, if it passes its check against `key`.
+fn check(token: &str, key: &VerifyingKey) -> Result<(Subject, Option<f64>), AuthError> {
     let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &key.validation)
         .map_err(|e| explain(token, key.algorithm, e.kind()))?;
-    Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)
+    let subject = Subject::parse(&data.claims.sub).ok_or(AuthError::BadSubject)?;
+    Ok((subject, data.claims.exp))
 }
 
 fn explain(token: &str, algorithm: Algorithm, kind: &ErrorKind) -> AuthError {
@@ -293,6 +328,28 @@ mod tests {
         assert_eq!(
             subject.map(|s| s.as_str().to_owned()),
             Ok("alice".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_that_passed_once_passes_again_and_no_other_rides_on_it() {
+        let auth = Authenticator::new(&config()).unwrap_or_else(|e| panic!("{e}"));
+        let token = mint_token(&config(), "alice", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..2 {
+            let subject = auth.authenticate_at_once(&headers(&format!("Bearer {token}")));
+            assert_eq!(
+                subject.map(|s| s.map(|s| s.as_str().to_owned())),
+                Some(Ok("alice".to_owned()))
+            );
+        }
+        // The same claims with a signature that is not the key's.
+        let (signed, signature) = token.rsplit_once('.').unwrap_or_else(|| panic!("a JWT"));
+        let other = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{other}{}", &signature[1..]);
+        assert_eq!(
+            auth.authenticate_at_once(&headers(&format!("Bearer {forged}"))),
+            Some(Err(AuthError::BadSignature))
         );
     }
 
