@@ -379,3 +379,83 @@ async fn a_budget_of_ones_own_is_found_once_then_checked_in_the_lock() {
         assert_eq!(plain, plain_turn());
     }
 }
+
+/// The types of the parameters of the statement that writes a reply, in order: what the service
+/// binds (`bind_reply`).
+const REPLY_PARAMETERS: &str = "uuid, uuid, timestamptz, uuid, text, text, text, uuid, int4, int4[], \
+     text, jsonb, text, text, int4, int4, int4, int4, bool, int8";
+
+/// Values for [`REPLY_PARAMETERS`]: only planned, never run.
+const REPLY_VALUES: &str = "gen_random_uuid(), gen_random_uuid(), now(), gen_random_uuid(), \
+     'assistant', 'text', 'complete', gen_random_uuid(), 1, '{4}', 'completed', '{}', \
+     'generating', 'model', 1, 0, 1, 0, false, NULL";
+
+/// The plan PostgreSQL keeps for `sql` (a statement with [`REPLY_PARAMETERS`]) once a connection
+/// has run it a few times: the generic one.
+async fn generic_plan(app: &TestApp, sql: &str) -> String {
+    use diesel::{sql_query, sql_types::Text};
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    #[derive(diesel::QueryableByName)]
+    struct Plan {
+        #[diesel(sql_type = Text)]
+        plan: String,
+    }
+    let mut conn = app.db.connect().await;
+    conn.batch_execute(&format!(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE reply ({REPLY_PARAMETERS}) AS {sql};
+         CREATE FUNCTION pg_temp.plan_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
+         DECLARE line text; plan text := '';
+         BEGIN
+             FOR line IN EXECUTE statement LOOP plan := plan || line || E'\\n'; END LOOP;
+             RETURN plan;
+         END $$;"
+    ))
+    .await
+    .unwrap();
+    sql_query(format!(
+        "SELECT pg_temp.plan_of('EXPLAIN EXECUTE reply ({})') AS plan",
+        REPLY_VALUES.replace('\'', "''")
+    ))
+    .get_result::<Plan>(&mut conn)
+    .await
+    .unwrap()
+    .plan
+}
+
+/// A database that has served for a while holds many ended turns, and was last vacuumed at a
+/// quiet moment, when no turn was generating: as far as PostgreSQL knows, the index of generating
+/// turns is empty. A statement that says which state the turn's row must be in could then be
+/// planned to read that whole index to find its one row, and would go on reading it once turns
+/// are generating again: every generating turn's entry (and those of turns that ended since) on
+/// every reply, 500 of them a turn at 500 users. The turn's own row is found by its key.
+#[tokio::test]
+async fn a_reply_ends_its_turn_by_its_key_on_a_vacuumed_database() {
+    let _serial = serial().lock().await;
+    let app = TestApp::spawn().await;
+    let conversation = turn(&app, "", "").await;
+    let sent = statements_of(&app, turn(&app, &conversation, "")).await;
+    assert_eq!(sent, plain_turn());
+    let reply = statements(&app)
+        .into_iter()
+        .rfind(|sql| kind(sql) == "write reply")
+        .unwrap();
+    app.db
+        .run_sql(
+            "INSERT INTO turns (id, user_id, conversation_id, state, replica, created_at)
+             SELECT gen_random_uuid(), c.user_id, c.id,
+                    'completed', gen_random_uuid(), now()
+             FROM conversations c, generate_series(1, 5000) n",
+        )
+        .await;
+    app.db.run_sql("VACUUM ANALYZE turns").await;
+    let plan = generic_plan(&app, &reply).await;
+    assert!(
+        plan.contains("Update on turns"),
+        "the reply's statement ends its turn:\n{plan}"
+    );
+    assert!(
+        !plan.contains("turns_generating_idx"),
+        "the reply's statement reads the index of generating turns:\n{plan}"
+    );
+}

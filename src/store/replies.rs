@@ -126,6 +126,13 @@ pub(super) const ADD_USAGE: &str =
     add_to_day!("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "");
 
 /// The reply's row and the turn's end, once the conversation moved forward.
+///
+/// The turn ends only from generating: `owned` locked it in state `$13`, and `touched` wrote
+/// only if it did, so `$13` is the row's state. Saying so with `$13` rather than with the row's
+/// `state` keeps the planner off `turns_generating_idx`, whose predicate a condition on the
+/// row's state would match. Once `turns` was vacuumed while no turn was generating, its
+/// statistics call that index empty, and the turn's end would be planned to read all of it:
+/// every generating turn's entry, on every reply, instead of its own row by its key.
 macro_rules! reply_writes {
     () => {
         concat!(
@@ -154,7 +161,7 @@ macro_rules! reply_writes {
             ),
             "), ended AS (
              UPDATE turns SET state = $11, outcome = $12, ended_at = now()
-             WHERE id = $8 AND attempt = $9 AND state = 'generating' AND $11::text IS NOT NULL
+             WHERE id = $8 AND attempt = $9 AND $13 = 'generating' AND $11::text IS NOT NULL
                AND EXISTS (SELECT 1 FROM touched)
          )"
         )
