@@ -76,6 +76,13 @@ macro_rules! off_branch {
 /// reply's turn (if it has one) is the writer's, and the reply has its place.
 macro_rules! reply_touches {
     ($extra:literal) => {
+        reply_touches!(
+            $extra,
+            "
+                   AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM owned))"
+        )
+    };
+    ($extra:literal, $owned:literal) => {
         concat!(
             "touched AS (
                  UPDATE conversations
@@ -85,8 +92,9 @@ macro_rules! reply_touches {
                                        THEN (SELECT depth FROM follows) + 1 ELSE leaf_depth END",
             $extra,
             "
-                 WHERE id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM follows)
-                   AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM owned))
+                 WHERE id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM follows)",
+            $owned,
+            "
                  RETURNING id, revision
              ), "
         )
@@ -136,6 +144,21 @@ pub(super) const ADD_USAGE: &str =
 macro_rules! reply_writes {
     () => {
         concat!(
+            reply_rows!(),
+            ", ended AS (
+             UPDATE turns SET state = $11, outcome = $12, ended_at = now()
+             WHERE id = $8 AND attempt = $9 AND $13 = 'generating' AND $11::text IS NOT NULL
+               AND EXISTS (SELECT 1 FROM touched)
+         )"
+        )
+    };
+}
+
+/// The reply's row, and its call's usage added to its user's day, once the conversation moved
+/// forward.
+macro_rules! reply_rows {
+    () => {
+        concat!(
             "inserted AS (
              INSERT INTO messages (id, conversation_id, role, content, status, created_at,
                                    sequence, turn_id, turn_attempt, deltas, search_vector,
@@ -159,11 +182,7 @@ macro_rules! reply_writes {
                 "$20",
                 "FROM touched"
             ),
-            "), ended AS (
-             UPDATE turns SET state = $11, outcome = $12, ended_at = now()
-             WHERE id = $8 AND attempt = $9 AND $13 = 'generating' AND $11::text IS NOT NULL
-               AND EXISTS (SELECT 1 FROM touched)
-         )"
+            ")"
         )
     };
 }
@@ -203,6 +222,36 @@ const APPEND_REPLY_OFF_BRANCH: &str = concat!(
     reply_touches!(""),
     reply_writes!(),
     reply_answers!()
+);
+
+/// [`APPEND_REPLY`] for the usual reply: the last of its turn, on its branch, written by the
+/// replica generating it. It ends the turn as it locks it (`owned` is the turn's end), which
+/// costs PostgreSQL a row lock and a statement's part less than locking first and ending after;
+/// and it answers only the new revision. PostgreSQL sets up every part of a statement each time
+/// it runs it, so the parts that say why nothing was written cost every reply, while they
+/// answer only the rare one: when this writes nothing, [`APPEND_REPLY`] runs after it, finds
+/// the same (a turn that stopped generating never generates again, and a leaf that jumped never
+/// jumps back), and says why.
+///
+/// The turn must still be generating (`$13`), and the conversation's leaf must not have jumped
+/// since the turn started; the conversation is locked first, as everywhere, since the turn's
+/// condition reads its lock's answer.
+const APPEND_LAST_REPLY: &str = concat!(
+    "WITH locked AS MATERIALIZED (
+         SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth, leaf_jumps
+         FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+     ), owned AS MATERIALIZED (
+         UPDATE turns SET state = $11, outcome = $12, ended_at = now()
+         WHERE id = $8 AND attempt = $9 AND state = $13
+           AND leaf_jumps = (SELECT leaf_jumps FROM locked)
+         RETURNING id
+     ), follows AS MATERIALIZED (
+         SELECT leaf_id AS id, leaf_depth AS depth, true AS moves_leaf FROM locked
+         WHERE EXISTS (SELECT 1 FROM owned)
+     ), ",
+    reply_touches!("", ""),
+    reply_rows!(),
+    " SELECT (SELECT revision FROM touched) AS revision"
 );
 
 /// The statement that stores a reply with its calls, placed as `$follows` says.
@@ -256,6 +305,13 @@ struct ReplyRow {
     off_branch: bool,
 }
 
+/// What [`APPEND_LAST_REPLY`] answers.
+#[derive(QueryableByName)]
+struct LastReplyRow {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    revision: Option<Revision>,
+}
+
 /// Where a reply is written: on its turn's branch, as usual, or off it, once the first try found
 /// that the leaf jumped to another branch since the turn started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +330,8 @@ pub(super) enum ReplyWritten {
     OffBranch,
 }
 
-/// [`APPEND_REPLY`] (or [`APPEND_REPLY_OFF_BRANCH`]) for `reply`, of `turn` if it has one.
+/// [`APPEND_REPLY`] (or [`APPEND_REPLY_OFF_BRANCH`], or first [`APPEND_LAST_REPLY`] for the
+/// usual reply) for `reply`, of `turn` if it has one.
 pub(super) async fn append_reply(
     mut conn: &Conn,
     user: UserId,
@@ -282,6 +339,14 @@ pub(super) async fn append_reply(
     turn: Option<&ReplyOf<'_>>,
     branch: Branch,
 ) -> QueryResult<ReplyWritten> {
+    if branch == Branch::On && turn.is_some_and(ReplyOf::ends_generating) {
+        let row = bind_reply(statement!(APPEND_LAST_REPLY), user, reply, turn)
+            .get_result::<LastReplyRow>(&mut conn)
+            .await?;
+        if let Some(revision) = row.revision {
+            return Ok(ReplyWritten::Done(ReplyStored::At(revision)));
+        }
+    }
     let row = match branch {
         Branch::On => {
             bind_reply(statement!(APPEND_REPLY), user, reply, turn)
@@ -445,6 +510,13 @@ pub struct ReplyOf<'a> {
     pub while_state: crate::domain::TurnState,
 }
 
+impl ReplyOf<'_> {
+    /// Whether the reply ends its turn as the replica generating it: the usual last reply.
+    fn ends_generating(&self) -> bool {
+        self.ends.is_some() && self.while_state == crate::domain::TurnState::Generating
+    }
+}
+
 /// What became of a write of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyStored {
@@ -500,6 +572,23 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         UserId::from_uuid(nowhere),
         &reply,
         Some(&turn),
+        Branch::On,
+    )
+    .await?;
+    // And the usual last reply's statement, which finds no turn to end.
+    let outcome = serde_json::Value::Null;
+    let last = ReplyOf {
+        ends: Some(TurnEnding {
+            state: crate::domain::TurnState::Completed,
+            outcome: &outcome,
+        }),
+        ..turn
+    };
+    append_reply(
+        conn,
+        UserId::from_uuid(nowhere),
+        &reply,
+        Some(&last),
         Branch::On,
     )
     .await?;

@@ -233,7 +233,10 @@ impl Store {
     }
 
     /// BEGIN, each reply's statement and COMMIT, in one flight (see `begin`). Its connection is
-    /// closed unless it committed, as [`Store::run_transaction_by_hand`]'s is.
+    /// closed unless it committed, as [`Store::run_transaction_by_hand`]'s is. A usual last reply
+    /// that its statement did not write (rare: its turn was taken over, its leaf jumped, its
+    /// conversation was deleted) learns why from a statement of its own after the COMMIT, which
+    /// writes no more than the first did ([`append_reply`]).
     async fn write_together(&self, batch: &[Pending]) -> Result<Vec<ReplyWritten>, StoreError> {
         self.on_connection(true, async |conn| {
             let conn: &Conn = conn;

@@ -25,55 +25,107 @@ use crate::domain::{
 /// id and hash `$8`, `$9`. Only while the revision is below `$7` and the conversation awaits no
 /// tool results the client runs (unless they are overdue at `$3`); the wait ends otherwise. The
 /// UPDATE locks the conversation's row until the transaction ends, so concurrent writes to one
-/// conversation take their sequences one after the other, in the order they commit. A message
-/// whose request id is taken already (the request is a retry) is not written, and says so: a
-/// retry costs no statement of its own on the way of a first try. Returns the new revision, or
-/// none if the user has no such conversation (or it is full, or waits, or the id is taken); then
-/// nothing is written.
+/// conversation take their sequences one after the other, in the order they commit. Returns the
+/// new revision, or none if the user has no such conversation (or it is full, or waits, or the
+/// id is taken); then nothing is written.
 ///
 /// The message follows the conversation's leaf and becomes the leaf. The conversation's row is
 /// locked by this transaction before this statement runs (`begin`), so what it reads of the row
 /// is its latest state. A message whose place the client chose is written by
 /// [`APPEND_USER_MESSAGE_AT`] instead, which costs a usual turn nothing.
-const APPEND_USER_MESSAGE: &str = "WITH tip AS MATERIALIZED (
-         SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
-         FROM conversations WHERE id = $1 AND user_id = $2
-     ), touched AS (
-         UPDATE conversations
-         SET updated_at = GREATEST(updated_at, $3),
-             title = CASE WHEN title = '' THEN $4 ELSE title END,
-             revision = revision + 1,
-             awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
-             leaf_id = $5,
-             leaf_depth = COALESCE(leaf_depth, -1) + 1
-         WHERE id = $1 AND user_id = $2 AND revision < $7
-           AND (awaiting_until IS NULL OR awaiting_until <= $3)
-           AND ($8::text IS NULL
-                OR NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8))
-           AND current_setting('chat.budget', true) IS DISTINCT FROM 'refused'
-         RETURNING id, revision, leaf_jumps
-     ), inserted AS (
-         INSERT INTO messages (id, conversation_id, role, content, status, created_at, sequence,
-                               search_vector, parent_id, depth)
-         SELECT $5, id, 'user', $6, 'complete', $3, revision, chat_search_vector($6),
-                (SELECT leaf_id FROM tip), (SELECT leaf_depth FROM tip) + 1
-         FROM touched
-     ), started AS (
-         INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash, replica,
-                            created_at, leaf_jumps)
-         SELECT $5, $2, id, $8, $9, $10, $3, leaf_jumps FROM touched
-     ), unclaimed AS (
-         UPDATE users SET budget_turn = NULL
-         WHERE current_setting('chat.budget', true) = 'taken' AND id = $2 AND budget_turn = $5
-           AND NOT EXISTS (SELECT 1 FROM touched)
-     )
-     SELECT (SELECT revision FROM touched) AS revision,
-         $8::text IS NOT NULL AND (SELECT revision FROM touched) IS NULL
-             AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8) AS key_taken,
-         (SELECT leaf_id FROM tip) AS parent_id,
-         (SELECT leaf_jumps FROM touched) AS leaf_jumps,
-         NULL::text AS refusal,
-         current_setting('chat.budget', true) IS NOT DISTINCT FROM 'refused' AS budget_refused";
+///
+/// The statement comes in four kinds, so that a turn pays only for the parts its request needs;
+/// PostgreSQL sets up every part of a statement each time it runs it, whether it is needed or
+/// not:
+/// - `$key_check`, `$key_taken`: for a request with an id, a message whose request id is taken
+///   already (the request is a retry) is not written, and says so: a retry costs no statement of
+///   its own on the way of a first try. Without an id, nothing is looked up;
+/// - `$unclaim`: once a turn's lock took the user's budget for it ([`LOCK_FOR_TURN`]), a message
+///   that is not written gives it back. A turn locked without the budget took none.
+macro_rules! append_user_message {
+    (key_check: $key_check:literal, key_taken: $key_taken:literal, unclaim: $unclaim:literal) => {
+        concat!(
+            "WITH tip AS MATERIALIZED (
+                 SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
+                 FROM conversations WHERE id = $1 AND user_id = $2
+             ), touched AS (
+                 UPDATE conversations
+                 SET updated_at = GREATEST(updated_at, $3),
+                     title = CASE WHEN title = '' THEN $4 ELSE title END,
+                     revision = revision + 1,
+                     awaiting_message = NULL, awaiting_calls = NULL, awaiting_until = NULL,
+                     leaf_id = $5,
+                     leaf_depth = COALESCE(leaf_depth, -1) + 1
+                 WHERE id = $1 AND user_id = $2 AND revision < $7
+                   AND (awaiting_until IS NULL OR awaiting_until <= $3)",
+            $key_check,
+            "
+                   AND current_setting('chat.budget', true) IS DISTINCT FROM 'refused'
+                 RETURNING id, revision, leaf_jumps
+             ), inserted AS (
+                 INSERT INTO messages (id, conversation_id, role, content, status, created_at,
+                                       sequence, search_vector, parent_id, depth)
+                 SELECT $5, id, 'user', $6, 'complete', $3, revision, chat_search_vector($6),
+                        (SELECT leaf_id FROM tip), (SELECT leaf_depth FROM tip) + 1
+                 FROM touched
+             ), started AS (
+                 INSERT INTO turns (id, user_id, conversation_id, request_key, request_hash,
+                                    replica, created_at, leaf_jumps)
+                 SELECT $5, $2, id, $8, $9, $10, $3, leaf_jumps FROM touched
+             )",
+            $unclaim,
+            "
+             SELECT (SELECT revision FROM touched) AS revision,",
+            $key_taken,
+            " AS key_taken,
+                 (SELECT leaf_id FROM tip) AS parent_id,
+                 (SELECT leaf_jumps FROM touched) AS leaf_jumps,
+                 NULL::text AS refusal,
+                 current_setting('chat.budget', true) IS NOT DISTINCT FROM 'refused'
+                     AS budget_refused"
+        )
+    };
+    (keyed: true, budget: $budget:tt) => {
+        append_user_message!(
+            @budget $budget,
+            "
+                   AND NOT EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8)",
+            "
+                 (SELECT revision FROM touched) IS NULL
+                     AND EXISTS (SELECT 1 FROM turns WHERE user_id = $2 AND request_key = $8)"
+        )
+    };
+    (keyed: false, budget: $budget:tt) => {
+        append_user_message!(@budget $budget, "", " false")
+    };
+    (@budget true, $key_check:literal, $key_taken:literal) => {
+        append_user_message!(
+            key_check: $key_check,
+            key_taken: $key_taken,
+            unclaim: ", unclaimed AS (
+                 UPDATE users SET budget_turn = NULL
+                 WHERE current_setting('chat.budget', true) = 'taken' AND id = $2
+                   AND budget_turn = $5 AND NOT EXISTS (SELECT 1 FROM touched)
+             )"
+        )
+    };
+    (@budget false, $key_check:literal, $key_taken:literal) => {
+        append_user_message!(key_check: $key_check, key_taken: $key_taken, unclaim: "")
+    };
+}
+
+/// [`append_user_message!`] for a request without an id, in a turn locked without the budget:
+/// the usual turn.
+const APPEND_USER_MESSAGE: &str = append_user_message!(keyed: false, budget: false);
+
+/// [`append_user_message!`] for a request with an id, in a turn locked without the budget.
+const APPEND_KEYED_USER_MESSAGE: &str = append_user_message!(keyed: true, budget: false);
+
+/// [`append_user_message!`] for a request without an id, in a turn locked with the budget.
+const APPEND_BUDGETED_USER_MESSAGE: &str = append_user_message!(keyed: false, budget: true);
+
+/// [`append_user_message!`] for a request with an id, in a turn locked with the budget.
+const APPEND_KEYED_BUDGETED_USER_MESSAGE: &str = append_user_message!(keyed: true, budget: true);
 
 /// [`APPEND_USER_MESSAGE`] for a message at the place the client chose: after message `$11` of
 /// this conversation, or as a first message when `$11` is null. A chosen place is
@@ -412,15 +464,16 @@ impl UserAppended {
     }
 }
 
-/// [`APPEND_USER_MESSAGE`] for `message`, which starts `turn`, at `placement`. An empty
-/// `title_if_unnamed` leaves the title as it is.
+/// [`APPEND_USER_MESSAGE`] (or the kind [`append_user_message!`] that `turn` and `with_budget`,
+/// how its lock checked the budget, call for) for `message`, which starts `turn`, at
+/// `placement`. An empty `title_if_unnamed` leaves the title as it is.
 async fn write_user_message(
     mut conn: &Conn,
     user: UserId,
     message: &Message,
     title_if_unnamed: &str,
     limits: &AppendLimits,
-    turn: &NewTurn,
+    (turn, with_budget): (&NewTurn, bool),
 ) -> QueryResult<UserAppended> {
     // For a place the client chose: the message it follows, or none for a first message.
     let chosen = match turn.placement {
@@ -430,10 +483,8 @@ async fn write_user_message(
     };
     let row = match chosen {
         None => {
-            let statement = statement!(APPEND_USER_MESSAGE);
-            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
-                .get_result::<UserMessageRow>(&mut conn)
-                .await?
+            let binds = (user, message, title_if_unnamed, limits, turn);
+            append_after_leaf(conn, binds, with_budget).await?
         }
         Some(parent) => {
             let statement = statement!(APPEND_USER_MESSAGE_AT);
@@ -468,6 +519,42 @@ async fn write_user_message(
         } => UserAppended::BudgetRefused,
         UserMessageRow { .. } => UserAppended::Refused,
     })
+}
+
+/// [`APPEND_USER_MESSAGE`], or the kind of it that the request's id and `with_budget` call for,
+/// with its parameters `binds`.
+async fn append_after_leaf(
+    mut conn: &Conn,
+    binds: (UserId, &Message, &str, &AppendLimits, &NewTurn),
+    with_budget: bool,
+) -> QueryResult<UserMessageRow> {
+    let (user, message, title_if_unnamed, limits, turn) = binds;
+    match (turn.request_key.is_some(), with_budget) {
+        (true, true) => {
+            let statement = statement!(APPEND_KEYED_BUDGETED_USER_MESSAGE);
+            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+                .get_result(&mut conn)
+                .await
+        }
+        (true, false) => {
+            let statement = statement!(APPEND_KEYED_USER_MESSAGE);
+            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+                .get_result(&mut conn)
+                .await
+        }
+        (false, true) => {
+            let statement = statement!(APPEND_BUDGETED_USER_MESSAGE);
+            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+                .get_result(&mut conn)
+                .await
+        }
+        (false, false) => {
+            let statement = statement!(APPEND_USER_MESSAGE);
+            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+                .get_result(&mut conn)
+                .await
+        }
+    }
 }
 
 /// `statement`, [`APPEND_USER_MESSAGE`] or its twin at a chosen place, with the parameters they
@@ -740,7 +827,9 @@ impl Store {
                 Ok::<_, diesel::result::Error>((next, state, budget, unsent))
             };
             let write = async {
-                let appended = write_user_message(conn, user, message, title, limits, turn).await?;
+                let appended =
+                    write_user_message(conn, user, message, title, limits, (turn, with_budget))
+                        .await?;
                 let unsent = placed_by_write.and_then(|placed| match appended {
                     UserAppended::BudgetRefused => Some(placed),
                     _ => tell(placed, appended.placed()),
@@ -892,12 +981,19 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
     };
     lock_for_turn(conn, nobody, &message, &limits.budget).await?;
     lock_without_budget(conn, nobody, &message).await?;
-    write_user_message(conn, nobody, &message, "", &limits, &turn).await?;
+    let keyed = NewTurn {
+        request_key: Some("prepared".to_owned()),
+        ..turn.clone()
+    };
+    for with_budget in [false, true] {
+        write_user_message(conn, nobody, &message, "", &limits, (&turn, with_budget)).await?;
+        write_user_message(conn, nobody, &message, "", &limits, (&keyed, with_budget)).await?;
+    }
     let chosen = NewTurn {
         placement: Placement::AsRoot,
         ..turn.clone()
     };
-    write_user_message(conn, nobody, &message, "", &limits, &chosen).await?;
+    write_user_message(conn, nobody, &message, "", &limits, (&chosen, false)).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
     insert_conversation(
         conn,
