@@ -567,14 +567,6 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         ends: None,
         while_state: crate::domain::TurnState::Generating,
     };
-    append_reply(
-        conn,
-        UserId::from_uuid(nowhere),
-        &reply,
-        Some(&turn),
-        Branch::On,
-    )
-    .await?;
     // And the usual last reply's statement, which finds no turn to end.
     let outcome = serde_json::Value::Null;
     let last = ReplyOf {
@@ -584,13 +576,15 @@ pub(super) async fn prepare_reply_statement(conn: &Conn) -> QueryResult<()> {
         }),
         ..turn
     };
-    append_reply(
-        conn,
-        UserId::from_uuid(nowhere),
-        &reply,
-        Some(&last),
-        Branch::On,
-    )
-    .await?;
+    for turn in [turn, last] {
+        append_reply(
+            conn,
+            UserId::from_uuid(nowhere),
+            &reply,
+            Some(&turn),
+            Branch::On,
+        )
+        .await?;
+    }
     Ok(())
 }

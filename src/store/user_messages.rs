@@ -524,37 +524,39 @@ async fn write_user_message(
 /// [`APPEND_USER_MESSAGE`], or the kind of it that the request's id and `with_budget` call for,
 /// with its parameters `binds`.
 async fn append_after_leaf(
-    mut conn: &Conn,
+    conn: &Conn,
     binds: (UserId, &Message, &str, &AppendLimits, &NewTurn),
     with_budget: bool,
 ) -> QueryResult<UserMessageRow> {
-    let (user, message, title_if_unnamed, limits, turn) = binds;
-    match (turn.request_key.is_some(), with_budget) {
+    match (binds.4.request_key.is_some(), with_budget) {
         (true, true) => {
             let statement = statement!(APPEND_KEYED_BUDGETED_USER_MESSAGE);
-            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
-                .get_result(&mut conn)
-                .await
+            run_user_message(conn, statement, binds).await
         }
-        (true, false) => {
-            let statement = statement!(APPEND_KEYED_USER_MESSAGE);
-            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
-                .get_result(&mut conn)
-                .await
-        }
+        (true, false) => run_user_message(conn, statement!(APPEND_KEYED_USER_MESSAGE), binds).await,
         (false, true) => {
             let statement = statement!(APPEND_BUDGETED_USER_MESSAGE);
-            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
-                .get_result(&mut conn)
-                .await
+            run_user_message(conn, statement, binds).await
         }
-        (false, false) => {
-            let statement = statement!(APPEND_USER_MESSAGE);
-            bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
-                .get_result(&mut conn)
-                .await
-        }
+        (false, false) => run_user_message(conn, statement!(APPEND_USER_MESSAGE), binds).await,
     }
+}
+
+/// `statement`, one of the kinds of [`APPEND_USER_MESSAGE`], with its parameters `binds`.
+async fn run_user_message<K: CacheKey>(
+    mut conn: &Conn,
+    statement: Fixed<(), K>,
+    (user, message, title_if_unnamed, limits, turn): (
+        UserId,
+        &Message,
+        &str,
+        &AppendLimits,
+        &NewTurn,
+    ),
+) -> QueryResult<UserMessageRow> {
+    bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+        .get_result(&mut conn)
+        .await
 }
 
 /// `statement`, [`APPEND_USER_MESSAGE`] or its twin at a chosen place, with the parameters they
