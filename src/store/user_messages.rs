@@ -34,21 +34,40 @@ use crate::domain::{
 /// is its latest state. A message whose place the client chose is written by
 /// [`APPEND_USER_MESSAGE_AT`] instead, which costs a usual turn nothing.
 ///
-/// The statement comes in four kinds, so that a turn pays only for the parts its request needs;
+/// The statement comes in several kinds, so that a turn pays only for the parts its request needs;
 /// PostgreSQL sets up every part of a statement each time it runs it, whether it is needed or
 /// not:
 /// - `$key_check`, `$key_taken`: for a request with an id, a message whose request id is taken
 ///   already (the request is a retry) is not written, and says so: a retry costs no statement of
 ///   its own on the way of a first try. Without an id, nothing is looked up;
 /// - `$unclaim`: once a turn's lock took the user's budget for it ([`LOCK_FOR_TURN`]), a message
-///   that is not written gives it back. A turn locked without the budget took none.
+///   that is not written gives it back. A turn locked without the budget took none;
+/// - `locking` (for `budget`): the statement locks the conversation itself, as
+///   [`LOCK_WITHOUT_BUDGET`] would before it, and answers what that lock does
+///   ([`APPEND_KEYED_LOCKING_USER_MESSAGE`]).
 macro_rules! append_user_message {
     (key_check: $key_check:literal, key_taken: $key_taken:literal, unclaim: $unclaim:literal) => {
+        append_user_message!(
+            tip: "SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
+                 FROM conversations WHERE id = $1 AND user_id = $2
+             )",
+            key_check: $key_check,
+            budget_check: "
+                   AND current_setting('chat.budget', true) IS DISTINCT FROM 'refused'",
+            unclaim: $unclaim,
+            key_taken: $key_taken,
+            budget_refused: "
+                 current_setting('chat.budget', true) IS NOT DISTINCT FROM 'refused'
+                     AS budget_refused"
+        )
+    };
+    (tip: $tip:literal, key_check: $key_check:literal, budget_check: $budget_check:literal,
+     unclaim: $unclaim:literal, key_taken: $key_taken:literal, budget_refused: $refused:literal) => {
         concat!(
             "WITH tip AS MATERIALIZED (
-                 SELECT leaf_id, COALESCE(leaf_depth, -1) AS leaf_depth
-                 FROM conversations WHERE id = $1 AND user_id = $2
-             ), touched AS (
+                 ",
+            $tip,
+            ", touched AS (
                  UPDATE conversations
                  SET updated_at = GREATEST(updated_at, $3),
                      title = CASE WHEN title = '' THEN $4 ELSE title END,
@@ -59,8 +78,8 @@ macro_rules! append_user_message {
                  WHERE id = $1 AND user_id = $2 AND revision < $7
                    AND (awaiting_until IS NULL OR awaiting_until <= $3)",
             $key_check,
+            $budget_check,
             "
-                   AND current_setting('chat.budget', true) IS DISTINCT FROM 'refused'
                  RETURNING id, revision, leaf_jumps
              ), inserted AS (
                  INSERT INTO messages (id, conversation_id, role, content, status, created_at,
@@ -80,9 +99,8 @@ macro_rules! append_user_message {
             " AS key_taken,
                  (SELECT leaf_id FROM tip) AS parent_id,
                  (SELECT leaf_jumps FROM touched) AS leaf_jumps,
-                 NULL::text AS refusal,
-                 current_setting('chat.budget', true) IS NOT DISTINCT FROM 'refused'
-                     AS budget_refused"
+                 NULL::text AS refusal,",
+            $refused
         )
     };
     (keyed: true, budget: $budget:tt) => {
@@ -112,20 +130,52 @@ macro_rules! append_user_message {
     (@budget false, $key_check:literal, $key_taken:literal) => {
         append_user_message!(key_check: $key_check, key_taken: $key_taken, unclaim: "")
     };
+    (@budget locking, $key_check:literal, $key_taken:literal) => {
+        append_user_message!(
+            tip: "SELECT revision, awaiting_until, leaf_id,
+                        COALESCE(leaf_depth, -1) AS leaf_depth, leaf_jumps
+                 FROM conversations WHERE id = $1 AND user_id = $2
+                 FOR NO KEY UPDATE
+             ), own AS MATERIALIZED (
+                 SELECT 1 FROM user_budgets
+                 WHERE user_id = $2 AND (tokens IS NOT NULL OR cost_micros IS NOT NULL)
+                   AND EXISTS (SELECT 1 FROM tip)
+             )",
+            key_check: $key_check,
+            budget_check: "
+                   AND NOT EXISTS (SELECT 1 FROM own)",
+            unclaim: "",
+            key_taken: $key_taken,
+            budget_refused: "
+                 EXISTS (SELECT 1 FROM own) AS budget_refused,
+                 (SELECT revision FROM tip) AS locked_revision,
+                 (SELECT awaiting_until FROM tip) AS awaiting_until,
+                 (SELECT leaf_jumps FROM tip) AS locked_leaf_jumps"
+        )
+    };
 }
 
 /// [`append_user_message!`] for a request without an id, in a turn locked without the budget:
 /// the usual turn.
 const APPEND_USER_MESSAGE: &str = append_user_message!(keyed: false, budget: false);
 
-/// [`append_user_message!`] for a request with an id, in a turn locked without the budget.
-const APPEND_KEYED_USER_MESSAGE: &str = append_user_message!(keyed: true, budget: false);
-
 /// [`append_user_message!`] for a request without an id, in a turn locked with the budget.
 const APPEND_BUDGETED_USER_MESSAGE: &str = append_user_message!(keyed: false, budget: true);
 
-/// [`append_user_message!`] for a request with an id, in a turn locked with the budget.
+/// [`append_user_message!`] for a request with an id, in a turn locked with the budget (a
+/// request with an id whose user has no budget is locked and written in one statement,
+/// [`APPEND_KEYED_LOCKING_USER_MESSAGE`]).
 const APPEND_KEYED_BUDGETED_USER_MESSAGE: &str = append_user_message!(keyed: true, budget: true);
+
+/// [`append_user_message!`] for a request with an id, for a user without a budget: the lock of
+/// [`LOCK_WITHOUT_BUDGET`] and the write in one statement. It answers what each of them does.
+/// The model waits for the write of such a request anyway, for its claim of the id, so a
+/// statement of its own for the lock only costs PostgreSQL a statement's setting up and the
+/// service a call. Its write reads the tables as they were when the statement began, before it
+/// waited for the conversation's lock: a twin of the request (the same id) that wrote to the
+/// same conversation meanwhile is not seen by the request id's lookup, but its turn, by the
+/// unique index, which refuses this one's ([`StoreError::Duplicate`]); nothing is written.
+const APPEND_KEYED_LOCKING_USER_MESSAGE: &str = append_user_message!(keyed: true, budget: locking);
 
 /// [`APPEND_USER_MESSAGE`] for a message at the place the client chose: after message `$11` of
 /// this conversation, or as a first message when `$11` is null. A chosen place is
@@ -373,6 +423,41 @@ const START_CONVERSATION: Operation = Operation::new("INSERT", "INSERT conversat
 
 const APPEND: Operation = Operation::new("UPDATE", "UPDATE conversations INSERT messages");
 
+/// What [`APPEND_KEYED_LOCKING_USER_MESSAGE`] answers: what the write answers, and what the
+/// lock does of the conversation's state (the leaf is the write's `parent_id`).
+#[derive(QueryableByName)]
+struct LockingWriteRow {
+    #[diesel(embed)]
+    written: UserMessageRow,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    locked_revision: Option<Revision>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    awaiting_until: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    locked_leaf_jumps: Option<i64>,
+}
+
+impl LockingWriteRow {
+    /// The conversation's state as locked (`None` if the user has no such conversation), what
+    /// was found of the user's budget, and what became of the message.
+    fn answered(self) -> (Option<ConversationState>, BudgetCheck, UserAppended) {
+        let state = match (self.locked_revision, self.locked_leaf_jumps) {
+            (Some(revision), Some(leaf_jumps)) => Some(ConversationState {
+                revision,
+                awaiting_until: self.awaiting_until,
+                leaf: self.written.parent_id.map(MessageId::from_uuid),
+                leaf_jumps,
+            }),
+            _ => None,
+        };
+        let budget = match self.written.budget_refused {
+            true => BudgetCheck::OwnFound,
+            false => BudgetCheck::NoneApplies,
+        };
+        (state, budget, self.written.into())
+    }
+}
+
 /// What [`APPEND_USER_MESSAGE`] answers.
 #[derive(QueryableByName)]
 struct UserMessageRow {
@@ -495,30 +580,36 @@ async fn write_user_message(
                 .await?
         }
     };
-    Ok(match row {
-        UserMessageRow {
-            revision: Some(revision),
-            parent_id,
-            leaf_jumps,
-            ..
-        } => UserAppended::At(Placed::new(revision, parent_id, leaf_jumps.unwrap_or(0))),
-        UserMessageRow {
-            key_taken: true, ..
-        } => UserAppended::KeyTaken,
-        UserMessageRow {
-            refusal: Some(reason),
-            ..
-        } => UserAppended::PlaceRefused(match reason.as_str() {
-            "parent_missing" => PlaceRefused::ParentMissing,
-            "branch_generating" => PlaceRefused::BranchGenerating,
-            _ => PlaceRefused::SiblingsFull,
-        }),
-        UserMessageRow {
-            budget_refused: true,
-            ..
-        } => UserAppended::BudgetRefused,
-        UserMessageRow { .. } => UserAppended::Refused,
-    })
+    Ok(row.into())
+}
+
+impl From<UserMessageRow> for UserAppended {
+    fn from(row: UserMessageRow) -> Self {
+        match row {
+            UserMessageRow {
+                revision: Some(revision),
+                parent_id,
+                leaf_jumps,
+                ..
+            } => UserAppended::At(Placed::new(revision, parent_id, leaf_jumps.unwrap_or(0))),
+            UserMessageRow {
+                key_taken: true, ..
+            } => UserAppended::KeyTaken,
+            UserMessageRow {
+                refusal: Some(reason),
+                ..
+            } => UserAppended::PlaceRefused(match reason.as_str() {
+                "parent_missing" => PlaceRefused::ParentMissing,
+                "branch_generating" => PlaceRefused::BranchGenerating,
+                _ => PlaceRefused::SiblingsFull,
+            }),
+            UserMessageRow {
+                budget_refused: true,
+                ..
+            } => UserAppended::BudgetRefused,
+            UserMessageRow { .. } => UserAppended::Refused,
+        }
+    }
 }
 
 /// [`APPEND_USER_MESSAGE`], or the kind of it that the request's id and `with_budget` call for,
@@ -529,11 +620,10 @@ async fn append_after_leaf(
     with_budget: bool,
 ) -> QueryResult<UserMessageRow> {
     match (binds.4.request_key.is_some(), with_budget) {
-        (true, true) => {
+        (true, _) => {
             let statement = statement!(APPEND_KEYED_BUDGETED_USER_MESSAGE);
             run_user_message(conn, statement, binds).await
         }
-        (true, false) => run_user_message(conn, statement!(APPEND_KEYED_USER_MESSAGE), binds).await,
         (false, true) => {
             let statement = statement!(APPEND_BUDGETED_USER_MESSAGE);
             run_user_message(conn, statement, binds).await
@@ -555,6 +645,24 @@ async fn run_user_message<K: CacheKey>(
     ),
 ) -> QueryResult<UserMessageRow> {
     bind_user_message(statement, user, message, title_if_unnamed, limits, turn)
+        .get_result(&mut conn)
+        .await
+}
+
+/// [`APPEND_KEYED_LOCKING_USER_MESSAGE`] for the message `append` starts its turn with.
+async fn lock_and_write_keyed(
+    mut conn: &Conn,
+    append: &Append<'_>,
+) -> QueryResult<LockingWriteRow> {
+    let statement = statement!(APPEND_KEYED_LOCKING_USER_MESSAGE);
+    let Append {
+        user,
+        message,
+        title,
+        limits,
+        turn,
+    } = *append;
+    bind_user_message(statement, user, message, title, limits, turn)
         .get_result(&mut conn)
         .await
 }
@@ -798,6 +906,9 @@ impl Store {
             limits,
             turn,
         } = *append;
+        if turn.request_key.is_some() && !with_budget && !turn.placement.is_chosen() {
+            return self.append_keyed_at_once(append, placed).await;
+        }
         let by_lock = turn.request_key.is_none() && !turn.placement.is_chosen();
         let (placed_by_lock, placed_by_write) = match by_lock {
             true => (Some(placed), None),
@@ -848,6 +959,37 @@ impl Store {
                 unsent: unsent_by_lock.or(unsent_by_write),
             };
             self.settle(append, by_lock, answered)
+        })
+        .await
+    }
+
+    /// [`Store::append_once`] for a request with an id at the leaf, without the budget: BEGIN,
+    /// [`APPEND_KEYED_LOCKING_USER_MESSAGE`] and COMMIT, in one flight. The turn is told its
+    /// place when the statement answers, before the commit.
+    async fn append_keyed_at_once(
+        &self,
+        append: &Append<'_>,
+        placed: oneshot::Sender<Option<Placed>>,
+    ) -> Result<Attempt, StoreError> {
+        self.run_transaction_by_hand(APPEND, async |conn| {
+            let conn: &Conn = conn;
+            let write = async {
+                let (state, budget, appended) =
+                    lock_and_write_keyed(conn, append).await?.answered();
+                let unsent = match appended {
+                    UserAppended::BudgetRefused => Some(placed),
+                    _ => tell(placed, appended.placed()),
+                };
+                Ok::<_, diesel::result::Error>(Answered {
+                    expected: None,
+                    state,
+                    budget,
+                    appended,
+                    unsent,
+                })
+            };
+            let ((), answered, ()) = futures_util::try_join!(begin(conn), write, commit(conn))?;
+            self.settle(append, false, answered)
         })
         .await
     }
@@ -989,8 +1131,16 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
     };
     for with_budget in [false, true] {
         write_user_message(conn, nobody, &message, "", &limits, (&turn, with_budget)).await?;
-        write_user_message(conn, nobody, &message, "", &limits, (&keyed, with_budget)).await?;
     }
+    write_user_message(conn, nobody, &message, "", &limits, (&keyed, true)).await?;
+    let append = Append {
+        user: nobody,
+        message: &message,
+        title: "",
+        limits: &limits,
+        turn: &keyed,
+    };
+    lock_and_write_keyed(conn, &append).await?;
     let chosen = NewTurn {
         placement: Placement::AsRoot,
         ..turn.clone()
