@@ -878,12 +878,12 @@ impl Store {
             turn,
         };
         let with_budget = limits.budget.limits_anything() || self.own_budgets.has(user);
-        let placed = match self.append_once(&append, placed, with_budget).await? {
+        let placed = match self.append_try(&append, placed, with_budget).await? {
             Attempt::Done(stored) => return Ok(stored),
             Attempt::OwnBudgetFound(placed) => placed,
         };
         self.own_budgets.note(user, true);
-        match self.append_once(&append, placed, true).await? {
+        match self.append_try(&append, placed, true).await? {
             Attempt::Done(stored) => Ok(stored),
             Attempt::OwnBudgetFound(_) => Err(StoreError::Corrupt(
                 "a turn locked with its budget was refused for a budget it did not check".into(),
@@ -891,8 +891,24 @@ impl Store {
         }
     }
 
-    /// One try of [`Store::append_user_message`], with the budget's check in the lock or
-    /// without it.
+    /// One try of [`Store::append_user_message`]: a request with an id at the leaf, without the
+    /// budget, is locked by its write ([`Store::append_keyed_at_once`]); any other by a lock of
+    /// its own first ([`Store::append_once`]).
+    async fn append_try(
+        &self,
+        append: &Append<'_>,
+        placed: oneshot::Sender<Option<Placed>>,
+        with_budget: bool,
+    ) -> Result<Attempt, StoreError> {
+        let turn = append.turn;
+        if turn.request_key.is_some() && !with_budget && !turn.placement.is_chosen() {
+            return self.append_keyed_at_once(append, placed).await;
+        }
+        self.append_once(append, placed, with_budget).await
+    }
+
+    /// One try of [`Store::append_user_message`] in which the lock and the write are statements
+    /// of their own, with the budget's check in the lock or without it.
     async fn append_once(
         &self,
         append: &Append<'_>,
@@ -906,9 +922,6 @@ impl Store {
             limits,
             turn,
         } = *append;
-        if turn.request_key.is_some() && !with_budget && !turn.placement.is_chosen() {
-            return self.append_keyed_at_once(append, placed).await;
-        }
         let by_lock = turn.request_key.is_none() && !turn.placement.is_chosen();
         let (placed_by_lock, placed_by_write) = match by_lock {
             true => (Some(placed), None),
@@ -1125,27 +1138,14 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
     };
     lock_for_turn(conn, nobody, &message, &limits.budget).await?;
     lock_without_budget(conn, nobody, &message).await?;
-    let keyed = NewTurn {
-        request_key: Some("prepared".to_owned()),
-        ..turn.clone()
-    };
-    for with_budget in [false, true] {
-        write_user_message(conn, nobody, &message, "", &limits, (&turn, with_budget)).await?;
-    }
-    write_user_message(conn, nobody, &message, "", &limits, (&keyed, true)).await?;
     let append = Append {
         user: nobody,
         message: &message,
         title: "",
         limits: &limits,
-        turn: &keyed,
+        turn: &turn,
     };
-    lock_and_write_keyed(conn, &append).await?;
-    let chosen = NewTurn {
-        placement: Placement::AsRoot,
-        ..turn.clone()
-    };
-    write_user_message(conn, nobody, &message, "", &limits, (&chosen, false)).await?;
+    prepare_writes(conn, &append).await?;
     // No user may have fewer than 0 conversations: nothing is inserted.
     insert_conversation(
         conn,
@@ -1156,5 +1156,39 @@ pub(super) async fn prepare_turn_statements(conn: &Conn) -> QueryResult<()> {
         &turn,
     )
     .await?;
+    Ok(())
+}
+
+/// Each kind of the user message's write, for `append`'s message, which starts a turn without a
+/// request id at the leaf, and the same turn with an id and at a place the client chose.
+async fn prepare_writes(conn: &Conn, append: &Append<'_>) -> QueryResult<()> {
+    let Append {
+        user,
+        message,
+        limits,
+        turn,
+        ..
+    } = *append;
+    let keyed = NewTurn {
+        request_key: Some("prepared".to_owned()),
+        ..turn.clone()
+    };
+    let chosen = NewTurn {
+        placement: Placement::AsRoot,
+        ..turn.clone()
+    };
+    for (turn, with_budget) in [
+        (turn, false),
+        (turn, true),
+        (&keyed, true),
+        (&chosen, false),
+    ] {
+        write_user_message(conn, user, message, "", limits, (turn, with_budget)).await?;
+    }
+    let keyed = Append {
+        turn: &keyed,
+        ..*append
+    };
+    lock_and_write_keyed(conn, &keyed).await?;
     Ok(())
 }

@@ -800,6 +800,69 @@ async fn identical_retries_on_two_replicas_at_once_make_one_turn() {
     assert_eq!(database.messages(&conversation).await.len(), 2);
 }
 
+/// The same, in a conversation that exists, while the test holds its row: both requests' writes
+/// begin, then wait for the row. The one let in first claims the id; the other, which began before
+/// that claim was committed, finds it through the unique index on request ids rather than
+/// through its own lookup, and is the same turn all the same.
+#[tokio::test]
+async fn identical_retries_that_wait_for_their_conversation_make_one_turn() {
+    let database = TestDatabase::new().await;
+    let fake = FakeLlm::start().await;
+    let gate = Arc::new(Notify::new());
+    fake.script([Script::reply(&["First."]), paused(&gate)]);
+    let settings = replica_settings(&fake, &shared_url(), "10s");
+    let (a, b) = tokio::join!(replica(&database, &settings), replica(&database, &settings));
+    let request = a.request("alice", message("Hi", "", Disconnect::Cancel));
+    let first = read_rest(&mut a.chat().send_message(request).await.unwrap().into_inner()).await;
+    let conversation = conversation_of(&first);
+
+    let mut blocker = database.connect().await;
+    execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT 1 FROM conversations WHERE id = '{conversation}' FOR UPDATE"),
+    )
+    .await;
+    let send = |replica: &ServiceProcess| {
+        let request = SendMessageRequest {
+            conversation_id: conversation.clone(),
+            ..message("Again", "twice-2", Disconnect::Cancel)
+        };
+        let request = replica.request("alice", request);
+        let mut chat = replica.chat();
+        tokio::spawn(async move { chat.send_message(request).await.unwrap().into_inner() })
+    };
+    let (on_a, on_b) = (send(&a), send(&b));
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    eventually("both writes wait for the conversation's row", || async {
+        database.count(waiting).await == 2
+    })
+    .await;
+    execute(&mut blocker, "COMMIT").await;
+    let (mut on_a, mut on_b) = (on_a.await.unwrap(), on_b.await.unwrap());
+    let (seen_a, seen_b) = tokio::join!(read_some(&mut on_a, 1), read_some(&mut on_b, 1));
+    gate.notify_one();
+    let (rest_a, rest_b) = tokio::join!(read_rest(&mut on_a), read_rest(&mut on_b));
+
+    assert_eq!(seen_a.user_message_id(), seen_b.user_message_id());
+    for (seen, rest) in [(&seen_a, &rest_a), (&seen_b, &rest_b)] {
+        assert_eq!(format!("{}{}", seen.text(), rest.text()), "Hello world.");
+    }
+    assert_eq!(rest_a.completed().message, rest_b.completed().message);
+    assert_eq!(
+        fake.received().len(),
+        2,
+        "the model was asked once for the turn"
+    );
+    assert_eq!(database.messages(&conversation).await.len(), 4);
+    assert_eq!(
+        database
+            .count("SELECT count(*) AS n FROM turns WHERE request_key = 'twice-2'")
+            .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn a_turn_is_cancelled_from_another_replica() {
     let database = TestDatabase::new().await;
