@@ -350,12 +350,9 @@ async fn a_regeneration_starts_its_turn_and_reads_its_context_in_one_flight() {
     );
 }
 
-/// A user given a budget of their own after their first turn: the replica, which sets no default
-/// budget, locks their next turn without the budget, finds it, and locks the turn again with it;
-/// from then on it locks their turns with the budget, until it finds one that limits nothing.
-#[tokio::test]
-async fn a_budget_of_ones_own_is_found_once_then_checked_in_the_lock() {
-    let _serial = serial().lock().await;
+/// An app whose user, alice, is given a budget of her own after her first turn, and that turn's
+/// conversation.
+async fn given_a_budget_after_a_first_turn() -> (TestApp, String) {
     let app = TestApp::spawn().await;
     let conversation = turn(&app, "", "").await;
     app.db
@@ -364,6 +361,16 @@ async fn a_budget_of_ones_own_is_found_once_then_checked_in_the_lock() {
              SELECT id, 1000000, 'day' FROM users WHERE subject = 'alice'",
         )
         .await;
+    (app, conversation)
+}
+
+/// A user given a budget of their own after their first turn: the replica, which sets no default
+/// budget, locks their next turn without the budget, finds it, and locks the turn again with it;
+/// from then on it locks their turns with the budget, until it finds one that limits nothing.
+#[tokio::test]
+async fn a_budget_of_ones_own_is_found_once_then_checked_in_the_lock() {
+    let _serial = serial().lock().await;
+    let (app, conversation) = given_a_budget_after_a_first_turn().await;
     let with_budget = [
         "BEGIN",
         "lock conversation and budget",
@@ -400,14 +407,7 @@ async fn a_budget_of_ones_own_is_found_once_then_checked_in_the_lock() {
 #[tokio::test]
 async fn a_keyed_turn_that_finds_a_budget_of_ones_own_is_locked_again_with_it() {
     let _serial = serial().lock().await;
-    let app = TestApp::spawn().await;
-    let conversation = turn(&app, "", "").await;
-    app.db
-        .run_sql(
-            "INSERT INTO user_budgets (user_id, tokens, period)
-             SELECT id, 1000000, 'day' FROM users WHERE subject = 'alice'",
-        )
-        .await;
+    let (app, conversation) = given_a_budget_after_a_first_turn().await;
     let found = statements_of(&app, turn(&app, &conversation, "budgeted")).await;
     assert_eq!(
         found,

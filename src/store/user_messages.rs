@@ -655,14 +655,8 @@ async fn lock_and_write_keyed(
     append: &Append<'_>,
 ) -> QueryResult<LockingWriteRow> {
     let statement = statement!(APPEND_KEYED_LOCKING_USER_MESSAGE);
-    let Append {
-        user,
-        message,
-        title,
-        limits,
-        turn,
-    } = *append;
-    bind_user_message(statement, user, message, title, limits, turn)
+    let (user, message, title) = (append.user, append.message, append.title);
+    bind_user_message(statement, user, message, title, append.limits, append.turn)
         .get_result(&mut conn)
         .await
 }
